@@ -1,0 +1,1 @@
+//! Who holds what: the redb-backed index of peers' advertised store paths. (STUB)

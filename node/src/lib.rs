@@ -1,0 +1,5 @@
+//! The nixmesh node: local store access, discovery, the mesh, the index, and the wiring that
+//! puts the local substituter (`nixmesh-localhttp`) in front of them.
+
+pub mod index;
+pub mod store;

@@ -1,0 +1,17 @@
+//! Nix's formats and nixmesh's wire messages, with no I/O.
+//!
+//! Everything here is pure: types, parsers and encoders that other crates feed bytes to.
+//! Nothing in this crate opens a socket or a file, or depends on an async runtime.
+
+pub mod hash;
+pub mod nar;
+pub mod narinfo;
+pub mod nixbase32;
+pub mod nixconf;
+pub mod signature;
+pub mod store_path;
+pub mod wire;
+
+pub use hash::Sha256;
+pub use narinfo::NarInfo;
+pub use store_path::{StorePath, StorePathHash};

@@ -1,0 +1,213 @@
+//! Store paths: `/nix/store/<32 nixbase32 characters>-<name>`.
+//!
+//! The 32 characters encode a 160-bit digest ([`StorePathHash`]); that digest alone names a
+//! path in a binary cache (`/<hash>.narinfo`) and in nixmesh's index.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::nixbase32;
+
+/// The store directory every path here lives in. nixmesh serves only the default store dir.
+pub const STORE_DIR: &str = "/nix/store";
+
+/// Characters of the hash part of a store path.
+pub const HASH_CHARS: usize = 32;
+
+/// The longest name Nix accepts.
+pub const MAX_NAME_LEN: usize = 211;
+
+/// Why a string is not a store path.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum StorePathError {
+    #[error("not in {STORE_DIR}: {0:?}")]
+    NotInStore(String),
+    #[error("store path hash {0:?} is not 32 nixbase32 characters")]
+    InvalidHash(String),
+    #[error("store path {0:?} has no '-' between hash and name")]
+    MissingDash(String),
+    #[error("store path name is empty")]
+    EmptyName,
+    #[error("store path name is longer than {MAX_NAME_LEN} characters")]
+    NameTooLong,
+    #[error("store path name has the character {0:?}, which Nix does not allow")]
+    InvalidNameCharacter(char),
+}
+
+/// The 20-byte digest that names a store path.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct StorePathHash(pub [u8; 20]);
+
+impl StorePathHash {
+    /// Parses the 32-character nixbase32 form.
+    pub fn parse(text: &str) -> Result<Self, StorePathError> {
+        nixbase32::decode_fixed::<20>(text.as_bytes())
+            .map(StorePathHash)
+            .map_err(|_| StorePathError::InvalidHash(truncate(text)))
+    }
+
+    /// The raw digest.
+    pub fn as_bytes(&self) -> &[u8; 20] {
+        &self.0
+    }
+}
+
+impl fmt::Display for StorePathHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&nixbase32::encode(&self.0))
+    }
+}
+
+impl fmt::Debug for StorePathHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StorePathHash({self})")
+    }
+}
+
+impl FromStr for StorePathHash {
+    type Err = StorePathError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+/// A validated store path in [`STORE_DIR`].
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StorePath {
+    hash: StorePathHash,
+    name: String,
+}
+
+impl StorePath {
+    /// Parses a full path, `/nix/store/<hash>-<name>`.
+    pub fn parse(path: &str) -> Result<Self, StorePathError> {
+        let base = path
+            .strip_prefix(STORE_DIR)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .ok_or_else(|| StorePathError::NotInStore(truncate(path)))?;
+        Self::from_base_name(base)
+    }
+
+    /// Parses the last component alone, `<hash>-<name>`, as narinfo `References` list it.
+    pub fn from_base_name(base: &str) -> Result<Self, StorePathError> {
+        let hash_text = base.get(..HASH_CHARS).ok_or_else(|| StorePathError::InvalidHash(truncate(base)))?;
+        let hash = StorePathHash::parse(hash_text)?;
+        let name = base[HASH_CHARS..].strip_prefix('-').ok_or_else(|| StorePathError::MissingDash(truncate(base)))?;
+        validate_name(name)?;
+        Ok(StorePath { hash, name: name.to_owned() })
+    }
+
+    /// The digest part.
+    pub fn hash(&self) -> StorePathHash {
+        self.hash
+    }
+
+    /// The name part, after the dash.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `<hash>-<name>`.
+    pub fn base_name(&self) -> String {
+        format!("{}-{}", self.hash, self.name)
+    }
+}
+
+impl fmt::Display for StorePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{STORE_DIR}/{}-{}", self.hash, self.name)
+    }
+}
+
+impl fmt::Debug for StorePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StorePath({self})")
+    }
+}
+
+impl FromStr for StorePath {
+    type Err = StorePathError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl Serialize for StorePath {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for StorePath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        StorePath::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Nix's rule for names: 1 to 211 characters of `A-Za-z0-9+-._?=`.
+fn validate_name(name: &str) -> Result<(), StorePathError> {
+    if name.is_empty() {
+        return Err(StorePathError::EmptyName);
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(StorePathError::NameTooLong);
+    }
+    match name.chars().find(|&c| !(c.is_ascii_alphanumeric() || "+-._?=".contains(c))) {
+        Some(c) => Err(StorePathError::InvalidNameCharacter(c)),
+        None => Ok(()),
+    }
+}
+
+/// Keeps error messages short when the input is hostile.
+fn truncate(text: &str) -> String {
+    text.chars().take(80).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const PATH: &str = "/nix/store/j6mmqg25wifnxnwiiq7fcx65aa3ih36p-hello-2.12.1";
+
+    #[test]
+    fn parses_and_renders() {
+        let p = StorePath::parse(PATH).unwrap();
+        assert_eq!(p.name(), "hello-2.12.1");
+        assert_eq!(p.hash().to_string(), "j6mmqg25wifnxnwiiq7fcx65aa3ih36p");
+        assert_eq!(p.to_string(), PATH);
+        assert_eq!(p.base_name(), "j6mmqg25wifnxnwiiq7fcx65aa3ih36p-hello-2.12.1");
+        assert_eq!(StorePath::from_base_name(&p.base_name()).unwrap(), p);
+    }
+
+    #[test]
+    fn rejects_invalid() {
+        for bad in [
+            "/nix/store/j6mmqg25wifnxnwiiq7fcx65aa3ih36p",
+            "/nix/store/j6mmqg25wifnxnwiiq7fcx65aa3ih36p-",
+            "/nix/store/j6mmqg25wifnxnwiiq7fcx65aa3ih36pxhello",
+            "/nix/store/e6mmqg25wifnxnwiiq7fcx65aa3ih36p-hello",
+            "/nix/store/j6mmqg25wifnxnwiiq7fcx65aa3ih36p-a/b",
+            "/nix/store/j6mmqg25wifnxnwiiq7fcx65aa3ih36p-a b",
+            "/usr/store/j6mmqg25wifnxnwiiq7fcx65aa3ih36p-hello",
+            "/nix/store/short-hello",
+            "",
+        ] {
+            assert!(StorePath::parse(bad).is_err(), "{bad} should not parse");
+        }
+        let long = format!("/nix/store/j6mmqg25wifnxnwiiq7fcx65aa3ih36p-{}", "a".repeat(212));
+        assert_eq!(StorePath::parse(&long), Err(StorePathError::NameTooLong));
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(s in "\\PC{0,120}") {
+            let _ = StorePath::parse(&s);
+            let _ = StorePath::from_base_name(&s);
+        }
+    }
+}
