@@ -93,9 +93,12 @@ impl StorePath {
 
     /// Parses the last component alone, `<hash>-<name>`, as narinfo `References` list it.
     pub fn from_base_name(base: &str) -> Result<Self, StorePathError> {
-        let hash_text = base.get(..HASH_CHARS).ok_or_else(|| StorePathError::InvalidHash(truncate(base)))?;
+        let hash_text =
+            base.get(..HASH_CHARS).ok_or_else(|| StorePathError::InvalidHash(truncate(base)))?;
         let hash = StorePathHash::parse(hash_text)?;
-        let name = base[HASH_CHARS..].strip_prefix('-').ok_or_else(|| StorePathError::MissingDash(truncate(base)))?;
+        let name = base[HASH_CHARS..]
+            .strip_prefix('-')
+            .ok_or_else(|| StorePathError::MissingDash(truncate(base)))?;
         validate_name(name)?;
         Ok(StorePath { hash, name: name.to_owned() })
     }

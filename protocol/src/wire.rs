@@ -1,1 +1,199 @@
-//! The mesh wire messages. (STUB)
+//! The messages nodes exchange, and their framing.
+//!
+//! Each kind of conversation is its own libp2p protocol, so a new version is a new protocol
+//! name that old nodes simply do not speak (multistream-select negotiates it):
+//!
+//! - [`FETCH_PROTOCOL`]: one request per stream. The asker sends a [`FetchRequest`], the
+//!   holder answers with one [`FetchResponse`]; after [`FetchResponse::Nar`] the raw NAR bytes
+//!   follow on the same stream, from the offset asked for to the end, and the stream closes.
+//! - [`ADVERTS_PROTOCOL`]: a long-lived stream. The subscriber sends one [`AdvertRequest`];
+//!   the holder answers with a snapshot of the store paths it holds (in chunks), then a
+//!   [`AdvertMessage::Delta`] each time its store changes, for as long as the stream lives.
+//!
+//! A frame is a 4-byte big-endian length and a postcard-encoded body. Decoding checks the
+//! length against [`MAX_FRAME_LEN`] before anything is allocated, so a hostile peer cannot
+//! make a node allocate more than that per frame.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::StorePathHash;
+
+/// Fetching narinfos and NARs, version 1.
+pub const FETCH_PROTOCOL: &str = "/nixmesh/fetch/1";
+/// Advertising held store paths, version 1.
+pub const ADVERTS_PROTOCOL: &str = "/nixmesh/adverts/1";
+
+/// The largest frame body either side accepts.
+pub const MAX_FRAME_LEN: usize = 4 << 20;
+/// The most hashes one snapshot chunk or delta carries (well inside [`MAX_FRAME_LEN`]).
+pub const MAX_HASHES_PER_FRAME: usize = 65_536;
+/// The largest narinfo text a node sends or accepts.
+pub const MAX_NARINFO_LEN: usize = 1 << 20;
+
+/// A frame that cannot be encoded or decoded.
+#[derive(Debug, Error)]
+pub enum WireError {
+    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME_LEN}")]
+    TooLarge(usize),
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] postcard::Error),
+}
+
+/// What one fetch stream asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FetchRequest {
+    /// The narinfo of the path with this hash.
+    NarInfo { hash: StorePathHash },
+    /// The NAR of the path with this hash, from byte `offset` on (to resume a transfer).
+    Nar { hash: StorePathHash, offset: u64 },
+}
+
+/// The one answer on a fetch stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FetchResponse {
+    /// The narinfo text, with the signatures its store holds (and the node's own, if it signs).
+    NarInfo { text: String },
+    /// Bytes `offset..nar_size` of the NAR follow as raw bytes, then the stream closes.
+    Nar { nar_size: u64, offset: u64 },
+    /// The node does not hold the path.
+    NotFound,
+    /// The node holds it but could not serve it; the message says why.
+    Failed { message: String },
+}
+
+/// Where a subscriber's copy of a holder's advertisement stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdvertPosition {
+    /// Changes when the holder's advertisement log starts anew (e.g. it restarted).
+    pub epoch: u64,
+    /// Counts the holder's changes within an epoch.
+    pub generation: u64,
+}
+
+/// The subscriber's one message on an adverts stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdvertRequest {
+    /// Send what changed since `resume`, or a snapshot if that is unknown or too old.
+    Subscribe { resume: Option<AdvertPosition> },
+}
+
+/// What a holder sends on an adverts stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdvertMessage {
+    /// A part of a full snapshot at `position`; the snapshot is complete at `last`.
+    Snapshot { position: AdvertPosition, hashes: Vec<StorePathHash>, last: bool },
+    /// The changes from generation `from` to `position.generation`.
+    Delta {
+        position: AdvertPosition,
+        from: u64,
+        added: Vec<StorePathHash>,
+        removed: Vec<StorePathHash>,
+    },
+}
+
+/// Encodes `message` as one frame: length prefix and body.
+pub fn encode_frame<T: Serialize>(message: &T) -> Result<Vec<u8>, WireError> {
+    let mut frame = postcard::to_extend(message, vec![0u8; 4])?;
+    let len = frame.len() - 4;
+    if len > MAX_FRAME_LEN {
+        return Err(WireError::TooLarge(len));
+    }
+    frame[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(frame)
+}
+
+/// The body length a frame header announces, if within the limit.
+pub fn frame_len(header: [u8; 4]) -> Result<usize, WireError> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME_LEN {
+        return Err(WireError::TooLarge(len));
+    }
+    Ok(len)
+}
+
+/// Decodes a frame body (without its length prefix).
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
+    Ok(postcard::from_bytes(body)?)
+}
+
+/// Decodes the first frame in `buf`, if it is complete: the message and the bytes it used.
+pub fn decode_frame<T: DeserializeOwned>(buf: &[u8]) -> Result<Option<(T, usize)>, WireError> {
+    let Some(header) = buf.get(..4) else { return Ok(None) };
+    let len = frame_len(header.try_into().expect("four bytes"))?;
+    let Some(body) = buf.get(4..4 + len) else { return Ok(None) };
+    Ok(Some((decode_body(body)?, 4 + len)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn hash(n: u8) -> StorePathHash {
+        StorePathHash([n; 20])
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let messages = vec![
+            AdvertMessage::Snapshot {
+                position: AdvertPosition { epoch: 7, generation: 1 },
+                hashes: vec![hash(1), hash(2)],
+                last: true,
+            },
+            AdvertMessage::Delta {
+                position: AdvertPosition { epoch: 7, generation: 3 },
+                from: 1,
+                added: vec![hash(3)],
+                removed: vec![hash(1)],
+            },
+        ];
+        let mut stream = Vec::new();
+        for m in &messages {
+            stream.extend(encode_frame(m).unwrap());
+        }
+        let mut rest = &stream[..];
+        for m in &messages {
+            let (decoded, used) = decode_frame::<AdvertMessage>(rest).unwrap().unwrap();
+            assert_eq!(&decoded, m);
+            rest = &rest[used..];
+        }
+        assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn incomplete_frames_wait_for_more() {
+        let frame = encode_frame(&FetchRequest::NarInfo { hash: hash(9) }).unwrap();
+        for cut in 0..frame.len() {
+            assert!(decode_frame::<FetchRequest>(&frame[..cut]).unwrap().is_none());
+        }
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_before_allocation() {
+        let header = ((MAX_FRAME_LEN + 1) as u32).to_be_bytes();
+        assert!(matches!(frame_len(header), Err(WireError::TooLarge(_))));
+        assert!(matches!(decode_frame::<FetchRequest>(&header), Err(WireError::TooLarge(_))));
+    }
+
+    #[test]
+    fn a_full_chunk_fits_in_a_frame() {
+        let chunk = AdvertMessage::Snapshot {
+            position: AdvertPosition { epoch: u64::MAX, generation: u64::MAX },
+            hashes: vec![hash(0xff); MAX_HASHES_PER_FRAME],
+            last: false,
+        };
+        assert!(encode_frame(&chunk).is_ok());
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode_frame::<FetchResponse>(&bytes);
+            let _ = decode_frame::<AdvertMessage>(&bytes);
+            let _ = decode_body::<FetchRequest>(&bytes);
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! The mesh: a libp2p swarm (TCP, noise, yamux) and the node's view of its peers.
+//!
+//! One task owns the [`Swarm`]: it dials, tracks connections and pings, and reports peers
+//! coming and going on [`MeshEvent`]s. Everything else talks to peers through
+//! [`libp2p_stream::Control`], which opens streams from any task, so a slow NAR transfer
+//! never stalls the swarm loop.
+
+pub mod framing;
+pub mod peers;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, identify, identity, noise, ping, tcp, yamux,
+};
+use thiserror::Error;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+pub use peers::{PeerState, PeerTable};
+
+/// Identify's protocol name; it tells peers our listen addresses.
+const IDENTIFY_PROTOCOL: &str = "/nixmesh/id/1";
+/// How often peers are pinged (the RTT `nixmesh peers` shows).
+const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// Redials of a wanted peer back off up to this.
+const MAX_REDIAL_BACKOFF: Duration = Duration::from_secs(30);
+const FIRST_REDIAL_BACKOFF: Duration = Duration::from_secs(1);
+/// The most peers the node dials on its own (mDNS could announce any number).
+const MAX_WANTED_PEERS: usize = 1024;
+
+/// The mesh could not start.
+#[derive(Debug, Error)]
+pub enum MeshError {
+    #[error("cannot set up the libp2p transport: {0}")]
+    Transport(String),
+    #[error("cannot listen on {address}: {reason}")]
+    Listen { address: Multiaddr, reason: String },
+}
+
+/// A peer came or went (its first connection opened, or its last one closed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeshEvent {
+    Connected(PeerId),
+    Disconnected(PeerId),
+}
+
+/// Where to reach a peer the node should stay connected to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialTarget {
+    /// Known when the address carries `/p2p/<id>` or discovery told us.
+    pub peer: Option<PeerId>,
+    pub addresses: Vec<Multiaddr>,
+}
+
+impl DialTarget {
+    /// A target from one multiaddr; a trailing `/p2p/<id>` names the peer.
+    pub fn from_multiaddr(address: Multiaddr) -> Self {
+        let peer = address.iter().find_map(|p| match p {
+            libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+            _ => None,
+        });
+        DialTarget { peer, addresses: vec![address] }
+    }
+}
+
+enum Command {
+    /// Keep connected to this target (redialling with backoff) until `Forget`.
+    Want(DialTarget),
+    Forget(PeerId),
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    ping: ping::Behaviour,
+    identify: identify::Behaviour,
+    stream: libp2p_stream::Behaviour,
+}
+
+/// A handle on the running mesh. Cheap to clone.
+#[derive(Clone)]
+pub struct Mesh {
+    local_peer_id: PeerId,
+    control: libp2p_stream::Control,
+    peers: Arc<PeerTable>,
+    commands: mpsc::Sender<Command>,
+    listen_addresses: watch::Receiver<Vec<Multiaddr>>,
+}
+
+impl Mesh {
+    /// Starts the swarm on `listen` addresses. Peer events go to `events`; the swarm stops
+    /// when `shutdown` changes.
+    pub fn start(
+        keypair: identity::Keypair,
+        listen: &[Multiaddr],
+        events: mpsc::Sender<MeshEvent>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Mesh, MeshError> {
+        let transport_err = |e: &dyn std::fmt::Display| MeshError::Transport(e.to_string());
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| transport_err(&e))?
+            .with_behaviour(|key| Behaviour {
+                ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
+                identify: identify::Behaviour::new(identify::Config::new(
+                    IDENTIFY_PROTOCOL.to_owned(),
+                    key.public(),
+                )),
+                stream: libp2p_stream::Behaviour::new(),
+            })
+            .map_err(|e| transport_err(&e))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+        for address in listen {
+            swarm.listen_on(address.clone()).map_err(|e| MeshError::Listen {
+                address: address.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        let local_peer_id = *swarm.local_peer_id();
+        let control = swarm.behaviour().stream.new_control();
+        let peers = Arc::new(PeerTable::default());
+        let (commands, command_rx) = mpsc::channel(64);
+        let (listen_tx, listen_addresses) = watch::channel(Vec::new());
+        let driver = SwarmDriver {
+            swarm,
+            peers: peers.clone(),
+            events,
+            listen_tx,
+            wanted: HashMap::new(),
+            anonymous: Vec::new(),
+        };
+        tokio::spawn(driver.run(command_rx, shutdown));
+        Ok(Mesh { local_peer_id, control, peers, commands, listen_addresses })
+    }
+
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local_peer_id
+    }
+
+    /// The live peer table.
+    pub fn peers(&self) -> &Arc<PeerTable> {
+        &self.peers
+    }
+
+    /// A stream-opening handle; clone one per concurrent stream.
+    pub fn control(&self) -> libp2p_stream::Control {
+        self.control.clone()
+    }
+
+    /// The addresses the swarm listens on (filled in as listeners come up).
+    pub fn listen_addresses(&self) -> watch::Receiver<Vec<Multiaddr>> {
+        self.listen_addresses.clone()
+    }
+
+    /// Asks the mesh to stay connected to `target`, redialling with backoff.
+    pub async fn want(&self, target: DialTarget) {
+        let _ = self.commands.send(Command::Want(target)).await;
+    }
+
+    /// Stops redialling `peer` (discovery saw it leave); open connections stay.
+    pub async fn forget(&self, peer: PeerId) {
+        let _ = self.commands.send(Command::Forget(peer)).await;
+    }
+
+    /// A protocol name as libp2p wants it.
+    pub fn protocol(name: &'static str) -> StreamProtocol {
+        StreamProtocol::new(name)
+    }
+}
+
+/// A peer the node keeps dialling while it is not connected.
+struct Wanted {
+    addresses: Vec<Multiaddr>,
+    next_attempt: Instant,
+    backoff: Duration,
+}
+
+impl Wanted {
+    fn new(addresses: Vec<Multiaddr>) -> Self {
+        Wanted { addresses, next_attempt: Instant::now(), backoff: FIRST_REDIAL_BACKOFF }
+    }
+
+    fn attempted(&mut self) {
+        self.next_attempt = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_REDIAL_BACKOFF);
+    }
+}
+
+struct SwarmDriver {
+    swarm: Swarm<Behaviour>,
+    peers: Arc<PeerTable>,
+    events: mpsc::Sender<MeshEvent>,
+    listen_tx: watch::Sender<Vec<Multiaddr>>,
+    /// Peers with known ids to keep connected to.
+    wanted: HashMap<PeerId, Wanted>,
+    /// Static peers given without `/p2p/<id>`, dialled by address until one answers.
+    anonymous: Vec<Wanted>,
+}
+
+impl SwarmDriver {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                Some(command) = commands.recv() => self.command(command),
+                _ = tick.tick() => self.dial_due(),
+                event = self.swarm.select_next_some() => self.event(event).await,
+            }
+        }
+        debug!("swarm stopped");
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Want(DialTarget { peer: Some(peer), addresses }) => {
+                if peer == *self.swarm.local_peer_id() {
+                    return;
+                }
+                if !self.wanted.contains_key(&peer) && self.wanted.len() >= MAX_WANTED_PEERS {
+                    warn!(%peer, "not dialling: already {MAX_WANTED_PEERS} peers wanted");
+                    return;
+                }
+                let wanted = self.wanted.entry(peer).or_insert_with(|| Wanted::new(Vec::new()));
+                for a in addresses {
+                    if !wanted.addresses.contains(&a) {
+                        wanted.addresses.push(a);
+                    }
+                }
+                // News from discovery: try now rather than at the end of a long backoff.
+                wanted.next_attempt = Instant::now();
+                wanted.backoff = FIRST_REDIAL_BACKOFF;
+            }
+            Command::Want(DialTarget { peer: None, addresses }) => {
+                self.anonymous.push(Wanted::new(addresses));
+            }
+            Command::Forget(peer) => {
+                self.wanted.remove(&peer);
+            }
+        }
+    }
+
+    fn dial_due(&mut self) {
+        let now = Instant::now();
+        for (peer, wanted) in &mut self.wanted {
+            if wanted.next_attempt > now || self.peers.is_connected(peer) {
+                continue;
+            }
+            wanted.attempted();
+            let opts = DialOpts::peer_id(*peer)
+                .addresses(wanted.addresses.clone())
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                debug!(%peer, "dial not started: {e}");
+            }
+        }
+        for wanted in &mut self.anonymous {
+            if wanted.next_attempt > now {
+                continue;
+            }
+            wanted.attempted();
+            for address in &wanted.addresses {
+                debug!(%address, "dialling static peer");
+                if let Err(e) = self.swarm.dial(address.clone()) {
+                    debug!(%address, "dial not started: {e}");
+                }
+            }
+        }
+    }
+
+    async fn event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, "listening");
+                self.listen_tx.send_modify(|addrs| addrs.push(address));
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_tx.send_modify(|addrs| addrs.retain(|a| a != &address));
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                let remote = endpoint.get_remote_address().clone();
+                // A static peer given by address alone is now known by its id: keep it
+                // connected the same way as any other.
+                if endpoint.is_dialer()
+                    && let Some(i) =
+                        self.anonymous.iter().position(|w| w.addresses.contains(&remote))
+                {
+                    let w = self.anonymous.swap_remove(i);
+                    self.wanted.entry(peer_id).or_insert_with(|| Wanted::new(w.addresses));
+                }
+                if let Some(w) = self.wanted.get_mut(&peer_id) {
+                    w.backoff = FIRST_REDIAL_BACKOFF;
+                }
+                if self.peers.connected(peer_id, remote.clone()) {
+                    info!(peer = %peer_id, %remote, "peer connected");
+                    let _ = self.events.send(MeshEvent::Connected(peer_id)).await;
+                }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established, cause, .. }
+                if self.peers.disconnected(peer_id, num_established) =>
+            {
+                info!(peer = %peer_id, cause = ?cause, "peer disconnected");
+                if let Some(w) = self.wanted.get_mut(&peer_id) {
+                    w.next_attempt = Instant::now() + FIRST_REDIAL_BACKOFF;
+                }
+                let _ = self.events.send(MeshEvent::Disconnected(peer_id)).await;
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                debug!(peer = ?peer_id, "dial failed: {error}");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result, .. })) => {
+                match result {
+                    Ok(rtt) => self.peers.pinged(peer, rtt),
+                    Err(e) => debug!(%peer, "ping failed: {e}"),
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                let usable = info.listen_addrs.into_iter().filter(is_reachable_address);
+                self.peers.learned_addresses(peer_id, usable);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Whether another host could dial `address` (not loopback, not unspecified).
+pub fn is_reachable_address(address: &Multiaddr) -> bool {
+    use libp2p::multiaddr::Protocol;
+    address.iter().all(|p| match p {
+        Protocol::Ip4(ip) => !ip.is_loopback() && !ip.is_unspecified(),
+        Protocol::Ip6(ip) => !ip.is_loopback() && !ip.is_unspecified(),
+        _ => true,
+    })
+}

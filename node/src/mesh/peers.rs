@@ -1,0 +1,130 @@
+//! What the node knows of each peer right now: connections, addresses, last contact, RTT.
+//!
+//! Kept in memory only; what peers hold lives in the index. Every method takes the lock for a
+//! few map operations, never across an await.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use libp2p::{Multiaddr, PeerId};
+
+/// The most addresses remembered per peer (peers choose what they tell us).
+const MAX_ADDRESSES: usize = 16;
+
+/// One peer's live state.
+#[derive(Debug, Clone, Default)]
+pub struct PeerState {
+    pub addresses: BTreeSet<Multiaddr>,
+    pub connections: u32,
+    pub last_seen: Option<Instant>,
+    pub rtt: Option<Duration>,
+}
+
+/// The live state of every peer the node has seen since it started.
+#[derive(Debug, Default)]
+pub struct PeerTable {
+    peers: Mutex<HashMap<PeerId, PeerState>>,
+}
+
+impl PeerTable {
+    fn with<R>(&self, f: impl FnOnce(&mut HashMap<PeerId, PeerState>) -> R) -> R {
+        f(&mut self.peers.lock().expect("peer table lock poisoned"))
+    }
+
+    /// Records a new connection; returns true if it is the peer's first.
+    pub fn connected(&self, peer: PeerId, remote: Multiaddr) -> bool {
+        self.with(|peers| {
+            let state = peers.entry(peer).or_default();
+            state.connections += 1;
+            state.last_seen = Some(Instant::now());
+            if state.addresses.len() < MAX_ADDRESSES {
+                state.addresses.insert(remote);
+            }
+            state.connections == 1
+        })
+    }
+
+    /// Records a closed connection; returns true if the peer has none left.
+    pub fn disconnected(&self, peer: PeerId, remaining: u32) -> bool {
+        self.with(|peers| {
+            let state = peers.entry(peer).or_default();
+            state.connections = remaining;
+            remaining == 0
+        })
+    }
+
+    /// Records a ping round trip.
+    pub fn pinged(&self, peer: PeerId, rtt: Duration) {
+        self.with(|peers| {
+            let state = peers.entry(peer).or_default();
+            state.rtt = Some(rtt);
+            state.last_seen = Some(Instant::now());
+        })
+    }
+
+    /// Adds addresses the peer says it listens on.
+    pub fn learned_addresses(&self, peer: PeerId, addresses: impl IntoIterator<Item = Multiaddr>) {
+        self.with(|peers| {
+            let state = peers.entry(peer).or_default();
+            for a in addresses {
+                if state.addresses.len() >= MAX_ADDRESSES {
+                    break;
+                }
+                state.addresses.insert(a);
+            }
+        })
+    }
+
+    /// Whether a connection to `peer` is open.
+    pub fn is_connected(&self, peer: &PeerId) -> bool {
+        self.with(|peers| peers.get(peer).is_some_and(|s| s.connections > 0))
+    }
+
+    /// The connected peers among `candidates`, fastest (by last RTT) first.
+    pub fn connected_by_rtt(&self, candidates: Vec<PeerId>) -> Vec<PeerId> {
+        let mut live: Vec<(Duration, PeerId)> = self.with(|peers| {
+            candidates
+                .into_iter()
+                .filter_map(|p| {
+                    let s = peers.get(&p).filter(|s| s.connections > 0)?;
+                    Some((s.rtt.unwrap_or(Duration::MAX), p))
+                })
+                .collect()
+        });
+        live.sort();
+        live.into_iter().map(|(_, p)| p).collect()
+    }
+
+    /// A copy of every peer's state.
+    pub fn snapshot(&self) -> Vec<(PeerId, PeerState)> {
+        self.with(|peers| peers.iter().map(|(p, s)| (*p, s.clone())).collect())
+    }
+
+    /// How many peers are connected now.
+    pub fn connected_count(&self) -> usize {
+        self.with(|peers| peers.values().filter(|s| s.connections > 0).count())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_counting_and_ordering() {
+        let table = PeerTable::default();
+        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let addr: Multiaddr = "/ip4/10.0.0.1/tcp/1".parse().unwrap();
+        assert!(table.connected(a, addr.clone()));
+        assert!(!table.connected(a, addr.clone()));
+        assert!(table.connected(b, addr.clone()));
+        table.pinged(a, Duration::from_millis(9));
+        table.pinged(b, Duration::from_millis(2));
+        assert_eq!(table.connected_by_rtt(vec![a, b, c]), vec![b, a]);
+        assert!(!table.disconnected(a, 1));
+        assert!(table.disconnected(b, 0));
+        assert_eq!(table.connected_by_rtt(vec![a, b, c]), vec![a]);
+        assert_eq!(table.connected_count(), 1);
+    }
+}
