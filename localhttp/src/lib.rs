@@ -1,5 +1,25 @@
 //! The localhost HTTP substituter: Nix's binary-cache protocol in front of the mesh.
+//!
+//! Nix asks for `/<hash>.narinfo`, then for the NAR its `URL` names. A narinfo is answered
+//! only when some connected peer holds the path ([`PathSource::holders`], local state: a miss
+//! never waits on the network) and gives a narinfo for exactly that path with a signature
+//! from a trusted key. The NAR is streamed from a holder and checked against that narinfo on
+//! the way ([`verified_nar`]): Nix never receives a complete NAR that does not match it.
+//!
+//! Modules: `target` parses request paths; `substituter` holds the shared state and the
+//! narinfo trust rule; `cache` remembers verified narinfos; `routes` and `nar` are the
+//! handlers; `verified_nar` checks NAR bytes; `server` assembles the router with its limits.
 
+mod cache;
+pub mod config;
+mod nar;
+mod routes;
+pub mod server;
 pub mod source;
+mod substituter;
+pub mod target;
+pub mod verified_nar;
 
+pub use config::Config;
+pub use server::{router, serve};
 pub use source::{NarStream, NodeStatus, PathSource, PeerSummary, SourceError};

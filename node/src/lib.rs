@@ -1,10 +1,15 @@
 //! The nixmesh node: local store access, discovery, the mesh, the index, and the wiring that
 //! puts the local substituter (`nixmesh-localhttp`) in front of them.
 
+pub mod adverts;
+pub mod cli;
 pub mod config;
 pub mod discovery;
 pub mod identity;
 pub mod index;
 pub mod mesh;
+pub mod node;
+pub mod provider;
+pub mod source;
 pub mod store;
 pub mod trust;

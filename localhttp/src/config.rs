@@ -1,0 +1,63 @@
+//! The substituter's settings: whom to trust and how long to wait for peers.
+
+use std::fmt;
+use std::time::Duration;
+
+use nixmesh_protocol::signature::TrustedKeys;
+
+/// How the substituter behaves. `Default` trusts no key (so it serves nothing) and uses the
+/// time limits below; callers set at least `trusted_keys`.
+#[derive(Clone)]
+pub struct Config {
+    /// Keys a narinfo must carry a signature from before anything of it reaches Nix.
+    pub trusted_keys: TrustedKeys,
+    /// The `Priority` in `/nix-cache-info`; lower is preferred by Nix (cache.nixos.org is 40).
+    pub priority: u32,
+    /// How long one peer may take to answer a narinfo request.
+    pub narinfo_peer_timeout: Duration,
+    /// How long a narinfo request may take over all the peers asked, one after another.
+    pub narinfo_deadline: Duration,
+    /// How long a peer may take from the NAR request to its first bytes.
+    pub nar_first_byte_timeout: Duration,
+    /// How long a NAR transfer may wait for the next bytes once it has started.
+    pub nar_idle_timeout: Duration,
+    /// How many verified narinfos are remembered for the NAR requests that follow them.
+    pub narinfo_cache_capacity: usize,
+    /// Requests handled at once (a NAR counts until its body ends); more wait their turn.
+    pub max_concurrent_requests: usize,
+    /// The limit on every request but NAR downloads, from arrival to the response.
+    pub request_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            trusted_keys: TrustedKeys::default(),
+            priority: 10,
+            narinfo_peer_timeout: Duration::from_secs(2),
+            narinfo_deadline: Duration::from_secs(5),
+            nar_first_byte_timeout: Duration::from_secs(10),
+            nar_idle_timeout: Duration::from_secs(30),
+            narinfo_cache_capacity: 10_000,
+            max_concurrent_requests: 256,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys: Vec<&str> = self.trusted_keys.keys().iter().map(|k| k.name()).collect();
+        f.debug_struct("Config")
+            .field("trusted_keys", &keys)
+            .field("priority", &self.priority)
+            .field("narinfo_peer_timeout", &self.narinfo_peer_timeout)
+            .field("narinfo_deadline", &self.narinfo_deadline)
+            .field("nar_first_byte_timeout", &self.nar_first_byte_timeout)
+            .field("nar_idle_timeout", &self.nar_idle_timeout)
+            .field("narinfo_cache_capacity", &self.narinfo_cache_capacity)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}

@@ -1,0 +1,116 @@
+//! `GET /nar/<hash>-<narhash>.nar`: the NAR of a verified narinfo, streamed from a holder
+//! through [`VerifiedNar`].
+
+use std::fmt::Display;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{HeaderValue, Uri};
+use axum::response::{IntoResponse, Response};
+use thiserror::Error;
+use tokio::time::timeout;
+use tracing::{debug, warn};
+
+use crate::routes::{malformed, miss};
+use crate::source::{PathSource, SourceError};
+use crate::substituter::Substituter;
+use crate::target::{Target, TargetError};
+use crate::verified_nar::{Expected, NarError, VerifiedNar};
+
+/// Why a holder's NAR was not used before the response started.
+#[derive(Debug, Error)]
+enum Unused {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("the peer says it has no NAR for it")]
+    NotHeld,
+    #[error(transparent)]
+    Nar(#[from] NarError),
+}
+
+pub async fn nar<S: PathSource>(State(sub): State<Arc<Substituter<S>>>, uri: Uri) -> Response {
+    let file = match Target::parse(uri.path()) {
+        Ok(Target::Nar(file)) => file,
+        Ok(_) | Err(TargetError::NotFound) => return miss("no such file"),
+        Err(e) => return malformed(e),
+    };
+    let holders = sub.source.holders(&file.store_hash);
+    if holders.is_empty() {
+        return miss("no connected peer has this path");
+    }
+    let Some(verified) = sub.narinfo(file.store_hash, &holders).await else {
+        return miss("no peer gave a narinfo with a trusted signature for this path");
+    };
+    if verified.narinfo.nar_hash != file.nar_hash {
+        return miss("this is not the NAR hash of the signed narinfo");
+    }
+    let expected = Expected {
+        store_hash: file.store_hash,
+        nar_hash: verified.narinfo.nar_hash,
+        nar_size: verified.narinfo.nar_size,
+    };
+    let Some(nar) = open(&sub, expected, preferred_first(holders, &verified.peer)).await else {
+        return miss("no holder sent the NAR");
+    };
+    let headers = [
+        (CONTENT_TYPE, HeaderValue::from_static("application/x-nix-nar")),
+        (CONTENT_LENGTH, HeaderValue::from(expected.nar_size)),
+    ];
+    (headers, Body::from_stream(nar)).into_response()
+}
+
+/// The NAR from the first of `holders` that starts sending it within the first-byte timeout.
+async fn open<S: PathSource>(
+    sub: &Substituter<S>,
+    expected: Expected,
+    holders: Vec<S::Peer>,
+) -> Option<VerifiedNar<S::Peer>> {
+    let limit = sub.config.nar_first_byte_timeout;
+    for (tried, peer) in holders.iter().enumerate() {
+        let remaining = holders[tried + 1..].to_vec();
+        let attempt = async {
+            let stream = sub.source.fetch_nar(peer, expected.store_hash, 0).await?;
+            let stream = stream.ok_or(Unused::NotHeld)?;
+            let idle = sub.config.nar_idle_timeout;
+            let mut nar = VerifiedNar::new(expected, peer.clone(), stream, remaining, idle);
+            nar.first_bytes().await?;
+            Ok::<_, Unused>(nar)
+        };
+        match timeout(limit, attempt).await {
+            Ok(Ok(nar)) => {
+                debug!(%peer, "NAR transfer started");
+                return Some(nar);
+            }
+            // The adapter has logged it already.
+            Ok(Err(Unused::Nar(_))) => {}
+            Ok(Err(why)) => warn!(%peer, hash = %expected.store_hash, "NAR not used: {why}"),
+            Err(_) => warn!(%peer, hash = %expected.store_hash,
+                "NAR not used: no bytes within {limit:?}"),
+        }
+    }
+    None
+}
+
+/// `holders` with the one named like `preferred` (the peer whose narinfo was verified) first,
+/// the others in their order. Peers are compared by name: that is how the source names them.
+fn preferred_first<P: Display>(mut holders: Vec<P>, preferred: &P) -> Vec<P> {
+    let name = preferred.to_string();
+    if let Some(at) = holders.iter().position(|p| p.to_string() == name) {
+        holders[..=at].rotate_right(1);
+    }
+    holders
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_verified_peer_goes_first_when_it_still_holds_the_path() {
+        assert_eq!(preferred_first(vec!["a", "b", "c", "d"], &"c"), ["c", "a", "b", "d"]);
+        assert_eq!(preferred_first(vec!["a", "b"], &"a"), ["a", "b"]);
+        assert_eq!(preferred_first(vec!["a", "b"], &"gone"), ["a", "b"]);
+    }
+}

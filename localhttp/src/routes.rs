@@ -1,0 +1,78 @@
+//! The small routes: `/nix-cache-info`, `/<hash>.narinfo`, and the `/_nixmesh/*` JSON the CLI
+//! reads. (`/nar/...` streams, and lives in `nar.rs`.)
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use tracing::debug;
+
+use crate::source::PathSource;
+use crate::substituter::{Substituter, for_nix};
+use crate::target::{Target, TargetError};
+
+pub async fn cache_info<S: PathSource>(State(sub): State<Arc<Substituter<S>>>) -> Response {
+    let body = format!(
+        "StoreDir: {}\nWantMassQuery: 1\nPriority: {}\n",
+        nixmesh_protocol::store_path::STORE_DIR,
+        sub.config.priority
+    );
+    ([(CONTENT_TYPE, HeaderValue::from_static("text/x-nix-cache-info"))], body).into_response()
+}
+
+/// A narinfo miss is answered from the source's local state alone, before any network wait.
+pub async fn narinfo<S: PathSource>(State(sub): State<Arc<Substituter<S>>>, uri: Uri) -> Response {
+    let hash = match Target::parse(uri.path()) {
+        Ok(Target::NarInfo(hash)) => hash,
+        Ok(_) | Err(TargetError::NotFound) => return miss("no such file"),
+        Err(e) => return malformed(e),
+    };
+    let holders = sub.source.holders(&hash);
+    if holders.is_empty() {
+        return miss("no connected peer has this path");
+    }
+    match sub.narinfo(hash, &holders).await {
+        Some(verified) => {
+            let text = for_nix(&verified.narinfo).to_string();
+            ([(CONTENT_TYPE, HeaderValue::from_static("text/x-nix-narinfo"))], text).into_response()
+        }
+        None => miss("no peer gave a narinfo with a trusted signature for this path"),
+    }
+}
+
+pub async fn peers<S: PathSource>(State(sub): State<Arc<Substituter<S>>>) -> Response {
+    json(&sub.source.peers())
+}
+
+pub async fn status<S: PathSource>(State(sub): State<Arc<Substituter<S>>>) -> Response {
+    json(&sub.source.status())
+}
+
+pub async fn not_found() -> Response {
+    miss("no such file")
+}
+
+/// `404` with the reason as text; Nix reads any 404 as "this cache does not have it".
+pub fn miss(reason: &str) -> Response {
+    debug!(reason, "not found");
+    (StatusCode::NOT_FOUND, format!("{reason}\n")).into_response()
+}
+
+/// `400` for a path of the right kind in the wrong shape.
+pub fn malformed(e: TargetError) -> Response {
+    debug!("malformed request: {e}");
+    (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
+}
+
+fn json(value: &impl Serialize) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => {
+            ([(CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode JSON: {e}\n"))
+            .into_response(),
+    }
+}

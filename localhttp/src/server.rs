@@ -1,0 +1,165 @@
+//! The router with its limits, and serving it until shutdown.
+//!
+//! Limits, outermost first: request URIs over [`MAX_URI_BYTES`] get `414`; a span per request
+//! carries its method, kind and store hash; at most `max_concurrent_requests` are handled at
+//! once, a NAR download counting until its body ends (the rest wait); every route but the NAR
+//! download answers within `request_timeout`. The NAR download is bounded by the narinfo
+//! deadline, the first-byte timeout and then the idle timeout between chunks.
+
+use std::future::{Future, IntoFuture};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{Next, from_fn, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http_body::{Frame, SizeHint};
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{Instrument, debug, field, info_span, warn};
+
+use crate::config::Config;
+use crate::source::PathSource;
+use crate::substituter::Substituter;
+use crate::target::{Target, TargetError};
+use crate::{nar, routes};
+
+/// The longest request URI accepted; Nix's are under 100 bytes.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+
+/// How long [`serve`] waits, after the shutdown signal, for requests in flight.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The substituter's routes over `source`, with the limits in the module docs.
+pub fn router<S: PathSource>(source: Arc<S>, config: Config) -> Router {
+    let permits = Arc::new(Semaphore::new(config.max_concurrent_requests));
+    let request_timeout = config.request_timeout;
+    let substituter = Arc::new(Substituter::new(source, config));
+    let answered_in_time = Router::new()
+        .route("/nix-cache-info", get(routes::cache_info::<S>))
+        .route("/_nixmesh/peers", get(routes::peers::<S>))
+        .route("/_nixmesh/status", get(routes::status::<S>))
+        .route("/{file}", get(routes::narinfo::<S>))
+        .fallback(routes::not_found)
+        .layer(from_fn_with_state(request_timeout, within));
+    Router::new()
+        .route("/nar/{file}", get(nar::nar::<S>))
+        .merge(answered_in_time)
+        .with_state(substituter)
+        .layer(from_fn_with_state(permits, one_of_many))
+        .layer(from_fn(traced))
+        .layer(from_fn(short_uri))
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then stops accepting and waits
+/// up to [`SHUTDOWN_GRACE`] for requests in flight.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let (stopping, stopped) = tokio::sync::oneshot::channel();
+    let signal = async move {
+        shutdown.await;
+        let _ = stopping.send(());
+    };
+    let server = axum::serve(listener, router).with_graceful_shutdown(signal).into_future();
+    let grace_over = async {
+        if stopped.await.is_err() {
+            // The server ended without a shutdown signal; it answers for itself below.
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        result = server => result,
+        () = grace_over => {
+            warn!(grace = ?SHUTDOWN_GRACE, "requests still in flight at shutdown are dropped");
+            Ok(())
+        }
+    }
+}
+
+async fn short_uri(request: Request, next: Next) -> Response {
+    let len = request.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if len > MAX_URI_BYTES {
+        debug!(len, "request URI too long");
+        return (StatusCode::URI_TOO_LONG, "request URI too long\n").into_response();
+    }
+    next.run(request).await
+}
+
+async fn traced(request: Request, next: Next) -> Response {
+    let (kind, hash) = match Target::parse(request.uri().path()) {
+        Ok(target) => (target.kind(), target.store_hash()),
+        Err(TargetError::Malformed { .. }) => ("malformed", None),
+        Err(TargetError::NotFound) => ("unknown", None),
+    };
+    let span = info_span!("request", method = %request.method(), kind, hash = field::Empty);
+    if let Some(hash) = hash {
+        span.record("hash", field::display(hash));
+    }
+    async move {
+        let response = next.run(request).await;
+        debug!(status = response.status().as_u16(), "responded");
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+async fn one_of_many(
+    State(permits): State<Arc<Semaphore>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Ok(permit) = permits.acquire_owned().await else {
+        // The semaphore is never closed; answer sanely anyway.
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    };
+    let (parts, body) = next.run(request).await.into_parts();
+    Response::from_parts(parts, Body::new(HoldingPermit { body, _permit: permit }))
+}
+
+async fn within(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            warn!(?limit, "request timed out");
+            (StatusCode::GATEWAY_TIMEOUT, "timed out\n").into_response()
+        }
+    }
+}
+
+/// A response body that keeps its request's concurrency permit until it is dropped.
+struct HoldingPermit {
+    body: Body,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl HttpBody for HoldingPermit {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}

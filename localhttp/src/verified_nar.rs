@@ -1,0 +1,295 @@
+//! The trust rule for NAR bytes: Nix never receives a complete NAR that does not match the
+//! signed narinfo.
+//!
+//! [`VerifiedNar`] passes a peer's chunks on as they arrive while hashing them, but holds back
+//! the chunk that completes `NarSize` until the SHA-256 over all bytes equals `NarHash`. Any
+//! fault (a wrong hash, more bytes than `NarSize`, an early end, a peer error, a stall) ends
+//! the stream with an error instead, which makes hyper abort the connection: Nix sees fewer
+//! bytes than `Content-Length` and a failed transfer. Memory is one chunk.
+//!
+//! The adapter tracks the offset reached and keeps the holders not yet tried, which is what a
+//! resumption at another holder (`fetch_nar(peer, hash, offset)`) needs.
+
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use nixmesh_protocol::hash::Sha256Hasher;
+use nixmesh_protocol::{Sha256, StorePathHash};
+use thiserror::Error;
+use tokio::time::{Instant, Sleep, sleep};
+use tracing::{Span, debug, warn};
+
+use crate::source::{NarStream, SourceError};
+
+/// Why a NAR transfer was cut off.
+#[derive(Debug, Error)]
+pub enum NarError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("peer {peer}: no NAR bytes for {idle:?} at offset {offset}")]
+    Stalled { peer: String, offset: u64, idle: Duration },
+    #[error("peer {peer}: the NAR is longer than the {expected} bytes its narinfo says")]
+    TooLong { peer: String, expected: u64 },
+    #[error("peer {peer}: the NAR ended after {got} of {expected} bytes")]
+    TooShort { peer: String, got: u64, expected: u64 },
+    #[error("peer {peer}: the NAR hashes to {got}, its signed narinfo says {expected}")]
+    WrongHash { peer: String, got: Sha256, expected: Sha256 },
+}
+
+/// The NAR its signed narinfo promises.
+#[derive(Debug, Clone, Copy)]
+pub struct Expected {
+    pub store_hash: StorePathHash,
+    pub nar_hash: Sha256,
+    pub nar_size: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Fewer than `nar_size` bytes received.
+    Receiving,
+    /// All bytes received and verified; the last chunk may still wait in `ready`.
+    Verified,
+    /// Ended, by success or by an error already handed out.
+    Ended,
+}
+
+/// A peer's NAR stream, checked against its narinfo as it passes; see the module docs.
+pub struct VerifiedNar<P> {
+    expected: Expected,
+    /// The peer the bytes come from now.
+    peer: P,
+    /// Holders not tried yet, best first.
+    remaining: Vec<P>,
+    stream: NarStream,
+    /// Bytes received from peers, all of them hashed; where a resumption would start.
+    offset: u64,
+    hasher: Sha256Hasher,
+    /// A chunk that passed the checks and is not yet handed out.
+    ready: Option<Bytes>,
+    phase: Phase,
+    idle_timeout: Duration,
+    /// Armed when the peer first makes us wait after a chunk, so a client that reads slowly
+    /// does not count against the peer.
+    idle: Pin<Box<Sleep>>,
+    waiting: bool,
+    span: Span,
+}
+
+impl<P: std::fmt::Display> VerifiedNar<P> {
+    /// Wraps `stream`, the NAR from byte 0 as `peer` sends it. `remaining` are the other
+    /// holders, best first. Logs go to the current span.
+    pub fn new(
+        expected: Expected,
+        peer: P,
+        stream: NarStream,
+        remaining: Vec<P>,
+        idle_timeout: Duration,
+    ) -> Self {
+        VerifiedNar {
+            expected,
+            peer,
+            remaining,
+            stream,
+            offset: 0,
+            hasher: Sha256Hasher::new(),
+            ready: None,
+            phase: Phase::Receiving,
+            idle_timeout,
+            idle: Box::pin(sleep(idle_timeout)),
+            waiting: false,
+            span: Span::current(),
+        }
+    }
+
+    /// Waits until the first bytes have arrived and passed the checks, so that a peer that
+    /// fails before sending anything is found out before the response commits to `200`.
+    pub async fn first_bytes(&mut self) -> Result<(), NarError> {
+        loop {
+            match poll_fn(|cx| self.poll_checked(cx)).await {
+                // Let timeouts around this fire even if a source yields empty chunks forever.
+                Some(Ok(chunk)) if chunk.is_empty() => tokio::task::yield_now().await,
+                Some(Ok(chunk)) => {
+                    self.ready = Some(chunk);
+                    return Ok(());
+                }
+                Some(Err(e)) => return Err(e),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    fn poll_checked(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, NarError>>> {
+        if self.phase != Phase::Receiving {
+            return Poll::Ready(None);
+        }
+        match self.stream.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                self.waiting = false;
+                Poll::Ready(Some(self.take(chunk)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(self.fail(e.into())))),
+            Poll::Ready(None) if self.offset == self.expected.nar_size => {
+                // Only an empty NAR gets here: any other completes in `take`.
+                match self.verify() {
+                    Ok(()) => Poll::Ready(None),
+                    Err(e) => Poll::Ready(Some(Err(self.fail(e)))),
+                }
+            }
+            Poll::Ready(None) => {
+                let (got, expected) = (self.offset, self.expected.nar_size);
+                let e = NarError::TooShort { peer: self.peer.to_string(), got, expected };
+                Poll::Ready(Some(Err(self.fail(e))))
+            }
+            Poll::Pending => {
+                if !self.waiting {
+                    self.waiting = true;
+                    let deadline = Instant::now() + self.idle_timeout;
+                    self.idle.as_mut().reset(deadline);
+                }
+                if self.idle.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let e = NarError::Stalled {
+                    peer: self.peer.to_string(),
+                    offset: self.offset,
+                    idle: self.idle_timeout,
+                };
+                Poll::Ready(Some(Err(self.fail(e))))
+            }
+        }
+    }
+
+    /// Accounts for `chunk`; it may be handed out unless this returns an error.
+    fn take(&mut self, chunk: Bytes) -> Result<Bytes, NarError> {
+        let end = self.offset.saturating_add(chunk.len() as u64);
+        if end > self.expected.nar_size {
+            let expected = self.expected.nar_size;
+            return Err(self.fail(NarError::TooLong { peer: self.peer.to_string(), expected }));
+        }
+        self.hasher.update(&chunk);
+        self.offset = end;
+        if end == self.expected.nar_size {
+            self.verify().map_err(|e| self.fail(e))?;
+        }
+        Ok(chunk)
+    }
+
+    fn verify(&mut self) -> Result<(), NarError> {
+        let got = std::mem::take(&mut self.hasher).finish();
+        if got != self.expected.nar_hash {
+            let peer = self.peer.to_string();
+            return Err(NarError::WrongHash { peer, got, expected: self.expected.nar_hash });
+        }
+        self.phase = Phase::Verified;
+        self.span.in_scope(|| debug!(peer = %self.peer, bytes = self.offset, "NAR verified"));
+        Ok(())
+    }
+
+    fn fail(&mut self, e: NarError) -> NarError {
+        self.phase = Phase::Ended;
+        self.ready = None;
+        self.span.in_scope(|| {
+            warn!(peer = %self.peer, hash = %self.expected.store_hash, offset = self.offset,
+                other_holders = self.remaining.len(), "NAR transfer cut off: {e}");
+        });
+        e
+    }
+}
+
+// Nothing in the adapter is pinned structurally: the stream and the timer are boxed.
+impl<P> Unpin for VerifiedNar<P> {}
+
+impl<P: std::fmt::Display> Stream for VerifiedNar<P> {
+    type Item = Result<Bytes, NarError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Some(chunk) = this.ready.take() {
+            return Poll::Ready(Some(Ok(chunk)));
+        }
+        if this.phase == Phase::Verified {
+            this.phase = Phase::Ended;
+        }
+        this.poll_checked(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::stream;
+
+    const NAR: &[u8] = b"nix-archive-1 (pretend this is a whole NAR)";
+
+    fn expected(nar: &[u8]) -> Expected {
+        Expected {
+            store_hash: StorePathHash([1; 20]),
+            nar_hash: Sha256::digest(nar),
+            nar_size: nar.len() as u64,
+        }
+    }
+
+    /// What the client would get: the chunks handed out, and the error that ended them.
+    async fn run(expected: Expected, chunks: &[&[u8]]) -> (Vec<u8>, Option<NarError>) {
+        let items: Vec<Result<Bytes, SourceError>> =
+            chunks.iter().map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        let mut nar = VerifiedNar::new(
+            expected,
+            "peer-a",
+            Box::pin(stream::iter(items)),
+            vec!["peer-b"],
+            Duration::from_secs(5),
+        );
+        let mut out = Vec::new();
+        if let Err(e) = nar.first_bytes().await {
+            return (out, Some(e));
+        }
+        while let Some(item) = nar.next().await {
+            match item {
+                Ok(chunk) => out.extend_from_slice(&chunk),
+                Err(e) => return (out, Some(e)),
+            }
+        }
+        (out, None)
+    }
+
+    #[tokio::test]
+    async fn the_right_nar_passes_whole_however_it_is_cut() {
+        for chunks in [vec![NAR], vec![&NAR[..1], &NAR[1..10], b"", &NAR[10..]]] {
+            let (out, error) = run(expected(NAR), &chunks).await;
+            assert_eq!((out.as_slice(), error.map(|e| e.to_string())), (NAR, None));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_wrong_nar_of_the_right_size_loses_its_last_chunk() {
+        let mut wrong = NAR.to_vec();
+        wrong[3] ^= 1;
+        let (out, error) = run(expected(NAR), &[&wrong[..20], &wrong[20..]]).await;
+        assert_eq!(out, &wrong[..20]);
+        assert!(matches!(error, Some(NarError::WrongHash { .. })), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn too_long_and_too_short_are_errors() {
+        let long = [NAR, b"!"].concat();
+        let (out, error) = run(expected(NAR), &[&long[..20], &long[20..]]).await;
+        assert_eq!(out, &NAR[..20]);
+        assert!(matches!(error, Some(NarError::TooLong { expected: 43, .. })), "{error:?}");
+        let (out, error) = run(expected(NAR), &[&NAR[..20], &NAR[20..42]]).await;
+        assert_eq!(out, &NAR[..42]);
+        assert!(matches!(error, Some(NarError::TooShort { got: 42, .. })), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn a_fault_before_any_byte_is_reported_by_first_bytes() {
+        let (out, error) = run(expected(NAR), &[]).await;
+        assert!(out.is_empty());
+        assert!(matches!(error, Some(NarError::TooShort { got: 0, .. })), "{error:?}");
+    }
+}

@@ -1,0 +1,161 @@
+//! `/nar/<hash>-<narhash>.nar`: the verified NAR arrives whole; a wrong one never does.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::support::*;
+
+/// A source with one honest narinfo and the NAR `nar` from the same peer.
+fn serving(fixture: &Fixture, nar: NarReply) -> std::sync::Arc<TestSource> {
+    let peer =
+        TestPeer { name: "peer", narinfo: NarInfoReply::Text(fixture.narinfo.to_string()), nar };
+    TestSource::new(fixture, vec![peer])
+}
+
+#[tokio::test]
+async fn streams_the_verified_nar() {
+    let fixture = Fixture::new();
+    let source = TestSource::honest(&fixture);
+    let addr = start(source.clone(), test_config(&fixture)).await;
+    let reply = get(addr, &fixture.nar_url()).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("application/x-nix-nar"));
+    assert_eq!(reply.content_length(), Some(fixture.nar.len()));
+    assert!(reply.body == fixture.nar, "the NAR arrived changed");
+    assert_eq!(source.nar_calls(), [("honest".to_owned(), 0)]);
+}
+
+#[tokio::test]
+async fn a_nar_in_one_chunk_or_in_bytes_arrives_whole() {
+    let fixture = Fixture::new();
+    let whole = vec![Bytes::from(fixture.nar.clone())];
+    let mut bytewise: Vec<Bytes> =
+        fixture.nar[..1000].iter().map(|&b| Bytes::from(vec![b])).collect();
+    bytewise.push(Bytes::new());
+    bytewise.push(Bytes::copy_from_slice(&fixture.nar[1000..]));
+    for chunks in [whole, bytewise] {
+        let addr = start(serving(&fixture, NarReply::Chunks(chunks)), test_config(&fixture)).await;
+        let reply = get(addr, &fixture.nar_url()).await;
+        assert_eq!(reply.status, 200);
+        assert!(reply.body == fixture.nar);
+    }
+}
+
+/// What a client may get for a NAR that must not reach it: a 404 before any byte, a body cut
+/// short of `Content-Length`, or a connection closed before even the status line (hyper drops
+/// what it buffered when a body fails before its first flush).
+fn assert_refused(reply: Option<Reply>, nar_len: usize, what: &str) {
+    let Some(reply) = reply else { return };
+    match reply.status {
+        404 => {}
+        200 => {
+            assert!(!reply.complete(), "{what}: the whole body arrived");
+            assert!(reply.body.len() < nar_len, "{what}: got {} bytes", reply.body.len());
+        }
+        other => panic!("{what}: status {other}"),
+    }
+}
+
+#[tokio::test]
+async fn wrong_nars_never_arrive_whole() {
+    let fixture = Fixture::new();
+    let mut flipped = fixture.nar.clone();
+    flipped[50_000] ^= 1;
+    let mut flipped_last = fixture.nar.clone();
+    *flipped_last.last_mut().unwrap() ^= 1;
+    let mut too_long = fixture.nar.clone();
+    too_long.extend_from_slice(b"more");
+    let too_short = fixture.nar[..fixture.nar.len() - 10].to_vec();
+    let cases = [
+        ("right size, wrong hash", NarReply::Chunks(chunked(&flipped))),
+        ("right size, wrong last byte", NarReply::Chunks(chunked(&flipped_last))),
+        ("right size, wrong hash, one chunk", NarReply::Chunks(vec![Bytes::from(flipped)])),
+        ("too long", NarReply::Chunks(chunked(&too_long))),
+        ("too long, one chunk", NarReply::Chunks(vec![Bytes::from(too_long)])),
+        ("too short", NarReply::Chunks(chunked(&too_short))),
+        ("empty", NarReply::Chunks(vec![])),
+        ("peer error midway", NarReply::ChunksThenFails(chunked(&fixture.nar[..60_000]))),
+    ];
+    for (what, nar) in cases {
+        let addr = start(serving(&fixture, nar), test_config(&fixture)).await;
+        let head =
+            format!("GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", fixture.nar_url());
+        assert_refused(send_raw(addr, head.as_bytes()).await, fixture.nar.len(), what);
+        // The server still serves.
+        assert_eq!(get(addr, "/nix-cache-info").await.status, 200, "{what}");
+    }
+}
+
+#[tokio::test]
+async fn a_stall_midway_aborts_within_the_idle_timeout() {
+    let fixture = Fixture::new();
+    let config = test_config(&fixture);
+    let nar = NarReply::ChunksThenStall(chunked(&fixture.nar[..50_000]));
+    let addr = start(serving(&fixture, nar), config.clone()).await;
+    let reply = get(addr, &fixture.nar_url()).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body.len(), 50_000);
+    assert!(!reply.complete());
+    assert!(reply.elapsed >= config.nar_idle_timeout);
+    assert!(reply.elapsed < config.nar_idle_timeout + Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn holders_that_send_nothing_are_passed_over_before_the_response_starts() {
+    let fixture = Fixture::new();
+    let silent = |name| TestPeer {
+        name,
+        narinfo: NarInfoReply::Text(fixture.narinfo.to_string()),
+        nar: NarReply::NeverAnswers,
+    };
+    let stalls_at_once = TestPeer {
+        name: "stalls",
+        narinfo: NarInfoReply::NotHeld,
+        nar: NarReply::ChunksThenStall(vec![]),
+    };
+    let wrong_at_once = TestPeer {
+        name: "wrong",
+        narinfo: NarInfoReply::NotHeld,
+        nar: NarReply::Chunks(vec![Bytes::from(vec![0; fixture.nar.len()])]),
+    };
+    let peers =
+        vec![silent("silent"), stalls_at_once, wrong_at_once, honest_peer("honest", &fixture)];
+    let source = TestSource::new(&fixture, peers);
+    let config = test_config(&fixture);
+    let addr = start(source.clone(), config.clone()).await;
+    let reply = get(addr, &fixture.nar_url()).await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.body == fixture.nar);
+    let asked: Vec<String> = source.nar_calls().into_iter().map(|(peer, _)| peer).collect();
+    assert_eq!(asked, ["silent", "stalls", "wrong", "honest"]);
+    assert!(reply.elapsed >= 2 * config.nar_first_byte_timeout);
+}
+
+#[tokio::test]
+async fn no_holder_sending_is_404() {
+    let fixture = Fixture::new();
+    let addr = start(serving(&fixture, NarReply::NeverAnswers), test_config(&fixture)).await;
+    assert_eq!(get(addr, &fixture.nar_url()).await.status, 404);
+}
+
+#[tokio::test]
+async fn a_nar_hash_other_than_the_signed_one_is_404() {
+    let fixture = Fixture::new();
+    let source = TestSource::honest(&fixture);
+    let addr = start(source.clone(), test_config(&fixture)).await;
+    let other = nixmesh_protocol::Sha256::digest(b"other").to_nixbase32();
+    let reply = get(addr, &format!("/nar/{}-{other}.nar", fixture.hash())).await;
+    assert_eq!(reply.status, 404);
+    assert!(source.nar_calls().is_empty());
+}
+
+#[tokio::test]
+async fn head_nar_gives_its_length() {
+    let fixture = Fixture::new();
+    let addr = start(TestSource::honest(&fixture), test_config(&fixture)).await;
+    let reply = request(addr, "HEAD", &fixture.nar_url()).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.content_length(), Some(fixture.nar.len()));
+    assert!(reply.body.is_empty());
+}

@@ -1,0 +1,138 @@
+//! `/nix-cache-info`, the `/_nixmesh/*` JSON, malformed requests, limits and shutdown.
+
+use std::time::Duration;
+
+use nixmesh_localhttp::{NodeStatus, PathSource, PeerSummary, router, serve};
+use tokio::net::TcpListener;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn nix_cache_info() {
+    let fixture = Fixture::new();
+    let config = nixmesh_localhttp::Config { priority: 30, ..test_config(&fixture) };
+    let addr = start(TestSource::honest(&fixture), config).await;
+    let reply = get(addr, "/nix-cache-info").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("text/x-nix-cache-info"));
+    assert_eq!(reply.text(), "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n");
+}
+
+#[tokio::test]
+async fn peers_and_status_as_json() {
+    let fixture = Fixture::new();
+    let source = TestSource::honest(&fixture);
+    let addr = start(source.clone(), test_config(&fixture)).await;
+    let reply = get(addr, "/_nixmesh/peers").await;
+    assert_eq!((reply.status, reply.header("content-type")), (200, Some("application/json")));
+    let peers: Vec<PeerSummary> = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(peers, source.peers());
+    let reply = get(addr, "/_nixmesh/status").await;
+    assert_eq!(reply.status, 200);
+    let status: NodeStatus = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(status, source.status());
+}
+
+#[tokio::test]
+async fn malformed_requests_are_4xx_and_the_server_carries_on() {
+    let fixture = Fixture::new();
+    let source = TestSource::honest(&fixture);
+    let addr = start(source.clone(), test_config(&fixture)).await;
+    let hash = fixture.hash().to_string();
+    let nar_hash = fixture.narinfo.nar_hash.to_nixbase32();
+    let long = format!("/{}.narinfo", "a".repeat(9000));
+    let targets = [
+        "/x.narinfo".to_owned(),
+        format!("/{}.narinfo", &hash[..31]),
+        format!("/{hash}a.narinfo"),
+        format!("/{}.narinfo", hash.to_uppercase()),
+        format!("/%30{}.narinfo", &hash[1..]),
+        format!("//{hash}.narinfo"),
+        format!("/{hash}.narinfo/"),
+        format!("/{hash}"),
+        "/nar/../x".to_owned(),
+        "/nar/%2e%2e/x".to_owned(),
+        "/nar/%2e%2e%2fnix-cache-info".to_owned(),
+        format!("/nar/../{hash}-{nar_hash}.nar"),
+        format!("/nar//{hash}-{nar_hash}.nar"),
+        format!("/nar/{hash}-{nar_hash}.nar.xz"),
+        format!("/nar/{hash}-{nar_hash}"),
+        format!("/nar/{hash}.nar"),
+        "/nar/".to_owned(),
+        "/nar".to_owned(),
+        "/_nixmesh".to_owned(),
+        "/_nixmesh/".to_owned(),
+        "/_nixmesh/peers/x".to_owned(),
+        "/".to_owned(),
+        long,
+    ];
+    for target in &targets {
+        let reply = get(addr, target).await;
+        assert!((400..500).contains(&reply.status), "{target}: {}", reply.status);
+    }
+    for raw in [
+        b"GET /\xff\xfe.narinfo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".as_slice(),
+        b"GET nix-cache-info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"BREW /nix-cache-info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"\x00\x01\x02\r\n\r\n",
+    ] {
+        if let Some(reply) = send_raw(addr, raw).await {
+            assert!((400..500).contains(&reply.status), "{raw:?}: {}", reply.status);
+        }
+    }
+    assert_eq!(request(addr, "POST", &fixture.narinfo_url()).await.status, 405);
+    assert_eq!(get(addr, &format!("/{}.narinfo", "a".repeat(9000))).await.status, 414);
+    assert_eq!(source.narinfo_calls(), 0);
+    assert_eq!(get(addr, "/nix-cache-info").await.status, 200);
+    assert_eq!(get(addr, &fixture.narinfo_url()).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_nar_body_holds_its_concurrency_permit() {
+    let fixture = Fixture::new();
+    let stalls = TestPeer {
+        name: "peer",
+        narinfo: NarInfoReply::Text(fixture.narinfo.to_string()),
+        nar: NarReply::ChunksThenStall(chunked(&fixture.nar[..10_000])),
+    };
+    let config = nixmesh_localhttp::Config {
+        max_concurrent_requests: 1,
+        nar_idle_timeout: Duration::from_millis(500),
+        ..test_config(&fixture)
+    };
+    let source = TestSource::new(&fixture, vec![stalls]);
+    let addr = start(source.clone(), config).await;
+    let nar = tokio::spawn(async move { get(addr, &Fixture::new().nar_url()).await });
+    // Wait (polling, bounded) until the download has started and so holds the only permit.
+    for _ in 0..500 {
+        if !source.nar_calls().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!source.nar_calls().is_empty(), "the NAR download never started");
+    let info = get(addr, "/nix-cache-info").await;
+    assert_eq!(info.status, 200);
+    assert!(!nar.await.unwrap().complete());
+    assert!(info.elapsed >= Duration::from_millis(200), "{:?}", info.elapsed);
+}
+
+#[tokio::test]
+async fn serve_stops_on_the_shutdown_signal() {
+    let fixture = Fixture::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
+        listener,
+        router(TestSource::honest(&fixture), test_config(&fixture)),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    assert_eq!(get(addr, "/nix-cache-info").await.status, 200);
+    stop.send(()).unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(5), server).await;
+    assert!(matches!(result, Ok(Ok(Ok(())))), "{result:?}");
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}

@@ -1,0 +1,186 @@
+//! Advertisements: telling peers which store paths this node holds, and learning theirs.
+//!
+//! - [`AdvertLog`] is this node's side: the set of its store paths, a generation number that
+//!   grows with every change, and the last few changes, so that a subscriber that was briefly
+//!   away gets only what changed.
+//! - [`publish`] rescans the local store and answers subscribers.
+//! - [`subscribe`] follows each connected peer's advertisements into the index.
+
+pub mod publish;
+pub mod subscribe;
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Mutex;
+
+use nixmesh_protocol::StorePathHash;
+use nixmesh_protocol::wire::AdvertPosition;
+use tokio::sync::watch;
+
+/// How many past changes are kept for catching subscribers up.
+const LOG_CAPACITY: usize = 256;
+
+/// One change of the advertised set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub from: u64,
+    pub to: u64,
+    pub added: Vec<StorePathHash>,
+    pub removed: Vec<StorePathHash>,
+}
+
+/// What a subscriber at some position needs to be current.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatchUp {
+    /// Nothing new.
+    Current,
+    /// These changes, in order.
+    Changes(Vec<Change>),
+    /// The whole set: the position is unknown, from another epoch, or older than the log.
+    Snapshot { position: AdvertPosition, hashes: Vec<StorePathHash> },
+}
+
+struct LogState {
+    position: AdvertPosition,
+    paths: HashSet<StorePathHash>,
+    changes: VecDeque<Change>,
+}
+
+/// This node's advertised store paths, with a short history of changes.
+pub struct AdvertLog {
+    state: Mutex<LogState>,
+    generation: watch::Sender<u64>,
+}
+
+impl AdvertLog {
+    /// An empty log for a new epoch (a random number, so that subscribers who knew an earlier
+    /// run of this node start from a snapshot).
+    pub fn new(epoch: u64) -> Self {
+        let position = AdvertPosition { epoch, generation: 0 };
+        AdvertLog {
+            state: Mutex::new(LogState {
+                position,
+                paths: HashSet::new(),
+                changes: VecDeque::new(),
+            }),
+            generation: watch::channel(0).0,
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut LogState) -> R) -> R {
+        f(&mut self.state.lock().expect("advert log lock poisoned"))
+    }
+
+    /// Replaces the advertised set with `current`; records the change if there is one.
+    pub fn update(&self, current: HashSet<StorePathHash>) -> Option<Change> {
+        let change = self.with(|state| {
+            let mut added: Vec<_> = current.difference(&state.paths).copied().collect();
+            let mut removed: Vec<_> = state.paths.difference(&current).copied().collect();
+            if added.is_empty() && removed.is_empty() {
+                return None;
+            }
+            added.sort_unstable();
+            removed.sort_unstable();
+            let from = state.position.generation;
+            state.position.generation += 1;
+            let change = Change { from, to: state.position.generation, added, removed };
+            state.paths = current;
+            if state.changes.len() == LOG_CAPACITY {
+                state.changes.pop_front();
+            }
+            state.changes.push_back(change.clone());
+            Some(change)
+        })?;
+        self.generation.send_replace(change.to);
+        Some(change)
+    }
+
+    /// The current position.
+    pub fn position(&self) -> AdvertPosition {
+        self.with(|state| state.position)
+    }
+
+    /// How many paths are advertised.
+    pub fn len(&self) -> usize {
+        self.with(|state| state.paths.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// What a subscriber at `known` needs to become current.
+    pub fn catch_up(&self, known: Option<AdvertPosition>) -> CatchUp {
+        self.with(|state| {
+            let snapshot = || CatchUp::Snapshot {
+                position: state.position,
+                hashes: state.paths.iter().copied().collect(),
+            };
+            let Some(known) = known.filter(|k| k.epoch == state.position.epoch) else {
+                return snapshot();
+            };
+            if known.generation == state.position.generation {
+                return CatchUp::Current;
+            }
+            if known.generation > state.position.generation {
+                return snapshot();
+            }
+            match state.changes.iter().position(|c| c.from == known.generation) {
+                Some(start) => CatchUp::Changes(state.changes.range(start..).cloned().collect()),
+                None => snapshot(),
+            }
+        })
+    }
+
+    /// Wakes when the generation changes.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ns: &[u8]) -> HashSet<StorePathHash> {
+        ns.iter().map(|&n| StorePathHash([n; 20])).collect()
+    }
+
+    #[test]
+    fn changes_and_catch_up() {
+        let log = AdvertLog::new(7);
+        assert!(
+            matches!(log.catch_up(None), CatchUp::Snapshot { hashes, .. } if hashes.is_empty())
+        );
+        let c1 = log.update(set(&[1, 2])).unwrap();
+        assert_eq!((c1.from, c1.to, c1.added.len()), (0, 1, 2));
+        assert!(log.update(set(&[1, 2])).is_none(), "no change, no generation");
+        let c2 = log.update(set(&[2, 3])).unwrap();
+        assert_eq!(c2.added, vec![StorePathHash([3; 20])]);
+        assert_eq!(c2.removed, vec![StorePathHash([1; 20])]);
+
+        let at = |generation| Some(AdvertPosition { epoch: 7, generation });
+        assert_eq!(log.catch_up(at(2)), CatchUp::Current);
+        assert_eq!(log.catch_up(at(1)), CatchUp::Changes(vec![c2.clone()]));
+        assert_eq!(log.catch_up(at(0)), CatchUp::Changes(vec![c1, c2]));
+        // Another epoch, or a generation from the future: start over.
+        let other_epoch = Some(AdvertPosition { epoch: 8, generation: 2 });
+        assert!(matches!(log.catch_up(other_epoch), CatchUp::Snapshot { .. }));
+        assert!(matches!(log.catch_up(at(9)), CatchUp::Snapshot { .. }));
+    }
+
+    #[test]
+    fn an_old_position_falls_back_to_a_snapshot() {
+        let log = AdvertLog::new(1);
+        for n in 0..(LOG_CAPACITY as u8 + 2) {
+            log.update(set(&[n]));
+        }
+        let old = Some(AdvertPosition { epoch: 1, generation: 0 });
+        match log.catch_up(old) {
+            CatchUp::Snapshot { position, hashes } => {
+                assert_eq!(position.generation, LOG_CAPACITY as u64 + 2);
+                assert_eq!(hashes.len(), 1);
+            }
+            other => panic!("expected a snapshot, got {other:?}"),
+        }
+    }
+}

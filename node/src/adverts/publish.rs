@@ -1,0 +1,159 @@
+//! This node's side of advertising: rescan the local store, answer subscribers.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use nixmesh_protocol::wire::{
+    ADVERTS_PROTOCOL, AdvertMessage, AdvertPosition, AdvertRequest, MAX_HASHES_PER_FRAME,
+};
+use tokio::sync::{Semaphore, watch};
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::{AdvertLog, CatchUp};
+use crate::mesh::Mesh;
+use crate::mesh::framing::{FrameError, read_frame, write_frame};
+use crate::store::Store;
+
+/// How long a subscriber may take to send its request, or to take one frame.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most subscribers served at once (each is a long-lived stream).
+const MAX_SUBSCRIBERS: usize = 512;
+
+/// Rescans the local store every `interval` and records what changed, until `shutdown`.
+pub async fn rescan_loop(
+    store: Store,
+    log: Arc<AdvertLog>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+        }
+        match store.query_all_valid_paths().await {
+            Ok(paths) => {
+                let current: HashSet<_> = paths.iter().map(|p| p.hash()).collect();
+                if let Some(change) = log.update(current) {
+                    info!(
+                        generation = change.to,
+                        added = change.added.len(),
+                        removed = change.removed.len(),
+                        "local store changed"
+                    );
+                }
+            }
+            Err(e) => warn!("cannot list the local store: {e}"),
+        }
+    }
+}
+
+/// Answers subscribers on [`ADVERTS_PROTOCOL`] until `shutdown`.
+pub async fn serve(mesh: Mesh, log: Arc<AdvertLog>, mut shutdown: watch::Receiver<bool>) {
+    let mut incoming = match mesh.control().accept(Mesh::protocol(ADVERTS_PROTOCOL)) {
+        Ok(incoming) => incoming,
+        Err(e) => return warn!("cannot accept advertisement subscribers: {e}"),
+    };
+    let limit = Arc::new(Semaphore::new(MAX_SUBSCRIBERS));
+    loop {
+        let (peer, stream) = tokio::select! {
+            _ = shutdown.changed() => return,
+            next = incoming.next() => match next {
+                Some(next) => next,
+                None => return,
+            },
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            warn!(%peer, "refusing advertisement subscriber: {MAX_SUBSCRIBERS} already served");
+            continue;
+        };
+        let log = log.clone();
+        let span = info_span!("advert-subscriber", %peer);
+        tokio::spawn(
+            async move {
+                match serve_subscriber(stream.compat(), &log).await {
+                    Ok(()) | Err(FrameError::Closed) => debug!("subscriber left"),
+                    Err(e) => debug!("subscriber stream ended: {e}"),
+                }
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn serve_subscriber<S>(mut stream: S, log: &AdvertLog) -> Result<(), FrameError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let AdvertRequest::Subscribe { resume } = read_frame(&mut stream, FRAME_TIMEOUT).await?;
+    let mut changed = log.watch();
+    let mut known = resume;
+    loop {
+        // Mark the current generation seen before reading the log, so that a change landing
+        // in between wakes us again rather than being missed.
+        changed.borrow_and_update();
+        match log.catch_up(known) {
+            CatchUp::Current => {}
+            CatchUp::Snapshot { position, hashes } => {
+                send_snapshot(&mut stream, position, hashes).await?;
+                known = Some(position);
+            }
+            CatchUp::Changes(changes) if changes.iter().any(too_large_for_a_frame) => {
+                // A snapshot says the same in chunks.
+                let CatchUp::Snapshot { position, hashes } = log.catch_up(None) else {
+                    unreachable!("catch_up(None) is always a snapshot")
+                };
+                send_snapshot(&mut stream, position, hashes).await?;
+                known = Some(position);
+            }
+            CatchUp::Changes(changes) => {
+                let epoch = known.expect("changes follow a known position").epoch;
+                for change in changes {
+                    let position = AdvertPosition { epoch, generation: change.to };
+                    let message = AdvertMessage::Delta {
+                        position,
+                        from: change.from,
+                        added: change.added,
+                        removed: change.removed,
+                    };
+                    write_frame(&mut stream, &message, FRAME_TIMEOUT).await?;
+                    known = Some(position);
+                }
+            }
+        }
+        if changed.changed().await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+async fn send_snapshot<S>(
+    stream: &mut S,
+    position: AdvertPosition,
+    hashes: Vec<nixmesh_protocol::StorePathHash>,
+) -> Result<(), FrameError>
+where
+    S: tokio::io::AsyncWrite + Unpin,
+{
+    let mut chunks = hashes.chunks(MAX_HASHES_PER_FRAME).peekable();
+    if chunks.peek().is_none() {
+        let message = AdvertMessage::Snapshot { position, hashes: Vec::new(), last: true };
+        return write_frame(stream, &message, FRAME_TIMEOUT).await;
+    }
+    while let Some(chunk) = chunks.next() {
+        let last = chunks.peek().is_none();
+        let message = AdvertMessage::Snapshot { position, hashes: chunk.to_vec(), last };
+        write_frame(stream, &message, FRAME_TIMEOUT).await?;
+    }
+    Ok(())
+}
+
+fn too_large_for_a_frame(change: &super::Change) -> bool {
+    change.added.len() + change.removed.len() > MAX_HASHES_PER_FRAME
+}

@@ -1,1 +1,0 @@
-//! Who holds what: the redb-backed index of peers' advertised store paths. (STUB)
