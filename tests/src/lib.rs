@@ -4,6 +4,28 @@
 //! call [`require_tool`] or [`require_root`] first. Outside CI a missing piece skips the test
 //! with a message; in CI (`CI` set, as `.ci/run` runs) it fails the test, so nothing is
 //! skipped silently there.
+//!
+//! The pieces, each in its own module:
+//! - [`netns`]: a [`Lan`] of [`Host`]s, network namespaces on one bridge, each host with a
+//!   `/nix` of its own;
+//! - [`nixstore`]: a host's nix-daemon ([`HostStore`]), the test closure, signing keys;
+//! - [`node`]: the `nixmesh` binary, built once, running on a host ([`Node`]);
+//! - [`wait`]: polling with a deadline, the only way tests wait;
+//! - [`command`]: running a tool with a time limit.
+
+pub mod command;
+pub mod netns;
+pub mod nixstore;
+pub mod node;
+pub mod wait;
+
+pub use command::CommandExt;
+pub use netns::{Host, Lan};
+pub use nixstore::{
+    CacheKey, Closure, HostStore, TEST_CLOSURE_LEN, test_closure_expr, unique_marker,
+};
+pub use node::{NODE_URL, Node, NodeOptions, keygen, narinfo_url_path, nixmesh_bin};
+pub use wait::{poll_every, wait_for, wait_until};
 
 use std::process::Command;
 

@@ -1,0 +1,268 @@
+//! A host's Nix store with its nix-daemon, the test closure, and binary-cache keys: all
+//! through the real Nix tools.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::command::{CommandExt, describe};
+use crate::netns::Host;
+use crate::wait::wait_until;
+
+/// How long a Nix command may take (building the test closure takes about a second).
+pub const NIX_LIMIT: Duration = Duration::from_secs(120);
+/// How long the daemon may take to listen.
+const DAEMON_START_LIMIT: Duration = Duration::from_secs(20);
+/// What the sandbox of a chroot-store build sees of the machine: enough for `/bin/sh` and the
+/// coreutils the test derivations use. (A chroot store always builds in a sandbox.)
+const SANDBOX_PATHS: &str = "/bin /lib /lib64 /usr";
+
+static NEXT_MARKER: AtomicUsize = AtomicUsize::new(0);
+
+/// A nix-daemon serving a host's own chroot store (`nix-daemon --store DIR`) on a socket of
+/// its own (`NIX_DAEMON_SOCKET_PATH`); killed on drop. Every Nix command on the host reaches
+/// the store through that socket, as `--store unix://SOCKET`.
+pub struct HostStore {
+    host: Host,
+    daemon: Child,
+}
+
+/// The store paths of a closure built by [`HostStore::build_closure`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Closure {
+    /// The path that was built, whose closure this is.
+    pub top: String,
+    /// Every path of the closure, `top` included, dependencies before what refers to them.
+    pub paths: Vec<String>,
+}
+
+impl HostStore {
+    /// Starts the host's nix-daemon (log in the host's directory) and waits until it
+    /// answers.
+    pub fn start(host: &Host) -> HostStore {
+        let log_path = host.dir().join("nix-daemon.log");
+        let log = std::fs::File::create(&log_path).expect("creating the daemon's log");
+        let socket = host.dir().join("daemon.sock");
+        let daemon = host
+            .command("nix-daemon")
+            // Always an explicit store: the default, `auto`, would connect to this very
+            // socket once it exists and fork without end.
+            .arg("--store")
+            .arg(host.store_root())
+            .args(["--option", "sandbox-paths", SANDBOX_PATHS])
+            // Builds run as the daemon's user, not as the machine's shared `nixbld` users:
+            // Nix kills every process of a build user around each build, so parallel tests
+            // on shared build users kill each other's builds.
+            .args(["--option", "build-users-group", ""])
+            .env("NIX_DAEMON_SOCKET_PATH", &socket)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("duplicating a file handle"))
+            .stderr(log)
+            .spawn()
+            .expect("starting nix-daemon");
+        let store = HostStore { host: host.clone(), daemon };
+        wait_until(DAEMON_START_LIMIT, &format!("{}'s nix-daemon to answer", host.name()), || {
+            store.socket().exists()
+                && store
+                    .host
+                    .command("nix")
+                    .args(["store", "ping", "--store", &store.url()])
+                    .output_within(NIX_LIMIT)
+                    .status
+                    .success()
+        });
+        store
+    }
+
+    /// The host this store belongs to.
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    /// The daemon's socket.
+    pub fn socket(&self) -> PathBuf {
+        self.host.dir().join("daemon.sock")
+    }
+
+    /// The store as Nix's clients name it: `unix://SOCKET?real=DIR`. Nix 2.8's client reads
+    /// a daemon store's files directly for some operations (`nix copy --from`, `--export`),
+    /// and `real` tells it where a chroot store keeps them.
+    pub fn url(&self) -> String {
+        let real = self.host.store_root().join("nix/store");
+        format!("unix://{}?real={}", self.socket().display(), real.display())
+    }
+
+    /// The store as `nixmesh serve --store` names it: the daemon's socket, nothing else (the
+    /// node reaches everything through the worker protocol).
+    pub fn daemon_url(&self) -> String {
+        format!("unix://{}", self.socket().display())
+    }
+
+    /// Runs `nix ARGS --store daemon` on the host and returns what it printed; panics if
+    /// it fails.
+    pub fn nix(&self, args: &[&str]) -> String {
+        let mut cmd = self.host.command("nix");
+        cmd.args(args).args(["--store", &self.url()]);
+        stdout_text(&mut cmd)
+    }
+
+    /// Runs `nix-store --store daemon ARGS` on the host and returns how it went.
+    pub fn nix_store(&self, args: &[&str]) -> Output {
+        self.host
+            .command("nix-store")
+            .args(["--store", &self.url()])
+            .args(args)
+            .output_within(NIX_LIMIT)
+    }
+
+    /// Builds `expr` (a Nix expression for one derivation) and returns its closure.
+    pub fn build_closure(&self, expr: &str) -> Closure {
+        let mut build = self.host.command("nix-build");
+        build.args(["--store", &self.url(), "--no-out-link", "--expr", expr]);
+        let top = stdout_text(&mut build).trim().to_owned();
+        assert!(top.starts_with("/nix/store/"), "nix-build printed {top:?}, not a store path");
+        let mut query = self.host.command("nix-store");
+        query.args(["--store", &self.url(), "--query", "--requisites", &top]);
+        let paths: Vec<String> = stdout_text(&mut query).lines().map(String::from).collect();
+        assert_eq!(paths.last(), Some(&top), "nix-store -qR lists the path itself last");
+        Closure { top, paths }
+    }
+
+    /// Signs `top` and everything it refers to with the secret key in `key_file`.
+    pub fn sign_closure(&self, key_file: &Path, top: &str) {
+        let key = key_file.to_str().expect("a UTF-8 key path");
+        self.nix(&["store", "sign", "--key-file", key, "--recursive", top]);
+    }
+
+    /// Whether `path` is a valid path of this store.
+    pub fn is_valid(&self, path: &str) -> bool {
+        let out = self.nix_store(&["--check-validity", path]);
+        match out.status.code() {
+            Some(0) => true,
+            Some(1) => false,
+            _ => panic!("nix-store --check-validity: {}", String::from_utf8_lossy(&out.stderr)),
+        }
+    }
+
+    /// The NAR serialisation of `path`, as `nix-store --dump` makes it of the file on disk.
+    /// (`nix store dump-path` cannot be used: Nix 2.8's client looks for a chroot store's
+    /// paths under `/nix/store`.)
+    pub fn dump(&self, path: &str) -> Vec<u8> {
+        let base = path.strip_prefix("/nix/store/").expect("a path in /nix/store");
+        let on_disk = self.host.store_root().join("nix/store").join(base);
+        Command::new("nix-store").arg("--dump").arg(on_disk).stdout_within(NIX_LIMIT)
+    }
+
+    /// The signatures the store has for `path`.
+    pub fn signatures(&self, path: &str) -> Vec<String> {
+        let info = self.nix(&["path-info", "--json", path]);
+        let info: serde_json::Value = serde_json::from_str(&info).expect("nix path-info --json");
+        info[0]["signatures"]
+            .as_array()
+            .map(|sigs| sigs.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+            .unwrap_or_default()
+    }
+
+    /// What Nix's own client does to substitute from a binary cache: `nix copy --from URL
+    /// --to unix://SOCKET` trusting only `trusted_keys`, run on this host. Returns how it went.
+    pub fn copy_from(&self, url: &str, trusted_keys: &[&str], path: &str) -> Output {
+        let mut cmd = self.host.command("nix");
+        cmd.args(["copy", "--from", url, "--to", &self.url()])
+            .args(["--option", "trusted-public-keys", &trusted_keys.join(" ")])
+            .arg(path);
+        eprintln!("{}: {}", self.host.name(), describe(&cmd));
+        cmd.output_within(NIX_LIMIT)
+    }
+
+    /// Copies `paths` (with their closures) from this store to `url` (say, a `file://`
+    /// binary cache); panics if it fails.
+    pub fn copy_to(&self, url: &str, paths: &[&str]) {
+        let mut cmd = self.host.command("nix");
+        cmd.args(["copy", "--from", &self.url(), "--to", url]).args(paths);
+        stdout_text(&mut cmd);
+    }
+}
+
+impl Drop for HostStore {
+    fn drop(&mut self) {
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+    }
+}
+
+/// A Nix expression for the test closure: seven paths with references, `top -> a -> b -> c`
+/// and a diamond `top -> {left, right} -> base`; `c` holds nested directories, an
+/// executable, a symbolic link, an empty file and 300 kB of random bytes. `marker` goes into
+/// every derivation, so each marker gives new store paths.
+pub fn test_closure_expr(marker: &str) -> String {
+    assert!(marker.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'), "marker {marker:?}");
+    format!(
+        r#"
+let
+  mk = name: script: derivation {{
+    name = "nixmesh-test-${{name}}";
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" script ];
+    PATH = "/usr/bin:/bin";
+    marker = "{marker}";
+  }};
+  c = mk "c" ''
+    mkdir -p $out/share/deep/er
+    echo c > $out/share/deep/er/file
+    printf '#!/bin/sh\necho hello\n' > $out/run
+    chmod +x $out/run
+    ln -s share/deep $out/link
+    : > $out/empty
+    head -c 300000 /dev/urandom > $out/blob
+  '';
+  b = mk "b" "mkdir $out; echo ${{c}} > $out/ref-c";
+  a = mk "a" "mkdir $out; echo ${{b}} > $out/ref-b";
+  base = mk "base" "echo base > $out";
+  left = mk "left" "echo ${{base}} > $out";
+  right = mk "right" "echo ${{base}} > $out";
+in
+  mk "top" "mkdir $out; echo ${{a}} ${{left}} ${{right}} > $out/refs"
+"#
+    )
+}
+
+/// How many paths the closure of [`test_closure_expr`] has.
+pub const TEST_CLOSURE_LEN: usize = 7;
+
+/// A marker no other test run uses: process id, clock and a counter.
+pub fn unique_marker() -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).expect("a clock after 1970");
+    let n = NEXT_MARKER.fetch_add(1, Ordering::Relaxed);
+    format!("{}-{}-{n}", std::process::id(), nanos.as_nanos())
+}
+
+/// A binary-cache signing key pair made by `nix-store --generate-binary-cache-key`.
+#[derive(Clone, Debug)]
+pub struct CacheKey {
+    /// The file holding the secret key (`NAME:BASE64`).
+    pub secret_file: PathBuf,
+    /// The public key, `NAME:BASE64`, as `trusted-public-keys` takes it.
+    pub public: String,
+}
+
+impl CacheKey {
+    /// Makes a key pair named `name`, with its files in `dir`.
+    pub fn generate(dir: &Path, name: &str) -> CacheKey {
+        let secret_file = dir.join(format!("{name}.secret"));
+        let public_file = dir.join(format!("{name}.public"));
+        Command::new("nix-store")
+            .arg("--generate-binary-cache-key")
+            .arg(name)
+            .arg(&secret_file)
+            .arg(&public_file)
+            .stdout_within(NIX_LIMIT);
+        let public = std::fs::read_to_string(&public_file).expect("reading the public key");
+        CacheKey { secret_file, public: public.trim().to_owned() }
+    }
+}
+
+fn stdout_text(cmd: &mut Command) -> String {
+    String::from_utf8(cmd.stdout_within(NIX_LIMIT)).expect("UTF-8 output")
+}

@@ -1,0 +1,304 @@
+//! Running the real `nixmesh` binary on a host, and talking to it the way users do: HTTP with
+//! `curl`, and the `nixmesh` CLI.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::command::CommandExt;
+use crate::netns::Host;
+use crate::nixstore::HostStore;
+use crate::wait::wait_until;
+
+/// Where every node serves HTTP (each host has a loopback of its own).
+pub const HTTP_LISTEN: &str = "127.0.0.1:7373";
+/// The node's HTTP address as a URL, for `nix copy --from` and `nixmesh --node`.
+pub const NODE_URL: &str = "http://127.0.0.1:7373";
+/// Where every node listens for its peers.
+pub const P2P_LISTEN: &str = "/ip4/0.0.0.0/tcp/7374";
+
+/// How long building the binary may take (a cold build on two cores).
+const BUILD_LIMIT: Duration = Duration::from_secs(1200);
+/// How long a node may take to answer HTTP after it was started.
+const START_LIMIT: Duration = Duration::from_secs(30);
+/// How long a node may take to exit after SIGTERM.
+const STOP_LIMIT: Duration = Duration::from_secs(10);
+/// How long one CLI or `curl` call may take.
+const CALL_LIMIT: Duration = Duration::from_secs(20);
+/// How many lines of a node's log to print when a test fails.
+const LOG_TAIL_LINES: usize = 80;
+
+/// The `nixmesh` binary, built once per test process with the `cargo` running the tests
+/// (`$CARGO`, else `cargo` from `PATH`), into the usual target directory
+/// (`CARGO_TARGET_DIR` is honoured by that cargo).
+pub fn nixmesh_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(build_nixmesh).clone()
+}
+
+fn build_nixmesh() -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent");
+    let messages = Command::new(cargo)
+        .current_dir(workspace)
+        .args(["build", "-p", "nixmesh-node", "--bin", "nixmesh"])
+        .arg("--message-format=json-render-diagnostics")
+        .stdout_within(BUILD_LIMIT);
+    // Cargo names the binary it built in a `compiler-artifact` message; this finds it
+    // wherever the target directory is.
+    let executable = String::from_utf8_lossy(&messages)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "nixmesh")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from));
+    executable.expect("cargo build reported no `nixmesh` executable")
+}
+
+/// `nixmesh keygen NAME --out FILE`: writes a secret key to `out` and returns the public
+/// key (`NAME:BASE64`).
+pub fn keygen(name: &str, out: &Path) -> String {
+    let printed = Command::new(nixmesh_bin())
+        .args(["keygen", name, "--out"])
+        .arg(out)
+        .stdout_within(CALL_LIMIT);
+    let public = String::from_utf8(printed).expect("UTF-8 output").trim().to_owned();
+    assert!(public.starts_with(&format!("{name}:")), "keygen printed {public:?}");
+    public
+}
+
+/// How to run a node, beyond what every node gets (its store, listeners and state
+/// directory).
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// `--trusted-public-key`, each.
+    pub trusted_keys: Vec<String>,
+    /// `--sign-key-file`.
+    pub sign_key_file: Option<PathBuf>,
+    /// `--peer`, each.
+    pub peers: Vec<String>,
+    /// mDNS discovery; off gives `--no-mdns`.
+    pub mdns: bool,
+    /// `--rescan-interval` in seconds.
+    pub rescan_interval_secs: u64,
+}
+
+impl Default for NodeOptions {
+    /// mDNS on, no static peers, no keys, a store rescan every second.
+    fn default() -> Self {
+        NodeOptions {
+            trusted_keys: Vec::new(),
+            sign_key_file: None,
+            peers: Vec::new(),
+            mdns: true,
+            rescan_interval_secs: 1,
+        }
+    }
+}
+
+/// A running `nixmesh serve` on a host. Dropping it kills the node; when the test is
+/// failing, the tail of its log is printed first.
+pub struct Node {
+    host: Host,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Node {
+    /// Starts `nixmesh serve` on `host` against `store` and waits until it answers
+    /// `/nix-cache-info`. Its log (`RUST_LOG=nixmesh=debug,info`) and state go to a new
+    /// directory under the host's.
+    pub fn start(host: &Host, store: &HostStore, opts: &NodeOptions) -> Node {
+        assert_eq!(store.host().netns(), host.netns(), "a node uses its own host's store");
+        let bin = nixmesh_bin();
+        let dir = (1..)
+            .map(|n| host.dir().join(format!("node-{n}")))
+            .find(|d| !d.exists())
+            .expect("a free directory name");
+        let state = dir.join("state");
+        std::fs::create_dir_all(&state).expect("creating the node's state directory");
+        let log = dir.join("nixmesh.log");
+        let log_file = std::fs::File::create(&log).expect("creating the node's log");
+
+        let mut cmd = host.command(&bin);
+        cmd.args(["serve", "--store", &store.daemon_url(), "--http-listen", HTTP_LISTEN])
+            .args(["--p2p-listen", P2P_LISTEN, "--rescan-interval"])
+            .arg(opts.rescan_interval_secs.to_string())
+            .arg("--state-dir")
+            .arg(&state);
+        for key in &opts.trusted_keys {
+            cmd.args(["--trusted-public-key", key]);
+        }
+        if let Some(file) = &opts.sign_key_file {
+            cmd.arg("--sign-key-file").arg(file);
+        }
+        for peer in &opts.peers {
+            cmd.args(["--peer", peer]);
+        }
+        if !opts.mdns {
+            cmd.arg("--no-mdns");
+        }
+        cmd.env("RUST_LOG", "nixmesh=debug,info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("duplicating a file handle"))
+            .stderr(log_file);
+        eprintln!("{}: {}\n  log: {}", host.name(), crate::command::describe(&cmd), log.display());
+        let child = cmd.spawn().expect("starting nixmesh serve");
+
+        let mut node = Node { host: host.clone(), child: Some(child), log };
+        let what = format!("{}'s node to answer /nix-cache-info", host.name());
+        wait_until(START_LIMIT, &what, || {
+            if let Some(exit) = node.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("{}'s node exited ({exit}) before answering HTTP", node.host.name());
+            }
+            node.http_get("/nix-cache-info").0 == 200
+        });
+        node
+    }
+
+    /// The host the node runs on.
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    /// The node's log file.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The last `lines` lines of the node's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// `GET path` from the node, with `curl --path-as-is` on its host. Returns the status
+    /// (0 when nothing answered within 10 s) and the body.
+    pub fn http_get(&self, path: &str) -> (u16, Vec<u8>) {
+        let out = self
+            .host
+            .command("curl")
+            .args(["--silent", "--path-as-is", "--max-time", "10", "--output", "-"])
+            .args(["--write-out", "\n%{http_code}"])
+            .arg(format!("{NODE_URL}{path}"))
+            .output_within(CALL_LIMIT);
+        let mut body = out.stdout;
+        let newline = body.iter().rposition(|&b| b == b'\n').expect("curl wrote the status");
+        let code = String::from_utf8_lossy(&body[newline + 1..]).trim().to_owned();
+        body.truncate(newline);
+        (code.parse().unwrap_or_else(|_| panic!("curl wrote status {code:?}")), body)
+    }
+
+    /// The statuses of `GET` for each of `paths`, in one `curl` run with a short time
+    /// limit (0 for no answer within a second): for polling.
+    pub fn http_statuses(&self, paths: &[String]) -> Vec<u16> {
+        let mut cmd = self.host.command("curl");
+        cmd.args(["--silent", "--path-as-is", "--max-time", "1", "--write-out", "%{http_code}\n"]);
+        for path in paths {
+            cmd.args(["--output", "/dev/null"]).arg(format!("{NODE_URL}{path}"));
+        }
+        let out = cmd.output_within(CALL_LIMIT);
+        let statuses: Vec<u16> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|code| code.trim().parse().unwrap_or(0))
+            .collect();
+        assert_eq!(statuses.len(), paths.len(), "curl wrote a status per URL");
+        statuses
+    }
+
+    /// The status of `GET /<hash>.narinfo` for each of `store_paths`.
+    pub fn narinfo_statuses(&self, store_paths: &[String]) -> Vec<u16> {
+        let urls: Vec<String> = store_paths.iter().map(|p| narinfo_url_path(p)).collect();
+        self.http_statuses(&urls)
+    }
+
+    /// `nixmesh peers --json` on the node's host.
+    pub fn peers(&self) -> serde_json::Value {
+        self.cli_json("peers")
+    }
+
+    /// `nixmesh status --json` on the node's host.
+    pub fn status(&self) -> serde_json::Value {
+        self.cli_json("status")
+    }
+
+    /// The node's peer id, from its status.
+    pub fn peer_id(&self) -> String {
+        let status = self.status();
+        status["peer_id"].as_str().expect("status has a peer_id").to_owned()
+    }
+
+    fn cli_json(&self, command: &str) -> serde_json::Value {
+        let out = self
+            .host
+            .command(nixmesh_bin())
+            .args([command, "--node", NODE_URL, "--json"])
+            .stdout_within(CALL_LIMIT);
+        serde_json::from_slice(&out)
+            .unwrap_or_else(|e| panic!("`nixmesh {command} --json` printed no JSON ({e})"))
+    }
+
+    /// Kills the node with SIGKILL and waits for it to be gone. Returns when the signal was
+    /// sent.
+    pub fn kill(&mut self) -> Instant {
+        let mut child = self.child.take().expect("the node is running");
+        let sent = Instant::now();
+        child.kill().expect("sending SIGKILL to the node");
+        child.wait().expect("waiting for the killed node");
+        sent
+    }
+
+    /// Stops the node with SIGTERM and waits until it exits; panics if it takes longer than
+    /// 10 s (it is killed then).
+    pub fn stop(&mut self) {
+        let mut child = self.child.take().expect("the node is running");
+        Command::new("kill").args(["-TERM", &child.id().to_string()]).stdout_within(CALL_LIMIT);
+        let what = format!("{}'s node to exit on SIGTERM", self.host.name());
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_until(STOP_LIMIT, &what, || {
+                child.try_wait().expect("waiting for the node").is_some()
+            })
+        }));
+        if let Err(panic) = outcome {
+            let _ = child.kill();
+            let _ = child.wait();
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- last {LOG_TAIL_LINES} lines of {}'s node log ({}):\n{}\n---",
+                self.host.name(),
+                self.log.display(),
+                self.log_tail(LOG_TAIL_LINES)
+            );
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `/<hash>.narinfo` for a store path `/nix/store/<hash>-<name>`.
+pub fn narinfo_url_path(store_path: &str) -> String {
+    let base = store_path.strip_prefix("/nix/store/").expect("a path in /nix/store");
+    let hash = base.split('-').next().expect("split yields at least one piece");
+    format!("/{hash}.narinfo")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn narinfo_url_path_takes_the_hash_part() {
+        let path = "/nix/store/ncn3s9kg9dnyp5h7gxmwdzn4mb3jf2kg-nm-top";
+        assert_eq!(narinfo_url_path(path), "/ncn3s9kg9dnyp5h7gxmwdzn4mb3jf2kg.narinfo");
+    }
+}

@@ -1,0 +1,299 @@
+//! The acceptance tests: hosts on a LAN of network namespaces, each with its own Nix store
+//! and its own `nixmesh serve` finding the others by mDNS, and the real `nix copy` as the
+//! client. Each test makes its own LAN, so they can run in parallel.
+//!
+//! The first two tests check the harness itself (multicast on the LAN; Nix copying a signed
+//! closure between hosts through a `file://` cache), so that a failure of the others points
+//! at nixmesh.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nixmesh_tests::{
+    CacheKey, Closure, CommandExt, Host, HostStore, Lan, NODE_URL, Node, NodeOptions,
+    TEST_CLOSURE_LEN, keygen, narinfo_url_path, poll_every, require_root, require_tool,
+    test_closure_expr, unique_marker, wait_until,
+};
+
+/// How long nodes may take to find each other and learn what the others hold.
+const DISCOVERY_LIMIT: Duration = Duration::from_secs(30);
+/// How soon after its only holder is killed a path must be a miss elsewhere.
+const DEPARTURE_LIMIT: Duration = Duration::from_secs(1);
+
+/// Whether this machine can run these tests; see `require_tool`.
+fn e2e_ready() -> bool {
+    require_root() && require_tool("ip") && require_tool("nix-daemon") && require_tool("curl")
+}
+
+fn start_stores(lan: &Lan) -> Vec<HostStore> {
+    lan.hosts().iter().map(HostStore::start).collect()
+}
+
+fn start_nodes(stores: &[HostStore], options: impl Fn(&Host) -> NodeOptions) -> Vec<Node> {
+    stores.iter().map(|s| Node::start(s.host(), s, &options(s.host()))).collect()
+}
+
+/// Waits until `node` answers 200 for the narinfo of every path of `closure`.
+fn wait_for_closure(node: &Node, closure: &Closure, what: &str) {
+    wait_until(DISCOVERY_LIMIT, what, || {
+        node.narinfo_statuses(&closure.paths).iter().all(|&s| s == 200)
+    });
+}
+
+/// Checks that `copy` (a `nix copy` run) worked and that every path of `closure` is now in
+/// `to`, byte for byte as in `from`.
+fn assert_copied(copy: &Output, closure: &Closure, to: &HostStore, from: &HostStore) {
+    assert!(
+        copy.status.success(),
+        "nix copy to {} failed: {}",
+        to.host().name(),
+        String::from_utf8_lossy(&copy.stderr)
+    );
+    for path in &closure.paths {
+        assert!(to.is_valid(path), "{path} is not valid on {}", to.host().name());
+        let (got, want) = (to.dump(path), from.dump(path));
+        assert!(got == want, "{path} differs: NAR of {} bytes, not {}", got.len(), want.len());
+    }
+}
+
+/// Whether `nixmesh peers --json` output lists `id` as connected.
+fn lists_connected(peers: &serde_json::Value, id: &str) -> bool {
+    peers.as_array().is_some_and(|all| all.iter().any(|p| p["id"] == id && p["connected"] == true))
+}
+
+/// A store path hash no store holds.
+fn random_hash() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    const NIXBASE32: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";
+    let state = RandomState::new();
+    (0..32u64).map(|i| NIXBASE32[(state.hash_one(i) % 32) as usize] as char).collect()
+}
+
+#[test]
+fn lan_multicast_reaches_other_hosts() {
+    if !require_root() || !require_tool("ip") {
+        return;
+    }
+    let lan = Lan::new(3);
+    let [h1, others @ ..] = lan.hosts() else { unreachable!() };
+    let probe = env!("CARGO_BIN_EXE_nixmesh-mcast-probe");
+    let (group, port) = ("224.0.0.251", "5353");
+    let message = format!("hello-{}", unique_marker());
+
+    let mut receivers = Vec::new();
+    for host in others {
+        let mut child = host
+            .command(probe)
+            .args(["recv", group, port, &host.address().to_string(), "5000"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting the multicast receiver");
+        let (lines, lines_rx) = mpsc::channel();
+        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                let _ = lines.send(line);
+            }
+        });
+        let ready = lines_rx.recv_timeout(Duration::from_secs(10));
+        assert_eq!(ready.as_deref(), Ok("ready"), "{}'s receiver did not start", host.name());
+        receivers.push((host, child, lines_rx));
+    }
+
+    h1.command(probe)
+        .args(["send", group, port, &h1.address().to_string(), &message])
+        .stdout_within(Duration::from_secs(10));
+
+    for (host, mut child, lines) in receivers {
+        let got = lines.recv_timeout(Duration::from_secs(10));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(
+            got,
+            Ok(format!("{} {message}", h1.address())),
+            "{} did not get host 1's multicast datagram",
+            host.name()
+        );
+    }
+}
+
+#[test]
+fn harness_copies_a_signed_closure_between_hosts_through_a_file_cache() {
+    if !e2e_ready() {
+        return;
+    }
+    let lan = Lan::new(2);
+    let stores = start_stores(&lan);
+    let (s1, s2) = (&stores[0], &stores[1]);
+    let key = CacheKey::generate(lan.dir(), "test-1");
+    let other_key = CacheKey::generate(lan.dir(), "other");
+    let closure = s1.build_closure(&test_closure_expr(&unique_marker()));
+    assert_eq!(closure.paths.len(), TEST_CLOSURE_LEN, "{closure:?}");
+    s1.sign_closure(&key.secret_file, &closure.top);
+    assert!(s1.signatures(&closure.top).iter().any(|s| s.starts_with("test-1:")));
+
+    let cache = format!("file://{}", lan.dir().join("cache").display());
+    s1.copy_to(&cache, &[&closure.top]);
+
+    let untrusted = s2.copy_from(&cache, &[&other_key.public], &closure.top);
+    assert!(!untrusted.status.success(), "Nix took paths signed by a key it does not trust");
+    assert!(closure.paths.iter().all(|p| !s2.is_valid(p)), "a path arrived unverified");
+
+    let copy = s2.copy_from(&cache, &[&key.public], &closure.top);
+    assert_copied(&copy, &closure, s2, s1);
+}
+
+#[test]
+fn nix_copy_gets_a_signed_closure_from_a_peer_and_then_from_a_copy_once_its_origin_leaves() {
+    if !e2e_ready() {
+        return;
+    }
+    let lan = Lan::new(3);
+    let stores = start_stores(&lan);
+    let key = CacheKey::generate(lan.dir(), "test-1");
+    let closure = stores[0].build_closure(&test_closure_expr(&unique_marker()));
+    stores[0].sign_closure(&key.secret_file, &closure.top);
+    let trusted = NodeOptions { trusted_keys: vec![key.public.clone()], ..Default::default() };
+    let mut nodes = start_nodes(&stores, |_| trusted.clone());
+
+    wait_for_closure(&nodes[1], &closure, "host 2's node to offer host 1's closure");
+    let copy = stores[1].copy_from(NODE_URL, &[&key.public], &closure.top);
+    assert_copied(&copy, &closure, &stores[1], &stores[0]);
+
+    let origin = nodes[0].peer_id();
+    nodes[0].stop();
+    wait_until(DISCOVERY_LIMIT, "host 3's node to see host 1's leave", || {
+        !lists_connected(&nodes[2].peers(), &origin)
+    });
+    wait_for_closure(&nodes[2], &closure, "host 3's node to offer host 2's copy");
+    let copy = stores[2].copy_from(NODE_URL, &[&key.public], &closure.top);
+    assert_copied(&copy, &closure, &stores[2], &stores[0]);
+}
+
+#[test]
+fn a_node_signs_its_own_unsigned_paths_and_unsigned_paths_of_a_keyless_node_are_refused() {
+    if !e2e_ready() {
+        return;
+    }
+    let lan = Lan::new(3);
+    let stores = start_stores(&lan);
+    let h1 = &lan.hosts()[0];
+    let node_key_file = h1.dir().join("node-1.secret");
+    let node_key = keygen("node-1", &node_key_file);
+    // Host 1's node signs with its key; host 3's has none. Both closures are unsigned.
+    let signed_by_node = stores[0].build_closure(&test_closure_expr(&unique_marker()));
+    let unsigned = stores[2].build_closure(&test_closure_expr(&unique_marker()));
+    assert!(stores[0].signatures(&signed_by_node.top).is_empty());
+    let nodes = start_nodes(&stores, |host| NodeOptions {
+        trusted_keys: vec![node_key.clone()],
+        sign_key_file: (host.number() == 1).then(|| node_key_file.clone()),
+        ..Default::default()
+    });
+
+    wait_for_closure(&nodes[1], &signed_by_node, "host 2's node to offer host 1's closure");
+    let copy = stores[1].copy_from(NODE_URL, &[&node_key], &signed_by_node.top);
+    assert_copied(&copy, &signed_by_node, &stores[1], &stores[0]);
+
+    let keyless = nodes[2].peer_id();
+    wait_until(DISCOVERY_LIMIT, "host 2's node to be connected to host 3's", || {
+        lists_connected(&nodes[1].peers(), &keyless)
+    });
+    let copy = stores[1].copy_from(NODE_URL, &[&node_key], &unsigned.top);
+    assert!(!copy.status.success(), "nix copy of an unsigned closure from host 3 succeeded");
+    for path in &unsigned.paths {
+        assert!(!stores[1].is_valid(path), "unsigned {path} was installed on host 2");
+    }
+    let statuses = nodes[1].narinfo_statuses(&unsigned.paths);
+    assert!(statuses.iter().all(|&s| s == 404), "narinfos of unsigned paths: {statuses:?}");
+}
+
+#[test]
+fn narinfo_misses_and_paths_of_a_killed_holder_answer_404_within_a_second() {
+    if !e2e_ready() {
+        return;
+    }
+    let lan = Lan::new(3);
+    let stores = start_stores(&lan);
+    let key = CacheKey::generate(lan.dir(), "test-1");
+    let closure = stores[0].build_closure(&test_closure_expr(&unique_marker()));
+    stores[0].sign_closure(&key.secret_file, &closure.top);
+    let trusted = NodeOptions { trusted_keys: vec![key.public.clone()], ..Default::default() };
+    let mut nodes = start_nodes(&stores, |_| trusted.clone());
+    wait_for_closure(&nodes[1], &closure, "host 2's node to offer host 1's closure");
+
+    let asked = Instant::now();
+    let (status, _) = nodes[1].http_get(&format!("/{}.narinfo", random_hash()));
+    assert_eq!(status, 404, "a narinfo nobody has");
+    assert!(asked.elapsed() < DEPARTURE_LIMIT, "a miss took {:?}", asked.elapsed());
+
+    let killed = nodes[0].kill();
+    let ((), all_404) = poll_every(
+        Duration::from_millis(20),
+        Duration::from_secs(10),
+        "host 2's node to answer 404 for the killed host 1's paths",
+        || nodes[1].narinfo_statuses(&closure.paths).iter().all(|&s| s == 404).then_some(()),
+    );
+    let took = all_404 - killed;
+    assert!(took <= DEPARTURE_LIMIT, "404 for the departed holder's paths after {took:?}");
+    eprintln!("404 for every path {took:?} after host 1's node was killed");
+}
+
+#[test]
+fn malformed_requests_get_4xx_and_the_node_keeps_serving() {
+    if !e2e_ready() {
+        return;
+    }
+    let lan = Lan::new(1);
+    let store = HostStore::start(&lan.hosts()[0]);
+    let node = Node::start(store.host(), &store, &NodeOptions::default());
+    let valid_hash = narinfo_url_path(&format!("/nix/store/{}-x", random_hash()));
+
+    let malformed = [
+        "/abc.narinfo".to_owned(),
+        format!("/{}x.narinfo", &valid_hash[1..33]),
+        "/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee.narinfo".to_owned(),
+        "/nar/../../etc/passwd".to_owned(),
+        "/nar/%2e%2e/%2e%2e/etc/passwd".to_owned(),
+        "/nar/..%2f..%2fetc%2fpasswd".to_owned(),
+        format!("/{}.narinfo", "a".repeat(100_000)),
+    ];
+    for path in &malformed {
+        let (status, body) = node.http_get(path);
+        let shown: String = path.chars().take(60).collect();
+        assert!((400..500).contains(&status), "GET {shown} answered {status}");
+        assert!(!String::from_utf8_lossy(&body).contains("root:"), "GET {shown} leaked a file");
+        assert_eq!(node.http_get("/nix-cache-info").0, 200, "the node stopped serving");
+    }
+}
+
+#[test]
+fn nixmesh_peers_lists_the_other_hosts_found_by_mdns() {
+    if !e2e_ready() {
+        return;
+    }
+    let lan = Lan::new(3);
+    let stores = start_stores(&lan);
+    let nodes = start_nodes(&stores, |_| NodeOptions::default());
+    let others = [(&nodes[0], nodes[0].peer_id()), (&nodes[2], nodes[2].peer_id())];
+
+    wait_until(DISCOVERY_LIMIT, "host 2's `nixmesh peers` to list hosts 1 and 3", || {
+        let peers = nodes[1].peers();
+        others.iter().all(|(_, id)| lists_connected(&peers, id))
+    });
+    let peers = nodes[1].peers();
+    for (node, id) in others {
+        let entry = peers.as_array().unwrap().iter().find(|p| p["id"] == id.as_str()).unwrap();
+        let on_lan = format!("/ip4/{}/", node.host().address());
+        let addresses = entry["addresses"].as_array().expect("addresses is a list");
+        assert!(
+            addresses.iter().any(|a| a.as_str().is_some_and(|a| a.starts_with(&on_lan))),
+            "{}'s entry has no address on the LAN: {entry}",
+            node.host().name()
+        );
+    }
+    let own = nodes[1].peer_id();
+    assert!(!peers.as_array().unwrap().iter().any(|p| p["id"] == own.as_str()), "lists itself");
+}
