@@ -48,6 +48,13 @@ pub struct Host {
 }
 
 impl Host {
+    /// This machine itself, outside any namespace, keeping its files in `dir`: for tests of a
+    /// store or of nodes on loopback, where no LAN is needed. (No mDNS there: nodes on it
+    /// must run with `--no-mdns`.)
+    pub fn local(dir: &Path) -> Host {
+        Host { number: 1, netns: String::new(), address: Ipv4Addr::LOCALHOST, dir: dir.into() }
+    }
+
     /// A host that is not on any LAN, to test what only formats commands.
     #[cfg(test)]
     pub(crate) fn for_tests(netns: &str, dir: &str) -> Host {
@@ -88,10 +95,14 @@ impl Host {
     /// A command that runs `program` on this host: in its network namespace, with a Nix
     /// configuration and cache directory of its own.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.netns])
-            .arg(program)
-            .env_remove("NIX_REMOTE")
+        let mut cmd = if self.netns.is_empty() {
+            Command::new(program)
+        } else {
+            let mut ip = Command::new("ip");
+            ip.args(["netns", "exec", &self.netns]).arg(program);
+            ip
+        };
+        cmd.env_remove("NIX_REMOTE")
             .env("NIX_CONFIG", NIX_CONFIG)
             .env("XDG_CACHE_HOME", self.dir.join("cache"));
         cmd

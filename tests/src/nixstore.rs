@@ -43,6 +43,7 @@ impl HostStore {
     pub fn start(host: &Host) -> HostStore {
         let log_path = host.dir().join("nix-daemon.log");
         let log = std::fs::File::create(&log_path).expect("creating the daemon's log");
+        std::fs::create_dir_all(host.store_root()).expect("creating the store's directory");
         let socket = host.dir().join("daemon.sock");
         let daemon = host
             .command("nix-daemon")
