@@ -1,0 +1,135 @@
+//! Two whole nodes in one process on loopback (static peers, no mDNS), each on its own chroot
+//! Nix store, and the real `nix copy` substituting a closure from one store to the other
+//! through them. The fast, namespace-free cousin of the LAN tests in `tests/`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use nixmesh_node::config::ServeConfig;
+use nixmesh_node::node::RunningNode;
+use nixmesh_tests::{
+    CacheKey, Closure, Host, HostStore, narinfo_url_path, require_tool, test_closure_expr,
+    unique_marker,
+};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn nix_available() -> bool {
+    ["nix-daemon", "nix-build", "nix-store", "nix"].iter().all(|t| require_tool(t))
+}
+
+fn config(
+    state: &Path,
+    store: &HostStore,
+    trusted: &str,
+    peers: Vec<libp2p::Multiaddr>,
+) -> ServeConfig {
+    ServeConfig {
+        store: store.daemon_url(),
+        state_dir: state.to_owned(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        p2p_listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        trusted_public_keys: vec![trusted.to_owned()],
+        peers,
+        mdns: false,
+        rescan_interval: Duration::from_millis(200),
+        ..ServeConfig::default()
+    }
+}
+
+/// A plain HTTP/1.0 GET: status and body.
+fn get(address: SocketAddr, path: &str) -> (u16, Vec<u8>) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP header");
+    let status = std::str::from_utf8(&response[9..12]).unwrap().parse().unwrap();
+    (status, response[split + 4..].to_vec())
+}
+
+async fn until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nix_copy_substitutes_a_closure_through_two_nodes() {
+    if !nix_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = CacheKey::generate(dir.path(), "loopback-1");
+    let hosts: Vec<Host> = ["h1", "h2"]
+        .iter()
+        .map(|h| {
+            std::fs::create_dir_all(dir.path().join(h)).unwrap();
+            Host::local(&dir.path().join(h))
+        })
+        .collect();
+    let stores: Vec<HostStore> = hosts.iter().map(HostStore::start).collect();
+    let (s1, s2) = (&stores[0], &stores[1]);
+    let closure: Closure = s1.build_closure(&test_closure_expr(&unique_marker()));
+    s1.sign_closure(&key.secret_file, &closure.top);
+    let unsigned = s1.build_closure(&test_closure_expr(&unique_marker()));
+
+    let n1 =
+        RunningNode::start(config(&dir.path().join("n1"), s1, &key.public, vec![])).await.unwrap();
+    let peers = n1.p2p_addresses().await;
+    let n2 =
+        RunningNode::start(config(&dir.path().join("n2"), s2, &key.public, peers)).await.unwrap();
+    let http = n2.http_address();
+
+    // Node 2 learns what node 1 holds; then every narinfo of the closure is served.
+    let narinfos: Vec<String> = closure.paths.iter().map(|p| narinfo_url_path(p)).collect();
+    until("node 2 serves the closure's narinfos", || {
+        narinfos.iter().all(|n| get(http, n).0 == 200)
+    })
+    .await;
+    let (_, text) = get(http, &narinfos[0]);
+    let text = String::from_utf8(text).unwrap();
+    assert!(text.contains("Compression: none") && text.contains("Sig: loopback-1:"), "{text}");
+
+    // The real client substitutes the whole closure from node 2, byte for byte.
+    let url = format!("http://{http}");
+    let copy = tokio::task::block_in_place(|| s2.copy_from(&url, &[&key.public], &closure.top));
+    assert!(copy.status.success(), "nix copy failed: {}", String::from_utf8_lossy(&copy.stderr));
+    for path in &closure.paths {
+        assert!(s2.is_valid(path), "{path} did not arrive");
+        assert_eq!(s2.dump(path), s1.dump(path), "{path} differs");
+    }
+
+    // Unsigned paths are held by node 1 but never served; a path nobody holds is a miss.
+    let status = |address| -> serde_json::Value {
+        serde_json::from_slice(&get(address, "/_nixmesh/status").1).unwrap()
+    };
+    until("node 2 has indexed everything node 1 holds", || {
+        status(http)["indexed_paths"] == status(n1.http_address())["local_paths"]
+    })
+    .await;
+    assert_eq!(get(http, &narinfo_url_path(&unsigned.top)).0, 404);
+    assert_eq!(get(http, "/00000000000000000000000000000000.narinfo").0, 404);
+
+    // Node 2's peer list names node 1, connected.
+    let (status, peers) = get(http, "/_nixmesh/peers");
+    assert_eq!(status, 200);
+    let peers: serde_json::Value = serde_json::from_slice(&peers).unwrap();
+    let n1_id = n1.peer_id().to_string();
+    assert!(
+        peers
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["id"] == n1_id.as_str() && p["connected"] == true),
+        "{peers}"
+    );
+
+    n2.stop().await.unwrap();
+    n1.stop().await.unwrap();
+}
