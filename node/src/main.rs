@@ -105,12 +105,10 @@ impl ServeArgs {
         c.peers = self.peer;
         c.mdns = !self.no_mdns;
         if let Some(secs) = self.rescan_interval {
-            c.rescan_interval = Duration::try_from_secs_f64(secs)
-                .ok()
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| {
-                    format!("--rescan-interval {secs}: must be a positive number of seconds")
-                })?;
+            c.rescan_interval =
+                Duration::try_from_secs_f64(secs).ok().filter(|d| !d.is_zero()).ok_or_else(
+                    || format!("--rescan-interval {secs}: must be a positive number of seconds"),
+                )?;
         }
         if let Some(v) = self.priority {
             c.priority = v;

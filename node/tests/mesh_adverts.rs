@@ -120,10 +120,8 @@ async fn advertisements_reach_the_follower_and_survive_its_restart() {
     assert_eq!(follower.index.path_count(&holder_id), 70_000, "the index survived the restart");
     follower.mesh.want(DialTarget::from_multiaddr(holder.address().await)).await;
     let newest = *hashes(70_001..70_002).iter().next().unwrap();
-    until("the change made while away is indexed", || {
-        follower.holders(&newest) == vec![holder_id]
-    })
-    .await;
+    until("the change made while away is indexed", || follower.holders(&newest) == vec![holder_id])
+        .await;
     assert_eq!(follower.index.peer_position(&holder_id).unwrap().unwrap().1, 3);
 
     // The holder goes away: the follower sees the connection close.
