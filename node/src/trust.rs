@@ -1,13 +1,13 @@
 //! Which signing keys the node trusts, and the key it signs with.
 //!
-//! Trusted keys come from `--trusted-public-key`; when none is given, from the local
-//! `nix.conf` (`trusted-public-keys` and `extra-trusted-public-keys`, following `include`s),
-//! so paths signed by `cache.nixos.org-1` are trusted out of the box, as Nix trusts them.
+//! Trusted keys come from `--trusted-public-key`; when none is given, they are the keys the
+//! local Nix trusts: its default (`cache.nixos.org-1`), changed by `trusted-public-keys` and
+//! `extra-trusted-public-keys` in `nix.conf` (following `include`s) and `$NIX_CONFIG`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use nixmesh_protocol::nixconf;
+use nixmesh_protocol::nixconf::{self, KeysLine};
 use nixmesh_protocol::signature::{KeyError, SigningKey, TrustedKeys, VerifyingKey};
 use thiserror::Error;
 
@@ -19,7 +19,7 @@ const MAX_INCLUDE_DEPTH: usize = 8;
 pub enum TrustError {
     #[error("trusted public key {key:?}: {source}")]
     BadTrustedKey { key: String, source: KeyError },
-    #[error("{path}: trusted public key {key:?}: {source}")]
+    #[error("{path} (or $NIX_CONFIG): trusted public key {key:?}: {source}")]
     BadNixConfKey { path: PathBuf, key: String, source: KeyError },
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
@@ -35,39 +35,40 @@ pub fn default_nix_conf() -> PathBuf {
     dir.unwrap_or_else(|| PathBuf::from("/etc/nix")).join("nix.conf")
 }
 
-/// The trusted keys: `flags` if any, else those `nix_conf` names (none if it does not exist).
+/// The trusted keys: `flags` if any, else what Nix itself trusts: the default key, then the
+/// settings of `nix_conf` (and the files it includes) and of `$NIX_CONFIG`, applied in order.
 pub fn trusted_keys(flags: &[String], nix_conf: &Path) -> Result<TrustedKeys, TrustError> {
-    let keys = if flags.is_empty() {
-        let mut found = Vec::new();
-        read_nix_conf(nix_conf, true, 0, &mut found)?;
-        found
-            .into_iter()
-            .map(|(path, key)| {
-                VerifyingKey::parse(&key).map_err(|source| TrustError::BadNixConfKey {
-                    path,
-                    key,
-                    source,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?
-    } else {
-        flags
-            .iter()
-            .map(|key| {
-                VerifyingKey::parse(key)
-                    .map_err(|source| TrustError::BadTrustedKey { key: key.clone(), source })
-            })
-            .collect::<Result<Vec<_>, _>>()?
+    let parse_flag = |key: &String| {
+        VerifyingKey::parse(key)
+            .map_err(|source| TrustError::BadTrustedKey { key: key.clone(), source })
     };
-    Ok(TrustedKeys::new(keys))
+    if !flags.is_empty() {
+        return Ok(TrustedKeys::new(flags.iter().map(parse_flag).collect::<Result<_, _>>()?));
+    }
+    let mut keys: Vec<String> =
+        nixconf::DEFAULT_TRUSTED_PUBLIC_KEYS.iter().map(|k| (*k).to_owned()).collect();
+    apply_nix_conf(nix_conf, false, 0, &mut keys)?;
+    if let Ok(text) = std::env::var("NIX_CONFIG") {
+        for line in nixconf::key_lines(&text) {
+            line.apply(&mut keys);
+        }
+    }
+    let parsed = keys.iter().map(|key| {
+        VerifyingKey::parse(key).map_err(|source| TrustError::BadNixConfKey {
+            path: nix_conf.to_owned(),
+            key: key.clone(),
+            source,
+        })
+    });
+    Ok(TrustedKeys::new(parsed.collect::<Result<_, _>>()?))
 }
 
-/// Collects `(file, key)` pairs from `path` and what it includes, in order.
-fn read_nix_conf(
+/// Applies the key settings of `path`, and of the files it includes where it includes them.
+fn apply_nix_conf(
     path: &Path,
     required: bool,
     depth: usize,
-    found: &mut Vec<(PathBuf, String)>,
+    keys: &mut Vec<String>,
 ) -> Result<(), TrustError> {
     if depth > MAX_INCLUDE_DEPTH {
         return Err(TrustError::IncludeLoop { path: path.to_owned() });
@@ -75,15 +76,17 @@ fn read_nix_conf(
     let text = match fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && depth == 0 => return Ok(()),
         Err(source) => return Err(TrustError::Read { path: path.to_owned(), source }),
     };
-    let parsed = nixconf::trusted_public_keys(&text);
-    found.extend(parsed.keys.into_iter().map(|k| (path.to_owned(), k)));
-    for (include, required) in parsed.includes {
-        // Relative includes are relative to the including file, as in Nix.
-        let include = path.parent().unwrap_or(Path::new("/")).join(include);
-        read_nix_conf(&include, required, depth + 1, found)?;
+    for line in nixconf::key_lines(&text) {
+        match line {
+            KeysLine::Include { path: include, required } => {
+                // Relative includes are relative to the including file, as in Nix.
+                let include = path.parent().unwrap_or(Path::new("/")).join(include);
+                apply_nix_conf(&include, required, depth + 1, keys)?;
+            }
+            line => line.apply(keys),
+        }
     }
     Ok(())
 }
@@ -94,4 +97,47 @@ pub fn signing_key(path: &Path) -> Result<SigningKey, TrustError> {
         .map_err(|source| TrustError::Read { path: path.into(), source })?;
     SigningKey::parse(text.trim())
         .map_err(|source| TrustError::BadSigningKey { path: path.into(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY_A: &str = "a-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
+    const KEY_B: &str = "b-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
+
+    fn names(keys: &TrustedKeys) -> Vec<&str> {
+        keys.keys().iter().map(|k| k.name()).collect()
+    }
+
+    #[test]
+    fn flags_win_over_nix_conf() {
+        let keys = trusted_keys(&[KEY_A.to_owned()], Path::new("/nonexistent/nix.conf")).unwrap();
+        assert_eq!(names(&keys), ["a-1"]);
+    }
+
+    #[test]
+    fn nix_conf_follows_nix_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("nix.conf");
+        // No file: Nix's default key.
+        assert_eq!(names(&trusted_keys(&[], &conf).unwrap()), ["cache.nixos.org-1"]);
+        // `extra-` adds to the default; an include is read where it stands; a later
+        // assignment replaces what came before.
+        fs::write(dir.path().join("more.conf"), format!("extra-trusted-public-keys = {KEY_B}\n"))
+            .unwrap();
+        fs::write(&conf, format!("extra-trusted-public-keys = {KEY_A}\ninclude more.conf\n"))
+            .unwrap();
+        assert_eq!(names(&trusted_keys(&[], &conf).unwrap()), ["cache.nixos.org-1", "a-1", "b-1"]);
+        fs::write(&conf, format!("include more.conf\ntrusted-public-keys = {KEY_A}\n")).unwrap();
+        assert_eq!(names(&trusted_keys(&[], &conf).unwrap()), ["a-1"]);
+        // A missing `include` is an error; a missing `!include` is not.
+        fs::write(&conf, "!include gone.conf\n").unwrap();
+        assert!(trusted_keys(&[], &conf).is_ok());
+        fs::write(&conf, "include gone.conf\n").unwrap();
+        assert!(matches!(trusted_keys(&[], &conf), Err(TrustError::Read { .. })));
+        // An include loop ends with an error, not a stack overflow.
+        fs::write(&conf, "include nix.conf\n").unwrap();
+        assert!(matches!(trusted_keys(&[], &conf), Err(TrustError::IncludeLoop { .. })));
+    }
 }

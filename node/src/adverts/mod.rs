@@ -171,8 +171,10 @@ mod tests {
     #[test]
     fn an_old_position_falls_back_to_a_snapshot() {
         let log = AdvertLog::new(1);
-        for n in 0..(LOG_CAPACITY as u8 + 2) {
-            log.update(set(&[n]));
+        for n in 0..LOG_CAPACITY + 2 {
+            let mut hash = [0u8; 20];
+            hash[..8].copy_from_slice(&(n as u64).to_be_bytes());
+            log.update(HashSet::from([StorePathHash(hash)]));
         }
         let old = Some(AdvertPosition { epoch: 1, generation: 0 });
         match log.catch_up(old) {
