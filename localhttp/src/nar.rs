@@ -1,7 +1,6 @@
 //! `GET /nar/<hash>-<narhash>.nar`: the NAR of a verified narinfo, streamed from a holder
 //! through [`VerifiedNar`].
 
-use std::fmt::Display;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -93,11 +92,10 @@ async fn open<S: PathSource>(
     None
 }
 
-/// `holders` with the one named like `preferred` (the peer whose narinfo was verified) first,
-/// the others in their order. Peers are compared by name: that is how the source names them.
-fn preferred_first<P: Display>(mut holders: Vec<P>, preferred: &P) -> Vec<P> {
-    let name = preferred.to_string();
-    if let Some(at) = holders.iter().position(|p| p.to_string() == name) {
+/// `holders` with `preferred` (the peer whose narinfo was verified) first, the others in their
+/// order.
+fn preferred_first<P: PartialEq>(mut holders: Vec<P>, preferred: &P) -> Vec<P> {
+    if let Some(at) = holders.iter().position(|p| p == preferred) {
         holders[..=at].rotate_right(1);
     }
     holders
