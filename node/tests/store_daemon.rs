@@ -3,122 +3,40 @@
 //! against what Nix's own tools say about the same store.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use futures::StreamExt;
 use nixmesh_node::store::{CHUNK_SIZE, PathInfo, Store, StoreAddress, StoreError};
 use nixmesh_protocol::{Sha256, StorePath, StorePathHash};
+use nixmesh_tests::{CacheKey, Host, HostStore};
 use serde_json::Value;
 use tempfile::TempDir;
-
-/// How long a daemon may take to create its socket.
-const SOCKET_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn nix_available() -> bool {
     ["nix-daemon", "nix-build", "nix-store", "nix"].iter().all(|t| nixmesh_tests::require_tool(t))
 }
 
-/// A nix-daemon serving a chroot store under a temporary directory, killed (with the workers
-/// it forked for connections) when dropped.
+/// A nix-daemon on a chroot store of its own under a temporary directory (the harness's
+/// [`HostStore`], on this machine's network), as our client reaches it.
 struct Daemon {
+    store: HostStore,
     dir: TempDir,
-    child: Child,
 }
 
 impl Daemon {
     fn start() -> Daemon {
         let dir = tempfile::tempdir().unwrap();
-        let child = Self::spawn(dir.path());
-        Daemon { dir, child }
-    }
-
-    fn spawn(dir: &Path) -> Child {
-        let socket = dir.join("daemon.sock");
-        let _ = std::fs::remove_file(&socket);
-        let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
-        let mut child = Command::new("nix-daemon")
-            .arg("--store")
-            .arg(dir.join("store"))
-            .args(["--option", "sandbox-paths", "/bin /lib /lib64 /usr"])
-            .env("NIX_DAEMON_SOCKET_PATH", &socket)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            // Its own process group, so that dropping it can kill the per-connection workers.
-            .process_group(0)
-            .spawn()
-            .expect("nix-daemon starts");
-        let deadline = Instant::now() + SOCKET_TIMEOUT;
-        while !socket.exists() {
-            if let Some(status) = child.try_wait().unwrap() {
-                let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
-                panic!("nix-daemon exited with {status} before creating its socket:\n{log}");
-            }
-            assert!(Instant::now() < deadline, "nix-daemon made no socket in {SOCKET_TIMEOUT:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        child
-    }
-
-    fn kill(&mut self) {
-        let group = format!("-{}", self.child.id());
-        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-        let _ = self.child.wait();
-    }
-
-    /// Kills the daemon and starts a new one on the same socket and store.
-    fn restart(&mut self) {
-        self.kill();
-        self.child = Self::spawn(self.dir.path());
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("daemon.sock")
+        let store = HostStore::start(&Host::local(dir.path()));
+        Daemon { store, dir }
     }
 
     fn address(&self) -> StoreAddress {
-        StoreAddress::parse(&format!("unix://{}", self.socket().display())).unwrap()
+        StoreAddress::parse(&self.store.daemon_url()).unwrap()
     }
 
-    /// Runs a Nix command against this daemon's store and returns its standard output.
-    fn nix(&self, program: &str, args: &[&str]) -> String {
-        let store = format!("unix://{}", self.socket().display());
-        let output = Command::new(program)
-            .args(["--store", &store])
-            .args(args)
-            .env("NIX_CONFIG", "experimental-features = nix-command")
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{program} {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
-    }
-
-    /// Adds a file with `contents` to the store, as `nix-store --add` does (content-addressed).
     fn add_file(&self, name: &str, contents: &[u8]) -> StorePath {
-        let file = self.dir.path().join(name);
-        std::fs::write(&file, contents).unwrap();
-        let out = self.nix("nix-store", &["--add", file.to_str().unwrap()]);
-        StorePath::parse(out.trim()).unwrap()
-    }
-
-    /// Where the daemon keeps `path` on disk.
-    fn real_path(&self, path: &StorePath) -> PathBuf {
-        self.dir.path().join("store/nix/store").join(path.base_name())
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill();
+        StorePath::parse(&self.store.add_file(name, contents)).unwrap()
     }
 }
 
@@ -157,14 +75,13 @@ fn big_contents() -> Vec<u8> {
 impl Fixture {
     fn build() -> Fixture {
         let daemon = Daemon::start();
-        std::fs::write(daemon.dir.path().join("closure.nix"), CLOSURE).unwrap();
-        let out = daemon.nix("nix-build", &["--no-out-link", "closure.nix"]);
-        let top = StorePath::parse(out.trim()).unwrap();
-        let refs = daemon.nix("nix-store", &["--query", "--references", &top.to_string()]);
-        let dep = StorePath::parse(refs.trim()).unwrap();
-
-        daemon.nix("nix-store", &["--generate-binary-cache-key", "test-1", "sk", "pk"]);
-        daemon.nix("nix", &["store", "sign", "--key-file", "sk", &top.to_string()]);
+        let closure = daemon.store.build_closure(CLOSURE);
+        let top = StorePath::parse(&closure.top).unwrap();
+        let [dep, _] = &closure.paths[..] else { panic!("not two paths: {closure:?}") };
+        let dep = StorePath::parse(dep).unwrap();
+        let key = CacheKey::generate(daemon.dir.path(), "test-1");
+        let key_file = key.secret_file.to_str().unwrap();
+        daemon.store.nix(&["store", "sign", "--key-file", key_file, &closure.top]);
 
         let small = daemon.add_file("small.txt", b"hi\n");
         let big = daemon.add_file("big.bin", &big_contents());
@@ -173,7 +90,7 @@ impl Fixture {
 
     /// `nix path-info --json --all`, keyed by path.
     fn nix_path_infos(&self) -> BTreeMap<StorePath, Value> {
-        let json = self.daemon.nix("nix", &["path-info", "--json", "--all"]);
+        let json = self.daemon.store.nix(&["path-info", "--json", "--all"]);
         let infos: Vec<Value> = serde_json::from_str(&json).unwrap();
         infos
             .into_iter()
@@ -268,7 +185,7 @@ async fn nars_match_nix_store_dump() {
         let chunks = read_nar(&store, &path, info.nar_size).await;
         assert!(chunks.iter().all(|c| !c.is_empty() && c.len() <= CHUNK_SIZE));
         let nar = chunks.concat();
-        let real = fixture.daemon.real_path(&path);
+        let real = fixture.daemon.store.real_path(&path.to_string());
         let dump = Command::new("nix-store").arg("--dump").arg(&real).output().unwrap();
         assert!(dump.status.success(), "nix-store --dump {}", real.display());
         assert!(nar == dump.stdout, "the NAR of {path} differs from nix-store --dump");
@@ -351,7 +268,7 @@ async fn a_restarted_daemon_is_reconnected_to() {
     let store = Store::connect(daemon.address()).await.unwrap();
     assert!(store.query_path_info(&small).await.unwrap().is_some());
     // The pooled connection now leads to a dead daemon; the next query must not fail for it.
-    daemon.restart();
+    daemon.store.restart();
     assert!(store.query_path_info(&small).await.unwrap().is_some());
     assert!(store.query_all_valid_paths().await.unwrap().contains(&small));
 }

@@ -1,6 +1,7 @@
 //! A host's Nix store with its nix-daemon, the test closure, and binary-cache keys: all
 //! through the real Nix tools.
 
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -41,39 +42,40 @@ impl HostStore {
     /// Starts the host's nix-daemon (log in the host's directory) and waits until it
     /// answers.
     pub fn start(host: &Host) -> HostStore {
-        let log_path = host.dir().join("nix-daemon.log");
-        let log = std::fs::File::create(&log_path).expect("creating the daemon's log");
         std::fs::create_dir_all(host.store_root()).expect("creating the store's directory");
-        let socket = host.dir().join("daemon.sock");
-        let daemon = host
-            .command("nix-daemon")
-            // Always an explicit store: the default, `auto`, would connect to this very
-            // socket once it exists and fork without end.
-            .arg("--store")
-            .arg(host.store_root())
-            .args(["--option", "sandbox-paths", SANDBOX_PATHS])
-            // Builds run as the daemon's user, not as the machine's shared `nixbld` users:
-            // Nix kills every process of a build user around each build, so parallel tests
-            // on shared build users kill each other's builds.
-            .args(["--option", "build-users-group", ""])
-            .env("NIX_DAEMON_SOCKET_PATH", &socket)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("duplicating a file handle"))
-            .stderr(log)
-            .spawn()
-            .expect("starting nix-daemon");
+        let daemon = spawn_daemon(host);
         let store = HostStore { host: host.clone(), daemon };
+        store.wait_until_it_answers();
+        store
+    }
+
+    /// Kills the daemon (and the workers it forked) and starts a new one on the same socket
+    /// and store, as a host's daemon restarting under a running node.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.daemon = spawn_daemon(&self.host);
+        self.wait_until_it_answers();
+    }
+
+    fn wait_until_it_answers(&self) {
+        let host = &self.host;
         wait_until(DAEMON_START_LIMIT, &format!("{}'s nix-daemon to answer", host.name()), || {
-            store.socket().exists()
-                && store
-                    .host
+            self.socket().exists()
+                && host
                     .command("nix")
-                    .args(["store", "ping", "--store", &store.url()])
+                    .args(["store", "ping", "--store", &self.url()])
                     .output_within(NIX_LIMIT)
                     .status
                     .success()
         });
-        store
+    }
+
+    /// Kills the daemon's process group: the daemon and the per-connection workers it forked.
+    fn kill(&mut self) {
+        let group = format!("-{}", self.daemon.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.daemon.wait();
+        let _ = std::fs::remove_file(self.socket());
     }
 
     /// The host this store belongs to.
@@ -146,13 +148,28 @@ impl HostStore {
         }
     }
 
+    /// Where the store keeps `path` (`/nix/store/...`) on disk.
+    pub fn real_path(&self, path: &str) -> PathBuf {
+        let base = path.strip_prefix("/nix/store/").expect("a path in /nix/store");
+        self.host.store_root().join("nix/store").join(base)
+    }
+
     /// The NAR serialisation of `path`, as `nix-store --dump` makes it of the file on disk.
     /// (`nix store dump-path` cannot be used: Nix 2.8's client looks for a chroot store's
     /// paths under `/nix/store`.)
     pub fn dump(&self, path: &str) -> Vec<u8> {
-        let base = path.strip_prefix("/nix/store/").expect("a path in /nix/store");
-        let on_disk = self.host.store_root().join("nix/store").join(base);
-        Command::new("nix-store").arg("--dump").arg(on_disk).stdout_within(NIX_LIMIT)
+        Command::new("nix-store").arg("--dump").arg(self.real_path(path)).stdout_within(NIX_LIMIT)
+    }
+
+    /// Adds a file named `name` holding `contents` to the store, as `nix-store --add` does
+    /// (content-addressed), and returns its store path.
+    pub fn add_file(&self, name: &str, contents: &[u8]) -> String {
+        let file = self.host.dir().join(name);
+        std::fs::write(&file, contents).expect("writing a file to add");
+        let file = file.to_str().expect("a UTF-8 path");
+        let out = self.nix_store(&["--add", file]);
+        assert!(out.status.success(), "nix-store --add: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("UTF-8 output").trim().to_owned()
     }
 
     /// The signatures the store has for `path`.
@@ -187,9 +204,36 @@ impl HostStore {
 
 impl Drop for HostStore {
     fn drop(&mut self) {
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
+        self.kill();
     }
+}
+
+/// Starts `nix-daemon` for the host's chroot store, in a process group of its own so that
+/// its workers can be killed with it.
+fn spawn_daemon(host: &Host) -> Child {
+    let log_path = host.dir().join("nix-daemon.log");
+    let log = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .expect("opening the daemon's log");
+    host.command("nix-daemon")
+        // Always an explicit store: the default, `auto`, would connect to this very socket
+        // once it exists and fork without end.
+        .arg("--store")
+        .arg(host.store_root())
+        .args(["--option", "sandbox-paths", SANDBOX_PATHS])
+        // Builds run as the daemon's user, not as the machine's shared `nixbld` users: Nix
+        // kills every process of a build user around each build, so parallel tests on shared
+        // build users kill each other's builds.
+        .args(["--option", "build-users-group", ""])
+        .env("NIX_DAEMON_SOCKET_PATH", host.dir().join("daemon.sock"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("duplicating a file handle"))
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .expect("starting nix-daemon")
 }
 
 /// A Nix expression for the test closure: seven paths with references, `top -> a -> b -> c`
