@@ -9,20 +9,21 @@ use nixmesh_protocol::signature::{Signature, SigningKey};
 use nixmesh_protocol::wire::{FETCH_PROTOCOL, FetchRequest, FetchResponse};
 use nixmesh_protocol::{NarInfo, StorePathHash};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{debug, info_span, warn};
 
-use crate::mesh::Mesh;
 use crate::mesh::framing::{FrameError, read_frame, write_frame};
+use crate::mesh::{Mesh, StreamLimits, serve_streams};
 use crate::store::{PathInfo, Store};
 
 /// How long a peer may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one write to a peer may block (a stalled reader is cut off after this).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// The most fetch streams served at once; more wait for a slot.
-const MAX_CONCURRENT_FETCHES: usize = 64;
+/// Fetches served at once, and how many more may wait, and how long, for a turn.
+const FETCHES: StreamLimits =
+    StreamLimits { concurrent: 64, waiting: 256, max_wait: Duration::from_secs(10) };
 
 /// Answers peers' fetches from the local store.
 #[derive(Clone)]
@@ -87,32 +88,17 @@ impl Provider {
     }
 
     /// Answers fetch streams until `shutdown`.
-    pub async fn serve(self, mesh: Mesh, mut shutdown: watch::Receiver<bool>) {
-        let mut incoming = match mesh.control().accept(Mesh::protocol(FETCH_PROTOCOL)) {
-            Ok(incoming) => incoming,
-            Err(e) => return warn!("cannot accept fetches: {e}"),
-        };
-        let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_FETCHES));
-        loop {
-            let (peer, stream) = tokio::select! {
-                _ = shutdown.changed() => return,
-                next = incoming.next() => match next {
-                    Some(next) => next,
-                    None => return,
-                },
-            };
-            let Ok(permit) = limit.clone().acquire_owned().await else { return };
+    pub async fn serve(self, mesh: Mesh, shutdown: watch::Receiver<bool>) {
+        let span = |peer| info_span!("fetch-from", %peer);
+        serve_streams(&mesh, FETCH_PROTOCOL, FETCHES, shutdown, span, |_, stream| {
             let provider = self.clone();
-            tokio::spawn(
-                async move {
-                    if let Err(e) = provider.answer(stream.compat()).await {
-                        debug!("fetch ended: {e}");
-                    }
-                    drop(permit);
+            async move {
+                if let Err(e) = provider.answer(stream.compat()).await {
+                    debug!("fetch ended: {e}");
                 }
-                .instrument(info_span!("fetch-from", %peer)),
-            );
-        }
+            }
+        })
+        .await
     }
 
     async fn answer<S>(&self, mut stream: S) -> Result<(), FrameError>

@@ -4,23 +4,23 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use nixmesh_protocol::wire::{
     ADVERTS_PROTOCOL, AdvertMessage, AdvertPosition, AdvertRequest, MAX_HASHES_PER_FRAME,
 };
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{debug, info, info_span, warn};
 
 use super::{AdvertLog, CatchUp};
-use crate::mesh::Mesh;
 use crate::mesh::framing::{FrameError, read_frame, write_frame};
+use crate::mesh::{Mesh, StreamLimits, serve_streams};
 use crate::store::Store;
 
 /// How long a subscriber may take to send its request, or to take one frame.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
-/// The most subscribers served at once (each is a long-lived stream).
-const MAX_SUBSCRIBERS: usize = 512;
+/// Subscribers served at once (each is a long-lived stream); none wait for a turn.
+const SUBSCRIBERS: StreamLimits =
+    StreamLimits { concurrent: 512, waiting: 0, max_wait: Duration::ZERO };
 
 /// Rescans the local store every `interval` and records what changed, until `shutdown`.
 pub async fn rescan_loop(
@@ -54,37 +54,18 @@ pub async fn rescan_loop(
 }
 
 /// Answers subscribers on [`ADVERTS_PROTOCOL`] until `shutdown`.
-pub async fn serve(mesh: Mesh, log: Arc<AdvertLog>, mut shutdown: watch::Receiver<bool>) {
-    let mut incoming = match mesh.control().accept(Mesh::protocol(ADVERTS_PROTOCOL)) {
-        Ok(incoming) => incoming,
-        Err(e) => return warn!("cannot accept advertisement subscribers: {e}"),
-    };
-    let limit = Arc::new(Semaphore::new(MAX_SUBSCRIBERS));
-    loop {
-        let (peer, stream) = tokio::select! {
-            _ = shutdown.changed() => return,
-            next = incoming.next() => match next {
-                Some(next) => next,
-                None => return,
-            },
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            warn!(%peer, "refusing advertisement subscriber: {MAX_SUBSCRIBERS} already served");
-            continue;
-        };
+pub async fn serve(mesh: Mesh, log: Arc<AdvertLog>, shutdown: watch::Receiver<bool>) {
+    let span = |peer| info_span!("advert-subscriber", %peer);
+    serve_streams(&mesh, ADVERTS_PROTOCOL, SUBSCRIBERS, shutdown, span, |_, stream| {
         let log = log.clone();
-        let span = info_span!("advert-subscriber", %peer);
-        tokio::spawn(
-            async move {
-                match serve_subscriber(stream.compat(), &log).await {
-                    Ok(()) | Err(FrameError::Closed) => debug!("subscriber left"),
-                    Err(e) => debug!("subscriber stream ended: {e}"),
-                }
-                drop(permit);
+        async move {
+            match serve_subscriber(stream.compat(), &log).await {
+                Ok(()) | Err(FrameError::Closed) => debug!("subscriber left"),
+                Err(e) => debug!("subscriber stream ended: {e}"),
             }
-            .instrument(span),
-        );
-    }
+        }
+    })
+    .await
 }
 
 async fn serve_subscriber<S>(mut stream: S, log: &AdvertLog) -> Result<(), FrameError>

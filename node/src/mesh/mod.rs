@@ -7,6 +7,7 @@
 
 pub mod framing;
 pub mod peers;
+mod serve;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 pub use peers::{PeerState, PeerTable};
+pub use serve::{StreamLimits, serve_streams};
 
 /// Identify's protocol name; it tells peers our listen addresses.
 const IDENTIFY_PROTOCOL: &str = "/nixmesh/id/1";
