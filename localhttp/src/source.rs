@@ -70,8 +70,8 @@ pub struct PeerSummary {
     pub connected: bool,
     /// Seconds since the peer was last heard from, if ever.
     pub last_seen_secs_ago: Option<u64>,
-    /// The last ping round trip.
-    #[serde(with = "opt_millis")]
+    /// The last ping round trip (in JSON: `rtt_ms`, milliseconds).
+    #[serde(rename = "rtt_ms", with = "opt_millis")]
     pub rtt: Option<Duration>,
 }
 

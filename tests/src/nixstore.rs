@@ -172,6 +172,11 @@ impl HostStore {
         String::from_utf8(out.stdout).expect("UTF-8 output").trim().to_owned()
     }
 
+    /// How many valid paths the store holds (built outputs and their `.drv` files alike).
+    pub fn path_count(&self) -> usize {
+        self.nix(&["path-info", "--all"]).lines().count()
+    }
+
     /// The signatures the store has for `path`.
     pub fn signatures(&self, path: &str) -> Vec<String> {
         let info = self.nix(&["path-info", "--json", path]);

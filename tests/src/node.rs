@@ -79,20 +79,13 @@ pub struct NodeOptions {
     pub peers: Vec<String>,
     /// mDNS discovery; off gives `--no-mdns`.
     pub mdns: bool,
-    /// `--rescan-interval` in seconds.
-    pub rescan_interval_secs: u64,
 }
 
 impl Default for NodeOptions {
-    /// mDNS on, no static peers, no keys, a store rescan every second.
+    /// mDNS on, no static peers, no keys; everything else (the store rescan interval, say)
+    /// as a user's node has it.
     fn default() -> Self {
-        NodeOptions {
-            trusted_keys: Vec::new(),
-            sign_key_file: None,
-            peers: Vec::new(),
-            mdns: true,
-            rescan_interval_secs: 1,
-        }
+        NodeOptions { trusted_keys: Vec::new(), sign_key_file: None, peers: Vec::new(), mdns: true }
     }
 }
 
@@ -122,8 +115,7 @@ impl Node {
 
         let mut cmd = host.command(&bin);
         cmd.args(["serve", "--store", &store.daemon_url(), "--http-listen", HTTP_LISTEN])
-            .args(["--p2p-listen", P2P_LISTEN, "--rescan-interval"])
-            .arg(opts.rescan_interval_secs.to_string())
+            .args(["--p2p-listen", P2P_LISTEN])
             .arg("--state-dir")
             .arg(&state);
         for key in &opts.trusted_keys {

@@ -13,12 +13,17 @@ use std::time::{Duration, Instant};
 
 use nixmesh_tests::{
     CacheKey, Closure, CommandExt, Host, HostStore, Lan, NODE_URL, Node, NodeOptions,
-    TEST_CLOSURE_LEN, keygen, narinfo_url_path, poll_every, require_root, require_tool,
-    test_closure_expr, unique_marker, wait_until,
+    TEST_CLOSURE_LEN, keygen, narinfo_url_path, nixmesh_bin, poll_every, require_root,
+    require_tool, test_closure_expr, unique_marker, wait_until,
 };
 
 /// How long nodes may take to find each other and learn what the others hold.
 const DISCOVERY_LIMIT: Duration = Duration::from_secs(30);
+/// How soon a path that appears in a host's store must be known to the other nodes.
+const PROPAGATION_LIMIT: Duration = Duration::from_secs(10);
+/// How soon a client must see a NAR download fail once its holder is gone (it may first
+/// read what was already on its way).
+const ABORT_LIMIT: Duration = Duration::from_secs(30);
 /// How soon after its only holder is killed a path must be a miss elsewhere.
 const DEPARTURE_LIMIT: Duration = Duration::from_secs(1);
 
@@ -61,6 +66,11 @@ fn assert_copied(copy: &Output, closure: &Closure, to: &HostStore, from: &HostSt
 /// Whether `nixmesh peers --json` output lists `id` as connected.
 fn lists_connected(peers: &serde_json::Value, id: &str) -> bool {
     peers.as_array().is_some_and(|all| all.iter().any(|p| p["id"] == id && p["connected"] == true))
+}
+
+/// How many paths `nixmesh peers --json` output says `id` advertises, if it lists `id`.
+fn advertised_paths(peers: &serde_json::Value, id: &str) -> Option<u64> {
+    peers.as_array()?.iter().find(|p| p["id"] == id)?["paths"].as_u64()
 }
 
 /// A store path hash no store holds.
@@ -163,6 +173,15 @@ fn nix_copy_gets_a_signed_closure_from_a_peer_and_then_from_a_copy_once_its_orig
     let copy = stores[1].copy_from(NODE_URL, &[&key.public], &closure.top);
     assert_copied(&copy, &closure, &stores[1], &stores[0]);
 
+    // Host 2's store had nothing; now its copy must reach host 3's index within a few
+    // seconds (the node's default store rescan, then one advertisement).
+    let copied = Instant::now();
+    let host2 = nodes[1].peer_id();
+    wait_until(PROPAGATION_LIMIT, "host 3's node to learn of host 2's copy", || {
+        advertised_paths(&nodes[2].peers(), &host2) == Some(TEST_CLOSURE_LEN as u64)
+    });
+    eprintln!("host 3 learnt of host 2's copy {:?} after it was made", copied.elapsed());
+
     let origin = nodes[0].peer_id();
     nodes[0].stop();
     wait_until(DISCOVERY_LIMIT, "host 3's node to see host 1's leave", || {
@@ -187,6 +206,13 @@ fn a_node_signs_its_own_unsigned_paths_and_unsigned_paths_of_a_keyless_node_are_
     let signed_by_node = stores[0].build_closure(&test_closure_expr(&unique_marker()));
     let unsigned = stores[2].build_closure(&test_closure_expr(&unique_marker()));
     assert!(stores[0].signatures(&signed_by_node.top).is_empty());
+    assert!(stores[2].signatures(&unsigned.top).is_empty());
+    // Host 3 also holds one path signed with the trusted key, added after the unsigned
+    // closure: once host 2 serves it, host 2 knows of the unsigned closure too, so a 404 for
+    // that means refused, not unknown.
+    let signed_on_3 = stores[2].add_file("signed-on-3", unique_marker().as_bytes());
+    let node_key_path = node_key_file.to_str().expect("a UTF-8 path");
+    stores[2].nix(&["store", "sign", "--key-file", node_key_path, &signed_on_3]);
     let nodes = start_nodes(&stores, |host| NodeOptions {
         trusted_keys: vec![node_key.clone()],
         sign_key_file: (host.number() == 1).then(|| node_key_file.clone()),
@@ -197,9 +223,8 @@ fn a_node_signs_its_own_unsigned_paths_and_unsigned_paths_of_a_keyless_node_are_
     let copy = stores[1].copy_from(NODE_URL, &[&node_key], &signed_by_node.top);
     assert_copied(&copy, &signed_by_node, &stores[1], &stores[0]);
 
-    let keyless = nodes[2].peer_id();
-    wait_until(DISCOVERY_LIMIT, "host 2's node to be connected to host 3's", || {
-        lists_connected(&nodes[1].peers(), &keyless)
+    wait_until(DISCOVERY_LIMIT, "host 2's node to offer host 3's signed path", || {
+        nodes[1].narinfo_statuses(std::slice::from_ref(&signed_on_3)) == [200]
     });
     let copy = stores[1].copy_from(NODE_URL, &[&node_key], &unsigned.top);
     assert!(!copy.status.success(), "nix copy of an unsigned closure from host 3 succeeded");
@@ -208,6 +233,11 @@ fn a_node_signs_its_own_unsigned_paths_and_unsigned_paths_of_a_keyless_node_are_
     }
     let statuses = nodes[1].narinfo_statuses(&unsigned.paths);
     assert!(statuses.iter().all(|&s| s == 404), "narinfos of unsigned paths: {statuses:?}");
+    let refusal = "no signature from a trusted key";
+    assert!(
+        std::fs::read_to_string(nodes[1].log_path()).unwrap_or_default().contains(refusal),
+        "host 2's node did not log a refused narinfo ({refusal:?})"
+    );
 }
 
 #[test]
@@ -239,6 +269,81 @@ fn narinfo_misses_and_paths_of_a_killed_holder_answer_404_within_a_second() {
     let took = all_404 - killed;
     assert!(took <= DEPARTURE_LIMIT, "404 for the departed holder's paths after {took:?}");
     eprintln!("404 for every path {took:?} after host 1's node was killed");
+}
+
+#[test]
+fn a_holder_killed_mid_nar_leaves_the_client_a_failed_download() {
+    if !e2e_ready() {
+        return;
+    }
+    let lan = Lan::new(2);
+    let stores = start_stores(&lan);
+    let key = CacheKey::generate(lan.dir(), "test-1");
+    let big = stores[0].build_closure(&big_path_expr(&unique_marker()));
+    stores[0].sign_closure(&key.secret_file, &big.top);
+    let trusted = NodeOptions { trusted_keys: vec![key.public.clone()], ..Default::default() };
+    let mut nodes = start_nodes(&stores, |_| trusted.clone());
+    wait_for_closure(&nodes[1], &big, "host 2's node to offer host 1's big path");
+
+    let (status, narinfo) = nodes[1].http_get(&narinfo_url_path(&big.top));
+    assert_eq!(status, 200, "the big path's narinfo");
+    let narinfo = String::from_utf8(narinfo).expect("a UTF-8 narinfo");
+    let field = |name: &str| {
+        let prefix = format!("{name}: ");
+        let line = narinfo.lines().find_map(|l| l.strip_prefix(prefix.as_str()));
+        line.unwrap_or_else(|| panic!("no {name} in the narinfo:\n{narinfo}")).to_owned()
+    };
+    let nar_size: u64 = field("NarSize").parse().expect("a number");
+
+    // A slow client on host 2, so that most of the NAR is still on host 1 when it dies.
+    let partial = lan.dir().join("partial.nar");
+    let mut curl = nodes[1]
+        .host()
+        .command("curl")
+        .args(["--silent", "--show-error", "--limit-rate", "1M", "--max-time", "120"])
+        .arg("--output")
+        .arg(&partial)
+        .arg(format!("{NODE_URL}/{}", field("URL")))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting curl");
+    let received = || std::fs::metadata(&partial).map_or(0, |m| m.len());
+    wait_until(DISCOVERY_LIMIT, "the NAR's first MiB to reach the client", || {
+        received() >= 1 << 20
+    });
+
+    let killed = nodes[0].kill();
+    let (exit, ended) =
+        poll_every(Duration::from_millis(20), ABORT_LIMIT, "curl to end after the kill", || {
+            curl.try_wait().expect("waiting for curl")
+        });
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut curl.stderr.take().expect("piped"), &mut stderr)
+        .expect("reading curl's errors");
+    assert!(!exit.success(), "curl got a whole NAR from a killed holder ({} bytes)", received());
+    assert!(received() < nar_size, "{} of {nar_size} bytes arrived", received());
+    eprintln!(
+        "curl ended {:?} after the kill with {} of {nar_size} bytes: {exit}, {}",
+        ended - killed,
+        received(),
+        stderr.trim()
+    );
+    assert_eq!(nodes[1].http_get("/nix-cache-info").0, 200, "host 2's node stopped serving");
+}
+
+/// A Nix expression for one path of 64 MiB of random bytes, new for each `marker`.
+fn big_path_expr(marker: &str) -> String {
+    format!(
+        r#"derivation {{
+  name = "nixmesh-test-big";
+  system = builtins.currentSystem;
+  builder = "/bin/sh";
+  args = [ "-c" "head -c 67108864 /dev/urandom > $out" ];
+  PATH = "/usr/bin:/bin";
+  marker = "{marker}";
+}}"#
+    )
 }
 
 #[test]
@@ -276,16 +381,25 @@ fn nixmesh_peers_lists_the_other_hosts_found_by_mdns() {
     }
     let lan = Lan::new(3);
     let stores = start_stores(&lan);
+    // Hosts 1 and 3 hold a closure each (with its derivations); host 2 holds nothing.
+    for store in [&stores[0], &stores[2]] {
+        store.build_closure(&test_closure_expr(&unique_marker()));
+    }
     let nodes = start_nodes(&stores, |_| NodeOptions::default());
-    let others = [(&nodes[0], nodes[0].peer_id()), (&nodes[2], nodes[2].peer_id())];
+    let others = [(&nodes[0], &stores[0]), (&nodes[2], &stores[2])]
+        .map(|(node, store)| (node, node.peer_id(), store.path_count() as u64));
 
-    wait_until(DISCOVERY_LIMIT, "host 2's `nixmesh peers` to list hosts 1 and 3", || {
+    wait_until(DISCOVERY_LIMIT, "host 2's `nixmesh peers` to list hosts 1 and 3 in full", || {
         let peers = nodes[1].peers();
-        others.iter().all(|(_, id)| lists_connected(&peers, id))
+        others.iter().all(|(_, id, held)| {
+            lists_connected(&peers, id)
+                && advertised_paths(&peers, id) == Some(*held)
+                && entry(&peers, id)["rtt_ms"].is_number()
+        })
     });
     let peers = nodes[1].peers();
-    for (node, id) in others {
-        let entry = peers.as_array().unwrap().iter().find(|p| p["id"] == id.as_str()).unwrap();
+    for (node, id, _) in &others {
+        let entry = entry(&peers, id);
         let on_lan = format!("/ip4/{}/", node.host().address());
         let addresses = entry["addresses"].as_array().expect("addresses is a list");
         assert!(
@@ -293,7 +407,26 @@ fn nixmesh_peers_lists_the_other_hosts_found_by_mdns() {
             "{}'s entry has no address on the LAN: {entry}",
             node.host().name()
         );
+        let seen = entry["last_seen_secs_ago"].as_u64();
+        assert!(seen.is_some_and(|s| s < 60), "{}'s entry: {entry}", node.host().name());
     }
     let own = nodes[1].peer_id();
     assert!(!peers.as_array().unwrap().iter().any(|p| p["id"] == own.as_str()), "lists itself");
+
+    // The table a person reads: a line a peer, with its state and path count.
+    let mut cli = nodes[1].host().command(nixmesh_bin());
+    cli.args(["peers", "--node", NODE_URL]);
+    let table = String::from_utf8(cli.stdout_within(DISCOVERY_LIMIT)).expect("UTF-8 output");
+    for (node, id, held) in &others {
+        let line = table.lines().find(|l| l.starts_with(id.as_str()));
+        let line = line.unwrap_or_else(|| panic!("no line for {id} in:\n{table}"));
+        let expected = format!("connected  {held} paths");
+        assert!(line.contains(&expected), "{}'s line: {line}", node.host().name());
+    }
+}
+
+/// The entry for `id` in `nixmesh peers --json` output; panics if there is none.
+fn entry<'a>(peers: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    let all = peers.as_array().expect("a list of peers");
+    all.iter().find(|p| p["id"] == id).unwrap_or_else(|| panic!("{id} not in {peers}"))
 }
