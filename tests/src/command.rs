@@ -1,7 +1,7 @@
 //! Running a command to completion with a time limit, so that a hung tool fails its test with
 //! what it printed instead of hanging the whole run.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
@@ -13,6 +13,9 @@ pub trait CommandExt {
     /// `limit` for it to exit. Panics when it cannot start or runs over (it is killed then).
     fn output_within(&mut self, limit: Duration) -> Output;
 
+    /// Like [`CommandExt::output_within`], with `input` written to its stdin (then closed).
+    fn output_with_input_within(&mut self, input: Vec<u8>, limit: Duration) -> Output;
+
     /// Like [`CommandExt::output_within`], and panics, with its stderr, unless it exits 0.
     /// Returns its stdout.
     fn stdout_within(&mut self, limit: Duration) -> Vec<u8>;
@@ -20,21 +23,11 @@ pub trait CommandExt {
 
 impl CommandExt for Command {
     fn output_within(&mut self, limit: Duration) -> Output {
-        let shown = describe(self);
-        let mut child = self
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start `{shown}`: {e}"));
-        let stdout = drain(child.stdout.take().expect("piped"));
-        let stderr = drain(child.stderr.take().expect("piped"));
-        let status = wait_or_kill(&mut child, limit, &shown);
-        Output {
-            status,
-            stdout: stdout.join().expect("reader thread"),
-            stderr: stderr.join().expect("reader thread"),
-        }
+        run(self, None, limit)
+    }
+
+    fn output_with_input_within(&mut self, input: Vec<u8>, limit: Duration) -> Output {
+        run(self, Some(input), limit)
     }
 
     fn stdout_within(&mut self, limit: Duration) -> Vec<u8> {
@@ -49,6 +42,35 @@ impl CommandExt for Command {
             );
         }
         out.stdout
+    }
+}
+
+fn run(cmd: &mut Command, input: Option<Vec<u8>>, limit: Duration) -> Output {
+    let shown = describe(cmd);
+    let stdin = if input.is_some() { Stdio::piped() } else { Stdio::null() };
+    let mut child = cmd
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start `{shown}`: {e}"));
+    // Written on a thread of its own, so that a child that does not read cannot block us.
+    let writer = input.map(|input| {
+        let mut pipe = child.stdin.take().expect("piped");
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&input);
+        })
+    });
+    let stdout = drain(child.stdout.take().expect("piped"));
+    let stderr = drain(child.stderr.take().expect("piped"));
+    let status = wait_or_kill(&mut child, limit, &shown);
+    if let Some(writer) = writer {
+        writer.join().expect("writer thread");
+    }
+    Output {
+        status,
+        stdout: stdout.join().expect("reader thread"),
+        stderr: stderr.join().expect("reader thread"),
     }
 }
 

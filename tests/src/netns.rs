@@ -124,6 +124,8 @@ impl Lan {
     /// (after undoing what was done).
     pub fn new(hosts: usize) -> Lan {
         assert!((1..=MAX_HOSTS).contains(&hosts), "a LAN has 1 to {MAX_HOSTS} hosts");
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        SWEPT.call_once(sweep_dead_lans);
         let id = format!("nm{}x{}", std::process::id(), NEXT_LAN.fetch_add(1, Ordering::Relaxed));
         let dir = tempfile::Builder::new()
             .prefix(&format!("nixmesh-{id}-"))
@@ -210,6 +212,26 @@ impl Drop for Lan {
         {
             eprintln!("LAN {}: kept its scratch directory {}", self.id, dir.keep().display());
         }
+    }
+}
+
+/// Removes the namespaces of LANs whose test process is gone: a test killed from outside
+/// (a time-out, Ctrl-C) never ran its drops. A LAN's namespaces are `nm<pid>x<n>-...`.
+fn sweep_dead_lans() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else { return };
+    let listed = String::from_utf8_lossy(&out.stdout);
+    for ns in listed.lines().filter_map(|line| line.split_whitespace().next()) {
+        let pid = ns.strip_prefix("nm").and_then(|rest| rest.split('x').next());
+        let Some(pid) = pid.filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if Path::new("/proc").join(pid).exists() {
+            continue;
+        }
+        eprintln!("removing namespace {ns}, left by the ended test process {pid}");
+        kill_all_in(ns);
+        let _ = Command::new("ip").args(["netns", "del", ns]).output();
     }
 }
 

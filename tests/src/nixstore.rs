@@ -149,7 +149,7 @@ impl HostStore {
     }
 
     /// Where the store keeps `path` (`/nix/store/...`) on disk.
-    pub fn real_path(&self, path: &str) -> PathBuf {
+    fn real_path(&self, path: &str) -> PathBuf {
         let base = path.strip_prefix("/nix/store/").expect("a path in /nix/store");
         self.host.store_root().join("nix/store").join(base)
     }

@@ -5,31 +5,31 @@
 #[path = "../../protocol/tests/nar_trees/mod.rs"]
 mod nar_trees;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use nar_trees::{Rng, dump_fs_to_vec, materialise, parse_nar, random_tree, read_fs, write_nar};
+use nixmesh_tests::CommandExt;
 
 /// Trees per run; each is at most about 60 nodes, so a run takes seconds.
 const TREES: u64 = 40;
 
+/// How long one `nix-store` call may take.
+const NIX_LIMIT: Duration = Duration::from_secs(60);
+
 fn nix_dump(path: &Path) -> Result<Vec<u8>> {
-    let out = Command::new("nix-store").arg("--dump").arg(path).output()?;
+    let out = Command::new("nix-store").arg("--dump").arg(path).output_within(NIX_LIMIT);
     ensure!(out.status.success(), "nix-store --dump: {}", String::from_utf8_lossy(&out.stderr));
     Ok(out.stdout)
 }
 
 fn nix_restore(path: &Path, nar: &[u8]) -> Result<()> {
-    let mut child = Command::new("nix-store")
+    let out = Command::new("nix-store")
         .arg("--restore")
         .arg(path)
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    child.stdin.take().context("stdin")?.write_all(nar)?;
-    let out = child.wait_with_output()?;
+        .output_with_input_within(nar.to_vec(), NIX_LIMIT);
     ensure!(out.status.success(), "nix-store --restore: {}", String::from_utf8_lossy(&out.stderr));
     Ok(())
 }

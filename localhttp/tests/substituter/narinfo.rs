@@ -96,6 +96,7 @@ async fn hostile_narinfos_are_404() {
         let source = TestSource::new(&fixture, vec![peer]);
         let addr = start(source.clone(), test_config(&fixture)).await;
         assert_eq!(get(addr, &fixture.narinfo_url()).await.status, 404, "{what}");
+        assert_eq!(source.narinfo_calls(), 1, "{what}: the peer was not asked");
         // Nor does the NAR route serve anything on its strength.
         assert_eq!(get(addr, &fixture.nar_url()).await.status, 404, "{what}");
         assert!(source.nar_calls().is_empty(), "{what}: a NAR was asked for");
