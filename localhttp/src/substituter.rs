@@ -118,7 +118,8 @@ pub fn accept(text: &str, hash: StorePathHash, keys: &TrustedKeys) -> Result<Nar
 
 /// `narinfo` as this substituter serves it: the NAR at its own URL, uncompressed, so the
 /// compressed file's hash and size no longer apply. Signatures cover neither field, so they
-/// stay valid.
+/// stay valid. Fields we do not know are dropped: no signature covers them, and nothing a
+/// peer wrote reaches Nix unchecked.
 pub fn for_nix(narinfo: &NarInfo) -> NarInfo {
     let file = NarFile { store_hash: narinfo.store_path.hash(), nar_hash: narinfo.nar_hash };
     NarInfo {
@@ -126,6 +127,7 @@ pub fn for_nix(narinfo: &NarInfo) -> NarInfo {
         compression: Some("none".to_owned()),
         file_hash: None,
         file_size: None,
+        extra: Vec::new(),
         ..narinfo.clone()
     }
 }
@@ -195,8 +197,10 @@ mod tests {
     #[test]
     fn rewrites_the_url_for_uncompressed_serving_and_keeps_the_signature() {
         let k = key("cache-1", 1);
-        let narinfo = signed(PATH, &k);
+        let mut narinfo = signed(PATH, &k);
+        narinfo.extra.push(("X-Unsigned".to_owned(), "whatever a peer wrote".to_owned()));
         let served = for_nix(&narinfo);
+        assert!(served.extra.is_empty(), "fields no signature covers go nowhere");
         assert_eq!(
             served.url,
             format!("nar/0c7xm5qh4dvzd6k7ncqgzrz1ybs2vzqj-{}.nar", narinfo.nar_hash.to_nixbase32())

@@ -244,7 +244,12 @@ struct Fields {
 impl Fields {
     /// Takes one line (without its `\n`); the error is the reason, for a line-numbered error.
     fn line(&mut self, line: &str) -> Result<(), String> {
-        let Some((key, value)) = line.split_once(": ") else {
+        // Split where Nix does, at the first ':' (Nix then skips one more character): a line
+        // that we read as an unknown key but Nix as a known one would let a peer slip a field
+        // past the signature.
+        let Some((key, value)) =
+            line.split_once(':').and_then(|(k, v)| Some((k, v.strip_prefix(' ')?)))
+        else {
             return Err(if line.is_empty() {
                 "empty line".to_owned()
             } else {
@@ -404,6 +409,17 @@ mod tests {
             [("Provenance".into(), "{}".into()), ("X-Whatever".into(), "a: b".into())]
         );
         assert_eq!(info.to_string(), text);
+    }
+
+    #[test]
+    fn keys_end_at_the_first_colon_as_nix_reads_them() {
+        // Nix reads this line as `URL` (a second one, which would win); split at ": " it
+        // would be an unknown key, carried along unsigned.
+        let smuggled = format!("{NIX}URL:Xhttp://elsewhere/x.nar#: x\n");
+        let err = NarInfo::parse(&smuggled).unwrap_err();
+        assert!(err.to_string().contains("is not of the form `Key: value`"), "{err}");
+        let no_space = format!("{NIX}X-Key:value\n");
+        assert!(NarInfo::parse(&no_space).is_err());
     }
 
     #[test]
