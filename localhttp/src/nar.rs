@@ -70,7 +70,8 @@ async fn open<S: PathSource>(
     for (tried, peer) in holders.iter().enumerate() {
         let remaining = holders[tried + 1..].to_vec();
         let attempt = async {
-            let stream = sub.source.fetch_nar(peer, expected.store_hash, 0).await?;
+            let stream =
+                sub.source.fetch_nar(peer, expected.store_hash, expected.nar_hash, 0).await?;
             let stream = stream.ok_or(Unused::NotHeld)?;
             let idle = sub.config.nar_idle_timeout;
             let mut nar = VerifiedNar::new(expected, peer.clone(), stream, remaining, idle);

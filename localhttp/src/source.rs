@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
-use nixmesh_protocol::StorePathHash;
+use nixmesh_protocol::{Sha256, StorePathHash};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -42,11 +42,13 @@ pub trait PathSource: Send + Sync + 'static {
         hash: StorePathHash,
     ) -> impl Future<Output = Result<Option<String>, SourceError>> + Send;
 
-    /// `peer`'s NAR for `hash`, from byte `offset` on; `None` when it says it has none.
+    /// `peer`'s NAR for `hash`, from byte `offset` on, if its NAR is the one with `nar_hash`;
+    /// `None` when it says it has none (or another build of the path).
     fn fetch_nar(
         &self,
         peer: &Self::Peer,
         hash: StorePathHash,
+        nar_hash: Sha256,
         offset: u64,
     ) -> impl Future<Output = Result<Option<NarStream>, SourceError>> + Send;
 

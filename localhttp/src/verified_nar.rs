@@ -8,7 +8,7 @@
 //! bytes than `Content-Length` and a failed transfer. Memory is one chunk.
 //!
 //! The adapter tracks the offset reached and keeps the holders not yet tried, which is what a
-//! resumption at another holder (`fetch_nar(peer, hash, offset)`) needs.
+//! resumption at another holder (`fetch_nar(peer, hash, nar_hash, offset)`) needs.
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use nixmesh_protocol::signature::{Signature, SigningKey};
-use nixmesh_protocol::wire::{FETCH_PROTOCOL, FetchRequest, FetchResponse};
-use nixmesh_protocol::{NarInfo, StorePathHash};
+use nixmesh_protocol::wire::{FETCH_PROTOCOL, FetchRequest, FetchResponse, MAX_REQUEST_FRAME_LEN};
+use nixmesh_protocol::{NarInfo, Sha256, StorePathHash};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
@@ -105,7 +105,9 @@ impl Provider {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        match read_frame::<FetchRequest, _>(&mut stream, REQUEST_TIMEOUT).await? {
+        match read_frame::<FetchRequest, _>(&mut stream, REQUEST_TIMEOUT, MAX_REQUEST_FRAME_LEN)
+            .await?
+        {
             FetchRequest::NarInfo { hash } => {
                 let response = match self.narinfo(hash).await {
                     Ok(Some(narinfo)) => FetchResponse::NarInfo { text: narinfo.to_string() },
@@ -115,7 +117,9 @@ impl Provider {
                 debug!(%hash, found = matches!(response, FetchResponse::NarInfo { .. }), "narinfo asked");
                 write_frame(&mut stream, &response, WRITE_TIMEOUT).await
             }
-            FetchRequest::Nar { hash, offset } => self.send_nar(&mut stream, hash, offset).await,
+            FetchRequest::Nar { hash, nar_hash, offset } => {
+                self.send_nar(&mut stream, hash, nar_hash, offset).await
+            }
         }
     }
 
@@ -123,12 +127,18 @@ impl Provider {
         &self,
         stream: &mut S,
         hash: StorePathHash,
+        nar_hash: Sha256,
         offset: u64,
     ) -> Result<(), FrameError>
     where
         S: tokio::io::AsyncWrite + Unpin,
     {
         let info = match self.path_info(hash).await {
+            // Another build of the path than the one asked for: as good as not held.
+            Ok(Some(info)) if info.nar_hash != nar_hash => {
+                debug!(path = %info.path, "asked for another NAR hash than ours");
+                return write_frame(stream, &FetchResponse::NotFound, WRITE_TIMEOUT).await;
+            }
             Ok(Some(info)) if offset <= info.nar_size => info,
             Ok(Some(info)) => {
                 let message = format!("offset {offset} is past the NAR's end ({})", info.nar_size);

@@ -9,8 +9,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::{StreamExt, TryStreamExt};
 use libp2p::PeerId;
 use nixmesh_localhttp::{NarStream, NodeStatus, PathSource, PeerSummary, SourceError};
-use nixmesh_protocol::StorePathHash;
-use nixmesh_protocol::wire::{FETCH_PROTOCOL, FetchRequest, FetchResponse, MAX_NARINFO_LEN};
+use nixmesh_protocol::wire::{
+    FETCH_PROTOCOL, FetchRequest, FetchResponse, MAX_FRAME_LEN, MAX_NARINFO_LEN,
+};
+use nixmesh_protocol::{Sha256, StorePathHash};
 use tokio::io::AsyncReadExt;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tokio_util::io::ReaderStream;
@@ -64,8 +66,9 @@ impl MeshSource {
         write_frame(&mut stream, &request, FRAME_TIMEOUT)
             .await
             .map_err(|e| failed(e.to_string()))?;
-        let response =
-            read_frame(&mut stream, FRAME_TIMEOUT).await.map_err(|e| failed(e.to_string()))?;
+        let response = read_frame(&mut stream, FRAME_TIMEOUT, MAX_FRAME_LEN)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
         Ok((stream.into_inner(), response))
     }
 }
@@ -109,11 +112,12 @@ impl PathSource for MeshSource {
         &self,
         peer: &PeerId,
         hash: StorePathHash,
+        nar_hash: Sha256,
         offset: u64,
     ) -> Result<Option<NarStream>, SourceError> {
         let operation = "NAR";
-        let (stream, response) =
-            self.request(peer, FetchRequest::Nar { hash, offset }, operation).await?;
+        let request = FetchRequest::Nar { hash, nar_hash, offset };
+        let (stream, response) = self.request(peer, request, operation).await?;
         let failed =
             |reason: String| SourceError::Failed { peer: peer.to_string(), operation, reason };
         match response {

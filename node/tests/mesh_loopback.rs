@@ -11,7 +11,7 @@ use nixmesh_node::config::ServeConfig;
 use nixmesh_node::node::RunningNode;
 use nixmesh_tests::{
     CacheKey, Closure, Host, HostStore, narinfo_url_path, require_tool, test_closure_expr,
-    unique_marker,
+    unique_marker, wait_until,
 };
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -51,16 +51,8 @@ fn get(address: SocketAddr, path: &str) -> (u16, Vec<u8>) {
     (status, response[split + 4..].to_vec())
 }
 
-async fn until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !condition() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nix_copy_substitutes_a_closure_through_two_nodes() {
+#[test]
+fn nix_copy_substitutes_a_closure_through_two_nodes() {
     if !nix_available() {
         return;
     }
@@ -79,26 +71,29 @@ async fn nix_copy_substitutes_a_closure_through_two_nodes() {
     s1.sign_closure(&key.secret_file, &closure.top);
     let unsigned = s1.build_closure(&test_closure_expr(&unique_marker()));
 
-    let n1 =
-        RunningNode::start(config(&dir.path().join("n1"), s1, &key.public, vec![])).await.unwrap();
-    let peers = n1.p2p_addresses().await;
-    let n2 =
-        RunningNode::start(config(&dir.path().join("n2"), s2, &key.public, peers)).await.unwrap();
+    // The nodes run on a runtime of their own; this thread does the blocking work of a
+    // client (HTTP, Nix commands) freely.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let start = |name: &str, store, peers| {
+        let config = config(&dir.path().join(name), store, &key.public, peers);
+        runtime.block_on(RunningNode::start(config)).unwrap()
+    };
+    let n1 = start("n1", s1, vec![]);
+    let n2 = start("n2", s2, runtime.block_on(n1.p2p_addresses()));
     let http = n2.http_address();
 
     // Node 2 learns what node 1 holds; then every narinfo of the closure is served.
     let narinfos: Vec<String> = closure.paths.iter().map(|p| narinfo_url_path(p)).collect();
-    until("node 2 serves the closure's narinfos", || {
+    wait_until(DEADLINE, "node 2 to serve the closure's narinfos", || {
         narinfos.iter().all(|n| get(http, n).0 == 200)
-    })
-    .await;
+    });
     let (_, text) = get(http, &narinfos[0]);
     let text = String::from_utf8(text).unwrap();
     assert!(text.contains("Compression: none") && text.contains("Sig: loopback-1:"), "{text}");
 
     // The real client substitutes the whole closure from node 2, byte for byte.
     let url = format!("http://{http}");
-    let copy = tokio::task::block_in_place(|| s2.copy_from(&url, &[&key.public], &closure.top));
+    let copy = s2.copy_from(&url, &[&key.public], &closure.top);
     assert!(copy.status.success(), "nix copy failed: {}", String::from_utf8_lossy(&copy.stderr));
     for path in &closure.paths {
         assert!(s2.is_valid(path), "{path} did not arrive");
@@ -109,10 +104,9 @@ async fn nix_copy_substitutes_a_closure_through_two_nodes() {
     let status = |address| -> serde_json::Value {
         serde_json::from_slice(&get(address, "/_nixmesh/status").1).unwrap()
     };
-    until("node 2 has indexed everything node 1 holds", || {
+    wait_until(DEADLINE, "node 2 to index everything node 1 holds", || {
         status(http)["indexed_paths"] == status(n1.http_address())["local_paths"]
-    })
-    .await;
+    });
     assert_eq!(get(http, &narinfo_url_path(&unsigned.top)).0, 404);
     assert_eq!(get(http, "/00000000000000000000000000000000.narinfo").0, 404);
 
@@ -130,6 +124,6 @@ async fn nix_copy_substitutes_a_closure_through_two_nodes() {
         "{peers}"
     );
 
-    n2.stop().await.unwrap();
-    n1.stop().await.unwrap();
+    runtime.block_on(n2.stop()).unwrap();
+    runtime.block_on(n1.stop()).unwrap();
 }

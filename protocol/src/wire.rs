@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::StorePathHash;
+use crate::{Sha256, StorePathHash};
 
 /// Fetching narinfos and NARs, version 1.
 pub const FETCH_PROTOCOL: &str = "/nixmesh/fetch/1";
@@ -27,6 +27,10 @@ pub const ADVERTS_PROTOCOL: &str = "/nixmesh/adverts/1";
 
 /// The largest frame body either side accepts.
 pub const MAX_FRAME_LEN: usize = 4 << 20;
+/// The largest request frame (a [`FetchRequest`] or an [`AdvertRequest`]) a node reads:
+/// requests are a few dozen bytes, and a node should not hold megabytes for a stream that
+/// has not yet said what it wants.
+pub const MAX_REQUEST_FRAME_LEN: usize = 1024;
 /// The most hashes one snapshot chunk or delta carries (well inside [`MAX_FRAME_LEN`]).
 pub const MAX_HASHES_PER_FRAME: usize = 65_536;
 /// The largest narinfo text a node sends or accepts.
@@ -35,8 +39,8 @@ pub const MAX_NARINFO_LEN: usize = 1 << 20;
 /// A frame that cannot be encoded or decoded.
 #[derive(Debug, Error)]
 pub enum WireError {
-    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME_LEN}")]
-    TooLarge(usize),
+    #[error("frame of {len} bytes exceeds the limit of {limit}")]
+    TooLarge { len: usize, limit: usize },
     #[error("malformed frame: {0}")]
     Malformed(#[from] postcard::Error),
 }
@@ -46,8 +50,11 @@ pub enum WireError {
 pub enum FetchRequest {
     /// The narinfo of the path with this hash.
     NarInfo { hash: StorePathHash },
-    /// The NAR of the path with this hash, from byte `offset` on (to resume a transfer).
-    Nar { hash: StorePathHash, offset: u64 },
+    /// The NAR of the path with this hash, from byte `offset` on (to resume a transfer), if
+    /// the holder's NAR has `nar_hash` (the one the asker's verified narinfo names): a holder
+    /// of another build of the path answers `NotFound` rather than send bytes that cannot
+    /// verify.
+    Nar { hash: StorePathHash, nar_hash: Sha256, offset: u64 },
 }
 
 /// The one answer on a fetch stream.
@@ -98,17 +105,18 @@ pub fn encode_frame<T: Serialize>(message: &T) -> Result<Vec<u8>, WireError> {
     let mut frame = postcard::to_extend(message, vec![0u8; 4])?;
     let len = frame.len() - 4;
     if len > MAX_FRAME_LEN {
-        return Err(WireError::TooLarge(len));
+        return Err(WireError::TooLarge { len, limit: MAX_FRAME_LEN });
     }
     frame[..4].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(frame)
 }
 
-/// The body length a frame header announces, if within the limit.
-pub fn frame_len(header: [u8; 4]) -> Result<usize, WireError> {
+/// The body length a frame header announces, if within `limit` (at most [`MAX_FRAME_LEN`]).
+pub fn frame_len(header: [u8; 4], limit: usize) -> Result<usize, WireError> {
     let len = u32::from_be_bytes(header) as usize;
-    if len > MAX_FRAME_LEN {
-        return Err(WireError::TooLarge(len));
+    let limit = limit.min(MAX_FRAME_LEN);
+    if len > limit {
+        return Err(WireError::TooLarge { len, limit });
     }
     Ok(len)
 }
@@ -121,7 +129,7 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
 /// Decodes the first frame in `buf`, if it is complete: the message and the bytes it used.
 pub fn decode_frame<T: DeserializeOwned>(buf: &[u8]) -> Result<Option<(T, usize)>, WireError> {
     let Some(header) = buf.get(..4) else { return Ok(None) };
-    let len = frame_len(header.try_into().expect("four bytes"))?;
+    let len = frame_len(header.try_into().expect("four bytes"), MAX_FRAME_LEN)?;
     let Some(body) = buf.get(4..4 + len) else { return Ok(None) };
     Ok(Some((decode_body(body)?, 4 + len)))
 }
@@ -174,8 +182,21 @@ mod tests {
     #[test]
     fn oversized_frames_are_refused_before_allocation() {
         let header = ((MAX_FRAME_LEN + 1) as u32).to_be_bytes();
-        assert!(matches!(frame_len(header), Err(WireError::TooLarge(_))));
-        assert!(matches!(decode_frame::<FetchRequest>(&header), Err(WireError::TooLarge(_))));
+        let too_large = |r| matches!(r, Err(WireError::TooLarge { .. }));
+        assert!(too_large(frame_len(header, usize::MAX)));
+        assert!(matches!(decode_frame::<FetchRequest>(&header), Err(WireError::TooLarge { .. })));
+        let request = ((MAX_REQUEST_FRAME_LEN + 1) as u32).to_be_bytes();
+        assert!(too_large(frame_len(request, MAX_REQUEST_FRAME_LEN)));
+    }
+
+    #[test]
+    fn the_largest_requests_fit_a_request_frame() {
+        let nar =
+            FetchRequest::Nar { hash: hash(1), nar_hash: Sha256([0xff; 32]), offset: u64::MAX };
+        let position = AdvertPosition { epoch: u64::MAX, generation: u64::MAX };
+        let subscribe = AdvertRequest::Subscribe { resume: Some(position) };
+        assert!(encode_frame(&nar).unwrap().len() <= 4 + MAX_REQUEST_FRAME_LEN);
+        assert!(encode_frame(&subscribe).unwrap().len() <= 4 + MAX_REQUEST_FRAME_LEN);
     }
 
     #[test]

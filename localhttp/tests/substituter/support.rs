@@ -188,6 +188,7 @@ impl PathSource for TestSource {
         &self,
         peer: &String,
         _hash: StorePathHash,
+        _nar_hash: Sha256,
         offset: u64,
     ) -> Result<Option<NarStream>, SourceError> {
         self.nar_calls.lock().unwrap().push((peer.clone(), offset));

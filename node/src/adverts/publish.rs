@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use nixmesh_protocol::wire::{
     ADVERTS_PROTOCOL, AdvertMessage, AdvertPosition, AdvertRequest, MAX_HASHES_PER_FRAME,
+    MAX_REQUEST_FRAME_LEN,
 };
 use tokio::sync::watch;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
@@ -72,7 +73,8 @@ async fn serve_subscriber<S>(mut stream: S, log: &AdvertLog) -> Result<(), Frame
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let AdvertRequest::Subscribe { resume } = read_frame(&mut stream, FRAME_TIMEOUT).await?;
+    let AdvertRequest::Subscribe { resume } =
+        read_frame(&mut stream, FRAME_TIMEOUT, MAX_REQUEST_FRAME_LEN).await?;
     let mut changed = log.watch();
     let mut known = resume;
     loop {

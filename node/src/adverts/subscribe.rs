@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use libp2p::PeerId;
 use nixmesh_protocol::StorePathHash;
-use nixmesh_protocol::wire::{ADVERTS_PROTOCOL, AdvertMessage, AdvertPosition, AdvertRequest};
+use nixmesh_protocol::wire::{
+    ADVERTS_PROTOCOL, AdvertMessage, AdvertPosition, AdvertRequest, MAX_FRAME_LEN,
+};
 use thiserror::Error;
 use tokio::task::JoinHandle;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
@@ -124,10 +126,11 @@ async fn subscribe_once(
     debug!(?resume, "subscribed");
     let mut snapshot: Option<(AdvertPosition, Vec<StorePathHash>)> = None;
     loop {
-        let message = match read_frame::<AdvertMessage, _>(&mut stream, IDLE_TIMEOUT).await {
-            Err(FrameError::Closed) => return Ok(()),
-            other => other?,
-        };
+        let message =
+            match read_frame::<AdvertMessage, _>(&mut stream, IDLE_TIMEOUT, MAX_FRAME_LEN).await {
+                Err(FrameError::Closed) => return Ok(()),
+                other => other?,
+            };
         match message {
             AdvertMessage::Snapshot { position, hashes, last } => {
                 let (at, collected) = snapshot.get_or_insert_with(|| (position, Vec::new()));

@@ -22,9 +22,13 @@ pub enum FrameError {
     Wire(#[from] WireError),
 }
 
-/// Reads one frame, waiting at most `timeout` for all of it. `Closed` if the stream ended
-/// cleanly before a frame began.
-pub async fn read_frame<T, R>(reader: &mut R, timeout: Duration) -> Result<T, FrameError>
+/// Reads one frame of at most `max_len` bytes, waiting at most `timeout` for all of it.
+/// `Closed` if the stream ended cleanly before a frame began.
+pub async fn read_frame<T, R>(
+    reader: &mut R,
+    timeout: Duration,
+    max_len: usize,
+) -> Result<T, FrameError>
 where
     T: DeserializeOwned,
     R: AsyncRead + Unpin,
@@ -38,7 +42,7 @@ where
             }
             Err(e) => return Err(e.into()),
         }
-        let len = wire::frame_len(header)?;
+        let len = wire::frame_len(header, max_len)?;
         let mut body = vec![0u8; len];
         reader.read_exact(&mut body).await?;
         Ok(wire::decode_body(&body)?)
@@ -76,20 +80,29 @@ mod tests {
     #[tokio::test]
     async fn frames_cross_a_pipe() {
         let (mut a, mut b) = tokio::io::duplex(64);
-        let sent = FetchRequest::Nar { hash: StorePathHash([3; 20]), offset: 9 };
+        let sent = FetchRequest::Nar {
+            hash: StorePathHash([3; 20]),
+            nar_hash: nixmesh_protocol::Sha256([4; 32]),
+            offset: 9,
+        };
         let t = Duration::from_secs(5);
-        let (w, r) =
-            tokio::join!(write_frame(&mut a, &sent, t), read_frame::<FetchRequest, _>(&mut b, t));
+        let (w, r) = tokio::join!(
+            write_frame(&mut a, &sent, t),
+            read_frame::<FetchRequest, _>(&mut b, t, 1024)
+        );
         w.unwrap();
         assert_eq!(r.unwrap(), sent);
         drop(a);
-        assert!(matches!(read_frame::<FetchRequest, _>(&mut b, t).await, Err(FrameError::Closed)));
+        assert!(matches!(
+            read_frame::<FetchRequest, _>(&mut b, t, 1024).await,
+            Err(FrameError::Closed)
+        ));
     }
 
     #[tokio::test]
     async fn a_silent_peer_times_out() {
         let (_a, mut b) = tokio::io::duplex(64);
-        let r = read_frame::<FetchRequest, _>(&mut b, Duration::from_millis(20)).await;
+        let r = read_frame::<FetchRequest, _>(&mut b, Duration::from_millis(20), 1024).await;
         assert!(matches!(r, Err(FrameError::TimedOut(_))));
     }
 }

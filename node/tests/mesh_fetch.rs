@@ -1,0 +1,205 @@
+//! A node's fetch protocol as a peer meets it: a bare libp2p client (the node's own `Mesh`,
+//! listening nowhere) asks a running node, on loopback with a real chroot store behind it, for
+//! narinfos and NARs, honest requests and hostile ones, and checks each answer against what
+//! Nix says of the same store.
+
+use std::time::Duration;
+
+use libp2p::{PeerId, identity};
+use nixmesh_node::config::ServeConfig;
+use nixmesh_node::mesh::framing::{read_frame, write_frame};
+use nixmesh_node::mesh::{DialTarget, Mesh};
+use nixmesh_node::node::RunningNode;
+use nixmesh_protocol::signature::SigningKey;
+use nixmesh_protocol::wire::{FETCH_PROTOCOL, FetchRequest, FetchResponse, MAX_FRAME_LEN};
+use nixmesh_protocol::{NarInfo, Sha256, StorePath, StorePathHash};
+use nixmesh_tests::{Host, HostStore, require_tool, unique_marker, wait_until};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::runtime::Runtime;
+use tokio::sync::{mpsc, watch};
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A running node on a store holding one file of a few NAR chunks, and a bare client
+/// connected to it.
+struct Setup {
+    runtime: Runtime,
+    store: HostStore,
+    path: String,
+    node: Option<RunningNode>,
+    client: Mesh,
+    server: PeerId,
+    _stop_client: watch::Sender<bool>,
+    _dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let store = HostStore::start(&Host::local(&dir.path().join("host")));
+        let contents: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let mut contents = contents;
+        contents.extend_from_slice(unique_marker().as_bytes());
+        let path = store.add_file("blob", &contents);
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let unused_key = SigningKey::from_seed("unused-1", [1; 32]).verifying_key().to_string();
+        let config = ServeConfig {
+            store: store.daemon_url(),
+            state_dir: dir.path().join("state"),
+            http_listen: "127.0.0.1:0".parse().unwrap(),
+            p2p_listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            trusted_public_keys: vec![unused_key],
+            mdns: false,
+            ..ServeConfig::default()
+        };
+        let node = runtime.block_on(RunningNode::start(config)).unwrap();
+        let server = node.peer_id();
+        let address = runtime.block_on(node.p2p_addresses())[0].clone();
+
+        let (stop_client, stop) = watch::channel(false);
+        let (events, mut events_rx) = mpsc::channel(16);
+        let client = runtime.block_on(async {
+            let mesh = Mesh::start(identity::Keypair::generate_ed25519(), &[], events, stop)
+                .expect("a client mesh");
+            tokio::spawn(async move { while events_rx.recv().await.is_some() {} });
+            mesh.want(DialTarget::from_multiaddr(address)).await;
+            mesh
+        });
+        wait_until(DEADLINE, "the client to connect to the node", || {
+            client.peers().is_connected(&server)
+        });
+        Setup {
+            runtime,
+            store,
+            path,
+            node: Some(node),
+            client,
+            server,
+            _stop_client: stop_client,
+            _dir: dir,
+        }
+    }
+
+    fn hash(&self) -> StorePathHash {
+        StorePath::parse(&self.path).unwrap().hash()
+    }
+
+    /// Sends `request` on a new fetch stream; returns the answer and the bytes that follow
+    /// it up to the stream's end.
+    fn ask(&self, request: &FetchRequest) -> (FetchResponse, Vec<u8>) {
+        self.runtime.block_on(async {
+            let stream = self.open().await;
+            let mut stream = stream.compat();
+            write_frame(&mut stream, request, DEADLINE).await.unwrap();
+            let response = read_frame(&mut stream, DEADLINE, MAX_FRAME_LEN).await.unwrap();
+            let mut rest = Vec::new();
+            tokio::time::timeout(DEADLINE, stream.read_to_end(&mut rest)).await.unwrap().unwrap();
+            (response, rest)
+        })
+    }
+
+    async fn open(&self) -> libp2p::Stream {
+        let protocol = Mesh::protocol(FETCH_PROTOCOL);
+        self.client.control().open_stream(self.server, protocol).await.expect("a fetch stream")
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if let Some(node) = self.node.take() {
+            let _ = self.runtime.block_on(node.stop());
+        }
+    }
+}
+
+fn nix_available() -> bool {
+    ["nix-daemon", "nix-store", "nix"].iter().all(|t| require_tool(t))
+}
+
+#[test]
+fn honest_requests_get_what_the_store_holds() {
+    if !nix_available() {
+        return;
+    }
+    let setup = Setup::new();
+    let dump = setup.store.dump(&setup.path);
+    let nar_hash = Sha256::digest(&dump);
+    let nar_size = dump.len() as u64;
+
+    let (response, rest) = setup.ask(&FetchRequest::NarInfo { hash: setup.hash() });
+    let FetchResponse::NarInfo { text } = response else { panic!("{response:?}") };
+    assert!(rest.is_empty());
+    let narinfo = NarInfo::parse(&text).unwrap();
+    assert_eq!(narinfo.store_path.to_string(), setup.path);
+    assert_eq!((narinfo.nar_hash, narinfo.nar_size), (nar_hash, nar_size));
+
+    for offset in [0, 1, 65_536, 100_003, nar_size - 1, nar_size] {
+        let request = FetchRequest::Nar { hash: setup.hash(), nar_hash, offset };
+        let (response, bytes) = setup.ask(&request);
+        assert_eq!(response, FetchResponse::Nar { nar_size, offset }, "offset {offset}");
+        assert!(bytes == dump[offset as usize..], "the bytes from offset {offset} differ");
+    }
+}
+
+#[test]
+fn requests_the_node_cannot_serve_get_a_clear_no() {
+    if !nix_available() {
+        return;
+    }
+    let setup = Setup::new();
+    let dump = setup.store.dump(&setup.path);
+    let (nar_hash, nar_size) = (Sha256::digest(&dump), dump.len() as u64);
+    let unknown = StorePathHash([7; 20]);
+
+    let (response, _) = setup.ask(&FetchRequest::NarInfo { hash: unknown });
+    assert_eq!(response, FetchResponse::NotFound);
+    let (response, _) = setup.ask(&FetchRequest::Nar { hash: unknown, nar_hash, offset: 0 });
+    assert_eq!(response, FetchResponse::NotFound);
+    // Another build of the path (another NAR hash): not this node's to give.
+    let other_build = Sha256([9; 32]);
+    let request = FetchRequest::Nar { hash: setup.hash(), nar_hash: other_build, offset: 0 };
+    let (response, bytes) = setup.ask(&request);
+    assert_eq!(response, FetchResponse::NotFound);
+    assert!(bytes.is_empty());
+    let past_end = FetchRequest::Nar { hash: setup.hash(), nar_hash, offset: nar_size + 1 };
+    let (response, _) = setup.ask(&past_end);
+    assert!(matches!(response, FetchResponse::Failed { ref message } if message.contains("past")));
+}
+
+#[test]
+fn hostile_request_frames_are_cut_off_and_the_node_goes_on() {
+    if !nix_available() {
+        return;
+    }
+    let setup = Setup::new();
+    let garbage: [&[u8]; 3] = [
+        // A length far past any request's: refused before anything is allocated for it.
+        &(64u32 << 20).to_be_bytes(),
+        // A request-sized frame that is no request.
+        &[0, 0, 0, 3, 0xff, 0xff, 0xff],
+        // A frame that never ends.
+        &[0, 0, 0, 100, 1, 2],
+    ];
+    for bytes in garbage {
+        let answered = setup.runtime.block_on(async {
+            let mut stream = setup.open().await.compat();
+            stream.write_all(bytes).await.unwrap();
+            stream.flush().await.unwrap();
+            // The node closes the stream without an answer (for the frame that never ends,
+            // once its request time-out has passed).
+            let mut answer = Vec::new();
+            let read = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut answer)).await;
+            assert!(read.is_ok(), "the node kept a hostile stream open for {DEADLINE:?}");
+            answer
+        });
+        assert!(answered.is_empty(), "{bytes:?} got an answer: {answered:?}");
+    }
+    let (response, _) = setup.ask(&FetchRequest::NarInfo { hash: setup.hash() });
+    assert!(matches!(response, FetchResponse::NarInfo { .. }), "{response:?}");
+}
