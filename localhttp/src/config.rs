@@ -19,6 +19,9 @@ pub struct Config {
     pub narinfo_deadline: Duration,
     /// How long a peer may take from the NAR request to its first bytes.
     pub nar_first_byte_timeout: Duration,
+    /// How long a NAR request may take to its first bytes over all the holders tried, one
+    /// after another.
+    pub nar_start_deadline: Duration,
     /// How long a NAR transfer may wait for the next bytes once it has started.
     pub nar_idle_timeout: Duration,
     /// How many verified narinfos are remembered for the NAR requests that follow them.
@@ -37,6 +40,7 @@ impl Default for Config {
             narinfo_peer_timeout: Duration::from_secs(2),
             narinfo_deadline: Duration::from_secs(5),
             nar_first_byte_timeout: Duration::from_secs(10),
+            nar_start_deadline: Duration::from_secs(20),
             nar_idle_timeout: Duration::from_secs(30),
             narinfo_cache_capacity: 10_000,
             max_concurrent_requests: 256,
@@ -54,6 +58,7 @@ impl fmt::Debug for Config {
             .field("narinfo_peer_timeout", &self.narinfo_peer_timeout)
             .field("narinfo_deadline", &self.narinfo_deadline)
             .field("nar_first_byte_timeout", &self.nar_first_byte_timeout)
+            .field("nar_start_deadline", &self.nar_start_deadline)
             .field("nar_idle_timeout", &self.nar_idle_timeout)
             .field("narinfo_cache_capacity", &self.narinfo_cache_capacity)
             .field("max_concurrent_requests", &self.max_concurrent_requests)

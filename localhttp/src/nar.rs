@@ -9,7 +9,7 @@ use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
 use thiserror::Error;
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout};
 use tracing::{debug, warn};
 
 use crate::routes::{malformed, miss};
@@ -60,14 +60,22 @@ pub async fn nar<S: PathSource>(State(sub): State<Arc<Substituter<S>>>, uri: Uri
     (headers, Body::from_stream(nar)).into_response()
 }
 
-/// The NAR from the first of `holders` that starts sending it within the first-byte timeout.
+/// The NAR from the first of `holders` that starts sending it within the first-byte timeout,
+/// all of them within the start deadline.
 async fn open<S: PathSource>(
     sub: &Substituter<S>,
     expected: Expected,
     holders: Vec<S::Peer>,
 ) -> Option<VerifiedNar<S::Peer>> {
-    let limit = sub.config.nar_first_byte_timeout;
+    let deadline = Instant::now() + sub.config.nar_start_deadline;
     for (tried, peer) in holders.iter().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            warn!(hash = %expected.store_hash, untried = holders.len() - tried,
+                "NAR not started within {:?}", sub.config.nar_start_deadline);
+            break;
+        }
+        let limit = sub.config.nar_first_byte_timeout.min(left);
         let remaining = holders[tried + 1..].to_vec();
         let attempt = async {
             let stream =

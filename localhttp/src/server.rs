@@ -3,8 +3,10 @@
 //! Limits, outermost first: request URIs over [`MAX_URI_BYTES`] get `414`; a span per request
 //! carries its method, kind and store hash; at most `max_concurrent_requests` are handled at
 //! once, a NAR download counting until its body ends (the rest wait); every route but the NAR
-//! download answers within `request_timeout`. The NAR download is bounded by the narinfo
-//! deadline, the first-byte timeout and then the idle timeout between chunks.
+//! download answers within `request_timeout`. A NAR download starts within the narinfo
+//! deadline plus the NAR start deadline, or is a miss; once started, it ends when a chunk
+//! takes longer than the idle timeout. (A peer trickling bytes just inside that can keep one
+//! going: a minimum rate, with failover to another holder, is still to come.)
 
 use std::future::{Future, IntoFuture};
 use std::io;

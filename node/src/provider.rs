@@ -9,7 +9,7 @@ use nixmesh_protocol::signature::{Signature, SigningKey};
 use nixmesh_protocol::wire::{FETCH_PROTOCOL, FetchRequest, FetchResponse, MAX_REQUEST_FRAME_LEN};
 use nixmesh_protocol::{NarInfo, Sha256, StorePathHash};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tracing::{debug, info_span, warn};
 
@@ -21,20 +21,30 @@ use crate::store::{PathInfo, Store};
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one write to a peer may block (a stalled reader is cut off after this).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Fetches served at once, and how many more may wait, and how long, for a turn.
+/// Fetches served at once, how many more may wait, and how long, for a turn; one peer may
+/// have half of the running ones at most.
 const FETCHES: StreamLimits =
-    StreamLimits { concurrent: 64, waiting: 256, max_wait: Duration::from_secs(10) };
+    StreamLimits { concurrent: 64, waiting: 256, max_wait: Duration::from_secs(10), per_peer: 32 };
+
+/// NARs sent at once. Each holds a daemon connection for its whole transfer, so they get
+/// three quarters of the pool and the rest stays free for path info and store rescans.
+const MAX_NAR_TRANSFERS: usize = crate::store::MAX_ACTIVE * 3 / 4;
+/// How long a NAR request may wait for a transfer slot before the peer is told to go
+/// elsewhere.
+const NAR_SLOT_WAIT: Duration = Duration::from_secs(10);
 
 /// Answers peers' fetches from the local store.
 #[derive(Clone)]
 pub struct Provider {
     store: Store,
     signing_key: Option<Arc<SigningKey>>,
+    nar_transfers: Arc<Semaphore>,
 }
 
 impl Provider {
     pub fn new(store: Store, signing_key: Option<Arc<SigningKey>>) -> Self {
-        Provider { store, signing_key }
+        let nar_transfers = Arc::new(Semaphore::new(MAX_NAR_TRANSFERS));
+        Provider { store, signing_key, nar_transfers }
     }
 
     /// The narinfo for the path with `hash`, with the signatures the store holds and ours.
@@ -150,6 +160,11 @@ impl Provider {
                 return write_frame(stream, &FetchResponse::Failed { message }, WRITE_TIMEOUT)
                     .await;
             }
+        };
+        let slot = tokio::time::timeout(NAR_SLOT_WAIT, self.nar_transfers.clone().acquire_owned());
+        let Ok(Ok(_slot)) = slot.await else {
+            let message = format!("busy: {MAX_NAR_TRANSFERS} NARs being sent");
+            return write_frame(stream, &FetchResponse::Failed { message }, WRITE_TIMEOUT).await;
         };
         let nar = match self.store.nar_from_path(&info.path, info.nar_size).await {
             Ok(nar) => nar,

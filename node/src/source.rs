@@ -180,7 +180,10 @@ impl PathSource for MeshSource {
     }
 
     fn status(&self) -> NodeStatus {
-        let peers = self.mesh.peers().snapshot();
+        // Known: seen since the start, or in the index from before.
+        let mut known: std::collections::HashSet<PeerId> =
+            self.mesh.peers().snapshot().into_iter().map(|(id, _)| id).collect();
+        known.extend(self.index.peers().unwrap_or_default().into_iter().map(|p| p.id));
         NodeStatus {
             peer_id: self.mesh.local_peer_id().to_string(),
             listen_addresses: self
@@ -192,7 +195,7 @@ impl PathSource for MeshSource {
                 .collect(),
             local_paths: self.log.len() as u64,
             peers_connected: self.mesh.peers().connected_count() as u64,
-            peers_known: peers.len().max(self.index.peers().map(|p| p.len()).unwrap_or(0)) as u64,
+            peers_known: known.len() as u64,
             indexed_paths: self.index.total_entries(),
             trusted_keys: self.status.trusted_keys.clone(),
             signing_key: self.status.signing_key.clone(),

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use nixmesh_localhttp::Config;
 
 use crate::support::*;
 
@@ -99,6 +100,24 @@ async fn a_stall_midway_aborts_within_the_idle_timeout() {
     assert!(!reply.complete());
     assert!(reply.elapsed >= config.nar_idle_timeout);
     assert!(reply.elapsed < config.nar_idle_timeout + Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn silent_holders_cost_no_more_than_the_start_deadline() {
+    let fixture = Fixture::new();
+    let silent = |name| TestPeer {
+        name,
+        narinfo: NarInfoReply::Text(fixture.narinfo.to_string()),
+        nar: NarReply::NeverAnswers,
+    };
+    let source = TestSource::new(&fixture, vec![silent("s1"), silent("s2"), silent("s3")]);
+    let config = Config { nar_start_deadline: Duration::from_millis(450), ..test_config(&fixture) };
+    let addr = start(source.clone(), config).await;
+    let reply = get(addr, &fixture.nar_url()).await;
+    assert_eq!(reply.status, 404);
+    // The first gets its whole 300 ms, the second what is left; the third is never asked.
+    let asked: Vec<String> = source.nar_calls().into_iter().map(|(peer, _)| peer).collect();
+    assert_eq!(asked, ["s1", "s2"]);
 }
 
 #[tokio::test]

@@ -243,6 +243,7 @@ pub fn test_config(fixture: &Fixture) -> Config {
         narinfo_peer_timeout: Duration::from_millis(300),
         narinfo_deadline: Duration::from_millis(800),
         nar_first_byte_timeout: Duration::from_millis(300),
+        nar_start_deadline: Duration::from_secs(3),
         nar_idle_timeout: Duration::from_millis(300),
         request_timeout: Duration::from_secs(5),
         ..Config::default()

@@ -19,9 +19,10 @@ use crate::store::Store;
 
 /// How long a subscriber may take to send its request, or to take one frame.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
-/// Subscribers served at once (each is a long-lived stream); none wait for a turn.
+/// Subscribers served at once (each is a long-lived stream), two per peer (one, and the one
+/// replacing it while the old closes); none wait for a turn.
 const SUBSCRIBERS: StreamLimits =
-    StreamLimits { concurrent: 512, waiting: 0, max_wait: Duration::ZERO };
+    StreamLimits { concurrent: 1024, waiting: 0, max_wait: Duration::ZERO, per_peer: 2 };
 
 /// Rescans the local store every `interval` and records what changed, until `shutdown`.
 pub async fn rescan_loop(

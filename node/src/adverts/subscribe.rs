@@ -10,6 +10,7 @@ use nixmesh_protocol::wire::{
     ADVERTS_PROTOCOL, AdvertMessage, AdvertPosition, AdvertRequest, MAX_FRAME_LEN,
 };
 use thiserror::Error;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -23,9 +24,15 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// A holder says nothing between changes, so reads wait this long before the stream is
 /// considered dead (the connection's own keep-alive usually notices first).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
-/// The most paths accepted in one peer's snapshot: a bound on what a hostile peer can make
-/// this node store (100 times a large store).
-const MAX_SNAPSHOT_PATHS: usize = 10_000_000;
+/// The most paths one peer may advertise, snapshot and deltas alike: ten times a large
+/// store, and a bound on what a hostile peer can make this node store (about 40 MB while a
+/// snapshot is collected, 400 MB of index on disk).
+const MAX_PEER_PATHS: usize = 2_000_000;
+/// Snapshots collected at once; more peers wait their turn (reading nothing meanwhile, so
+/// the holders wait too), which bounds the memory they take together.
+const CONCURRENT_SNAPSHOTS: usize = 2;
+/// The most peers followed at once.
+const MAX_FOLLOWED: usize = 1024;
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const MAX_RETRY: Duration = Duration::from_secs(30);
 
@@ -47,11 +54,13 @@ pub struct Subscriptions {
     mesh: Mesh,
     index: Arc<Index>,
     tasks: HashMap<PeerId, JoinHandle<()>>,
+    snapshots: Arc<Semaphore>,
 }
 
 impl Subscriptions {
     pub fn new(mesh: Mesh, index: Arc<Index>) -> Self {
-        Subscriptions { mesh, index, tasks: HashMap::new() }
+        let snapshots = Arc::new(Semaphore::new(CONCURRENT_SNAPSHOTS));
+        Subscriptions { mesh, index, tasks: HashMap::new(), snapshots }
     }
 
     /// Starts following `peer` (it just connected).
@@ -60,9 +69,13 @@ impl Subscriptions {
         if self.tasks.contains_key(&peer) {
             return;
         }
+        if self.tasks.len() >= MAX_FOLLOWED {
+            return warn!(%peer, "not following: already {MAX_FOLLOWED} peers followed");
+        }
         let span = info_span!("adverts", %peer);
-        let task =
-            tokio::spawn(follow(self.mesh.clone(), self.index.clone(), peer).instrument(span));
+        let (mesh, index, snapshots) =
+            (self.mesh.clone(), self.index.clone(), self.snapshots.clone());
+        let task = tokio::spawn(follow(mesh, index, snapshots, peer).instrument(span));
         self.tasks.insert(peer, task);
     }
 
@@ -84,19 +97,27 @@ impl Drop for Subscriptions {
 }
 
 /// Follows `peer` for as long as it stays connected, resubscribing after errors.
-async fn follow(mesh: Mesh, index: Arc<Index>, peer: PeerId) {
+async fn follow(mesh: Mesh, index: Arc<Index>, snapshots: Arc<Semaphore>, peer: PeerId) {
     let mut retry = FIRST_RETRY;
     let mut resume_from_index = true;
     while mesh.peers().is_connected(&peer) {
-        match subscribe_once(&mesh, &index, peer, resume_from_index).await {
-            Ok(()) => debug!("holder closed the stream"),
-            Err(SubscribeError::Index(e)) => {
-                // Our copy disagrees with the holder's history: start from a snapshot.
-                info!("index out of step ({e}); asking for a snapshot");
-                resume_from_index = false;
-            }
-            Err(e) => debug!("subscription ended: {e}"),
-        }
+        // After an index error, the next subscription asks for a snapshot; after anything
+        // else it resumes from the index again (a failed resume just leads back here).
+        resume_from_index =
+            match subscribe_once(&mesh, &index, &snapshots, peer, resume_from_index).await {
+                Ok(()) => {
+                    debug!("holder closed the stream");
+                    true
+                }
+                Err(SubscribeError::Index(e)) => {
+                    info!("index out of step ({e}); asking for a snapshot");
+                    false
+                }
+                Err(e) => {
+                    debug!("subscription ended: {e}");
+                    true
+                }
+            };
         tokio::time::sleep(retry).await;
         retry = (retry * 2).min(MAX_RETRY);
     }
@@ -105,6 +126,7 @@ async fn follow(mesh: Mesh, index: Arc<Index>, peer: PeerId) {
 async fn subscribe_once(
     mesh: &Mesh,
     index: &Arc<Index>,
+    snapshots: &Arc<Semaphore>,
     peer: PeerId,
     resume_from_index: bool,
 ) -> Result<(), SubscribeError> {
@@ -124,7 +146,8 @@ async fn subscribe_once(
     let mut stream = stream.compat();
     write_frame(&mut stream, &AdvertRequest::Subscribe { resume }, REQUEST_TIMEOUT).await?;
     debug!(?resume, "subscribed");
-    let mut snapshot: Option<(AdvertPosition, Vec<StorePathHash>)> = None;
+    // A snapshot being collected, with its turn among the snapshots collected at once.
+    let mut snapshot: Option<(AdvertPosition, Vec<StorePathHash>, OwnedSemaphorePermit)> = None;
     loop {
         let message =
             match read_frame::<AdvertMessage, _>(&mut stream, IDLE_TIMEOUT, MAX_FRAME_LEN).await {
@@ -133,20 +156,25 @@ async fn subscribe_once(
             };
         match message {
             AdvertMessage::Snapshot { position, hashes, last } => {
-                let (at, collected) = snapshot.get_or_insert_with(|| (position, Vec::new()));
+                if snapshot.is_none() {
+                    let turn = snapshots.clone().acquire_owned().await;
+                    let turn = turn.expect("the semaphore is never closed");
+                    snapshot = Some((position, Vec::new(), turn));
+                }
+                let (at, collected, _) = snapshot.as_mut().expect("just set");
                 if *at != position {
                     return Err(SubscribeError::Protocol(
                         "snapshot position changed mid-snapshot".into(),
                     ));
                 }
-                if collected.len() + hashes.len() > MAX_SNAPSHOT_PATHS {
+                if collected.len() + hashes.len() > MAX_PEER_PATHS {
                     return Err(SubscribeError::Protocol(format!(
-                        "snapshot of more than {MAX_SNAPSHOT_PATHS} paths"
+                        "snapshot of more than {MAX_PEER_PATHS} paths"
                     )));
                 }
                 collected.extend(hashes);
                 if last {
-                    let (position, hashes) = snapshot.take().expect("just inserted");
+                    let (position, hashes, _turn) = snapshot.take().expect("just set");
                     let count = hashes.len();
                     let index = index.clone();
                     blocking(move || {
@@ -159,6 +187,11 @@ async fn subscribe_once(
             AdvertMessage::Delta { position, from, added, removed } => {
                 if snapshot.is_some() {
                     return Err(SubscribeError::Protocol("delta inside a snapshot".into()));
+                }
+                if index.path_count(&peer) as usize + added.len() > MAX_PEER_PATHS {
+                    return Err(SubscribeError::Protocol(format!(
+                        "advertises more than {MAX_PEER_PATHS} paths"
+                    )));
                 }
                 let (n_added, n_removed) = (added.len(), removed.len());
                 let index = index.clone();

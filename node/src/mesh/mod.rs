@@ -17,7 +17,8 @@ use futures::StreamExt;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, identify, identity, noise, ping, tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, connection_limits, identify, identity, noise, ping,
+    tcp, yamux,
 };
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
@@ -34,8 +35,20 @@ const PING_INTERVAL: Duration = Duration::from_secs(5);
 /// Redials of a wanted peer back off up to this.
 const MAX_REDIAL_BACKOFF: Duration = Duration::from_secs(30);
 const FIRST_REDIAL_BACKOFF: Duration = Duration::from_secs(1);
+/// The most addresses kept to dial one peer at.
+const MAX_ADDRESSES: usize = 16;
 /// The most peers the node dials on its own (mDNS could announce any number).
 const MAX_WANTED_PEERS: usize = 1024;
+/// Connections at once: in all (a LAN of a thousand machines fits), half-open ones coming in,
+/// and per peer (one each way at most; more is a peer wasting our resources).
+const MAX_CONNECTIONS: u32 = 2048;
+const MAX_PENDING_INCOMING: u32 = 64;
+const MAX_CONNECTIONS_PER_PEER: u32 = 2;
+/// A ping unanswered for this long closes the connection: the peer is gone (its machine
+/// asleep, its cable out) even if TCP has not noticed, and its paths must stop being offered.
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// Failed dials of a static peer in a row before each one is logged as a warning.
+const STATIC_DIAL_WARN_AFTER: u32 = 3;
 
 /// The mesh could not start.
 #[derive(Debug, Error)]
@@ -80,6 +93,7 @@ enum Command {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    limits: connection_limits::Behaviour,
     ping: ping::Behaviour,
     identify: identify::Behaviour,
     stream: libp2p_stream::Behaviour,
@@ -114,7 +128,15 @@ impl Mesh {
             )
             .map_err(|e| transport_err(&e))?
             .with_behaviour(|key| Behaviour {
-                ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
+                limits: connection_limits::Behaviour::new(
+                    connection_limits::ConnectionLimits::default()
+                        .with_max_established(Some(MAX_CONNECTIONS))
+                        .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+                        .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER)),
+                ),
+                ping: ping::Behaviour::new(
+                    ping::Config::new().with_interval(PING_INTERVAL).with_timeout(PING_TIMEOUT),
+                ),
                 identify: identify::Behaviour::new(identify::Config::new(
                     IDENTIFY_PROTOCOL.to_owned(),
                     key.public(),
@@ -187,11 +209,18 @@ struct Wanted {
     addresses: Vec<Multiaddr>,
     next_attempt: Instant,
     backoff: Duration,
+    /// Failed dials since the last connection.
+    failures: u32,
 }
 
 impl Wanted {
     fn new(addresses: Vec<Multiaddr>) -> Self {
-        Wanted { addresses, next_attempt: Instant::now(), backoff: FIRST_REDIAL_BACKOFF }
+        Wanted {
+            addresses,
+            next_attempt: Instant::now(),
+            backoff: FIRST_REDIAL_BACKOFF,
+            failures: 0,
+        }
     }
 
     fn attempted(&mut self) {
@@ -242,7 +271,7 @@ impl SwarmDriver {
                 }
                 let wanted = self.wanted.entry(peer).or_insert_with(|| Wanted::new(Vec::new()));
                 for a in addresses {
-                    if !wanted.addresses.contains(&a) {
+                    if !wanted.addresses.contains(&a) && wanted.addresses.len() < MAX_ADDRESSES {
                         wanted.addresses.push(a);
                     }
                 }
@@ -310,8 +339,12 @@ impl SwarmDriver {
                 }
                 if let Some(w) = self.wanted.get_mut(&peer_id) {
                     w.backoff = FIRST_REDIAL_BACKOFF;
+                    w.failures = 0;
                 }
-                if self.peers.connected(peer_id, remote.clone()) {
+                // The address we dialled is one to reach the peer at; an inbound connection's
+                // source port is not (identify tells us where it listens).
+                let reachable = endpoint.is_dialer().then(|| remote.clone());
+                if self.peers.connected(peer_id, reachable) {
                     info!(peer = %peer_id, %remote, "peer connected");
                     let _ = self.events.send(MeshEvent::Connected(peer_id)).await;
                 }
@@ -326,12 +359,28 @@ impl SwarmDriver {
                 let _ = self.events.send(MeshEvent::Disconnected(peer_id)).await;
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                debug!(peer = ?peer_id, "dial failed: {error}");
+                let failures = match peer_id.and_then(|p| self.wanted.get_mut(&p)) {
+                    Some(w) => {
+                        w.failures += 1;
+                        w.failures
+                    }
+                    None => 0,
+                };
+                if failures >= STATIC_DIAL_WARN_AFTER {
+                    warn!(peer = ?peer_id, failures, "cannot reach a wanted peer: {error}");
+                } else {
+                    debug!(peer = ?peer_id, "dial failed: {error}");
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result, .. })) => {
                 match result {
                     Ok(rtt) => self.peers.pinged(peer, rtt),
-                    Err(e) => debug!(%peer, "ping failed: {e}"),
+                    Err(e) => {
+                        // libp2p leaves the connection open; a peer that does not answer
+                        // must not keep being offered as a holder.
+                        warn!(%peer, "ping failed ({e}); disconnecting");
+                        let _ = self.swarm.disconnect_peer_id(peer);
+                    }
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {

@@ -32,14 +32,17 @@ impl PeerTable {
         f(&mut self.peers.lock().expect("peer table lock poisoned"))
     }
 
-    /// Records a new connection; returns true if it is the peer's first.
-    pub fn connected(&self, peer: PeerId, remote: Multiaddr) -> bool {
+    /// Records a new connection, with the address it was dialled at if we dialled; returns
+    /// true if it is the peer's first.
+    pub fn connected(&self, peer: PeerId, dialled: Option<Multiaddr>) -> bool {
         self.with(|peers| {
             let state = peers.entry(peer).or_default();
             state.connections += 1;
             state.last_seen = Some(Instant::now());
-            if state.addresses.len() < MAX_ADDRESSES {
-                state.addresses.insert(remote);
+            if let Some(address) = dialled
+                && state.addresses.len() < MAX_ADDRESSES
+            {
+                state.addresses.insert(address);
             }
             state.connections == 1
         })
@@ -116,9 +119,9 @@ mod tests {
         let table = PeerTable::default();
         let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
         let addr: Multiaddr = "/ip4/10.0.0.1/tcp/1".parse().unwrap();
-        assert!(table.connected(a, addr.clone()));
-        assert!(!table.connected(a, addr.clone()));
-        assert!(table.connected(b, addr.clone()));
+        assert!(table.connected(a, Some(addr.clone())));
+        assert!(!table.connected(a, Some(addr.clone())));
+        assert!(table.connected(b, Some(addr.clone())));
         table.pinged(a, Duration::from_millis(9));
         table.pinged(b, Duration::from_millis(2));
         assert_eq!(table.connected_by_rtt(vec![a, b, c]), vec![b, a]);
