@@ -40,6 +40,31 @@ fn start_nodes(stores: &[HostStore], options: impl Fn(&Host) -> NodeOptions) -> 
     stores.iter().map(|s| Node::start(s.host(), s, &options(s.host()))).collect()
 }
 
+/// A LAN whose host 1 built `closure` and signed it with `key`, every node trusting that key,
+/// and host 2's node already offering the closure. (Taken apart, bind `lan` first and
+/// `nodes` last: they drop in the reverse order.)
+struct SignedLan {
+    nodes: Vec<Node>,
+    stores: Vec<HostStore>,
+    key: CacheKey,
+    closure: Closure,
+    lan: Lan,
+}
+
+impl SignedLan {
+    fn new(hosts: usize, expr: &str) -> SignedLan {
+        let lan = Lan::new(hosts);
+        let stores = start_stores(&lan);
+        let key = CacheKey::generate(lan.dir(), "test-1");
+        let closure = stores[0].build_closure(expr);
+        stores[0].sign_closure(&key.secret_file, &closure.top);
+        let trusted = NodeOptions { trusted_keys: vec![key.public.clone()], ..Default::default() };
+        let nodes = start_nodes(&stores, |_| trusted.clone());
+        wait_for_closure(&nodes[1], &closure, "host 2's node to offer host 1's closure");
+        SignedLan { nodes, stores, key, closure, lan }
+    }
+}
+
 /// Waits until `node` answers 200 for the narinfo of every path of `closure`.
 fn wait_for_closure(node: &Node, closure: &Closure, what: &str) {
     wait_until(DISCOVERY_LIMIT, what, || {
@@ -161,15 +186,9 @@ fn nix_copy_gets_a_signed_closure_from_a_peer_and_then_from_a_copy_once_its_orig
     if !e2e_ready() {
         return;
     }
-    let lan = Lan::new(3);
-    let stores = start_stores(&lan);
-    let key = CacheKey::generate(lan.dir(), "test-1");
-    let closure = stores[0].build_closure(&test_closure_expr(&unique_marker()));
-    stores[0].sign_closure(&key.secret_file, &closure.top);
-    let trusted = NodeOptions { trusted_keys: vec![key.public.clone()], ..Default::default() };
-    let mut nodes = start_nodes(&stores, |_| trusted.clone());
-
-    wait_for_closure(&nodes[1], &closure, "host 2's node to offer host 1's closure");
+    // Bound in this order so that they drop in the reverse: nodes, stores, then the LAN.
+    let SignedLan { lan: _lan, closure, key, stores, mut nodes } =
+        SignedLan::new(3, &test_closure_expr(&unique_marker()));
     let copy = stores[1].copy_from(NODE_URL, &[&key.public], &closure.top);
     assert_copied(&copy, &closure, &stores[1], &stores[0]);
 
@@ -245,14 +264,8 @@ fn narinfo_misses_and_paths_of_a_killed_holder_answer_404_within_a_second() {
     if !e2e_ready() {
         return;
     }
-    let lan = Lan::new(3);
-    let stores = start_stores(&lan);
-    let key = CacheKey::generate(lan.dir(), "test-1");
-    let closure = stores[0].build_closure(&test_closure_expr(&unique_marker()));
-    stores[0].sign_closure(&key.secret_file, &closure.top);
-    let trusted = NodeOptions { trusted_keys: vec![key.public.clone()], ..Default::default() };
-    let mut nodes = start_nodes(&stores, |_| trusted.clone());
-    wait_for_closure(&nodes[1], &closure, "host 2's node to offer host 1's closure");
+    let SignedLan { lan: _lan, closure, key: _, stores: _stores, mut nodes } =
+        SignedLan::new(3, &test_closure_expr(&unique_marker()));
 
     let asked = Instant::now();
     let (status, _) = nodes[1].http_get(&format!("/{}.narinfo", random_hash()));
@@ -276,14 +289,8 @@ fn a_holder_killed_mid_nar_leaves_the_client_a_failed_download() {
     if !e2e_ready() {
         return;
     }
-    let lan = Lan::new(2);
-    let stores = start_stores(&lan);
-    let key = CacheKey::generate(lan.dir(), "test-1");
-    let big = stores[0].build_closure(&big_path_expr(&unique_marker()));
-    stores[0].sign_closure(&key.secret_file, &big.top);
-    let trusted = NodeOptions { trusted_keys: vec![key.public.clone()], ..Default::default() };
-    let mut nodes = start_nodes(&stores, |_| trusted.clone());
-    wait_for_closure(&nodes[1], &big, "host 2's node to offer host 1's big path");
+    let SignedLan { lan, closure: big, key: _, stores: _stores, mut nodes } =
+        SignedLan::new(2, &big_path_expr(&unique_marker()));
 
     let (status, narinfo) = nodes[1].http_get(&narinfo_url_path(&big.top));
     assert_eq!(status, 200, "the big path's narinfo");

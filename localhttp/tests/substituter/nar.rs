@@ -102,14 +102,19 @@ async fn a_stall_midway_aborts_within_the_idle_timeout() {
     assert!(reply.elapsed < config.nar_idle_timeout + Duration::from_secs(2));
 }
 
-#[tokio::test]
-async fn silent_holders_cost_no_more_than_the_start_deadline() {
-    let fixture = Fixture::new();
-    let silent = |name| TestPeer {
+/// A holder with an honest narinfo that never sends its NAR.
+fn silent_holder(name: &'static str, fixture: &Fixture) -> TestPeer {
+    TestPeer {
         name,
         narinfo: NarInfoReply::Text(fixture.narinfo.to_string()),
         nar: NarReply::NeverAnswers,
-    };
+    }
+}
+
+#[tokio::test]
+async fn silent_holders_cost_no_more_than_the_start_deadline() {
+    let fixture = Fixture::new();
+    let silent = |name| silent_holder(name, &fixture);
     let source = TestSource::new(&fixture, vec![silent("s1"), silent("s2"), silent("s3")]);
     let config = Config { nar_start_deadline: Duration::from_millis(450), ..test_config(&fixture) };
     let addr = start(source.clone(), config).await;
@@ -123,11 +128,7 @@ async fn silent_holders_cost_no_more_than_the_start_deadline() {
 #[tokio::test]
 async fn holders_that_send_nothing_are_passed_over_before_the_response_starts() {
     let fixture = Fixture::new();
-    let silent = |name| TestPeer {
-        name,
-        narinfo: NarInfoReply::Text(fixture.narinfo.to_string()),
-        nar: NarReply::NeverAnswers,
-    };
+    let silent = |name| silent_holder(name, &fixture);
     let stalls_at_once = TestPeer {
         name: "stalls",
         narinfo: NarInfoReply::NotHeld,
