@@ -85,7 +85,7 @@ impl HostStore {
 
     /// The daemon's socket.
     pub fn socket(&self) -> PathBuf {
-        self.host.dir().join("daemon.sock")
+        socket_of(&self.host)
     }
 
     /// The store as Nix's clients name it: `unix://SOCKET?real=DIR`. Nix 2.8's client reads
@@ -213,6 +213,11 @@ impl Drop for HostStore {
     }
 }
 
+/// Where the host's nix-daemon listens.
+fn socket_of(host: &Host) -> PathBuf {
+    host.dir().join("daemon.sock")
+}
+
 /// Starts `nix-daemon` for the host's chroot store, in a process group of its own so that
 /// its workers can be killed with it.
 fn spawn_daemon(host: &Host) -> Child {
@@ -232,7 +237,7 @@ fn spawn_daemon(host: &Host) -> Child {
         // kills every process of a build user around each build, so parallel tests on shared
         // build users kill each other's builds.
         .args(["--option", "build-users-group", ""])
-        .env("NIX_DAEMON_SOCKET_PATH", host.dir().join("daemon.sock"))
+        .env("NIX_DAEMON_SOCKET_PATH", socket_of(host))
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("duplicating a file handle"))
         .stderr(log)

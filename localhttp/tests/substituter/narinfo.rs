@@ -141,11 +141,7 @@ async fn hostile_and_failing_peers_are_skipped_for_an_honest_one() {
 #[tokio::test]
 async fn a_peer_that_never_answers_costs_one_peer_timeout() {
     let fixture = Fixture::new();
-    let silent = TestPeer {
-        name: "silent",
-        narinfo: NarInfoReply::NeverAnswers,
-        nar: NarReply::NeverAnswers,
-    };
+    let silent = silent_peer("silent");
     let source = TestSource::new(&fixture, vec![silent, honest_peer("honest", &fixture)]);
     let config = test_config(&fixture);
     let addr = start(source, config.clone()).await;
@@ -159,14 +155,7 @@ async fn a_peer_that_never_answers_costs_one_peer_timeout() {
 async fn the_deadline_bounds_all_peers_together() {
     let fixture = Fixture::new();
     let names = ["s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7"];
-    let peers = names
-        .iter()
-        .map(|&name| TestPeer {
-            name,
-            narinfo: NarInfoReply::NeverAnswers,
-            nar: NarReply::NeverAnswers,
-        })
-        .collect();
+    let peers = names.iter().map(|&name| silent_peer(name)).collect();
     let source = TestSource::new(&fixture, peers);
     let config = test_config(&fixture);
     let addr = start(source.clone(), config.clone()).await;
@@ -195,11 +184,7 @@ async fn a_remembered_narinfo_does_not_make_a_path_available() {
 #[tokio::test]
 async fn the_request_timeout_bounds_a_narinfo_request() {
     let fixture = Fixture::new();
-    let silent = TestPeer {
-        name: "silent",
-        narinfo: NarInfoReply::NeverAnswers,
-        nar: NarReply::NeverAnswers,
-    };
+    let silent = silent_peer("silent");
     let source = TestSource::new(&fixture, vec![silent]);
     let config = nixmesh_localhttp::Config {
         narinfo_peer_timeout: Duration::from_secs(30),

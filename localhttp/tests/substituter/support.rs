@@ -152,6 +152,11 @@ impl TestSource {
     }
 }
 
+/// A peer that answers nothing at all.
+pub fn silent_peer(name: &'static str) -> TestPeer {
+    TestPeer { name, narinfo: NarInfoReply::NeverAnswers, nar: NarReply::NeverAnswers }
+}
+
 pub fn honest_peer(name: &'static str, fixture: &Fixture) -> TestPeer {
     TestPeer {
         name,

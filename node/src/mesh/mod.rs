@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use peers::MAX_ADDRESSES;
 pub use peers::{PeerState, PeerTable};
 pub use serve::{StreamLimits, serve_streams};
 
@@ -35,8 +36,6 @@ const PING_INTERVAL: Duration = Duration::from_secs(5);
 /// Redials of a wanted peer back off up to this.
 const MAX_REDIAL_BACKOFF: Duration = Duration::from_secs(30);
 const FIRST_REDIAL_BACKOFF: Duration = Duration::from_secs(1);
-/// The most addresses kept to dial one peer at.
-const MAX_ADDRESSES: usize = 16;
 /// The most peers the node dials on its own (mDNS could announce any number).
 const MAX_WANTED_PEERS: usize = 1024;
 /// Connections at once: in all (a LAN of a thousand machines fits), half-open ones coming in,
@@ -47,8 +46,8 @@ const MAX_CONNECTIONS_PER_PEER: u32 = 2;
 /// A ping unanswered for this long closes the connection: the peer is gone (its machine
 /// asleep, its cable out) even if TCP has not noticed, and its paths must stop being offered.
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
-/// Failed dials of a static peer in a row before each one is logged as a warning.
-const STATIC_DIAL_WARN_AFTER: u32 = 3;
+/// Failed dials of a wanted peer in a row before each one is logged as a warning.
+const DIAL_FAILURES_BEFORE_WARNING: u32 = 3;
 
 /// The mesh could not start.
 #[derive(Debug, Error)]
@@ -366,7 +365,7 @@ impl SwarmDriver {
                     }
                     None => 0,
                 };
-                if failures >= STATIC_DIAL_WARN_AFTER {
+                if failures >= DIAL_FAILURES_BEFORE_WARNING {
                     warn!(peer = ?peer_id, failures, "cannot reach a wanted peer: {error}");
                 } else {
                     debug!(peer = ?peer_id, "dial failed: {error}");

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, PeerId};
 
-/// The most addresses remembered per peer (peers choose what they tell us).
-const MAX_ADDRESSES: usize = 16;
+/// The most addresses remembered, or dialled, per peer (peers choose what they tell us).
+pub(super) const MAX_ADDRESSES: usize = 16;
 
 /// One peer's live state.
 #[derive(Debug, Clone, Default)]

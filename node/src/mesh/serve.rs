@@ -106,6 +106,8 @@ pub async fn serve_streams<H, F>(
                     return debug!("dropped: no turn within {:?}", limits.max_wait);
                 };
                 work.await;
+                // Named here so that the task owns them (an unused capture would be dropped
+                // at once) and gives them back only now.
                 drop((turn, admission, slot));
             }
             .instrument(span(peer)),
