@@ -1,32 +1,22 @@
 //! The mesh as the local substituter sees it: [`MeshSource`] implements
-//! [`nixmesh_localhttp::PathSource`] with the index for "who holds it" and fetch streams to
-//! peers for the rest.
+//! [`nixmesh_localhttp::PathSource`] with the index for "who holds it" and the fetch client
+//! ([`crate::fetch::client`]) for the rest.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use libp2p::PeerId;
 use nixmesh_localhttp::{NarStream, NodeStatus, PathSource, PeerSummary, SourceError};
-use nixmesh_protocol::wire::{
-    FETCH_PROTOCOL, FetchRequest, FetchResponse, MAX_FRAME_LEN, MAX_NARINFO_LEN,
-};
 use nixmesh_protocol::{Sha256, StorePathHash};
-use tokio::io::AsyncReadExt;
-use tokio_util::compat::FuturesAsyncReadCompatExt;
-use tokio_util::io::ReaderStream;
 use tracing::warn;
 
 use crate::adverts::AdvertLog;
+use crate::fetch::FetchClient;
+use crate::fetch::client::FetchError;
 use crate::index::Index;
 use crate::mesh::Mesh;
-use crate::mesh::framing::{read_frame, write_frame};
-
-/// Bounds on a single exchange; the substituter applies its own, tighter ones on top.
-const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
-/// NAR bytes are read from the peer in chunks of this size.
-const NAR_CHUNK: usize = 64 * 1024;
 
 /// What `nixmesh status` reports besides live state.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +28,7 @@ pub struct StaticStatus {
 /// The mesh behind the substituter.
 pub struct MeshSource {
     mesh: Mesh,
+    fetch: FetchClient,
     index: Arc<Index>,
     log: Arc<AdvertLog>,
     status: StaticStatus,
@@ -45,31 +36,14 @@ pub struct MeshSource {
 
 impl MeshSource {
     pub fn new(mesh: Mesh, index: Arc<Index>, log: Arc<AdvertLog>, status: StaticStatus) -> Self {
-        MeshSource { mesh, index, log, status }
+        let fetch = FetchClient::new(mesh.clone());
+        MeshSource { mesh, fetch, index, log, status }
     }
+}
 
-    async fn request(
-        &self,
-        peer: &PeerId,
-        request: FetchRequest,
-        operation: &'static str,
-    ) -> Result<(libp2p::Stream, FetchResponse), SourceError> {
-        let failed =
-            |reason: String| SourceError::Failed { peer: peer.to_string(), operation, reason };
-        let stream = self
-            .mesh
-            .control()
-            .open_stream(*peer, Mesh::protocol(FETCH_PROTOCOL))
-            .await
-            .map_err(|e| failed(format!("cannot open a stream: {e}")))?;
-        let mut stream = stream.compat();
-        write_frame(&mut stream, &request, FRAME_TIMEOUT)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        let response = read_frame(&mut stream, FRAME_TIMEOUT, MAX_FRAME_LEN)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        Ok((stream.into_inner(), response))
+impl From<FetchError> for SourceError {
+    fn from(e: FetchError) -> Self {
+        SourceError::Failed { peer: e.peer.to_string(), operation: e.operation, reason: e.reason }
     }
 }
 
@@ -91,21 +65,7 @@ impl PathSource for MeshSource {
         peer: &PeerId,
         hash: StorePathHash,
     ) -> Result<Option<String>, SourceError> {
-        let operation = "narinfo";
-        let (_, response) = self.request(peer, FetchRequest::NarInfo { hash }, operation).await?;
-        let failed =
-            |reason: String| SourceError::Failed { peer: peer.to_string(), operation, reason };
-        match response {
-            FetchResponse::NarInfo { text } if text.len() <= MAX_NARINFO_LEN => Ok(Some(text)),
-            FetchResponse::NarInfo { text } => {
-                Err(failed(format!("narinfo of {} bytes", text.len())))
-            }
-            FetchResponse::NotFound => Ok(None),
-            FetchResponse::Failed { message } => Err(failed(message)),
-            FetchResponse::Nar { .. } => {
-                Err(failed("answered a narinfo request with a NAR".into()))
-            }
-        }
+        Ok(self.fetch.narinfo(*peer, hash).await?)
     }
 
     async fn fetch_nar(
@@ -115,33 +75,8 @@ impl PathSource for MeshSource {
         nar_hash: Sha256,
         offset: u64,
     ) -> Result<Option<NarStream>, SourceError> {
-        let operation = "NAR";
-        let request = FetchRequest::Nar { hash, nar_hash, offset };
-        let (stream, response) = self.request(peer, request, operation).await?;
-        let failed =
-            |reason: String| SourceError::Failed { peer: peer.to_string(), operation, reason };
-        match response {
-            FetchResponse::Nar { nar_size, offset: sent_from }
-                if sent_from == offset && offset <= nar_size =>
-            {
-                let body = stream.compat().take(nar_size - offset);
-                let peer_name = peer.to_string();
-                let bytes = ReaderStream::with_capacity(body, NAR_CHUNK).map_err(move |e| {
-                    SourceError::Failed {
-                        peer: peer_name.clone(),
-                        operation,
-                        reason: e.to_string(),
-                    }
-                });
-                Ok(Some(bytes.boxed()))
-            }
-            FetchResponse::Nar { .. } => Err(failed("sent the NAR from another offset".into())),
-            FetchResponse::NotFound => Ok(None),
-            FetchResponse::Failed { message } => Err(failed(message)),
-            FetchResponse::NarInfo { .. } => {
-                Err(failed("answered a NAR request with a narinfo".into()))
-            }
-        }
+        let body = self.fetch.nar(*peer, hash, nar_hash, offset).await?;
+        Ok(body.map(|body| -> NarStream { Box::pin(body.map_err(SourceError::from)) }))
     }
 
     fn peers(&self) -> Vec<PeerSummary> {

@@ -90,13 +90,15 @@ impl Setup {
         StorePath::parse(&self.path).unwrap().hash()
     }
 
-    /// Sends `request` on a new fetch stream; returns the answer and the bytes that follow
-    /// it up to the stream's end.
+    /// Sends `request` as the only one on a new fetch stream; returns the answer and the
+    /// bytes that follow it up to the stream's end.
     fn ask(&self, request: &FetchRequest) -> (FetchResponse, Vec<u8>) {
         self.runtime.block_on(async {
             let stream = self.open().await;
             let mut stream = stream.compat();
             write_frame(&mut stream, request, DEADLINE).await.unwrap();
+            // One request only: closing our side ends the session after the answer.
+            stream.shutdown().await.unwrap();
             let response = read_frame(&mut stream, DEADLINE, MAX_FRAME_LEN).await.unwrap();
             let mut rest = Vec::new();
             tokio::time::timeout(DEADLINE, stream.read_to_end(&mut rest)).await.unwrap().unwrap();

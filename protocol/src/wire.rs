@@ -3,9 +3,10 @@
 //! Each kind of conversation is its own libp2p protocol, so a new version is a new protocol
 //! name that old nodes simply do not speak (multistream-select negotiates it):
 //!
-//! - [`FETCH_PROTOCOL`]: one request per stream. The asker sends a [`FetchRequest`], the
-//!   holder answers with one [`FetchResponse`]; after [`FetchResponse::Nar`] the raw NAR bytes
-//!   follow on the same stream, from the offset asked for to the end, and the stream closes.
+//! - [`FETCH_PROTOCOL`]: a session of requests on one stream. The asker sends a
+//!   [`FetchRequest`], the holder answers with one [`FetchResponse`]; after
+//!   [`FetchResponse::Nar`] the raw NAR bytes follow on the same stream, from the offset asked
+//!   for to the end. Then the asker may send its next request on the stream, or close it.
 //! - [`ADVERTS_PROTOCOL`]: a long-lived stream. The subscriber sends one [`AdvertRequest`];
 //!   the holder answers with a snapshot of the store paths it holds (in chunks), then a
 //!   [`AdvertMessage::Delta`] each time its store changes, for as long as the stream lives.
@@ -20,8 +21,8 @@ use thiserror::Error;
 
 use crate::{Sha256, StorePathHash};
 
-/// Fetching narinfos and NARs, version 1.
-pub const FETCH_PROTOCOL: &str = "/nixmesh/fetch/1";
+/// Fetching narinfos and NARs, version 2 (a session of requests per stream).
+pub const FETCH_PROTOCOL: &str = "/nixmesh/fetch/2";
 /// Advertising held store paths, version 1.
 pub const ADVERTS_PROTOCOL: &str = "/nixmesh/adverts/1";
 
@@ -43,9 +44,11 @@ pub enum WireError {
     TooLarge { len: usize, limit: usize },
     #[error("malformed frame: {0}")]
     Malformed(#[from] postcard::Error),
+    #[error("the peer does not speak the protocol: {0}")]
+    Unsupported(String),
 }
 
-/// What one fetch stream asks for.
+/// One request on a fetch stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FetchRequest {
     /// The narinfo of the path with this hash.
@@ -57,12 +60,12 @@ pub enum FetchRequest {
     Nar { hash: StorePathHash, nar_hash: Sha256, offset: u64 },
 }
 
-/// The one answer on a fetch stream.
+/// The answer to one request on a fetch stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FetchResponse {
     /// The narinfo text, with the signatures its store holds (and the node's own, if it signs).
     NarInfo { text: String },
-    /// Bytes `offset..nar_size` of the NAR follow as raw bytes, then the stream closes.
+    /// Bytes `offset..nar_size` of the NAR follow as raw bytes; then the next request.
     Nar { nar_size: u64, offset: u64 },
     /// The node does not hold the path.
     NotFound,

@@ -11,9 +11,11 @@
 //! - [`nixstore`]: a host's nix-daemon ([`HostStore`]), the test closure, signing keys;
 //! - [`node`]: the `nixmesh` binary, built once, running on a host ([`Node`]);
 //! - [`wait`]: polling with a deadline, the only way tests wait;
-//! - [`command`]: running a tool with a time limit.
+//! - [`command`]: running a tool with a time limit;
+//! - [`http`]: many GETs at once over kept-alive connections, as Nix's client sends them.
 
 pub mod command;
+pub mod http;
 pub mod netns;
 pub mod nixstore;
 pub mod node;
@@ -22,7 +24,8 @@ pub mod wait;
 pub use command::CommandExt;
 pub use netns::{Host, Lan};
 pub use nixstore::{
-    CacheKey, Closure, HostStore, TEST_CLOSURE_LEN, test_closure_expr, unique_marker,
+    CacheKey, Closure, HostStore, TEST_CLOSURE_LEN, many_paths_expr, test_closure_expr,
+    unique_marker,
 };
 pub use node::{NODE_URL, Node, NodeOptions, keygen, narinfo_url_path, nixmesh_bin};
 pub use wait::{poll_every, wait_for, wait_until};

@@ -132,6 +132,35 @@ impl HostStore {
         Closure { top, paths }
     }
 
+    /// Adds the closure of [`many_paths_expr`] to the store in one evaluation (no builds,
+    /// so a thousand paths take seconds) and returns it. The same `count` and `marker` give
+    /// the same store paths, with the same NARs, in every store.
+    pub fn add_many_paths(&self, count: usize, marker: &str) -> Closure {
+        let mut eval = self.host.command("nix-instantiate");
+        eval.args(["--store", &self.url(), "--eval", "--read-write-mode", "--json"])
+            .args(["--expr", &many_paths_expr(count, marker)]);
+        let printed = stdout_text(&mut eval);
+        let top: String = serde_json::from_str(printed.trim()).expect("a JSON string");
+        assert!(top.starts_with("/nix/store/"), "nix-instantiate printed {top:?}");
+        let mut query = self.host.command("nix-store");
+        query.args(["--store", &self.url(), "--query", "--requisites", &top]);
+        let paths: Vec<String> = stdout_text(&mut query).lines().map(String::from).collect();
+        assert_eq!(paths.len(), count + 1, "the closure is the files and the top");
+        Closure { top, paths }
+    }
+
+    /// What the nix-daemon does when `nixos-rebuild` needs paths: `nix-store -r path` with
+    /// `substituter` as the only substituter, trusting only `trusted_keys`, so the daemon
+    /// itself substitutes the closure (with its own concurrency). Returns how it went.
+    pub fn realise_from(&self, substituter: &str, trusted_keys: &[&str], path: &str) -> Output {
+        let mut cmd = self.host.command("nix-store");
+        cmd.args(["--store", &self.url(), "--realise", path])
+            .args(["--option", "substituters", substituter])
+            .args(["--option", "trusted-public-keys", &trusted_keys.join(" ")]);
+        eprintln!("{}: {}", self.host.name(), describe(&cmd));
+        cmd.output_within(NIX_LIMIT)
+    }
+
     /// Signs `top` and everything it refers to with the secret key in `key_file`.
     pub fn sign_closure(&self, key_file: &Path, top: &str) {
         let key = key_file.to_str().expect("a UTF-8 key path");
@@ -279,6 +308,30 @@ let
   right = mk "right" "echo ${{base}} > $out";
 in
   mk "top" "mkdir $out; echo ${{a}} ${{left}} ${{right}} > $out/refs"
+"#
+    )
+}
+
+/// A Nix expression whose value is a store path referring to `count` small files (1 to
+/// 40 KiB each, made by `builtins.toFile`, so text-hashed, content-addressed paths): the
+/// shape of a NixOS system closure, many paths and most of them small. `marker` goes into
+/// every file.
+pub fn many_paths_expr(count: usize, marker: &str) -> String {
+    assert!(marker.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'), "marker {marker:?}");
+    format!(
+        r#"
+let
+  # 40,960 bytes to cut each file from.
+  block = builtins.concatStringsSep "" (builtins.genList
+    (j: builtins.hashString "sha256" "{marker}-${{toString j}}") 640);
+  size = i: 1024 + (i * 7919 - (i * 7919 / 39936) * 39936);
+  file = i: builtins.toFile "nixmesh-small-${{toString i}}"
+    "{marker} ${{toString i}}
+${{builtins.substring 0 (size i) block}}";
+  files = builtins.genList file {count};
+in
+  builtins.toFile "nixmesh-many-top" (builtins.concatStringsSep "
+" files)
 "#
     )
 }

@@ -33,15 +33,31 @@ where
     T: DeserializeOwned,
     R: AsyncRead + Unpin,
 {
+    read_frame_after_idle(reader, timeout, timeout, max_len).await
+}
+
+/// Reads one frame of at most `max_len` bytes on a stream that may sit idle between frames:
+/// its first byte may take up to `idle`, and the rest of the frame at most `timeout` after
+/// that. `Closed` if the stream ended cleanly before a frame began.
+pub async fn read_frame_after_idle<T, R>(
+    reader: &mut R,
+    idle: Duration,
+    timeout: Duration,
+    max_len: usize,
+) -> Result<T, FrameError>
+where
+    T: DeserializeOwned,
+    R: AsyncRead + Unpin,
+{
+    let mut header = [0u8; 4];
+    match tokio::time::timeout(idle, reader.read(&mut header[..1])).await {
+        Err(_) => return Err(FrameError::TimedOut(idle)),
+        Ok(Ok(0)) => return Err(FrameError::Closed),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(e.into()),
+    }
     tokio::time::timeout(timeout, async {
-        let mut header = [0u8; 4];
-        match reader.read_exact(&mut header).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Err(FrameError::Closed);
-            }
-            Err(e) => return Err(e.into()),
-        }
+        reader.read_exact(&mut header[1..]).await?;
         let len = wire::frame_len(header, max_len)?;
         let mut body = vec![0u8; len];
         reader.read_exact(&mut body).await?;

@@ -8,6 +8,7 @@
 pub mod framing;
 pub mod peers;
 mod serve;
+pub mod share;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,7 +28,7 @@ use tracing::{debug, info, warn};
 
 use peers::MAX_ADDRESSES;
 pub use peers::{PeerState, PeerTable};
-pub use serve::{StreamLimits, serve_streams};
+pub use serve::{StreamLimits, TurnLimits, Turns, serve_streams};
 
 /// Identify's protocol name; it tells peers our listen addresses.
 const IDENTIFY_PROTOCOL: &str = "/nixmesh/id/1";

@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::{PeerId, Stream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::{Instrument, Span, debug, warn};
 
 use super::Mesh;
+use super::share::{PeerShare, PeerShares};
 
 /// How many streams of one protocol are served at once, how many more may wait (each for at
 /// most `max_wait`) for a turn, and how many of all those one peer may have. A stream beyond
@@ -112,5 +113,53 @@ pub async fn serve_streams<H, F>(
             }
             .instrument(span(peer)),
         );
+    }
+}
+
+/// How many requests are answered at once, how many of them for one peer, and how long a
+/// request may wait for its turn.
+#[derive(Debug, Clone, Copy)]
+pub struct TurnLimits {
+    pub concurrent: usize,
+    pub per_peer: usize,
+    pub max_wait: Duration,
+}
+
+/// Turns to answer peers' requests on long-lived streams, where a stream's admission says
+/// nothing about how much work it brings: each request waits for a turn of its own, within
+/// its peer's share, so a few busy peers cannot take every turn.
+pub struct Turns {
+    limits: TurnLimits,
+    running: Arc<Semaphore>,
+    shares: Arc<PeerShares>,
+}
+
+/// A turn; given back on drop.
+pub struct Turn {
+    _running: OwnedSemaphorePermit,
+    _share: PeerShare,
+}
+
+impl Turns {
+    pub fn new(limits: TurnLimits) -> Self {
+        Turns {
+            limits,
+            running: Arc::new(Semaphore::new(limits.concurrent)),
+            shares: PeerShares::new(limits.per_peer),
+        }
+    }
+
+    /// A turn for `peer`, or `None` if none came within the limits' wait.
+    pub async fn take(&self, peer: PeerId) -> Option<Turn> {
+        let wait = async {
+            let share = self.shares.acquire(peer).await;
+            let running = self.running.clone().acquire_owned().await.ok()?;
+            Some(Turn { _running: running, _share: share })
+        };
+        let turn = tokio::time::timeout(self.limits.max_wait, wait).await.ok().flatten();
+        if turn.is_none() {
+            warn!(%peer, "no turn for a request within {:?}", self.limits.max_wait);
+        }
+        turn
     }
 }

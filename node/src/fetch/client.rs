@@ -1,0 +1,288 @@
+//! Asking peers for narinfos and NARs, over fetch sessions kept per peer.
+//!
+//! A request takes an idle stream to the peer if there is one young enough, else opens a
+//! new one; after a complete answer (for a NAR: its last byte read) the stream goes back to
+//! the peer's idle list. At most [`STREAMS_PER_PEER`] streams to one peer are in use at
+//! once, below the holder's per-peer session limit, so a busy node waits its turn instead of
+//! being refused.
+//!
+//! A request whose stream closes before any answer arrives is asked again on a new stream:
+//! right away when the stream was a reused one (the holder closed it while idle), after a
+//! short back-off when it was new (the holder's libp2p-stream queue was full and dropped it),
+//! up to [`NEW_STREAM_ATTEMPTS`] times. A time-out or a malformed answer is not retried: the
+//! peer is there but slow or broken, and the caller goes on to another holder.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::Stream;
+use libp2p::PeerId;
+use libp2p_stream::OpenStreamError;
+use nixmesh_protocol::wire::{
+    FETCH_PROTOCOL, FetchRequest, FetchResponse, MAX_FRAME_LEN, MAX_NARINFO_LEN, WireError,
+};
+use nixmesh_protocol::{Sha256, StorePathHash};
+use thiserror::Error;
+use tokio::io::AsyncReadExt;
+use tokio::time::Instant;
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
+use tracing::debug;
+
+use super::{FRAME_TIMEOUT, NAR_CHUNK, REUSE_WITHIN};
+use crate::mesh::Mesh;
+use crate::mesh::framing::{FrameError, read_frame, write_frame};
+use crate::mesh::share::{PeerShare, PeerShares};
+
+/// Streams to one peer in use at once (the holder allows more sessions than this per peer).
+pub const STREAMS_PER_PEER: usize = 48;
+/// Idle streams kept per peer for reuse.
+const IDLE_PER_PEER: usize = 32;
+/// How often a request is tried on a new stream that closes unanswered, and the first pause
+/// between tries (doubled each time).
+pub const NEW_STREAM_ATTEMPTS: u32 = 6;
+const FIRST_BACKOFF: Duration = Duration::from_millis(5);
+
+/// A fetch that failed; says which peer and which operation.
+#[derive(Debug, Clone, Error)]
+#[error("peer {peer}: {operation} failed: {reason}")]
+pub struct FetchError {
+    pub peer: PeerId,
+    pub operation: &'static str,
+    pub reason: String,
+}
+
+/// A NAR's bytes from a peer, from the offset asked for to the end.
+pub type NarBody = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, FetchError>> + Send>>;
+
+type FetchStream = Compat<libp2p::Stream>;
+
+/// The asking side of the fetch conversation. Cheap to clone; clones share sessions.
+#[derive(Clone)]
+pub struct FetchClient {
+    mesh: Mesh,
+    sessions: Arc<Sessions>,
+}
+
+/// Idle streams per peer, youngest last, and the shares of streams in use.
+struct Sessions {
+    idle: Mutex<HashMap<PeerId, Vec<(FetchStream, Instant)>>>,
+    in_use: Arc<PeerShares>,
+}
+
+/// A stream in use for one exchange; back to the idle list with [`Session::finished`].
+struct Session {
+    stream: FetchStream,
+    peer: PeerId,
+    sessions: Arc<Sessions>,
+    _share: PeerShare,
+}
+
+impl Session {
+    /// The exchange ended cleanly: the stream may carry the next one.
+    fn finished(self) {
+        let mut idle = self.sessions.idle.lock().expect("idle sessions lock poisoned");
+        let list = idle.entry(self.peer).or_default();
+        list.retain(|(_, since)| since.elapsed() < REUSE_WITHIN);
+        if list.len() < IDLE_PER_PEER {
+            list.push((self.stream, Instant::now()));
+        }
+    }
+}
+
+impl FetchClient {
+    pub fn new(mesh: Mesh) -> Self {
+        let sessions = Sessions {
+            idle: Mutex::new(HashMap::new()),
+            in_use: PeerShares::new(STREAMS_PER_PEER),
+        };
+        FetchClient { mesh, sessions: Arc::new(sessions) }
+    }
+
+    /// `peer`'s narinfo text for `hash`, or `None` when it says it has none.
+    pub async fn narinfo(
+        &self,
+        peer: PeerId,
+        hash: StorePathHash,
+    ) -> Result<Option<String>, FetchError> {
+        let operation = "narinfo";
+        let failed = |reason: String| FetchError { peer, operation, reason };
+        let (session, response) =
+            self.exchange(peer, FetchRequest::NarInfo { hash }, operation).await?;
+        let answer = match response {
+            FetchResponse::NarInfo { text } if text.len() <= MAX_NARINFO_LEN => Ok(Some(text)),
+            FetchResponse::NarInfo { text } => {
+                return Err(failed(format!("narinfo of {} bytes", text.len())));
+            }
+            FetchResponse::NotFound => Ok(None),
+            FetchResponse::Failed { message } => Err(failed(message)),
+            FetchResponse::Nar { .. } => {
+                return Err(failed("answered a narinfo request with a NAR".into()));
+            }
+        };
+        session.finished();
+        answer
+    }
+
+    /// `peer`'s NAR for `hash` from byte `offset` on, if its NAR has `nar_hash`; `None` when
+    /// it says it has none (or another build of the path).
+    pub async fn nar(
+        &self,
+        peer: PeerId,
+        hash: StorePathHash,
+        nar_hash: Sha256,
+        offset: u64,
+    ) -> Result<Option<NarBody>, FetchError> {
+        let operation = "NAR";
+        let failed = |reason: String| FetchError { peer, operation, reason };
+        let request = FetchRequest::Nar { hash, nar_hash, offset };
+        let (session, response) = self.exchange(peer, request, operation).await?;
+        match response {
+            FetchResponse::Nar { nar_size, offset: sent_from }
+                if sent_from == offset && offset <= nar_size =>
+            {
+                Ok(Some(nar_body(session, nar_size - offset)))
+            }
+            FetchResponse::Nar { .. } => Err(failed("sent the NAR from another offset".into())),
+            FetchResponse::NotFound => {
+                session.finished();
+                Ok(None)
+            }
+            FetchResponse::Failed { message } => {
+                session.finished();
+                Err(failed(message))
+            }
+            FetchResponse::NarInfo { .. } => {
+                Err(failed("answered a NAR request with a narinfo".into()))
+            }
+        }
+    }
+
+    /// Sends `request` to `peer` and reads the answer, on a reused or new stream, asking
+    /// again where that is safe (see the module docs).
+    async fn exchange(
+        &self,
+        peer: PeerId,
+        request: FetchRequest,
+        operation: &'static str,
+    ) -> Result<(Session, FetchResponse), FetchError> {
+        let failed = |reason: String| FetchError { peer, operation, reason };
+        let share = self.sessions.in_use.acquire(peer).await;
+        let mut share = Some(share);
+        let mut new_streams = 0;
+        loop {
+            let idle = self.take_idle(peer);
+            let reused = idle.is_some();
+            let attempt = async {
+                let mut stream = match idle {
+                    Some(stream) => stream,
+                    None => {
+                        new_streams += 1;
+                        self.open(peer).await?
+                    }
+                };
+                let response = ask(&mut stream, &request).await?;
+                Ok::<_, FrameError>((stream, response))
+            };
+            match attempt.await {
+                Ok((stream, response)) => {
+                    let _share = share.take().expect("held until the answer");
+                    let sessions = self.sessions.clone();
+                    return Ok((Session { stream, peer, sessions, _share }, response));
+                }
+                Err(e) if unanswered(&e) && reused => {
+                    // Its other idle streams are as old or older: likely closed too.
+                    debug!(%peer, operation, "an idle stream was closed ({e}); asking anew");
+                    self.sessions.idle.lock().expect("idle sessions lock poisoned").remove(&peer);
+                }
+                Err(e) if unanswered(&e) && new_streams < NEW_STREAM_ATTEMPTS => {
+                    let pause = FIRST_BACKOFF * 2u32.pow(new_streams - 1);
+                    debug!(%peer, operation, ?pause, "a new stream closed unanswered ({e})");
+                    tokio::time::sleep(pause).await;
+                }
+                Err(e) => return Err(failed(e.to_string())),
+            }
+        }
+    }
+
+    fn take_idle(&self, peer: PeerId) -> Option<FetchStream> {
+        let mut idle = self.sessions.idle.lock().expect("idle sessions lock poisoned");
+        let list = idle.get_mut(&peer)?;
+        let stream = loop {
+            let (stream, since) = list.pop()?;
+            if since.elapsed() < REUSE_WITHIN {
+                break Some(stream);
+            }
+        };
+        if list.is_empty() {
+            idle.remove(&peer);
+        }
+        stream
+    }
+
+    async fn open(&self, peer: PeerId) -> Result<FetchStream, FrameError> {
+        let protocol = Mesh::protocol(FETCH_PROTOCOL);
+        let mut control = self.mesh.control();
+        let opening = control.open_stream(peer, protocol);
+        match tokio::time::timeout(FRAME_TIMEOUT, opening).await {
+            Ok(Ok(stream)) => Ok(stream.compat()),
+            Ok(Err(OpenStreamError::Io(e))) => {
+                Err(FrameError::Io(std::io::Error::new(e.kind(), format!("opening a stream: {e}"))))
+            }
+            // Not worth asking again: the peer will not speak it.
+            Ok(Err(e)) => Err(FrameError::Wire(WireError::Unsupported(e.to_string()))),
+            Err(_) => Err(FrameError::TimedOut(FRAME_TIMEOUT)),
+        }
+    }
+}
+
+/// Whether `error` means the holder never answered (the stream closed or broke), so asking
+/// again cannot have been seen twice.
+fn unanswered(error: &FrameError) -> bool {
+    matches!(error, FrameError::Closed | FrameError::Io(_))
+}
+
+async fn ask(
+    stream: &mut FetchStream,
+    request: &FetchRequest,
+) -> Result<FetchResponse, FrameError> {
+    write_frame(stream, request, FRAME_TIMEOUT).await?;
+    read_frame(stream, FRAME_TIMEOUT, MAX_FRAME_LEN).await
+}
+
+/// The `len` NAR bytes that follow a `Nar` answer, as a stream of chunks; the session goes
+/// back for reuse as soon as the last byte is read.
+fn nar_body(session: Session, len: u64) -> NarBody {
+    let peer = session.peer;
+    let state = (Some(session), len);
+    let chunks = futures::stream::unfold(state, move |(session, left)| async move {
+        let mut session = session?;
+        let failed = |reason: String| FetchError { peer, operation: "NAR", reason };
+        if left == 0 {
+            session.finished();
+            return None;
+        }
+        let want = left.min(NAR_CHUNK as u64);
+        let mut chunk = BytesMut::with_capacity(want as usize);
+        let mut part = (&mut session.stream).take(want);
+        let read = part.read_buf(&mut chunk);
+        match tokio::time::timeout(FRAME_TIMEOUT, read).await {
+            Ok(Ok(0)) => {
+                let reason = format!("the stream ended {left} bytes before the NAR's end");
+                Some((Err(failed(reason)), (None, left)))
+            }
+            Ok(Ok(n)) => {
+                let left = left - n as u64;
+                if left == 0 {
+                    session.finished();
+                    return Some((Ok(chunk.freeze()), (None, 0)));
+                }
+                Some((Ok(chunk.freeze()), (Some(session), left)))
+            }
+            Ok(Err(e)) => Some((Err(failed(e.to_string())), (None, left))),
+            Err(_) => Some((Err(failed(format!("no bytes for {FRAME_TIMEOUT:?}"))), (None, left))),
+        }
+    });
+    Box::pin(chunks)
+}

@@ -1,0 +1,237 @@
+//! Answering peers' fetch sessions from the local store: narinfos built from the daemon's
+//! path info (signed on the fly with `--sign-key-file`), and NARs streamed from the daemon.
+//!
+//! Limits: at most [`SESSIONS`] open sessions (and so many per peer); each request waits for
+//! a turn ([`TURNS`]: so many answered at once, so many for one peer, each waited for a
+//! bounded time, then a `Failed` "busy" answer); NARs also wait for a transfer slot, since
+//! each holds a daemon connection for its whole transfer.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use libp2p::PeerId;
+use nixmesh_protocol::signature::{Signature, SigningKey};
+use nixmesh_protocol::wire::{FETCH_PROTOCOL, FetchRequest, FetchResponse, MAX_REQUEST_FRAME_LEN};
+use nixmesh_protocol::{NarInfo, StorePathHash};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+use tracing::{debug, info_span, warn};
+
+use super::{FRAME_TIMEOUT, SESSION_IDLE};
+use crate::mesh::framing::{FrameError, read_frame_after_idle, write_frame};
+use crate::mesh::{Mesh, StreamLimits, TurnLimits, Turns, serve_streams};
+use crate::store::{PathInfo, Store, StoreError};
+
+/// How long a peer may take to send its first request on a new stream, and any request once
+/// it has begun.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Sessions open at once, in all and per peer (above what a client uses per peer,
+/// [`super::client::STREAMS_PER_PEER`]). A session is cheap while idle: it waits in a
+/// read.
+const SESSIONS: StreamLimits =
+    StreamLimits { concurrent: 2048, waiting: 0, max_wait: Duration::ZERO, per_peer: 64 };
+/// Requests answered at once, in all and per peer, and how long one may wait for a turn.
+const TURNS: TurnLimits =
+    TurnLimits { concurrent: 64, per_peer: 32, max_wait: Duration::from_secs(10) };
+
+/// NARs sent at once. Each holds a daemon connection for its whole transfer, so they get
+/// three quarters of the pool and the rest stays free for path info and store rescans.
+const MAX_NAR_TRANSFERS: usize = crate::store::MAX_ACTIVE * 3 / 4;
+/// How long a NAR request may wait for a transfer slot before the peer is told to go
+/// elsewhere.
+const NAR_SLOT_WAIT: Duration = Duration::from_secs(10);
+
+/// Answers peers' fetches from the local store.
+#[derive(Clone)]
+pub struct Provider {
+    store: Store,
+    signing_key: Option<Arc<SigningKey>>,
+    nar_transfers: Arc<Semaphore>,
+}
+
+impl Provider {
+    pub fn new(store: Store, signing_key: Option<Arc<SigningKey>>) -> Self {
+        let nar_transfers = Arc::new(Semaphore::new(MAX_NAR_TRANSFERS));
+        Provider { store, signing_key, nar_transfers }
+    }
+
+    /// The narinfo for the path with `hash`, with the signatures the store holds and ours.
+    pub async fn narinfo(&self, hash: StorePathHash) -> Result<Option<NarInfo>, String> {
+        let Some(info) = self.path_info(hash).await? else { return Ok(None) };
+        Ok(Some(self.narinfo_for(info)))
+    }
+
+    async fn path_info(&self, hash: StorePathHash) -> Result<Option<PathInfo>, String> {
+        let Some(path) =
+            self.store.query_path_from_hash_part(&hash).await.map_err(|e| e.to_string())?
+        else {
+            return Ok(None);
+        };
+        self.store.query_path_info(&path).await.map_err(|e| e.to_string())
+    }
+
+    fn narinfo_for(&self, info: PathInfo) -> NarInfo {
+        let signatures = info
+            .signatures
+            .iter()
+            .filter_map(|s| match Signature::parse(s) {
+                Ok(sig) => Some(sig),
+                Err(e) => {
+                    warn!(path = %info.path, "skipping a signature the store holds: {e}");
+                    None
+                }
+            })
+            .collect();
+        let mut narinfo = NarInfo {
+            url: format!("nar/{}.nar", info.nar_hash.to_nixbase32()),
+            store_path: info.path,
+            compression: Some("none".to_owned()),
+            file_hash: None,
+            file_size: None,
+            nar_hash: info.nar_hash,
+            nar_size: info.nar_size,
+            references: info.references,
+            deriver: info.deriver,
+            system: None,
+            signatures,
+            ca: info.ca,
+            extra: Vec::new(),
+        };
+        // Signing every path, not only unsigned ones: a path signed by a key the peers do not
+        // trust is as unusable to them as an unsigned one.
+        if let Some(key) = &self.signing_key {
+            narinfo.sign(key);
+        }
+        narinfo
+    }
+
+    /// Answers fetch sessions until `shutdown`.
+    pub async fn serve(self, mesh: Mesh, shutdown: watch::Receiver<bool>) {
+        let span = |peer| info_span!("fetch-from", %peer);
+        let turns = Arc::new(Turns::new(TURNS));
+        serve_streams(&mesh, FETCH_PROTOCOL, SESSIONS, shutdown, span, |peer, stream| {
+            let (provider, turns) = (self.clone(), turns.clone());
+            async move {
+                match provider.session(peer, stream.compat(), &turns).await {
+                    Ok(()) | Err(FrameError::Closed) => {}
+                    Err(e) => debug!("fetch session ended: {e}"),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Answers one request after another on `stream` until the peer closes it, leaves it
+    /// idle for [`SESSION_IDLE`], or a write fails.
+    async fn session<S>(&self, peer: PeerId, mut stream: S, turns: &Turns) -> Result<(), FrameError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut idle = REQUEST_TIMEOUT;
+        loop {
+            let request: FetchRequest =
+                read_frame_after_idle(&mut stream, idle, REQUEST_TIMEOUT, MAX_REQUEST_FRAME_LEN)
+                    .await?;
+            idle = SESSION_IDLE;
+            let Some(_turn) = turns.take(peer).await else {
+                let message = format!("busy: no turn within {:?}", TURNS.max_wait);
+                write_frame(&mut stream, &FetchResponse::Failed { message }, FRAME_TIMEOUT).await?;
+                continue;
+            };
+            match self.plan(&request).await {
+                Err(answer) => write_frame(&mut stream, &answer, FRAME_TIMEOUT).await?,
+                Ok(Plan::NarInfo(text)) => {
+                    let answer = FetchResponse::NarInfo { text };
+                    write_frame(&mut stream, &answer, FRAME_TIMEOUT).await?
+                }
+                Ok(Plan::Nar { nar, nar_size, offset, slot }) => {
+                    let header = FetchResponse::Nar { nar_size, offset };
+                    write_frame(&mut stream, &header, FRAME_TIMEOUT).await?;
+                    send_nar(&mut stream, nar, offset).await?;
+                    drop(slot);
+                }
+            }
+        }
+    }
+
+    /// What to answer `request` with: a plan to carry out, or an answer that says no.
+    async fn plan(&self, request: &FetchRequest) -> Result<Plan, FetchResponse> {
+        let failed = |message: String| FetchResponse::Failed { message };
+        match *request {
+            FetchRequest::NarInfo { hash } => {
+                let info = self.path_info(hash).await.map_err(failed)?;
+                debug!(%hash, found = info.is_some(), "narinfo asked");
+                let info = info.ok_or(FetchResponse::NotFound)?;
+                Ok(Plan::NarInfo(self.narinfo_for(info).to_string()))
+            }
+            FetchRequest::Nar { hash, nar_hash, offset } => {
+                let info = self.path_info(hash).await.map_err(failed)?;
+                let info = info.ok_or(FetchResponse::NotFound)?;
+                if info.nar_hash != nar_hash {
+                    // Another build of the path than the one asked for: as good as not held.
+                    debug!(path = %info.path, "asked for another NAR hash than ours");
+                    return Err(FetchResponse::NotFound);
+                }
+                if offset > info.nar_size {
+                    let size = info.nar_size;
+                    return Err(failed(format!("offset {offset} is past the NAR's end ({size})")));
+                }
+                let slot =
+                    tokio::time::timeout(NAR_SLOT_WAIT, self.nar_transfers.clone().acquire_owned());
+                let Ok(Ok(slot)) = slot.await else {
+                    return Err(failed(format!("busy: {MAX_NAR_TRANSFERS} NARs being sent")));
+                };
+                let nar = self
+                    .store
+                    .nar_from_path(&info.path, info.nar_size)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+                debug!(path = %info.path, offset, size = info.nar_size, "sending NAR");
+                Ok(Plan::Nar { nar: Box::pin(nar), nar_size: info.nar_size, offset, slot })
+            }
+        }
+    }
+}
+
+/// What the holder will send for a request it can serve.
+enum Plan {
+    NarInfo(String),
+    /// The daemon's NAR stream (from the start), the part to send, and the transfer slot
+    /// held while it is sent.
+    Nar {
+        nar: DaemonNar,
+        nar_size: u64,
+        offset: u64,
+        slot: OwnedSemaphorePermit,
+    },
+}
+
+type DaemonNar = Pin<Box<dyn Stream<Item = Result<Bytes, StoreError>> + Send>>;
+
+/// Writes the NAR's bytes from `offset` on (the daemon always sends from the start).
+async fn send_nar<S>(stream: &mut S, mut nar: DaemonNar, offset: u64) -> Result<(), FrameError>
+where
+    S: AsyncWrite + Unpin,
+{
+    let mut to_skip = offset;
+    while let Some(chunk) = nar.next().await {
+        let mut chunk = chunk.map_err(|e| FrameError::Io(std::io::Error::other(e.to_string())))?;
+        if to_skip > 0 {
+            let skip = to_skip.min(chunk.len() as u64);
+            to_skip -= skip;
+            let _ = chunk.split_to(skip as usize);
+            if chunk.is_empty() {
+                continue;
+            }
+        }
+        tokio::time::timeout(FRAME_TIMEOUT, stream.write_all(&chunk))
+            .await
+            .map_err(|_| FrameError::TimedOut(FRAME_TIMEOUT))??;
+    }
+    stream.flush().await?;
+    Ok(())
+}
