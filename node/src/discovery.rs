@@ -12,10 +12,10 @@ use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use mdns_sd::{IfKind, ServiceDaemon, ServiceEvent, ServiceInfo};
 use thiserror::Error;
-use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::mesh::{DialTarget, Mesh};
+use crate::shutdown::Shutdown;
 
 /// nixmesh's DNS-SD service type.
 pub const SERVICE_TYPE: &str = "_nixmesh._tcp.local.";
@@ -30,10 +30,7 @@ pub enum DiscoveryError {
 }
 
 /// Announces this node and dials every node it hears of, until `shutdown`.
-pub async fn run_mdns(
-    mesh: Mesh,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<(), DiscoveryError> {
+pub async fn run_mdns(mesh: Mesh, shutdown: Shutdown) -> Result<(), DiscoveryError> {
     let port = tcp_port(&mesh).await.ok_or(DiscoveryError::NoPort)?;
     let daemon = ServiceDaemon::new()?;
     daemon.disable_interface(vec![IfKind::LoopbackV4, IfKind::LoopbackV6])?;
@@ -48,7 +45,7 @@ pub async fn run_mdns(
     info!(port, "mDNS: announcing {SERVICE_TYPE}");
     loop {
         let event = tokio::select! {
-            _ = shutdown.changed() => break,
+            () = shutdown.signalled() => break,
             event = events.recv_async() => match event {
                 Ok(event) => event,
                 Err(_) => break,

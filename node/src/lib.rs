@@ -10,6 +10,7 @@ pub mod identity;
 pub mod index;
 pub mod mesh;
 pub mod node;
+pub mod shutdown;
 pub mod source;
 pub mod store;
 pub mod trust;

@@ -4,13 +4,15 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 
 use thiserror::Error;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::adverts::subscribe::Subscriptions;
@@ -19,6 +21,7 @@ use crate::config::ServeConfig;
 use crate::fetch::Provider;
 use crate::index::{Index, IndexError};
 use crate::mesh::{DialTarget, Mesh, MeshError, MeshEvent};
+use crate::shutdown::Shutdown;
 use crate::source::{MeshSource, StaticStatus};
 use crate::store::{Store, StoreAddress, StoreError};
 use crate::trust::{self, TrustError};
@@ -26,6 +29,8 @@ use crate::{discovery, identity};
 
 /// The file name of the index in the state dir.
 pub const INDEX_FILE: &str = "index.redb";
+/// How long the node's tasks may take to end once the substituter has drained.
+const TASKS_STOP_LIMIT: Duration = Duration::from_secs(5);
 
 /// Why the node could not start. Each says what to fix.
 #[derive(Debug, Error)]
@@ -62,8 +67,11 @@ pub async fn serve(
 pub struct RunningNode {
     http_address: SocketAddr,
     mesh: Mesh,
-    stop: watch::Sender<bool>,
+    /// Stops the substituter first, so that NARs in flight drain while the mesh still runs.
+    stop_http: CancellationToken,
     http: JoinHandle<std::io::Result<()>>,
+    /// Everything else.
+    shutdown: Shutdown,
 }
 
 impl RunningNode {
@@ -93,30 +101,30 @@ impl RunningNode {
             .expect("index open does not panic")?;
         let index = Arc::new(index);
 
-        let (stop_tx, stop) = watch::channel(false);
-        // From here on every task watches `stop`; dropping `stop_tx` on an early return below
-        // stops them as well.
+        // From here on every task watches `shutdown`; on an early return below, the guard
+        // gives the signal.
+        let shutdown = Shutdown::new();
+        let guard = StopOnDrop(Some(shutdown.clone()));
         let (events_tx, mut events) = mpsc::channel(256);
-        let mesh = Mesh::start(keypair, &config.p2p_listen, events_tx, stop.clone())?;
+        let mesh = Mesh::start(keypair, &config.p2p_listen, events_tx, shutdown.clone())?;
         info!(peer_id = %mesh.local_peer_id(), "node identity");
         for peer in &config.peers {
             mesh.want(DialTarget::from_multiaddr(peer.clone())).await;
         }
 
         let log = Arc::new(AdvertLog::new(rand::random()));
-        tokio::spawn(publish::rescan_loop(
+        shutdown.spawn(publish::rescan_loop(
             store.clone(),
             log.clone(),
             config.rescan_interval,
-            stop.clone(),
+            shutdown.clone(),
         ));
-        tokio::spawn(publish::serve(mesh.clone(), log.clone(), stop.clone()));
-        tokio::spawn(
-            Provider::new(store.clone(), signing_key.clone()).serve(mesh.clone(), stop.clone()),
-        );
+        shutdown.spawn(publish::serve(mesh.clone(), log.clone(), shutdown.clone()));
+        let provider = Provider::new(store.clone(), signing_key.clone());
+        shutdown.spawn(provider.serve(mesh.clone(), shutdown.clone()));
 
-        let mut subscriptions = Subscriptions::new(mesh.clone(), index.clone());
-        tokio::spawn(async move {
+        let mut subscriptions = Subscriptions::new(mesh.clone(), index.clone(), shutdown.clone());
+        shutdown.spawn_until_stopped(async move {
             while let Some(event) = events.recv().await {
                 match event {
                     MeshEvent::Connected(peer) => subscriptions.follow(peer),
@@ -126,9 +134,9 @@ impl RunningNode {
         });
 
         if config.mdns {
-            let (mesh, stop) = (mesh.clone(), stop.clone());
-            tokio::spawn(async move {
-                if let Err(e) = discovery::run_mdns(mesh, stop).await {
+            let (mesh, stopping) = (mesh.clone(), shutdown.clone());
+            shutdown.spawn(async move {
+                if let Err(e) = discovery::run_mdns(mesh, stopping).await {
                     warn!("peer discovery by mDNS is off: {e}");
                 }
             });
@@ -151,11 +159,14 @@ impl RunningNode {
         let http_address = listener.local_addr().map_err(NodeError::Http)?;
         info!(address = %http_address, "substituter listening");
 
-        let mut stop_http = stop.clone();
-        let http = tokio::spawn(nixmesh_localhttp::serve(listener, router, async move {
-            let _ = stop_http.changed().await;
-        }));
-        Ok(RunningNode { http_address, mesh, stop: stop_tx, http })
+        let stop_http = CancellationToken::new();
+        let http = tokio::spawn(nixmesh_localhttp::serve(
+            listener,
+            router,
+            stop_http.clone().cancelled_owned(),
+        ));
+        let shutdown = guard.disarm();
+        Ok(RunningNode { http_address, mesh, stop_http, http, shutdown })
     }
 
     /// Where the substituter listens.
@@ -178,13 +189,38 @@ impl RunningNode {
         }
     }
 
-    /// Stops every part and waits for the substituter to finish its requests.
+    /// Stops the node: the substituter stops accepting and finishes the requests in flight
+    /// (NARs included, within its grace time) while the mesh still serves them; then every
+    /// other part stops, and this returns once all of their tasks have ended.
     pub async fn stop(self) -> Result<(), NodeError> {
         info!("shutting down");
-        let _ = self.stop.send(true);
-        match self.http.await {
+        self.stop_http.cancel();
+        let http = match self.http.await {
             Ok(result) => result.map_err(NodeError::Http),
             Err(e) => Err(NodeError::Http(std::io::Error::other(e))),
+        };
+        if !self.shutdown.stop(TASKS_STOP_LIMIT).await {
+            let running = self.shutdown.running();
+            warn!(running, "tasks still running {TASKS_STOP_LIMIT:?} after the stop signal");
+        }
+        http
+    }
+}
+
+/// Gives the stop signal when dropped while armed: a start that fails half-way stops what
+/// it had started.
+struct StopOnDrop(Option<Shutdown>);
+
+impl StopOnDrop {
+    fn disarm(mut self) -> Shutdown {
+        self.0.take().expect("armed until disarmed")
+    }
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.0.take() {
+            shutdown.signal();
         }
     }
 }

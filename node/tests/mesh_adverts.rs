@@ -11,8 +11,9 @@ use nixmesh_node::adverts::subscribe::Subscriptions;
 use nixmesh_node::adverts::{AdvertLog, publish};
 use nixmesh_node::index::Index;
 use nixmesh_node::mesh::{DialTarget, Mesh, MeshEvent};
+use nixmesh_node::shutdown::Shutdown;
 use nixmesh_protocol::StorePathHash;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -22,22 +23,21 @@ struct TestNode {
     mesh: Mesh,
     log: Arc<AdvertLog>,
     index: Arc<Index>,
-    stop: watch::Sender<bool>,
-    events_task: tokio::task::JoinHandle<()>,
+    shutdown: Shutdown,
 }
 
 impl TestNode {
     async fn start(state: &std::path::Path) -> TestNode {
-        let (stop, stop_rx) = watch::channel(false);
+        let shutdown = Shutdown::new();
         let (events_tx, mut events) = mpsc::channel(64);
         let keypair = nixmesh_node::identity::load_or_create(state).unwrap();
         let listen: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().unwrap();
-        let mesh = Mesh::start(keypair, &[listen], events_tx, stop_rx.clone()).unwrap();
+        let mesh = Mesh::start(keypair, &[listen], events_tx, shutdown.clone()).unwrap();
         let index = Arc::new(Index::open(&state.join("index.redb")).unwrap());
         let log = Arc::new(AdvertLog::new(rand::random()));
-        tokio::spawn(publish::serve(mesh.clone(), log.clone(), stop_rx));
-        let mut subscriptions = Subscriptions::new(mesh.clone(), index.clone());
-        let events_task = tokio::spawn(async move {
+        shutdown.spawn(publish::serve(mesh.clone(), log.clone(), shutdown.clone()));
+        let mut subscriptions = Subscriptions::new(mesh.clone(), index.clone(), shutdown.clone());
+        shutdown.spawn_until_stopped(async move {
             while let Some(event) = events.recv().await {
                 match event {
                     MeshEvent::Connected(peer) => subscriptions.follow(peer),
@@ -45,7 +45,7 @@ impl TestNode {
                 }
             }
         });
-        TestNode { mesh, log, index, stop, events_task }
+        TestNode { mesh, log, index, shutdown }
     }
 
     async fn address(&self) -> Multiaddr {
@@ -54,12 +54,11 @@ impl TestNode {
         address.with(libp2p::multiaddr::Protocol::P2p(self.mesh.local_peer_id()))
     }
 
-    /// Stops the node and waits until its index is closed, so the state dir can be reused.
+    /// Stops the node and checks that its index is closed, so the state dir can be reused.
     async fn stop(self) {
-        let _ = self.stop.send(true);
-        let TestNode { index, events_task, .. } = self;
-        events_task.await.unwrap();
-        until("the index is closed", || Arc::strong_count(&index) == 1).await;
+        assert!(self.shutdown.stop(Duration::from_secs(10)).await, "every task ended");
+        let TestNode { index, .. } = self;
+        assert_eq!(Arc::strong_count(&index), 1, "nothing else holds the index");
     }
 
     fn holders(&self, hash: &StorePathHash) -> Vec<PeerId> {

@@ -10,13 +10,14 @@ use nixmesh_node::config::ServeConfig;
 use nixmesh_node::mesh::framing::{read_frame, write_frame};
 use nixmesh_node::mesh::{DialTarget, Mesh};
 use nixmesh_node::node::RunningNode;
+use nixmesh_node::shutdown::Shutdown;
 use nixmesh_protocol::signature::SigningKey;
 use nixmesh_protocol::wire::{FETCH_PROTOCOL, FetchRequest, FetchResponse, MAX_FRAME_LEN};
 use nixmesh_protocol::{NarInfo, Sha256, StorePath, StorePathHash};
 use nixmesh_tests::{Host, HostStore, require_tool, unique_marker, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -30,7 +31,7 @@ struct Setup {
     node: Option<RunningNode>,
     client: Mesh,
     server: PeerId,
-    _stop_client: watch::Sender<bool>,
+    _stop_client: Shutdown,
     _dir: tempfile::TempDir,
 }
 
@@ -62,11 +63,16 @@ impl Setup {
         let server = node.peer_id();
         let address = runtime.block_on(node.p2p_addresses())[0].clone();
 
-        let (stop_client, stop) = watch::channel(false);
+        let stop_client = Shutdown::new();
         let (events, mut events_rx) = mpsc::channel(16);
         let client = runtime.block_on(async {
-            let mesh = Mesh::start(identity::Keypair::generate_ed25519(), &[], events, stop)
-                .expect("a client mesh");
+            let mesh = Mesh::start(
+                identity::Keypair::generate_ed25519(),
+                &[],
+                events,
+                stop_client.clone(),
+            )
+            .expect("a client mesh");
             tokio::spawn(async move { while events_rx.recv().await.is_some() {} });
             mesh.want(DialTarget::from_multiaddr(address)).await;
             mesh

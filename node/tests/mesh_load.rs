@@ -149,11 +149,9 @@ fn the_real_clients_concurrency_gets_no_false_miss_from_one_or_three_holders() {
             if let Some(client) = last_client.take() {
                 runtime.block_on(RunningNode::stop(client)).unwrap();
             }
-            // A new node each round, with a state dir of its own: nothing remembered, so every
-            // answer comes from the mesh.
-
-            let config =
-                config(&state.join(round.to_string()), &client_store, &key.public, peers.clone());
+            // A new node each round: nothing remembered, so every answer comes from the mesh
+            // (the index is kept, as after any restart).
+            let config = config(&state, &client_store, &key.public, peers.clone());
             let client = runtime.block_on(RunningNode::start(config)).unwrap();
             let expected = (holder_count * (PATHS + 1)) as u64;
             wait_until(

@@ -8,13 +8,13 @@ use nixmesh_protocol::wire::{
     ADVERTS_PROTOCOL, AdvertMessage, AdvertPosition, AdvertRequest, MAX_HASHES_PER_FRAME,
     MAX_REQUEST_FRAME_LEN,
 };
-use tokio::sync::watch;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tracing::{debug, info, info_span, warn};
 
 use super::{AdvertLog, CatchUp};
 use crate::mesh::framing::{FrameError, read_frame, write_frame};
 use crate::mesh::{Mesh, StreamLimits, serve_streams};
+use crate::shutdown::Shutdown;
 use crate::store::Store;
 
 /// How long a subscriber may take to send its request, or to take one frame.
@@ -29,13 +29,13 @@ pub async fn rescan_loop(
     store: Store,
     log: Arc<AdvertLog>,
     interval: Duration,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = shutdown.changed() => return,
+            () = shutdown.signalled() => return,
             _ = tick.tick() => {}
         }
         match store.query_all_valid_paths().await {
@@ -56,7 +56,7 @@ pub async fn rescan_loop(
 }
 
 /// Answers subscribers on [`ADVERTS_PROTOCOL`] until `shutdown`.
-pub async fn serve(mesh: Mesh, log: Arc<AdvertLog>, shutdown: watch::Receiver<bool>) {
+pub async fn serve(mesh: Mesh, log: Arc<AdvertLog>, shutdown: Shutdown) {
     let span = |peer| info_span!("advert-subscriber", %peer);
     serve_streams(&mesh, ADVERTS_PROTOCOL, SUBSCRIBERS, shutdown, span, |_, stream| {
         let log = log.clone();

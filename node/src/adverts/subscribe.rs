@@ -18,6 +18,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::index::Index;
 use crate::mesh::Mesh;
 use crate::mesh::framing::{FrameError, read_frame, write_frame};
+use crate::shutdown::Shutdown;
 
 /// How long to wait for the subscription request to go out.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,15 +53,16 @@ enum SubscribeError {
 /// The subscription tasks, one per connected peer.
 pub struct Subscriptions {
     mesh: Mesh,
+    shutdown: Shutdown,
     index: Arc<Index>,
     tasks: HashMap<PeerId, JoinHandle<()>>,
     snapshots: Arc<Semaphore>,
 }
 
 impl Subscriptions {
-    pub fn new(mesh: Mesh, index: Arc<Index>) -> Self {
+    pub fn new(mesh: Mesh, index: Arc<Index>, shutdown: Shutdown) -> Self {
         let snapshots = Arc::new(Semaphore::new(CONCURRENT_SNAPSHOTS));
-        Subscriptions { mesh, index, tasks: HashMap::new(), snapshots }
+        Subscriptions { mesh, shutdown, index, tasks: HashMap::new(), snapshots }
     }
 
     /// Starts following `peer` (it just connected).
@@ -75,7 +77,9 @@ impl Subscriptions {
         let span = info_span!("adverts", %peer);
         let (mesh, index, snapshots) =
             (self.mesh.clone(), self.index.clone(), self.snapshots.clone());
-        let task = tokio::spawn(follow(mesh, index, snapshots, peer).instrument(span));
+        let task = self
+            .shutdown
+            .spawn_until_stopped(follow(mesh, index, snapshots, peer).instrument(span));
         self.tasks.insert(peer, task);
     }
 

@@ -17,13 +17,14 @@ use nixmesh_protocol::signature::{Signature, SigningKey};
 use nixmesh_protocol::wire::{FETCH_PROTOCOL, FetchRequest, FetchResponse, MAX_REQUEST_FRAME_LEN};
 use nixmesh_protocol::{NarInfo, StorePathHash};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tracing::{debug, info_span, warn};
 
 use super::{FRAME_TIMEOUT, SESSION_IDLE};
 use crate::mesh::framing::{FrameError, read_frame_after_idle, write_frame};
 use crate::mesh::{Mesh, StreamLimits, TurnLimits, Turns, serve_streams};
+use crate::shutdown::Shutdown;
 use crate::store::{PathInfo, Store, StoreError};
 
 /// How long a peer may take to send its first request on a new stream, and any request once
@@ -110,7 +111,7 @@ impl Provider {
     }
 
     /// Answers fetch sessions until `shutdown`.
-    pub async fn serve(self, mesh: Mesh, shutdown: watch::Receiver<bool>) {
+    pub async fn serve(self, mesh: Mesh, shutdown: Shutdown) {
         let span = |peer| info_span!("fetch-from", %peer);
         let turns = Arc::new(Turns::new(TURNS));
         serve_streams(&mesh, FETCH_PROTOCOL, SESSIONS, shutdown, span, |peer, stream| {

@@ -23,6 +23,8 @@ use libp2p::{
 };
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
+
+use crate::shutdown::Shutdown;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -111,12 +113,12 @@ pub struct Mesh {
 
 impl Mesh {
     /// Starts the swarm on `listen` addresses. Peer events go to `events`; the swarm stops
-    /// when `shutdown` changes.
+    /// at `shutdown`'s signal.
     pub fn start(
         keypair: identity::Keypair,
         listen: &[Multiaddr],
         events: mpsc::Sender<MeshEvent>,
-        shutdown: watch::Receiver<bool>,
+        shutdown: Shutdown,
     ) -> Result<Mesh, MeshError> {
         let transport_err = |e: &dyn std::fmt::Display| MeshError::Transport(e.to_string());
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
@@ -165,7 +167,7 @@ impl Mesh {
             wanted: HashMap::new(),
             anonymous: Vec::new(),
         };
-        tokio::spawn(driver.run(command_rx, shutdown));
+        shutdown.spawn(driver.run(command_rx, shutdown.clone()));
         Ok(Mesh { local_peer_id, control, peers, commands, listen_addresses })
     }
 
@@ -241,16 +243,12 @@ struct SwarmDriver {
 }
 
 impl SwarmDriver {
-    async fn run(
-        mut self,
-        mut commands: mpsc::Receiver<Command>,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>, shutdown: Shutdown) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = shutdown.changed() => break,
+                () = shutdown.signalled() => break,
                 Some(command) = commands.recv() => self.command(command),
                 _ = tick.tick() => self.dial_due(),
                 event = self.swarm.select_next_some() => self.event(event).await,

@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::{PeerId, Stream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, Span, debug, warn};
 
 use super::Mesh;
 use super::share::{PeerShare, PeerShares};
+use crate::shutdown::Shutdown;
 
 /// How many streams of one protocol are served at once, how many more may wait (each for at
 /// most `max_wait`) for a turn, and how many of all those one peer may have. A stream beyond
@@ -66,7 +67,7 @@ pub async fn serve_streams<H, F>(
     mesh: &Mesh,
     protocol: &'static str,
     limits: StreamLimits,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
     span: impl Fn(PeerId) -> Span,
     handle: H,
 ) where
@@ -82,7 +83,7 @@ pub async fn serve_streams<H, F>(
     let per_peer = Arc::new(PerPeer::default());
     loop {
         let (peer, stream) = tokio::select! {
-            _ = shutdown.changed() => return,
+            () = shutdown.signalled() => return,
             next = incoming.next() => match next {
                 Some(next) => next,
                 None => return,
@@ -99,7 +100,7 @@ pub async fn serve_streams<H, F>(
         };
         let running = running.clone();
         let work = handle(peer, stream);
-        tokio::spawn(
+        shutdown.spawn_until_stopped(
             async move {
                 let Ok(Ok(turn)) =
                     tokio::time::timeout(limits.max_wait, running.acquire_owned()).await
