@@ -22,6 +22,7 @@ use axum::http::StatusCode;
 use axum::middleware::{Next, from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use http_body::{Frame, SizeHint};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -72,6 +73,13 @@ pub async fn serve(
         shutdown.await;
         let _ = stopping.send(());
     };
+    // Without TCP_NODELAY a small NAR's body, written after its headers, waits for the
+    // client's delayed ACK (Nagle): a 40 ms stall per path.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            debug!("cannot set TCP_NODELAY: {e}");
+        }
+    });
     let server = axum::serve(listener, router).with_graceful_shutdown(signal).into_future();
     let grace_over = async {
         if stopped.await.is_err() {

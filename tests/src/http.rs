@@ -184,3 +184,58 @@ impl Connection {
         }
     }
 }
+
+/// What [`hammer`] saw.
+#[derive(Debug, Clone, Default)]
+pub struct Hammered {
+    pub requests: usize,
+    /// Requests answered with the status expected.
+    pub expected: usize,
+    /// Latencies in microseconds, sorted.
+    pub latencies_us: Vec<u64>,
+    pub seconds: f64,
+}
+
+/// `GET path` over `connections` kept-alive connections at once, again and again, for
+/// `duration`; counts answers with status `expect`.
+pub fn hammer(
+    address: SocketAddr,
+    path: &str,
+    expect: u16,
+    connections: usize,
+    duration: Duration,
+) -> Hammered {
+    let start = Instant::now();
+    let results = Mutex::new(Hammered::default());
+    std::thread::scope(|scope| {
+        for _ in 0..connections.max(1) {
+            scope.spawn(|| {
+                let mut mine = Hammered::default();
+                let mut connection: Option<Connection> = None;
+                while start.elapsed() < duration {
+                    let fetched = get(address, &mut connection, path);
+                    mine.requests += 1;
+                    mine.expected += usize::from(fetched.status == expect);
+                    mine.latencies_us.push(fetched.took.as_micros() as u64);
+                }
+                let mut all = results.lock().expect("no poisoned results");
+                all.requests += mine.requests;
+                all.expected += mine.expected;
+                all.latencies_us.extend(mine.latencies_us);
+            });
+        }
+    });
+    let mut all = results.into_inner().expect("no poisoned results");
+    all.latencies_us.sort_unstable();
+    all.seconds = start.elapsed().as_secs_f64();
+    all
+}
+
+/// The `q` quantile (0 to 1) of sorted `values`; 0 for none.
+pub fn quantile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let at = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[at.min(sorted.len() - 1)]
+}

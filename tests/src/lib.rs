@@ -12,11 +12,13 @@
 //! - [`node`]: the `nixmesh` binary, built once, running on a host ([`Node`]);
 //! - [`wait`]: polling with a deadline, the only way tests wait;
 //! - [`command`]: running a tool with a time limit;
+//! - [`nginx`]: nginx serving a static binary cache, the baseline and upstream stand-in;
 //! - [`http`]: many GETs at once over kept-alive connections, as Nix's client sends them.
 
 pub mod command;
 pub mod http;
 pub mod netns;
+pub mod nginx;
 pub mod nixstore;
 pub mod node;
 pub mod wait;

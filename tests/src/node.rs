@@ -29,12 +29,17 @@ const CALL_LIMIT: Duration = Duration::from_secs(20);
 /// How many lines of a node's log to print when a test fails.
 const LOG_TAIL_LINES: usize = 80;
 
-/// The `nixmesh` binary, built once per test process with the `cargo` running the tests
-/// (`$CARGO`, else `cargo` from `PATH`), into the usual target directory
-/// (`CARGO_TARGET_DIR` is honoured by that cargo).
+/// The `nixmesh` binary: `$NIXMESH_BIN` if set (the benchmarks set it to a release build),
+/// else built once per test process with the `cargo` running the tests (`$CARGO`, else
+/// `cargo` from `PATH`), into the usual target directory (`CARGO_TARGET_DIR` is honoured by
+/// that cargo).
 pub fn nixmesh_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(build_nixmesh).clone()
+    BIN.get_or_init(|| match std::env::var_os("NIXMESH_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => build_nixmesh(),
+    })
+    .clone()
 }
 
 fn build_nixmesh() -> PathBuf {
@@ -79,13 +84,21 @@ pub struct NodeOptions {
     pub peers: Vec<String>,
     /// mDNS discovery; off gives `--no-mdns`.
     pub mdns: bool,
+    /// `RUST_LOG` for the node.
+    pub log_filter: String,
 }
 
 impl Default for NodeOptions {
     /// mDNS on, no static peers, no keys; everything else (the store rescan interval, say)
     /// as a user's node has it.
     fn default() -> Self {
-        NodeOptions { trusted_keys: Vec::new(), sign_key_file: None, peers: Vec::new(), mdns: true }
+        NodeOptions {
+            trusted_keys: Vec::new(),
+            sign_key_file: None,
+            peers: Vec::new(),
+            mdns: true,
+            log_filter: "nixmesh=debug,info".to_owned(),
+        }
     }
 }
 
@@ -99,7 +112,7 @@ pub struct Node {
 
 impl Node {
     /// Starts `nixmesh serve` on `host` against `store` and waits until it answers
-    /// `/nix-cache-info`. Its log (`RUST_LOG=nixmesh=debug,info`) and state go to a new
+    /// `/nix-cache-info`. Its log (`RUST_LOG` from the options) and state go to a new
     /// directory under the host's.
     pub fn start(host: &Host, store: &HostStore, opts: &NodeOptions) -> Node {
         assert_eq!(store.host().netns(), host.netns(), "a node uses its own host's store");
@@ -130,7 +143,7 @@ impl Node {
         if !opts.mdns {
             cmd.arg("--no-mdns");
         }
-        cmd.env("RUST_LOG", "nixmesh=debug,info")
+        cmd.env("RUST_LOG", &opts.log_filter)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("duplicating a file handle"))
             .stderr(log_file);
@@ -146,6 +159,11 @@ impl Node {
             node.http_get("/nix-cache-info").0 == 200
         });
         node
+    }
+
+    /// The node's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     /// The host the node runs on.

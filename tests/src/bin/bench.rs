@@ -1,0 +1,533 @@
+//! `nixmesh-bench`: nixmesh against its baseline, side by side in one run.
+//!
+//! Two hosts in network namespaces, each with its own nix-daemon. Host 1 holds the paths and
+//! runs a node and nginx (Debian's) serving `nix copy --to file://DIR?compression=none` of
+//! the same paths; host 2 runs a node peered with host 1's and is the client. Each case runs
+//! against host 2's node (through the mesh) and against nginx, several times, and the table
+//! gives the median of each, their ratio, and the CPU seconds the nodes (or nginx) used.
+//!
+//! ```sh
+//! cargo run --release -p nixmesh-tests --bin nixmesh-bench -- [--quick] [--no-write]
+//! ```
+//!
+//! Needs root, Nix and nginx (`apt-get install nix-bin nginx-light iproute2`). The table is
+//! printed and, unless `--no-write`, written to `docs/benchmarks.md` with the machine, the
+//! date and the commit.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nixmesh_tests::http::{get_all, hammer, quantile};
+use nixmesh_tests::nginx::{Nginx, cpu_seconds};
+use nixmesh_tests::{
+    CacheKey, CommandExt, Host, HostStore, Lan, Node, NodeOptions, narinfo_url_path, wait_until,
+};
+
+const NGINX_PORT: u16 = 8080;
+
+struct Settings {
+    quick: bool,
+    paths: usize,
+    reps: usize,
+    big_mib: usize,
+    hammer_secs: u64,
+}
+
+/// One row of the table.
+struct Row {
+    case: String,
+    nixmesh: String,
+    baseline: String,
+    /// nixmesh's speed over the baseline's (above 1: nixmesh is faster).
+    ratio: f64,
+    cpu: String,
+    target: String,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("load") {
+        return load(&args[1..]);
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let settings = if quick {
+        Settings { quick, paths: 300, reps: 3, big_mib: 256, hammer_secs: 2 }
+    } else {
+        Settings { quick, paths: 1000, reps: 5, big_mib: 1024, hammer_secs: 10 }
+    };
+    let rows = run(&settings);
+    let table = render(&rows);
+    println!("{table}");
+    if !args.iter().any(|a| a == "--no-write") {
+        write_report(&settings, &table);
+    }
+}
+
+fn run(s: &Settings) -> Vec<Row> {
+    assert!(nixmesh_tests::require_root() && nixmesh_tests::require_tool("nginx"));
+    // SAFETY: set before any thread of ours starts.
+    unsafe { std::env::set_var("NIXMESH_BIN", build_release()) };
+    let lan = Lan::new(2);
+    let (h1, h2) = (&lan.hosts()[0], &lan.hosts()[1]);
+    let (s1, s2) = (HostStore::start(h1), HostStore::start(h2));
+    let key = CacheKey::generate(lan.dir(), "bench-1");
+
+    eprintln!("--- making {} small paths and a {} MiB one", s.paths, s.big_mib);
+    let closure = s1.add_many_paths(s.paths, &nixmesh_tests::unique_marker());
+    s1.sign_closure(&key.secret_file, &closure.top);
+    let big = big_path(&s1, s.big_mib);
+    s1.sign_closure(&key.secret_file, &big);
+    let cache = h1.dir().join("cache-files");
+    s1.copy_to(&format!("file://{}?compression=none", cache.display()), &[&closure.top, &big]);
+    let nginx = Nginx::start(h1, &cache, NGINX_PORT);
+
+    let quiet = |peers: Vec<String>| NodeOptions {
+        trusted_keys: vec![key.public.clone()],
+        peers,
+        mdns: false,
+        log_filter: "warn".to_owned(),
+        ..NodeOptions::default()
+    };
+    let n1 = Node::start(h1, &s1, &quiet(vec![]));
+    let n1_addr = format!("/ip4/{}/tcp/7374/p2p/{}", h1.address(), n1.peer_id());
+    let n2 = Node::start(h2, &s2, &quiet(vec![n1_addr]));
+    let expected_paths = s1.path_count() as u64;
+    wait_until(Duration::from_secs(60), "host 2's node to index host 1's paths", || {
+        n2.status()["indexed_paths"] == expected_paths
+    });
+    let nodes = [n1.pid().unwrap(), n2.pid().unwrap()];
+    let mesh = "http://127.0.0.1:7373".to_owned();
+    let bench = Bench { s, h2, s2: &s2, nodes, nginx: &nginx };
+
+    let mut rows = Vec::new();
+    eprintln!("--- case 1: nix copy of {} small paths", s.paths + 1);
+    rows.push(bench.timed(
+        &format!("nix copy, {} small paths", s.paths + 1),
+        "≥ 0.8",
+        |url| {
+            bench.forget(&closure.paths);
+            let out = s2.copy_from(url, &[&key.public], &closure.top);
+            assert!(out.status.success(), "nix copy: {}", String::from_utf8_lossy(&out.stderr));
+        },
+        &mesh,
+    ));
+
+    eprintln!("--- case 2: the client's concurrency");
+    rows.extend(bench.concurrency(&closure.paths, &mesh));
+    rows.push(bench.timed(
+        &format!("nix-store -r, {} small paths", s.paths + 1),
+        "≥ 0.8",
+        |url| {
+            bench.forget(&closure.paths);
+            let out = s2.realise_from(url, &[&key.public], &closure.top);
+            assert!(out.status.success(), "nix-store -r: {}", String::from_utf8_lossy(&out.stderr));
+        },
+        &mesh,
+    ));
+
+    eprintln!("--- case 3: a {} MiB NAR", s.big_mib);
+    rows.push(bench.big_nar(&big, &mesh));
+    rows.push(bench.timed(
+        &format!("nix copy, one {} MiB path", s.big_mib),
+        "≥ 0.8",
+        |url| {
+            bench.forget(std::slice::from_ref(&big));
+            let out = s2.copy_from(url, &[&key.public], &big);
+            assert!(out.status.success(), "nix copy: {}", String::from_utf8_lossy(&out.stderr));
+        },
+        &mesh,
+    ));
+
+    eprintln!("--- cases 4 and 5: narinfo misses and hits");
+    let miss = "/00000000000000000000000000000000.narinfo";
+    for connections in [100, 1000] {
+        rows.push(bench.hammered(
+            &format!("narinfo miss, {connections} conns"),
+            miss,
+            404,
+            connections,
+            &mesh,
+            "≥ 1",
+        ));
+    }
+    let hit = narinfo_url_path(&closure.top);
+    rows.push(bench.hammered("narinfo hit (repeated), 100 conns", &hit, 200, 100, &mesh, "≥ 0.8"));
+    rows
+}
+
+struct Bench<'a> {
+    s: &'a Settings,
+    h2: &'a Host,
+    s2: &'a HostStore,
+    nodes: [u32; 2],
+    nginx: &'a Nginx,
+}
+
+impl Bench<'_> {
+    /// Deletes `paths` from host 2's store and forgets Nix's narinfo cache, so the next
+    /// copy starts from nothing.
+    fn forget(&self, paths: &[String]) {
+        let _ = std::fs::remove_dir_all(self.h2.dir().join("cache"));
+        let mut args = vec!["--delete"];
+        args.extend(paths.iter().rev().map(String::as_str));
+        let out = self.s2.nix_store(&args);
+        assert!(
+            out.status.success(),
+            "nix-store --delete: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn nginx_pids(&self) -> Vec<u32> {
+        self.nginx.pids()
+    }
+
+    /// Runs `work(url)` `reps` times against each side, alternating; the median times.
+    fn timed(&self, case: &str, target: &str, work: impl Fn(&str), mesh: &str) -> Row {
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        let (mut cpu_ours, mut cpu_theirs) = (0.0, 0.0);
+        for _ in 0..self.s.reps {
+            let (t, cpu) = measure(&self.nodes, || work(mesh));
+            ours.push(t);
+            cpu_ours += cpu;
+            let (t, cpu) = measure(&self.nginx_pids(), || work(self.nginx.url()));
+            theirs.push(t);
+            cpu_theirs += cpu;
+        }
+        let (m, b) = (median(&mut ours), median(&mut theirs));
+        let reps = self.s.reps as f64;
+        Row {
+            case: case.to_owned(),
+            nixmesh: format!("{m:.2} s"),
+            baseline: format!("{b:.2} s"),
+            ratio: b / m,
+            cpu: format!("{:.2} / {:.2}", cpu_ours / reps, cpu_theirs / reps),
+            target: target.to_owned(),
+        }
+    }
+
+    /// 25 narinfo connections, then 16 NAR connections, as Nix substitutes; latencies and
+    /// any answer but 200.
+    fn concurrency(&self, paths: &[String], mesh: &str) -> Vec<Row> {
+        let narinfos: Vec<String> = paths.iter().map(|p| narinfo_url_path(p)).collect();
+        // The NAR URLs differ (the node names NARs by store hash and NAR hash, nginx's cache
+        // by file hash), so each side's come from its own narinfos.
+        let mut rows = Vec::new();
+        let mut per_side = Vec::new();
+        for base in [mesh.to_owned(), self.nginx.url().to_owned()] {
+            let pids = if base == mesh { self.nodes.to_vec() } else { self.nginx_pids() };
+            let cpu0 = cpu_seconds(&pids);
+            let info = self.load(&base, 25, &narinfos);
+            let nar_urls: Vec<String> = info.bodies_urls.clone();
+            let nar = self.load(&base, 16, &nar_urls);
+            per_side.push((info, nar, cpu_seconds(&pids) - cpu0));
+        }
+        let (ours, theirs) = (&per_side[0], &per_side[1]);
+        for (kind, o, t) in [("narinfo", &ours.0, &theirs.0), ("small NAR", &ours.1, &theirs.1)] {
+            rows.push(Row {
+                case: format!(
+                    "{} {kind}s, {} conns: p50 / p99, non-200",
+                    o.count,
+                    if kind == "narinfo" { 25 } else { 16 }
+                ),
+                nixmesh: format!(
+                    "{:.2} / {:.2} ms, {}",
+                    o.p50_us as f64 / 1e3,
+                    o.p99_us as f64 / 1e3,
+                    o.count - o.ok
+                ),
+                baseline: format!(
+                    "{:.2} / {:.2} ms, {}",
+                    t.p50_us as f64 / 1e3,
+                    t.p99_us as f64 / 1e3,
+                    t.count - t.ok
+                ),
+                ratio: t.seconds / o.seconds,
+                cpu: String::new(),
+                target: "0 non-200; p99 < 5 ms".to_owned(),
+            });
+        }
+        if let Some(last) = rows.last_mut() {
+            last.cpu = format!("{:.2} / {:.2}", ours.2, theirs.2);
+        }
+        rows
+    }
+
+    /// One big NAR, fetched whole: throughput and CPU per GiB.
+    fn big_nar(&self, big: &str, mesh: &str) -> Row {
+        let mut rates = (Vec::new(), Vec::new());
+        let mut cpu = (0.0, 0.0);
+        for _ in 0..self.s.reps {
+            for (side, base) in [(0, mesh), (1, self.nginx.url())] {
+                let info = self.load(base, 1, &[narinfo_url_path(big)]);
+                let pids = if side == 0 { self.nodes.to_vec() } else { self.nginx_pids() };
+                let cpu0 = cpu_seconds(&pids);
+                let nar = self.load(base, 1, &info.bodies_urls);
+                assert_eq!(nar.ok, 1, "the big NAR from {base}");
+                let used = cpu_seconds(&pids) - cpu0;
+                let rate = nar.bytes as f64 / nar.seconds / (1 << 20) as f64;
+                if side == 0 {
+                    rates.0.push(rate);
+                    cpu.0 += used / (nar.bytes as f64 / (1u64 << 30) as f64);
+                } else {
+                    rates.1.push(rate);
+                    cpu.1 += used / (nar.bytes as f64 / (1u64 << 30) as f64);
+                }
+            }
+        }
+        let (m, b) = (median(&mut rates.0), median(&mut rates.1));
+        let reps = self.s.reps as f64;
+        Row {
+            case: format!("one {} MiB NAR (CPU s per GiB)", self.s.big_mib),
+            nixmesh: format!("{m:.0} MiB/s"),
+            baseline: format!("{b:.0} MiB/s"),
+            ratio: m / b,
+            cpu: format!("{:.2} / {:.2}", cpu.0 / reps, cpu.1 / reps),
+            target: "≥ 1 GB/s".to_owned(),
+        }
+    }
+
+    fn hammered(
+        &self,
+        case: &str,
+        path: &str,
+        expect: u16,
+        conns: usize,
+        mesh: &str,
+        target: &str,
+    ) -> Row {
+        let mut out = Vec::new();
+        for (base, pids) in [
+            (mesh.to_owned(), self.nodes.to_vec()),
+            (self.nginx.url().to_owned(), self.nginx_pids()),
+        ] {
+            let cpu0 = cpu_seconds(&pids);
+            let printed = self
+                .h2
+                .command(std::env::current_exe().expect("our own path"))
+                .args(["load", "hammer", &base, path, &expect.to_string()])
+                .args([conns.to_string(), self.s.hammer_secs.to_string()])
+                .stdout_within(Duration::from_secs(self.s.hammer_secs + 120));
+            let v: serde_json::Value = serde_json::from_slice(&printed).expect("load printed JSON");
+            out.push((v, cpu_seconds(&pids) - cpu0));
+        }
+        let rate = |v: &serde_json::Value| {
+            v["expected"].as_f64().unwrap_or(0.0) / v["seconds"].as_f64().unwrap_or(1.0)
+        };
+        let show = |v: &serde_json::Value| {
+            format!(
+                "{:.0}/s, p99 {:.2} ms{}",
+                rate(v),
+                v["p99_us"].as_f64().unwrap_or(0.0) / 1e3,
+                match v["requests"].as_u64().unwrap_or(0) - v["expected"].as_u64().unwrap_or(0) {
+                    0 => String::new(),
+                    n => format!(", {n} not {expect}"),
+                }
+            )
+        };
+        Row {
+            case: case.to_owned(),
+            nixmesh: show(&out[0].0),
+            baseline: show(&out[1].0),
+            ratio: rate(&out[0].0) / rate(&out[1].0).max(1e-9),
+            cpu: format!("{:.2} / {:.2}", out[0].1, out[1].1),
+            target: target.to_owned(),
+        }
+    }
+
+    /// Runs `load once` on host 2: GET each of `paths` from `base` over `connections`.
+    fn load(&self, base: &str, connections: usize, paths: &[String]) -> LoadResult {
+        let list = self.h2.dir().join("load-paths");
+        std::fs::write(&list, paths.join("\n")).expect("writing the path list");
+        let printed = self
+            .h2
+            .command(std::env::current_exe().expect("our own path"))
+            .args(["load", "once", base, &connections.to_string()])
+            .arg(&list)
+            .stdout_within(Duration::from_secs(600));
+        let v: serde_json::Value = serde_json::from_slice(&printed).expect("load printed JSON");
+        LoadResult {
+            count: v["count"].as_u64().unwrap_or(0) as usize,
+            ok: v["ok"].as_u64().unwrap_or(0) as usize,
+            p50_us: v["p50_us"].as_u64().unwrap_or(0),
+            p99_us: v["p99_us"].as_u64().unwrap_or(0),
+            seconds: v["seconds"].as_f64().unwrap_or(0.0),
+            bytes: v["bytes"].as_u64().unwrap_or(0),
+            bodies_urls: v["nar_urls"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|u| u.as_str().map(String::from)).collect())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+struct LoadResult {
+    count: usize,
+    ok: usize,
+    p50_us: u64,
+    p99_us: u64,
+    seconds: f64,
+    bytes: u64,
+    /// For narinfo answers: the NAR URL each names, as `/nar/...`.
+    bodies_urls: Vec<String>,
+}
+
+/// `nixmesh-bench load once BASE CONNECTIONS FILE` and `load hammer BASE PATH STATUS
+/// CONNECTIONS SECONDS`: the client side, run inside host 2's namespace; prints JSON.
+fn load(args: &[String]) {
+    let address = |base: &str| -> std::net::SocketAddr {
+        base.trim_start_matches("http://").parse().expect("BASE is http://IP:PORT")
+    };
+    match args.first().map(String::as_str) {
+        Some("once") => {
+            let connections: usize = args[2].parse().expect("CONNECTIONS");
+            let paths: Vec<String> = std::fs::read_to_string(&args[3])
+                .expect("FILE")
+                .lines()
+                .map(String::from)
+                .collect();
+            let start = Instant::now();
+            let fetched = get_all(address(&args[1]), &paths, connections);
+            let seconds = start.elapsed().as_secs_f64();
+            let mut latencies: Vec<u64> =
+                fetched.iter().map(|f| f.took.as_micros() as u64).collect();
+            latencies.sort_unstable();
+            let nar_urls: Vec<String> = fetched
+                .iter()
+                .filter_map(|f| {
+                    let text = std::str::from_utf8(&f.body).ok()?;
+                    let url = text.lines().find_map(|l| l.strip_prefix("URL: "))?;
+                    Some(format!("/{url}"))
+                })
+                .collect();
+            let report = serde_json::json!({
+                "count": fetched.len(),
+                "ok": fetched.iter().filter(|f| f.status == 200).count(),
+                "p50_us": quantile(&latencies, 0.5),
+                "p99_us": quantile(&latencies, 0.99),
+                "seconds": seconds,
+                "bytes": fetched.iter().map(|f| f.body.len() as u64).sum::<u64>(),
+                "nar_urls": nar_urls,
+            });
+            println!("{report}");
+        }
+        Some("hammer") => {
+            let status: u16 = args[3].parse().expect("STATUS");
+            let connections: usize = args[4].parse().expect("CONNECTIONS");
+            let secs: u64 = args[5].parse().expect("SECONDS");
+            let h =
+                hammer(address(&args[1]), &args[2], status, connections, Duration::from_secs(secs));
+            let report = serde_json::json!({
+                "requests": h.requests,
+                "expected": h.expected,
+                "p50_us": quantile(&h.latencies_us, 0.5),
+                "p99_us": quantile(&h.latencies_us, 0.99),
+                "seconds": h.seconds,
+            });
+            println!("{report}");
+        }
+        _ => panic!("usage: nixmesh-bench load once|hammer ..."),
+    }
+}
+
+/// Wall time of `work` and the CPU seconds `pids` used meanwhile.
+fn measure(pids: &[u32], work: impl FnOnce()) -> (f64, f64) {
+    let cpu0 = cpu_seconds(pids);
+    let start = Instant::now();
+    work();
+    (start.elapsed().as_secs_f64(), cpu_seconds(pids) - cpu0)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// A path of `mib` MiB of random bytes, added to `store`.
+fn big_path(store: &HostStore, mib: usize) -> String {
+    let file = store.host().dir().join("big");
+    Command::new("head")
+        .args(["-c", &format!("{}M", mib), "/dev/urandom"])
+        .stdout(std::fs::File::create(&file).expect("creating the big file"))
+        .status()
+        .expect("head");
+    let file = file.to_str().expect("a UTF-8 path").to_owned();
+    let out = store.nix_store(&["--add", &file]);
+    assert!(out.status.success(), "nix-store --add: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("UTF-8").trim().to_owned()
+}
+
+/// Builds the node in release mode and returns its path.
+fn build_release() -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let workspace = workspace();
+    let messages = Command::new(cargo)
+        .current_dir(&workspace)
+        .args(["build", "--release", "-p", "nixmesh-node", "--bin", "nixmesh"])
+        .arg("--message-format=json-render-diagnostics")
+        .stdout_within(Duration::from_secs(1800));
+    String::from_utf8_lossy(&messages)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "nixmesh")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .expect("cargo reported the nixmesh executable")
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
+}
+
+fn render(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| case | nixmesh | nginx (baseline) | ratio | CPU s: nodes / nginx | target |\n|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        out += &format!(
+            "| {} | {} | {} | {:.2} | {} | {} |\n",
+            r.case, r.nixmesh, r.baseline, r.ratio, r.cpu, r.target
+        );
+    }
+    out
+}
+
+fn write_report(s: &Settings, table: &str) {
+    let sh = |cmd: &str| -> String {
+        Command::new("sh")
+            .args(["-c", cmd])
+            .current_dir(workspace())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    let run = format!(
+        "## Run of {date} ({mode})\n\n- machine: {cpu}, {cores} cores, {mem}\n- commit: {commit}\n- command: `cargo run --release -p nixmesh-tests --bin nixmesh-bench --{flag}`\n- SHA-256 on one core (`openssl speed -evp sha256`, 16 KiB blocks): {sha}\n\n{table}\n",
+        date = sh("date -u +%Y-%m-%dT%H:%MZ"),
+        mode = if s.quick { "--quick" } else { "full" },
+        cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"),
+        cores = sh("nproc"),
+        mem = sh("free -g | awk '/Mem:/ {print $2 \" GiB\"}'"),
+        commit = sh("git rev-parse --short HEAD")
+            + &if sh("git status --porcelain").is_empty() {
+                String::new()
+            } else {
+                " (with uncommitted changes)".to_owned()
+            },
+        flag = if s.quick { " --quick" } else { "" },
+        sha = sh(
+            "openssl speed -evp sha256 -bytes 16384 -seconds 1 2>/dev/null | awk '/^sha256/ {print $2}'"
+        ) + " (k bytes/s)",
+    );
+    let path = workspace().join("docs/benchmarks.md");
+    let existing = std::fs::read_to_string(&path).unwrap_or_default();
+    let marker = "<!-- runs: newest first -->\n";
+    let text = match existing.split_once(marker) {
+        Some((head, rest)) => format!("{head}{marker}\n{run}{rest}"),
+        None => {
+            format!("# Benchmarks\n\nWritten by `nixmesh-bench`; see README.md.\n\n{marker}\n{run}")
+        }
+    };
+    std::fs::write(&path, text).expect("writing docs/benchmarks.md");
+    eprintln!("written to {}", path.display());
+}
