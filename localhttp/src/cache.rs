@@ -7,13 +7,23 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use bytes::Bytes;
 use nixmesh_protocol::{NarInfo, StorePathHash};
 
-/// A narinfo that passed verification, as the peer that served it sent it.
+/// A narinfo that passed verification, as the peer that served it sent it, and the text
+/// Nix is served (rendered once: repeated requests only copy it).
 #[derive(Debug)]
 pub struct Verified<P> {
     pub narinfo: NarInfo,
     pub peer: P,
+    pub for_nix: Bytes,
+}
+
+impl<P> Verified<P> {
+    pub fn new(narinfo: NarInfo, peer: P) -> Self {
+        let for_nix = Bytes::from(crate::substituter::for_nix(&narinfo).to_string());
+        Verified { narinfo, peer, for_nix }
+    }
 }
 
 /// At most `capacity` verified narinfos; the oldest insertion is forgotten first.
@@ -90,7 +100,7 @@ mod tests {
             ca: None,
             extra: vec![],
         };
-        (hash, Arc::new(Verified { narinfo, peer: n }))
+        (hash, Arc::new(Verified::new(narinfo, n)))
     }
 
     #[test]

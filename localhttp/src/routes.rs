@@ -11,7 +11,7 @@ use serde::Serialize;
 use tracing::debug;
 
 use crate::source::PathSource;
-use crate::substituter::{Substituter, for_nix};
+use crate::substituter::Substituter;
 use crate::target::{Target, TargetError};
 
 pub async fn cache_info<S: PathSource>(State(sub): State<Arc<Substituter<S>>>) -> Response {
@@ -36,7 +36,7 @@ pub async fn narinfo<S: PathSource>(State(sub): State<Arc<Substituter<S>>>, uri:
     }
     match sub.narinfo(hash, &holders).await {
         Some(verified) => {
-            let text = for_nix(&verified.narinfo).to_string();
+            let text = verified.for_nix.clone();
             ([(CONTENT_TYPE, HeaderValue::from_static("text/x-nix-narinfo"))], text).into_response()
         }
         None => miss("no peer gave a narinfo with a trusted signature for this path"),

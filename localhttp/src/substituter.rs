@@ -73,7 +73,7 @@ impl<S: PathSource> Substituter<S> {
             match self.ask(peer, hash, left.min(self.config.narinfo_peer_timeout)).await {
                 Ok(narinfo) => {
                     debug!(%peer, "narinfo verified");
-                    let verified = Arc::new(Verified { narinfo, peer: peer.clone() });
+                    let verified = Arc::new(Verified::new(narinfo, peer.clone()));
                     self.cache.insert(hash, verified.clone());
                     return Some(verified);
                 }

@@ -125,6 +125,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info,libp2p_swarm=warn,mdns_sd=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not into files or the journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     let result = runtime.block_on(async {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 const RESPONSE_LIMIT: Duration = Duration::from_secs(60);
 /// The longest header block or body read; more is a broken server.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
-const MAX_BODY_BYTES: u64 = 1 << 30;
+const MAX_BODY_BYTES: u64 = 4 << 30;
 
 /// One answered request.
 #[derive(Debug, Clone)]
@@ -22,7 +22,10 @@ pub struct Fetched {
     pub path: String,
     /// The HTTP status; 0 when no complete response arrived (the error is in `error`).
     pub status: u16,
+    /// The body, unless only counted ([`count_all`]).
     pub body: Vec<u8>,
+    /// The body's length.
+    pub len: u64,
     /// From sending the request to the last byte of the body.
     pub took: Duration,
     pub error: Option<String>,
@@ -33,6 +36,21 @@ pub struct Fetched {
 /// before the next request, as curl does; a request that fails on a fresh connection is
 /// reported as failed, not retried.
 pub fn get_all(address: SocketAddr, paths: &[String], connections: usize) -> Vec<Fetched> {
+    fetch_all(address, paths, connections, true)
+}
+
+/// Like [`get_all`], with each body read and counted but not kept (for large NARs: a client
+/// that keeps a gigabyte in memory measures its own page faults).
+pub fn count_all(address: SocketAddr, paths: &[String], connections: usize) -> Vec<Fetched> {
+    fetch_all(address, paths, connections, false)
+}
+
+fn fetch_all(
+    address: SocketAddr,
+    paths: &[String],
+    connections: usize,
+    keep: bool,
+) -> Vec<Fetched> {
     let next = AtomicUsize::new(0);
     let answers: Vec<Mutex<Option<Fetched>>> = paths.iter().map(|_| Mutex::new(None)).collect();
     std::thread::scope(|scope| {
@@ -42,7 +60,7 @@ pub fn get_all(address: SocketAddr, paths: &[String], connections: usize) -> Vec
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(path) = paths.get(i) else { break };
-                    let fetched = get(address, &mut connection, path);
+                    let fetched = get(address, &mut connection, path, keep);
                     *answers[i].lock().expect("no poisoned answers") = Some(fetched);
                 }
             });
@@ -54,23 +72,30 @@ pub fn get_all(address: SocketAddr, paths: &[String], connections: usize) -> Vec
         .collect()
 }
 
-fn get(address: SocketAddr, connection: &mut Option<Connection>, path: &str) -> Fetched {
+fn get(
+    address: SocketAddr,
+    connection: &mut Option<Connection>,
+    path: &str,
+    keep: bool,
+) -> Fetched {
     let start = Instant::now();
     let reused = connection.is_some();
-    let mut outcome = attempt(address, connection, path);
+    let mut outcome = attempt(address, connection, path, keep);
     if outcome.is_err() && reused {
         // A kept-alive connection the server closed while idle: one retry on a new one, as
         // any HTTP client does.
         *connection = None;
-        outcome = attempt(address, connection, path);
+        outcome = attempt(address, connection, path, keep);
     }
     let took = start.elapsed();
     match outcome {
-        Ok((status, body)) => Fetched { path: path.to_owned(), status, body, took, error: None },
+        Ok((status, body, len)) => {
+            Fetched { path: path.to_owned(), status, body, len, took, error: None }
+        }
         Err(e) => {
             *connection = None;
             let error = Some(e.to_string());
-            Fetched { path: path.to_owned(), status: 0, body: Vec::new(), took, error }
+            Fetched { path: path.to_owned(), status: 0, body: Vec::new(), len: 0, took, error }
         }
     }
 }
@@ -79,16 +104,17 @@ fn attempt(
     address: SocketAddr,
     connection: &mut Option<Connection>,
     path: &str,
-) -> io::Result<(u16, Vec<u8>)> {
+    keep: bool,
+) -> io::Result<(u16, Vec<u8>, u64)> {
     if connection.is_none() {
         *connection = Some(Connection::open(address)?);
     }
     let c = connection.as_mut().expect("just opened");
-    let (status, body, keep) = c.get(path)?;
-    if !keep {
+    let (status, body, len, reusable) = c.get(path, keep)?;
+    if !reusable {
         *connection = None;
     }
-    Ok((status, body))
+    Ok((status, body, len))
 }
 
 struct Connection {
@@ -104,8 +130,8 @@ impl Connection {
         Ok(Connection { reader: BufReader::new(stream) })
     }
 
-    /// Status, body, and whether the connection may be used again.
-    fn get(&mut self, path: &str) -> io::Result<(u16, Vec<u8>, bool)> {
+    /// Status, body (if kept), its length, and whether the connection may be used again.
+    fn get(&mut self, path: &str, keep_body: bool) -> io::Result<(u16, Vec<u8>, u64, bool)> {
         let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n");
         self.reader.get_mut().write_all(request.as_bytes())?;
         let mut header_bytes = 0;
@@ -150,6 +176,13 @@ impl Connection {
             if length > MAX_BODY_BYTES {
                 return Err(io::Error::other(format!("body of {length} bytes")));
             }
+            if !keep_body {
+                let read = io::copy(&mut (&mut self.reader).take(length), &mut io::sink())?;
+                if read != length {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body cut short"));
+                }
+                return Ok((status, Vec::new(), length, keep));
+            }
             let mut body = vec![0; length as usize];
             self.reader.read_exact(&mut body)?;
             body
@@ -159,7 +192,8 @@ impl Connection {
             (&mut self.reader).take(MAX_BODY_BYTES).read_to_end(&mut body)?;
             body
         };
-        Ok((status, body, keep))
+        let len = body.len() as u64;
+        Ok((status, body, len, keep))
     }
 
     fn chunked_body(&mut self) -> io::Result<Vec<u8>> {
@@ -213,7 +247,7 @@ pub fn hammer(
                 let mut mine = Hammered::default();
                 let mut connection: Option<Connection> = None;
                 while start.elapsed() < duration {
-                    let fetched = get(address, &mut connection, path);
+                    let fetched = get(address, &mut connection, path, false);
                     mine.requests += 1;
                     mine.expected += usize::from(fetched.status == expect);
                     mine.latencies_us.push(fetched.took.as_micros() as u64);

@@ -6,9 +6,10 @@
 //! bounded time, then a `Failed` "busy" answer); NARs also wait for a transfer slot, since
 //! each holds a daemon connection for its whole transfer.
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -52,12 +53,13 @@ pub struct Provider {
     store: Store,
     signing_key: Option<Arc<SigningKey>>,
     nar_transfers: Arc<Semaphore>,
+    recent: Arc<RecentPathInfo>,
 }
 
 impl Provider {
     pub fn new(store: Store, signing_key: Option<Arc<SigningKey>>) -> Self {
         let nar_transfers = Arc::new(Semaphore::new(MAX_NAR_TRANSFERS));
-        Provider { store, signing_key, nar_transfers }
+        Provider { store, signing_key, nar_transfers, recent: Arc::new(RecentPathInfo::default()) }
     }
 
     /// The narinfo for the path with `hash`, with the signatures the store holds and ours.
@@ -166,11 +168,20 @@ impl Provider {
             FetchRequest::NarInfo { hash } => {
                 let info = self.path_info(hash).await.map_err(failed)?;
                 debug!(%hash, found = info.is_some(), "narinfo asked");
+                if let Some(info) = &info {
+                    self.recent.insert(hash, info.clone());
+                }
                 let info = info.ok_or(FetchResponse::NotFound)?;
                 Ok(Plan::NarInfo(self.narinfo_for(info).to_string()))
             }
             FetchRequest::Nar { hash, nar_hash, offset } => {
-                let info = self.path_info(hash).await.map_err(failed)?;
+                // Nix asks for a NAR right after its narinfo: the path info from then saves two
+                // daemon round trips. The NarHash asked for is checked against it all the same,
+                // and a path deleted since makes the daemon's NAR fail, never a wrong one.
+                let info = match self.recent.get(&hash) {
+                    Some(info) => Some(info),
+                    None => self.path_info(hash).await.map_err(failed)?,
+                };
                 let info = info.ok_or(FetchResponse::NotFound)?;
                 if info.nar_hash != nar_hash {
                     // Another build of the path than the one asked for: as good as not held.
@@ -195,6 +206,33 @@ impl Provider {
                 Ok(Plan::Nar { nar: Box::pin(nar), nar_size: info.nar_size, offset, slot })
             }
         }
+    }
+}
+
+/// Path infos of the narinfos answered in the last [`RECENT_FOR`], for the NAR requests that
+/// follow them; at most [`RECENT_MAX`]. Narinfo requests always ask the daemon, so a path
+/// signed since is served with its new signatures.
+#[derive(Default)]
+struct RecentPathInfo(Mutex<HashMap<StorePathHash, (PathInfo, Instant)>>);
+
+const RECENT_FOR: Duration = Duration::from_secs(10);
+const RECENT_MAX: usize = 16_384;
+
+impl RecentPathInfo {
+    fn get(&self, hash: &StorePathHash) -> Option<PathInfo> {
+        let recent = self.0.lock().expect("recent path infos lock poisoned");
+        recent.get(hash).filter(|(_, at)| at.elapsed() < RECENT_FOR).map(|(info, _)| info.clone())
+    }
+
+    fn insert(&self, hash: StorePathHash, info: PathInfo) {
+        let mut recent = self.0.lock().expect("recent path infos lock poisoned");
+        if recent.len() >= RECENT_MAX {
+            recent.retain(|_, (_, at)| at.elapsed() < RECENT_FOR);
+            if recent.len() >= RECENT_MAX {
+                recent.clear();
+            }
+        }
+        recent.insert(hash, (info, Instant::now()));
     }
 }
 

@@ -19,8 +19,10 @@ use super::{StoreAddress, StoreError};
 
 /// The most connections in use at once; more operations wait for one to be released.
 pub const MAX_ACTIVE: usize = 32;
-/// The most idle connections kept for reuse.
-pub const MAX_IDLE: usize = 8;
+/// The most idle connections kept for reuse: enough for the NARs and queries of Nix's usual
+/// concurrency (16 NARs, 25 narinfos), since a connection closed and opened again costs the
+/// daemon a fork and a handshake per operation.
+pub const MAX_IDLE: usize = 24;
 /// How long connecting and the handshake may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most connections being opened at once. The daemon accepts one connection at a time

@@ -10,6 +10,9 @@
 //! cargo run --release -p nixmesh-tests --bin nixmesh-bench -- [--quick] [--no-write]
 //! ```
 //!
+//! `--only small|big|narinfo` runs one group of cases. The nodes log at `warn`
+//! (`NIXMESH_BENCH_LOG` sets another filter) to `target/bench-logs/`.
+//!
 //! Needs root, Nix and nginx (`apt-get install nix-bin nginx-light iproute2`). The table is
 //! printed and, unless `--no-write`, written to `docs/benchmarks.md` with the machine, the
 //! date and the commit.
@@ -18,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nixmesh_tests::http::{get_all, hammer, quantile};
+use nixmesh_tests::http::{count_all, get_all, hammer, quantile};
 use nixmesh_tests::nginx::{Nginx, cpu_seconds};
 use nixmesh_tests::{
     CacheKey, CommandExt, Host, HostStore, Lan, Node, NodeOptions, narinfo_url_path, wait_until,
@@ -28,6 +31,8 @@ const NGINX_PORT: u16 = 8080;
 
 struct Settings {
     quick: bool,
+    /// Only the cases of this group (`small`, `big`, `narinfo`), for quick looks.
+    only: Option<String>,
     paths: usize,
     reps: usize,
     big_mib: usize,
@@ -51,10 +56,11 @@ fn main() {
         return load(&args[1..]);
     }
     let quick = args.iter().any(|a| a == "--quick");
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
     let settings = if quick {
-        Settings { quick, paths: 300, reps: 3, big_mib: 256, hammer_secs: 2 }
+        Settings { quick, only, paths: 300, reps: 3, big_mib: 256, hammer_secs: 2 }
     } else {
-        Settings { quick, paths: 1000, reps: 5, big_mib: 1024, hammer_secs: 10 }
+        Settings { quick, only, paths: 1000, reps: 5, big_mib: 1024, hammer_secs: 10 }
     };
     let rows = run(&settings);
     let table = render(&rows);
@@ -86,7 +92,7 @@ fn run(s: &Settings) -> Vec<Row> {
         trusted_keys: vec![key.public.clone()],
         peers,
         mdns: false,
-        log_filter: "warn".to_owned(),
+        log_filter: std::env::var("NIXMESH_BENCH_LOG").unwrap_or_else(|_| "warn".to_owned()),
         ..NodeOptions::default()
     };
     let n1 = Node::start(h1, &s1, &quiet(vec![]));
@@ -101,58 +107,92 @@ fn run(s: &Settings) -> Vec<Row> {
     let bench = Bench { s, h2, s2: &s2, nodes, nginx: &nginx };
 
     let mut rows = Vec::new();
-    eprintln!("--- case 1: nix copy of {} small paths", s.paths + 1);
-    rows.push(bench.timed(
-        &format!("nix copy, {} small paths", s.paths + 1),
-        "≥ 0.8",
-        |url| {
-            bench.forget(&closure.paths);
-            let out = s2.copy_from(url, &[&key.public], &closure.top);
-            assert!(out.status.success(), "nix copy: {}", String::from_utf8_lossy(&out.stderr));
-        },
-        &mesh,
-    ));
-
-    eprintln!("--- case 2: the client's concurrency");
-    rows.extend(bench.concurrency(&closure.paths, &mesh));
-    rows.push(bench.timed(
-        &format!("nix-store -r, {} small paths", s.paths + 1),
-        "≥ 0.8",
-        |url| {
-            bench.forget(&closure.paths);
-            let out = s2.realise_from(url, &[&key.public], &closure.top);
-            assert!(out.status.success(), "nix-store -r: {}", String::from_utf8_lossy(&out.stderr));
-        },
-        &mesh,
-    ));
-
-    eprintln!("--- case 3: a {} MiB NAR", s.big_mib);
-    rows.push(bench.big_nar(&big, &mesh));
-    rows.push(bench.timed(
-        &format!("nix copy, one {} MiB path", s.big_mib),
-        "≥ 0.8",
-        |url| {
-            bench.forget(std::slice::from_ref(&big));
-            let out = s2.copy_from(url, &[&key.public], &big);
-            assert!(out.status.success(), "nix copy: {}", String::from_utf8_lossy(&out.stderr));
-        },
-        &mesh,
-    ));
-
-    eprintln!("--- cases 4 and 5: narinfo misses and hits");
-    let miss = "/00000000000000000000000000000000.narinfo";
-    for connections in [100, 1000] {
-        rows.push(bench.hammered(
-            &format!("narinfo miss, {connections} conns"),
-            miss,
-            404,
-            connections,
+    let wanted = |group: &str| s.only.as_deref().is_none_or(|o| o == group);
+    if wanted("small") {
+        eprintln!("--- case 1: nix copy of {} small paths", s.paths + 1);
+        rows.push(bench.timed(
+            &format!("nix copy, {} small paths", s.paths + 1),
+            "≥ 0.8",
+            |url| {
+                bench.forget(&closure.paths);
+                let out = s2.copy_from(url, &[&key.public], &closure.top);
+                assert!(out.status.success(), "nix copy: {}", String::from_utf8_lossy(&out.stderr));
+            },
             &mesh,
-            "≥ 1",
+        ));
+
+        eprintln!("--- case 2: the client's concurrency");
+        rows.extend(bench.concurrency(&closure.paths, &mesh));
+        rows.push(bench.timed(
+            &format!("nix-store -r, {} small paths", s.paths + 1),
+            "≥ 0.8",
+            |url| {
+                bench.forget(&closure.paths);
+                let out = s2.realise_from(url, &[&key.public], &closure.top);
+                assert!(
+                    out.status.success(),
+                    "nix-store -r: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            },
+            &mesh,
+        ));
+
+        let first = [narinfo_url_path(&closure.paths[0])];
+        let ours = bench.load(&mesh, 1, &first).bodies_urls;
+        let theirs = bench.load(bench.nginx.url(), 1, &first).bodies_urls;
+        rows.push(bench.hammered(
+            "one small NAR, again and again, 1 conn",
+            [&ours[0], &theirs[0]],
+            200,
+            1,
+            &mesh,
+            "p99 < 5 ms",
         ));
     }
-    let hit = narinfo_url_path(&closure.top);
-    rows.push(bench.hammered("narinfo hit (repeated), 100 conns", &hit, 200, 100, &mesh, "≥ 0.8"));
+    if wanted("big") {
+        eprintln!("--- case 3: a {} MiB NAR", s.big_mib);
+        rows.push(bench.big_nar(&big, &mesh));
+        rows.push(bench.timed(
+            &format!("nix copy, one {} MiB path", s.big_mib),
+            "≥ 0.8",
+            |url| {
+                bench.forget(std::slice::from_ref(&big));
+                let out = s2.copy_from(url, &[&key.public], &big);
+                assert!(out.status.success(), "nix copy: {}", String::from_utf8_lossy(&out.stderr));
+            },
+            &mesh,
+        ));
+    }
+    if wanted("narinfo") {
+        eprintln!("--- cases 4 and 5: narinfo misses and hits");
+        let miss = "/00000000000000000000000000000000.narinfo";
+        for connections in [100, 1000] {
+            rows.push(bench.hammered(
+                &format!("narinfo miss, {connections} conns"),
+                [miss, miss],
+                404,
+                connections,
+                &mesh,
+                "≥ 1",
+            ));
+        }
+        let hit = narinfo_url_path(&closure.top);
+        rows.push(bench.hammered(
+            "narinfo hit (repeated), 100 conns",
+            [&hit, &hit],
+            200,
+            100,
+            &mesh,
+            "≥ 0.8",
+        ));
+    }
+    // The nodes' logs outlive the LAN, for a look at what happened.
+    let logs = workspace().join("target/bench-logs");
+    let _ = std::fs::create_dir_all(&logs);
+    for (name, node) in [("host1.log", &n1), ("host2.log", &n2)] {
+        let _ = std::fs::copy(node.log_path(), logs.join(name));
+    }
     rows
 }
 
@@ -291,17 +331,21 @@ impl Bench<'_> {
     fn hammered(
         &self,
         case: &str,
-        path: &str,
+        paths: [&str; 2],
         expect: u16,
         conns: usize,
         mesh: &str,
         target: &str,
     ) -> Row {
         let mut out = Vec::new();
-        for (base, pids) in [
+        for (side, (base, pids)) in [
             (mesh.to_owned(), self.nodes.to_vec()),
             (self.nginx.url().to_owned(), self.nginx_pids()),
-        ] {
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let path = paths[side];
             let cpu0 = cpu_seconds(&pids);
             let printed = self
                 .h2
@@ -388,7 +432,10 @@ fn load(args: &[String]) {
                 .map(String::from)
                 .collect();
             let start = Instant::now();
-            let fetched = get_all(address(&args[1]), &paths, connections);
+            // narinfos are kept (their NAR URLs are wanted); NARs only counted.
+            let keep = !paths.iter().any(|p| p.starts_with("/nar/"));
+            let fetch = if keep { get_all } else { count_all };
+            let fetched = fetch(address(&args[1]), &paths, connections);
             let seconds = start.elapsed().as_secs_f64();
             let mut latencies: Vec<u64> =
                 fetched.iter().map(|f| f.took.as_micros() as u64).collect();
@@ -407,7 +454,7 @@ fn load(args: &[String]) {
                 "p50_us": quantile(&latencies, 0.5),
                 "p99_us": quantile(&latencies, 0.99),
                 "seconds": seconds,
-                "bytes": fetched.iter().map(|f| f.body.len() as u64).sum::<u64>(),
+                "bytes": fetched.iter().map(|f| f.len).sum::<u64>(),
                 "nar_urls": nar_urls,
             });
             println!("{report}");
