@@ -62,11 +62,13 @@ fn main() {
     } else {
         Settings { quick, only, paths: 1000, reps: 5, big_mib: 1024, hammer_secs: 10 }
     };
+    // What is measured is the tree as it is now, whatever is edited while the cases run.
+    let commit = describe_commit();
     let rows = run(&settings);
     let table = render(&rows);
     println!("{table}");
     if !args.iter().any(|a| a == "--no-write") {
-        write_report(&settings, &table);
+        write_report(&settings, &commit, &table);
     }
 }
 
@@ -539,29 +541,31 @@ fn render(rows: &[Row]) -> String {
     out
 }
 
-fn write_report(s: &Settings, table: &str) {
-    let sh = |cmd: &str| -> String {
-        Command::new("sh")
-            .args(["-c", cmd])
-            .current_dir(workspace())
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_default()
-    };
+fn sh(cmd: &str) -> String {
+    Command::new("sh")
+        .args(["-c", cmd])
+        .current_dir(workspace())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// The commit checked out, and whether the tree differs from it.
+fn describe_commit() -> String {
+    let dirty = !sh("git status --porcelain --untracked-files=no").is_empty();
+    sh("git rev-parse --short HEAD") + if dirty { " (with uncommitted changes)" } else { "" }
+}
+
+fn write_report(s: &Settings, commit: &str, table: &str) {
     let run = format!(
-        "## Run of {date} ({mode})\n\n- machine: {cpu}, {cores} cores, {mem}\n- commit: {commit}\n- command: `cargo run --release -p nixmesh-tests --bin nixmesh-bench --{flag}`\n- SHA-256 on one core (`openssl speed -evp sha256`, 16 KiB blocks): {sha}\n\n{table}\n",
+        "## Run of {date} ({mode})\n\n- machine: {cpu}, {cores} cores, {mem}\n- commit: {commit}\n- command: `cargo run --release -p nixmesh-tests --bin nixmesh-bench{flag}`\n- SHA-256 on one core (`openssl speed -evp sha256`, 16 KiB blocks): {sha}\n\n{table}\n",
         date = sh("date -u +%Y-%m-%dT%H:%MZ"),
         mode = if s.quick { "--quick" } else { "full" },
         cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"),
         cores = sh("nproc"),
         mem = sh("free -g | awk '/Mem:/ {print $2 \" GiB\"}'"),
-        commit = sh("git rev-parse --short HEAD")
-            + &if sh("git status --porcelain").is_empty() {
-                String::new()
-            } else {
-                " (with uncommitted changes)".to_owned()
-            },
-        flag = if s.quick { " --quick" } else { "" },
+        commit = commit,
+        flag = if s.quick { " -- --quick" } else { "" },
         sha = sh(
             "openssl speed -evp sha256 -bytes 16384 -seconds 1 2>/dev/null | awk '/^sha256/ {print $2}'"
         ) + " (k bytes/s)",
