@@ -21,5 +21,5 @@ pub mod target;
 pub mod verified_nar;
 
 pub use config::Config;
-pub use server::{router, serve};
+pub use server::{SHUTDOWN_GRACE, router, serve};
 pub use source::{NarStream, NodeStatus, PathSource, PeerSummary, SourceError};

@@ -51,6 +51,8 @@ pub enum NodeError {
     HttpListen { address: std::net::SocketAddr, source: std::io::Error },
     #[error("the HTTP server failed: {0}")]
     Http(std::io::Error),
+    #[error("{0} tasks still running {TASKS_STOP_LIMIT:?} after the stop signal")]
+    TasksOutlived(usize),
 }
 
 /// Runs the node until `shutdown` completes.
@@ -191,7 +193,8 @@ impl RunningNode {
 
     /// Stops the node: the substituter stops accepting and finishes the requests in flight
     /// (NARs included, within its grace time) while the mesh still serves them; then every
-    /// other part stops, and this returns once all of their tasks have ended.
+    /// other part stops, and this returns once all of their tasks have ended (an error says
+    /// how many did not within [`TASKS_STOP_LIMIT`]).
     pub async fn stop(self) -> Result<(), NodeError> {
         info!("shutting down");
         self.stop_http.cancel();
@@ -202,6 +205,8 @@ impl RunningNode {
         if !self.shutdown.stop(TASKS_STOP_LIMIT).await {
             let running = self.shutdown.running();
             warn!(running, "tasks still running {TASKS_STOP_LIMIT:?} after the stop signal");
+            http?;
+            return Err(NodeError::TasksOutlived(running));
         }
         http
     }

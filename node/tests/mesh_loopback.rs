@@ -127,3 +127,85 @@ fn nix_copy_substitutes_a_closure_through_two_nodes() {
     runtime.block_on(n2.stop()).unwrap();
     runtime.block_on(n1.stop()).unwrap();
 }
+
+/// Bytes of the NAR a slow client reads before its node is told to stop.
+const READ_BEFORE_STOP: usize = 1 << 20;
+
+#[test]
+fn stopping_a_node_lets_a_nar_in_flight_finish() {
+    if !nix_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = CacheKey::generate(dir.path(), "loopback-1");
+    let hosts: Vec<Host> = ["h1", "h2"]
+        .iter()
+        .map(|h| {
+            std::fs::create_dir_all(dir.path().join(h)).unwrap();
+            Host::local(&dir.path().join(h))
+        })
+        .collect();
+    let (s1, s2) = (HostStore::start(&hosts[0]), HostStore::start(&hosts[1]));
+    // 64 MiB: more than the sockets and the mesh's windows buffer, so the holder is still
+    // sending when the stop comes.
+    let contents: Vec<u8> =
+        (0..64u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let path = s1.add_file("big", &contents);
+    s1.sign_closure(&key.secret_file, &path);
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let start = |name: &str, store, peers| {
+        let config = config(&dir.path().join(name), store, &key.public, peers);
+        runtime.block_on(RunningNode::start(config)).unwrap()
+    };
+    let n1 = start("n1", &s1, vec![]);
+    let n2 = start("n2", &s2, runtime.block_on(n1.p2p_addresses()));
+    let http = n2.http_address();
+    let narinfo = narinfo_url_path(&path);
+    wait_until(DEADLINE, "node 2 to serve the narinfo", || get(http, &narinfo).0 == 200);
+    let narinfo =
+        nixmesh_protocol::NarInfo::parse(std::str::from_utf8(&get(http, &narinfo).1).unwrap())
+            .unwrap();
+
+    // A client that reads the NAR slowly (about 32 MiB/s), on a thread of its own.
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let url = format!("/{}", narinfo.url);
+    let reader = std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(http).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        write!(stream, "GET {url} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut response = Vec::new();
+        let mut buf = vec![0u8; 64 << 10];
+        let mut told = false;
+        loop {
+            let n = stream.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            response.extend_from_slice(&buf[..n]);
+            if !told && response.len() > READ_BEFORE_STOP {
+                started_tx.send(()).unwrap();
+                told = true;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        response
+    });
+    started.recv_timeout(DEADLINE).expect("the NAR started");
+
+    // The stop drains the download while the mesh still serves it; every task then ends.
+    let stopping = std::time::Instant::now();
+    runtime.block_on(n2.stop()).expect("node 2 stops with every task ended");
+    let took = stopping.elapsed();
+    let response = reader.join().unwrap();
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP header");
+    assert_eq!(&response[9..12], b"200");
+    let body = &response[split + 4..];
+    assert_eq!(body.len() as u64, narinfo.nar_size, "the whole NAR arrived");
+    assert!(nixmesh_protocol::Sha256::digest(body) == narinfo.nar_hash, "the NAR verifies");
+    assert!(
+        took < nixmesh_localhttp::SHUTDOWN_GRACE + Duration::from_secs(6),
+        "stop took {took:?}"
+    );
+    runtime.block_on(n1.stop()).unwrap();
+}

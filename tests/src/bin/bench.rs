@@ -568,7 +568,7 @@ fn write_report(s: &Settings, commit: &str, table: &str) {
         flag = if s.quick { " -- --quick" } else { "" },
         sha = sh(
             "openssl speed -evp sha256 -bytes 16384 -seconds 1 2>/dev/null | awk '/^sha256/ {print $2}'"
-        ) + " (k bytes/s)",
+        ) + " bytes/s (k = 1,000)",
     );
     let path = workspace().join("docs/benchmarks.md");
     let existing = std::fs::read_to_string(&path).unwrap_or_default();
