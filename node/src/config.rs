@@ -37,6 +37,24 @@ pub struct ServeConfig {
     pub rescan_interval: Duration,
     /// The `Priority` in `/nix-cache-info` (lower is preferred by Nix; cache.nixos.org is 40).
     pub priority: u32,
+    /// Where the store's files are on disk (Nix's `real` store setting), for making NARs
+    /// without the daemon. Unset: `/nix/store` for the local daemon (`store = "daemon"`),
+    /// none for another socket (its NARs come from its daemon).
+    pub real_store_dir: Option<PathBuf>,
+}
+
+impl ServeConfig {
+    /// Where NARs are read from disk, if anywhere: [`ServeConfig::real_store_dir`] with its
+    /// default applied.
+    pub fn real_store_dir(&self) -> Option<PathBuf> {
+        match &self.real_store_dir {
+            Some(dir) => Some(dir.clone()),
+            None if self.store == "daemon" => {
+                Some(PathBuf::from(nixmesh_protocol::store_path::STORE_DIR))
+            }
+            None => None,
+        }
+    }
 }
 
 impl Default for ServeConfig {
@@ -54,6 +72,7 @@ impl Default for ServeConfig {
             mdns: true,
             rescan_interval: Duration::from_secs(2),
             priority: 10,
+            real_store_dir: None,
         }
     }
 }

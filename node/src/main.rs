@@ -82,6 +82,10 @@ struct ServeArgs {
     /// The Priority the substituter announces to Nix [default: 10].
     #[arg(long)]
     priority: Option<u32>,
+    /// Where the store's files are, to make NARs from them instead of asking the daemon
+    /// (Nix's `real` store setting) [default: /nix/store with `--store daemon`, else none].
+    #[arg(long)]
+    real_store_dir: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -113,6 +117,7 @@ impl ServeArgs {
         if let Some(v) = self.priority {
             c.priority = v;
         }
+        c.real_store_dir = self.real_store_dir;
         Ok(c)
     }
 }

@@ -122,7 +122,8 @@ impl RunningNode {
             shutdown.clone(),
         ));
         shutdown.spawn(publish::serve(mesh.clone(), log.clone(), shutdown.clone()));
-        let provider = Provider::new(store.clone(), signing_key.clone());
+        let real_store_dir = config.real_store_dir();
+        let provider = Provider::new(store.clone(), signing_key.clone(), real_store_dir);
         shutdown.spawn(provider.serve(mesh.clone(), shutdown.clone()));
 
         let mut subscriptions = Subscriptions::new(mesh.clone(), index.clone(), shutdown.clone());

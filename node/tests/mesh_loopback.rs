@@ -34,6 +34,7 @@ fn config(
         trusted_public_keys: vec![trusted.to_owned()],
         peers,
         mdns: false,
+        real_store_dir: Some(store.real_store_dir()),
         rescan_interval: Duration::from_millis(200),
         ..ServeConfig::default()
     }

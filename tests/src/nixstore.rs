@@ -177,10 +177,16 @@ impl HostStore {
         }
     }
 
+    /// Where the store keeps its paths' files (Nix's `real` setting; `nixmesh serve
+    /// --real-store-dir`).
+    pub fn real_store_dir(&self) -> PathBuf {
+        self.host.store_root().join("nix/store")
+    }
+
     /// Where the store keeps `path` (`/nix/store/...`) on disk.
     fn real_path(&self, path: &str) -> PathBuf {
         let base = path.strip_prefix("/nix/store/").expect("a path in /nix/store");
-        self.host.store_root().join("nix/store").join(base)
+        self.real_store_dir().join(base)
     }
 
     /// The NAR serialisation of `path`, as `nix-store --dump` makes it of the file on disk.

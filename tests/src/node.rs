@@ -129,6 +129,8 @@ impl Node {
         let mut cmd = host.command(&bin);
         cmd.args(["serve", "--store", &store.daemon_url(), "--http-listen", HTTP_LISTEN])
             .args(["--p2p-listen", P2P_LISTEN])
+            .arg("--real-store-dir")
+            .arg(store.real_store_dir())
             .arg("--state-dir")
             .arg(&state);
         for key in &opts.trusted_keys {

@@ -7,6 +7,7 @@
 //! each holds a daemon connection for its whole transfer.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,7 +27,7 @@ use super::{FRAME_TIMEOUT, SESSION_IDLE};
 use crate::mesh::framing::{FrameError, read_frame_after_idle, write_frame};
 use crate::mesh::{Mesh, StreamLimits, TurnLimits, Turns, serve_streams};
 use crate::shutdown::Shutdown;
-use crate::store::{PathInfo, Store, StoreError};
+use crate::store::{PathInfo, Store, StoreError, dump};
 
 /// How long a peer may take to send its first request on a new stream, and any request once
 /// it has begun.
@@ -54,12 +55,38 @@ pub struct Provider {
     signing_key: Option<Arc<SigningKey>>,
     nar_transfers: Arc<Semaphore>,
     recent: Arc<RecentPathInfo>,
+    /// Where the store's files are on disk, to make NARs from directly.
+    real_store_dir: Option<Arc<Path>>,
 }
 
 impl Provider {
-    pub fn new(store: Store, signing_key: Option<Arc<SigningKey>>) -> Self {
-        let nar_transfers = Arc::new(Semaphore::new(MAX_NAR_TRANSFERS));
-        Provider { store, signing_key, nar_transfers, recent: Arc::new(RecentPathInfo::default()) }
+    /// A provider for `store`; with `real_store_dir`, NARs are made from the files there
+    /// (see [`crate::store::dump`]), and asked of the daemon only for paths not found there.
+    pub fn new(
+        store: Store,
+        signing_key: Option<Arc<SigningKey>>,
+        real_store_dir: Option<PathBuf>,
+    ) -> Self {
+        Provider {
+            store,
+            signing_key,
+            nar_transfers: Arc::new(Semaphore::new(MAX_NAR_TRANSFERS)),
+            recent: Arc::new(RecentPathInfo::default()),
+            real_store_dir: real_store_dir.map(Arc::from),
+        }
+    }
+
+    /// The NAR of `info`'s path: from its files if they are where the store keeps them, else
+    /// from the daemon.
+    async fn nar(&self, info: &PathInfo) -> Result<DaemonNar, StoreError> {
+        if let Some(dir) = &self.real_store_dir {
+            let on_disk = dir.join(info.path.base_name());
+            if std::fs::symlink_metadata(&on_disk).is_ok() {
+                return Ok(Box::pin(dump::dump(on_disk)));
+            }
+            debug!(path = %info.path, "not on disk under {}; asking the daemon", dir.display());
+        }
+        Ok(Box::pin(self.store.nar_from_path(&info.path, info.nar_size).await?))
     }
 
     /// The narinfo for the path with `hash`, with the signatures the store holds and ours.
@@ -154,7 +181,7 @@ impl Provider {
                 Ok(Plan::Nar { nar, nar_size, offset, slot }) => {
                     let header = FetchResponse::Nar { nar_size, offset };
                     write_frame(&mut stream, &header, FRAME_TIMEOUT).await?;
-                    send_nar(&mut stream, nar, offset).await?;
+                    send_nar(&mut stream, nar, nar_size, offset).await?;
                     drop(slot);
                 }
             }
@@ -197,13 +224,9 @@ impl Provider {
                 let Ok(Ok(slot)) = slot.await else {
                     return Err(failed(format!("busy: {MAX_NAR_TRANSFERS} NARs being sent")));
                 };
-                let nar = self
-                    .store
-                    .nar_from_path(&info.path, info.nar_size)
-                    .await
-                    .map_err(|e| failed(e.to_string()))?;
+                let nar = self.nar(&info).await.map_err(|e| failed(e.to_string()))?;
                 debug!(path = %info.path, offset, size = info.nar_size, "sending NAR");
-                Ok(Plan::Nar { nar: Box::pin(nar), nar_size: info.nar_size, offset, slot })
+                Ok(Plan::Nar { nar, nar_size: info.nar_size, offset, slot })
             }
         }
     }
@@ -251,14 +274,30 @@ enum Plan {
 
 type DaemonNar = Pin<Box<dyn Stream<Item = Result<Bytes, StoreError>> + Send>>;
 
-/// Writes the NAR's bytes from `offset` on (the daemon always sends from the start).
-async fn send_nar<S>(stream: &mut S, mut nar: DaemonNar, offset: u64) -> Result<(), FrameError>
+/// Writes the NAR's bytes from `offset` on (the NAR always comes from its start), exactly
+/// `nar_size - offset` of them: the asker reads that many and then its next answer, so a NAR
+/// of another size (files changed on disk) ends the session rather than garble it.
+async fn send_nar<S>(
+    stream: &mut S,
+    mut nar: DaemonNar,
+    nar_size: u64,
+    offset: u64,
+) -> Result<(), FrameError>
 where
     S: AsyncWrite + Unpin,
 {
     let mut to_skip = offset;
+    let mut made = 0u64;
+    let other_size = |made| {
+        let message = format!("the NAR is {made}+ bytes, not the {nar_size} its path info says");
+        FrameError::Io(std::io::Error::other(message))
+    };
     while let Some(chunk) = nar.next().await {
         let mut chunk = chunk.map_err(|e| FrameError::Io(std::io::Error::other(e.to_string())))?;
+        made += chunk.len() as u64;
+        if made > nar_size {
+            return Err(other_size(made));
+        }
         if to_skip > 0 {
             let skip = to_skip.min(chunk.len() as u64);
             to_skip -= skip;
@@ -270,6 +309,9 @@ where
         tokio::time::timeout(FRAME_TIMEOUT, stream.write_all(&chunk))
             .await
             .map_err(|_| FrameError::TimedOut(FRAME_TIMEOUT))??;
+    }
+    if made != nar_size {
+        return Err(other_size(made));
     }
     stream.flush().await?;
     Ok(())

@@ -43,6 +43,10 @@ pub enum StoreError {
     /// `nar_from_path` was given a size no NAR can have (the daemon reports 0 for unknown).
     #[error("cannot stream the NAR of {path}: {nar_size} bytes is not a valid NAR size")]
     InvalidNarSize { path: StorePath, nar_size: u64 },
+
+    /// The store's files could not be read to make a NAR.
+    #[error("reading {} for its NAR: {cause}", .path.display())]
+    Dump { path: PathBuf, cause: io::Error },
 }
 
 impl StoreError {

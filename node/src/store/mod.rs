@@ -14,6 +14,7 @@
 
 mod address;
 mod connection;
+pub mod dump;
 mod error;
 mod nar;
 mod pool;
