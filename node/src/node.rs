@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::adverts::store_watch::StoreWatch;
 use crate::adverts::subscribe::Subscriptions;
 use crate::adverts::{AdvertLog, publish};
 use crate::config::ServeConfig;
@@ -115,14 +116,26 @@ impl RunningNode {
         }
 
         let log = Arc::new(AdvertLog::new(rand::random()));
+        let real_store_dir = config.real_store_dir();
+        let watch = real_store_dir.as_deref().and_then(|dir| match StoreWatch::for_store(dir) {
+            Ok(watch) => {
+                info!(dir = %watch.dir().display(), "watching the store's database for changes");
+                Some(watch)
+            }
+            Err(e) => {
+                let every = config.rescan_interval;
+                info!("cannot watch the store's database ({e}); listing the store every {every:?}");
+                None
+            }
+        });
         shutdown.spawn(publish::rescan_loop(
             store.clone(),
             log.clone(),
             config.rescan_interval,
+            watch,
             shutdown.clone(),
         ));
         shutdown.spawn(publish::serve(mesh.clone(), log.clone(), shutdown.clone()));
-        let real_store_dir = config.real_store_dir();
         let provider = Provider::new(store.clone(), signing_key.clone(), real_store_dir);
         shutdown.spawn(provider.serve(mesh.clone(), shutdown.clone()));
 

@@ -7,6 +7,7 @@
 //! - [`subscribe`] follows each connected peer's advertisements into the index.
 
 pub mod publish;
+pub mod store_watch;
 pub mod subscribe;
 
 use std::collections::{HashSet, VecDeque};

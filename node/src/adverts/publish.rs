@@ -11,6 +11,7 @@ use nixmesh_protocol::wire::{
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tracing::{debug, info, info_span, warn};
 
+use super::store_watch::StoreWatch;
 use super::{AdvertLog, CatchUp};
 use crate::mesh::framing::{FrameError, read_frame, write_frame};
 use crate::mesh::{Mesh, StreamLimits, serve_streams};
@@ -24,20 +25,43 @@ const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 const SUBSCRIBERS: StreamLimits =
     StreamLimits { concurrent: 1024, waiting: 0, max_wait: Duration::ZERO, per_peer: 2 };
 
-/// Rescans the local store every `interval` and records what changed, until `shutdown`.
+/// With a working [`StoreWatch`], the store is listed this often anyway, in case a change
+/// escaped it.
+const WATCHED_RESCAN: Duration = Duration::from_secs(60);
+/// The least time between two listings, so that a store being written all the time (a
+/// large build, a `nix copy`) is listed a few times a second, not after every write.
+const MIN_RESCAN_GAP: Duration = Duration::from_millis(250);
+
+/// Rescans the local store and records what changed, until `shutdown`: whenever `watch` says
+/// the database changed, and every [`WATCHED_RESCAN`]; without a watch (or once it breaks),
+/// every `interval`.
 pub async fn rescan_loop(
     store: Store,
     log: Arc<AdvertLog>,
     interval: Duration,
+    mut watch: Option<StoreWatch>,
     shutdown: Shutdown,
 ) {
-    let mut tick = tokio::time::interval(interval);
+    let period = if watch.is_some() { WATCHED_RESCAN } else { interval };
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = shutdown.signalled() => return,
             _ = tick.tick() => {}
+            changed = changed(&mut watch) => if let Err(e) = changed {
+                warn!("watching the store failed ({e}); listing it every {interval:?} instead");
+                watch = None;
+                tick = tokio::time::interval(interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            },
         }
+        tokio::select! {
+            () = shutdown.signalled() => return,
+            () = tokio::time::sleep_until(last + MIN_RESCAN_GAP) => {}
+        }
+        last = tokio::time::Instant::now();
         match store.query_all_valid_paths().await {
             Ok(paths) => {
                 let current: HashSet<_> = paths.iter().map(|p| p.hash()).collect();
@@ -52,6 +76,14 @@ pub async fn rescan_loop(
             }
             Err(e) => warn!("cannot list the local store: {e}"),
         }
+    }
+}
+
+/// The next change `watch` sees; never, without one.
+async fn changed(watch: &mut Option<StoreWatch>) -> std::io::Result<()> {
+    match watch {
+        Some(watch) => watch.changed().await,
+        None => std::future::pending().await,
     }
 }
 

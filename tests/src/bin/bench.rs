@@ -10,7 +10,7 @@
 //! cargo run --release -p nixmesh-tests --bin nixmesh-bench -- [--quick] [--no-write]
 //! ```
 //!
-//! `--only small|big|narinfo` runs one group of cases. The nodes log at `warn`
+//! `--only small|big|narinfo|propagation` runs one group of cases. The nodes log at `warn`
 //! (`NIXMESH_BENCH_LOG` sets another filter) to `target/bench-logs/`.
 //!
 //! Needs root, Nix and nginx (`apt-get install nix-bin nginx-light iproute2`). The table is
@@ -188,6 +188,30 @@ fn run(s: &Settings) -> Vec<Row> {
             &mesh,
             "≥ 0.8",
         ));
+    }
+    if wanted("propagation") {
+        eprintln!("--- case 7: a new path seen by the other node");
+        let mut seen = Vec::new();
+        for rep in 0..s.reps * 2 {
+            let path = s1.add_file(&format!("new-{rep}"), format!("new path {rep}").as_bytes());
+            s1.sign_closure(&key.secret_file, &path);
+            let added = Instant::now();
+            let url = [narinfo_url_path(&path)];
+            let took = nixmesh_tests::wait_for(Duration::from_secs(30), "the new path", || {
+                (n2.http_statuses(&url)[0] == 200).then(|| added.elapsed())
+            });
+            seen.push(took.as_secs_f64());
+        }
+        let median_ms = median(&mut seen) * 1e3;
+        let max_ms = seen.last().copied().unwrap_or(0.0) * 1e3;
+        rows.push(Row {
+            case: "new path visible on the other node: median / max".to_owned(),
+            nixmesh: format!("{median_ms:.0} / {max_ms:.0} ms"),
+            baseline: "(no counterpart)".to_owned(),
+            ratio: f64::NAN,
+            cpu: String::new(),
+            target: "median < 1 s".to_owned(),
+        });
     }
     // The nodes' logs outlive the LAN, for a look at what happened.
     let logs = workspace().join("target/bench-logs");
@@ -533,9 +557,10 @@ fn render(rows: &[Row]) -> String {
         "| case | nixmesh | nginx (baseline) | ratio | CPU s: nodes / nginx | target |\n|---|---|---|---|---|---|\n",
     );
     for r in rows {
+        let ratio = if r.ratio.is_nan() { "—".to_owned() } else { format!("{:.2}", r.ratio) };
         out += &format!(
-            "| {} | {} | {} | {:.2} | {} | {} |\n",
-            r.case, r.nixmesh, r.baseline, r.ratio, r.cpu, r.target
+            "| {} | {} | {} | {ratio} | {} | {} |\n",
+            r.case, r.nixmesh, r.baseline, r.cpu, r.target
         );
     }
     out
