@@ -10,7 +10,7 @@
 //! cargo run --release -p nixmesh-tests --bin nixmesh-bench -- [--quick] [--no-write]
 //! ```
 //!
-//! `--only small|big|narinfo|propagation` runs one group of cases. The nodes log at `warn`
+//! `--only small|big|narinfo|propagation|idle` runs one group of cases. The nodes log at `warn`
 //! (`NIXMESH_BENCH_LOG` sets another filter) to `target/bench-logs/`.
 //!
 //! Needs root, Nix and nginx (`apt-get install nix-bin nginx-light iproute2`). The table is
@@ -211,6 +211,39 @@ fn run(s: &Settings) -> Vec<Row> {
             ratio: f64::NAN,
             cpu: String::new(),
             target: "median < 1 s".to_owned(),
+        });
+    }
+    if wanted("idle") {
+        let count = if s.quick { 5_000 } else { 50_000 };
+        eprintln!("--- case 7: idle over a store of {count} more paths");
+        let expr = format!(
+            "builtins.stringLength (builtins.concatStringsSep \" \" (builtins.genList (i: builtins.toFile \"idle-${{toString i}}\" (toString i)) {count}))"
+        );
+        h1.command("nix-instantiate")
+            .args([
+                "--store",
+                &s1.url(),
+                "--eval",
+                "--strict",
+                "--read-write-mode",
+                "--expr",
+                &expr,
+            ])
+            .stdout_within(Duration::from_secs(900));
+        let expected = s1.path_count() as u64;
+        wait_until(Duration::from_secs(120), "host 2's node to index them", || {
+            n2.status()["indexed_paths"] == expected
+        });
+        let window = Duration::from_secs(if s.quick { 5 } else { 30 });
+        let pids = [n1.pid().unwrap()];
+        let (_, cpu) = measure(&pids, || std::thread::sleep(window));
+        rows.push(Row {
+            case: format!("idle holder of {expected} paths: CPU"),
+            nixmesh: format!("{:.2} % of a core", cpu / window.as_secs_f64() * 100.0),
+            baseline: "(no counterpart)".to_owned(),
+            ratio: f64::NAN,
+            cpu: format!("{cpu:.2} in {} s", window.as_secs()),
+            target: "< 1 %".to_owned(),
         });
     }
     // The nodes' logs outlive the LAN, for a look at what happened.
