@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use nixmesh_protocol::narinfo::NarInfoError;
 use nixmesh_protocol::signature::TrustedKeys;
 use nixmesh_protocol::{NarInfo, StorePath, StorePathHash};
@@ -73,7 +74,11 @@ impl<S: PathSource> Substituter<S> {
             match self.ask(peer, hash, left.min(self.config.narinfo_peer_timeout)).await {
                 Ok(narinfo) => {
                     debug!(%peer, "narinfo verified");
-                    let verified = Arc::new(Verified::new(narinfo, peer.clone()));
+                    let verified = Arc::new(Verified {
+                        for_nix: Bytes::from(for_nix(&narinfo).to_string()),
+                        narinfo,
+                        peer: peer.clone(),
+                    });
                     self.cache.insert(hash, verified.clone());
                     return Some(verified);
                 }
