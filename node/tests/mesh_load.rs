@@ -4,14 +4,15 @@
 //! mesh. Not one false miss, not one wrong byte; then the nix-daemon realises the closure
 //! with the node as its only substituter, as `nixos-rebuild` would.
 
-use std::path::Path;
+mod common;
+
 use std::time::Duration;
 
-use nixmesh_node::config::ServeConfig;
+use common::{loopback_config as config, nix_available};
 use nixmesh_node::node::RunningNode;
 use nixmesh_protocol::{NarInfo, Sha256};
 use nixmesh_tests::http::{Fetched, get_all};
-use nixmesh_tests::{CacheKey, Host, HostStore, narinfo_url_path, require_tool, wait_until};
+use nixmesh_tests::{CacheKey, Host, HostStore, narinfo_url_path, wait_until};
 
 /// Paths in the closure besides its top (a NixOS system has one to three thousand).
 const PATHS: usize = 1000;
@@ -23,29 +24,6 @@ const ROUNDS: usize = 5;
 const NARINFO_CONNECTIONS: usize = 25;
 const NAR_CONNECTIONS: usize = 16;
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn nix_available() -> bool {
-    ["nix-daemon", "nix-instantiate", "nix-store", "nix"].iter().all(|t| require_tool(t))
-}
-
-fn config(
-    state: &Path,
-    store: &HostStore,
-    trusted: &str,
-    peers: Vec<libp2p::Multiaddr>,
-) -> ServeConfig {
-    ServeConfig {
-        store: store.daemon_url(),
-        state_dir: state.to_owned(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        p2p_listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        trusted_public_keys: vec![trusted.to_owned()],
-        peers,
-        mdns: false,
-        real_store_dir: Some(store.real_store_dir()),
-        ..ServeConfig::default()
-    }
-}
 
 fn status(node: &RunningNode) -> serde_json::Value {
     let fetched = get_all(node.http_address(), &["/_nixmesh/status".to_owned()], 1);
@@ -111,10 +89,7 @@ fn the_real_clients_concurrency_gets_no_false_miss_from_one_or_three_holders() {
     }
     let dir = tempfile::tempdir().unwrap();
     let key = CacheKey::generate(dir.path(), "load-1");
-    let host = |name: &str| {
-        std::fs::create_dir_all(dir.path().join(name)).unwrap();
-        Host::local(&dir.path().join(name))
-    };
+    let host = |name: &str| Host::local_in(dir.path(), name);
     let holder_stores: Vec<HostStore> =
         ["h1", "h2", "h3"].iter().map(|h| HostStore::start(&host(h))).collect();
     let client_store = HostStore::start(&host("client"));

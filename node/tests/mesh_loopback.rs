@@ -2,43 +2,20 @@
 //! Nix store, and the real `nix copy` substituting a closure from one store to the other
 //! through them. The fast, namespace-free cousin of the LAN tests in `tests/`.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::time::Duration;
 
-use nixmesh_node::config::ServeConfig;
+use common::{loopback_config as config, nix_available};
 use nixmesh_node::node::RunningNode;
 use nixmesh_tests::{
-    CacheKey, Closure, Host, HostStore, narinfo_url_path, require_tool, test_closure_expr,
-    unique_marker, wait_until,
+    CacheKey, Closure, Host, HostStore, narinfo_url_path, test_closure_expr, unique_marker,
+    wait_until,
 };
 
 const DEADLINE: Duration = Duration::from_secs(30);
-
-fn nix_available() -> bool {
-    ["nix-daemon", "nix-build", "nix-store", "nix"].iter().all(|t| require_tool(t))
-}
-
-fn config(
-    state: &Path,
-    store: &HostStore,
-    trusted: &str,
-    peers: Vec<libp2p::Multiaddr>,
-) -> ServeConfig {
-    ServeConfig {
-        store: store.daemon_url(),
-        state_dir: state.to_owned(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        p2p_listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        trusted_public_keys: vec![trusted.to_owned()],
-        peers,
-        mdns: false,
-        real_store_dir: Some(store.real_store_dir()),
-        rescan_interval: Duration::from_millis(200),
-        ..ServeConfig::default()
-    }
-}
 
 /// A plain HTTP/1.0 GET: status and body.
 fn get(address: SocketAddr, path: &str) -> (u16, Vec<u8>) {
@@ -59,13 +36,7 @@ fn nix_copy_substitutes_a_closure_through_two_nodes() {
     }
     let dir = tempfile::tempdir().unwrap();
     let key = CacheKey::generate(dir.path(), "loopback-1");
-    let hosts: Vec<Host> = ["h1", "h2"]
-        .iter()
-        .map(|h| {
-            std::fs::create_dir_all(dir.path().join(h)).unwrap();
-            Host::local(&dir.path().join(h))
-        })
-        .collect();
+    let hosts = [Host::local_in(dir.path(), "h1"), Host::local_in(dir.path(), "h2")];
     let stores: Vec<HostStore> = hosts.iter().map(HostStore::start).collect();
     let (s1, s2) = (&stores[0], &stores[1]);
     let closure: Closure = s1.build_closure(&test_closure_expr(&unique_marker()));
@@ -139,13 +110,7 @@ fn stopping_a_node_lets_a_nar_in_flight_finish() {
     }
     let dir = tempfile::tempdir().unwrap();
     let key = CacheKey::generate(dir.path(), "loopback-1");
-    let hosts: Vec<Host> = ["h1", "h2"]
-        .iter()
-        .map(|h| {
-            std::fs::create_dir_all(dir.path().join(h)).unwrap();
-            Host::local(&dir.path().join(h))
-        })
-        .collect();
+    let hosts = [Host::local_in(dir.path(), "h1"), Host::local_in(dir.path(), "h2")];
     let (s1, s2) = (HostStore::start(&hosts[0]), HostStore::start(&hosts[1]));
     // 64 MiB: more than the sockets and the mesh's windows buffer, so the holder is still
     // sending when the stop comes.

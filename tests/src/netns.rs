@@ -55,6 +55,13 @@ impl Host {
         Host { number: 1, netns: String::new(), address: Ipv4Addr::LOCALHOST, dir: dir.into() }
     }
 
+    /// [`Host::local`] in a new directory `name` under `parent`.
+    pub fn local_in(parent: &Path, name: &str) -> Host {
+        let dir = parent.join(name);
+        std::fs::create_dir_all(&dir).expect("creating a host's directory");
+        Host::local(&dir)
+    }
+
     /// A host that is not on any LAN, to test what only formats commands.
     #[cfg(test)]
     pub(crate) fn for_tests(netns: &str, dir: &str) -> Host {
