@@ -30,6 +30,11 @@ pub struct Config {
     pub max_concurrent_requests: usize,
     /// The limit on every request but NAR downloads, from arrival to the response.
     pub request_timeout: Duration,
+    /// How long a client connection may go with nothing moving either way (an idle
+    /// keep-alive, a client that stopped reading its NAR) before it is closed. Longer than a
+    /// response may take to start: [`Config::narinfo_deadline`] plus
+    /// [`Config::nar_start_deadline`].
+    pub client_stall_timeout: Duration,
 }
 
 impl Default for Config {
@@ -45,6 +50,7 @@ impl Default for Config {
             narinfo_cache_capacity: 10_000,
             max_concurrent_requests: 256,
             request_timeout: Duration::from_secs(10),
+            client_stall_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -63,6 +69,7 @@ impl fmt::Debug for Config {
             .field("narinfo_cache_capacity", &self.narinfo_cache_capacity)
             .field("max_concurrent_requests", &self.max_concurrent_requests)
             .field("request_timeout", &self.request_timeout)
+            .field("client_stall_timeout", &self.client_stall_timeout)
             .finish()
     }
 }

@@ -12,6 +12,7 @@
 
 mod cache;
 pub mod config;
+pub mod connection;
 mod nar;
 mod routes;
 pub mod server;

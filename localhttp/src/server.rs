@@ -6,7 +6,10 @@
 //! download answers within `request_timeout`. A NAR download starts within the narinfo
 //! deadline plus the NAR start deadline, or is a miss; once started, it ends when a chunk
 //! takes longer than the idle timeout. (A peer trickling bytes just inside that can keep one
-//! going: a minimum rate, with failover to another holder, is still to come.)
+//! going: a minimum rate, with failover to another holder, is still to come.) Under all of
+//! these, a client connection on which nothing moves for the stall limit (an idle keep-alive,
+//! a client that stopped reading) is closed, and what it held is given back
+//! ([`crate::connection`]).
 
 use std::future::{Future, IntoFuture};
 use std::io;
@@ -22,13 +25,13 @@ use axum::http::StatusCode;
 use axum::middleware::{Next, from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use http_body::{Frame, SizeHint};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, debug, field, info_span, warn};
 
 use crate::config::Config;
+use crate::connection::StallLimitedListener;
 use crate::source::PathSource;
 use crate::substituter::Substituter;
 use crate::target::{Target, TargetError};
@@ -62,10 +65,12 @@ pub fn router<S: PathSource>(source: Arc<S>, config: Config) -> Router {
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then stops accepting and waits
-/// up to [`SHUTDOWN_GRACE`] for requests in flight.
+/// up to [`SHUTDOWN_GRACE`] for requests in flight. A connection on which nothing moves for
+/// `client_stall` is closed (see [`crate::connection`]).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    client_stall: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let (stopping, stopped) = tokio::sync::oneshot::channel();
@@ -73,13 +78,7 @@ pub async fn serve(
         shutdown.await;
         let _ = stopping.send(());
     };
-    // Without TCP_NODELAY a small NAR's body, written after its headers, waits for the
-    // client's delayed ACK (Nagle): a 40 ms stall per path.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            debug!("cannot set TCP_NODELAY: {e}");
-        }
-    });
+    let listener = StallLimitedListener::new(listener, client_stall);
     let server = axum::serve(listener, router).with_graceful_shutdown(signal).into_future();
     let grace_over = async {
         if stopped.await.is_err() {

@@ -138,6 +138,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => {
                 let config = args.into_config()?;
+                raise_open_file_limit();
                 node::serve(config, shutdown_signal())
                     .await
                     .map(|()| String::new())
@@ -165,6 +166,28 @@ fn main() -> ExitCode {
         Err(message) => {
             eprintln!("nixmesh: {message}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard one: every client connection and every
+/// peer is a descriptor, and the usual soft limit (1,024, systemd's default) is soon reached by
+/// a busy node while the hard limit is far higher.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct handed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max
+        {
+            return;
+        }
+        let from = limit.rlim_cur;
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+            tracing::info!(from, to = limit.rlim_cur, "raised the open-file limit");
+        } else {
+            let e = std::io::Error::last_os_error();
+            tracing::warn!(from, "cannot raise the open-file limit: {e}");
         }
     }
 }

@@ -168,6 +168,7 @@ impl RunningNode {
             priority: config.priority,
             ..Default::default()
         };
+        let client_stall = http_config.client_stall_timeout;
         let router = nixmesh_localhttp::router(source, http_config);
         let listener = tokio::net::TcpListener::bind(config.http_listen)
             .await
@@ -179,6 +180,7 @@ impl RunningNode {
         let http = tokio::spawn(nixmesh_localhttp::serve(
             listener,
             router,
+            client_stall,
             stop_http.clone().cancelled_owned(),
         ));
         let shutdown = guard.disarm();

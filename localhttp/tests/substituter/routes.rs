@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use nixmesh_localhttp::{NodeStatus, PathSource, PeerSummary, router, serve};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::support::*;
@@ -126,6 +127,7 @@ async fn serve_stops_on_the_shutdown_signal() {
     let server = tokio::spawn(serve(
         listener,
         router(TestSource::honest(&fixture), test_config(&fixture)),
+        test_config(&fixture).client_stall_timeout,
         async move {
             let _ = stopped.await;
         },
@@ -135,4 +137,64 @@ async fn serve_stops_on_the_shutdown_signal() {
     let result = tokio::time::timeout(Duration::from_secs(5), server).await;
     assert!(matches!(result, Ok(Ok(Ok(())))), "{result:?}");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_and_its_permit_comes_back() {
+    let fixture = Fixture::new();
+    // Far more than the sockets buffer, so the server's writes stall.
+    let big: Vec<u8> =
+        (0..32u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    let narinfo = narinfo_for(PATH, &big, &fixture.key);
+    let peer = TestPeer {
+        name: "peer",
+        narinfo: NarInfoReply::Text(narinfo.to_string()),
+        nar: NarReply::Chunks(chunked(&big)),
+    };
+    let stall = Duration::from_millis(500);
+    let config = nixmesh_localhttp::Config {
+        max_concurrent_requests: 1,
+        client_stall_timeout: stall,
+        ..test_config(&fixture)
+    };
+    let source = TestSource::new(&fixture, vec![peer]);
+    let addr = start(source.clone(), config).await;
+
+    // A connection that says nothing is closed once the limit has passed.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut byte)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "the idle connection was closed: {closed:?}");
+
+    // A download whose client never reads is cut off once the limit has passed.
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let url = format!("/nar/{}-{}.nar", fixture.hash(), narinfo.nar_hash.to_nixbase32());
+    let head = format!("GET {url} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..500 {
+        if !source.nar_calls().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!source.nar_calls().is_empty(), "the NAR download never started");
+    // The client reads nothing for three stall limits (the stimulus, not a wait for a
+    // condition); then what it can still read ends short of the NAR: its connection is gone.
+    tokio::time::sleep(stall * 3).await;
+    let mut received = 0;
+    let mut buf = vec![0u8; 1 << 20];
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stalled.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received += n,
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the stalled connection was closed");
+    assert!(received < big.len(), "{received} bytes: the download did not complete");
+    // Its permit, the only one, came back.
+    let info = get(addr, "/nix-cache-info").await;
+    assert_eq!(info.status, 200);
 }

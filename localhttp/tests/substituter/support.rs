@@ -263,7 +263,8 @@ pub async fn start(source: Arc<TestSource>, config: Config) -> SocketAddr {
         .try_init();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve(listener, router(source, config), std::future::pending()));
+    let stall = config.client_stall_timeout;
+    tokio::spawn(serve(listener, router(source, config), stall, std::future::pending()));
     addr
 }
 
