@@ -26,8 +26,11 @@ pub struct Config {
     pub nar_idle_timeout: Duration,
     /// How many verified narinfos are remembered for the NAR requests that follow them.
     pub narinfo_cache_capacity: usize,
-    /// Requests handled at once (a NAR counts until its body ends); more wait their turn.
+    /// Requests other than NAR downloads handled at once; more wait their turn.
     pub max_concurrent_requests: usize,
+    /// NAR downloads under way at once (each counts until its body ends); more wait their
+    /// turn, apart from the other requests.
+    pub max_concurrent_nars: usize,
     /// The limit on every request but NAR downloads, from arrival to the response.
     pub request_timeout: Duration,
     /// How long a client connection may go with nothing moving either way (an idle
@@ -49,6 +52,7 @@ impl Default for Config {
             nar_idle_timeout: Duration::from_secs(30),
             narinfo_cache_capacity: 10_000,
             max_concurrent_requests: 256,
+            max_concurrent_nars: 256,
             request_timeout: Duration::from_secs(10),
             client_stall_timeout: Duration::from_secs(60),
         }
@@ -68,6 +72,7 @@ impl fmt::Debug for Config {
             .field("nar_idle_timeout", &self.nar_idle_timeout)
             .field("narinfo_cache_capacity", &self.narinfo_cache_capacity)
             .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("max_concurrent_nars", &self.max_concurrent_nars)
             .field("request_timeout", &self.request_timeout)
             .field("client_stall_timeout", &self.client_stall_timeout)
             .finish()

@@ -2,7 +2,8 @@
 //!
 //! Limits, outermost first: request URIs over [`MAX_URI_BYTES`] get `414`; a span per request
 //! carries its method, kind and store hash; at most `max_concurrent_requests` are handled at
-//! once, a NAR download counting until its body ends (the rest wait); every route but the NAR
+//! once, and apart from them at most `max_concurrent_nars` NAR downloads, each counting until
+//! its body ends (the rest wait); every route but the NAR
 //! download answers within `request_timeout`. A NAR download starts within the narinfo
 //! deadline plus the NAR start deadline, or is a miss; once started, it ends when a chunk
 //! takes longer than the idle timeout. (A peer trickling bytes just inside that can keep one
@@ -46,6 +47,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The substituter's routes over `source`, with the limits in the module docs.
 pub fn router<S: PathSource>(source: Arc<S>, config: Config) -> Router {
     let permits = Arc::new(Semaphore::new(config.max_concurrent_requests));
+    let nar_permits = Arc::new(Semaphore::new(config.max_concurrent_nars));
     let request_timeout = config.request_timeout;
     let substituter = Arc::new(Substituter::new(source, config));
     let answered_in_time = Router::new()
@@ -54,12 +56,16 @@ pub fn router<S: PathSource>(source: Arc<S>, config: Config) -> Router {
         .route("/_nixmesh/status", get(routes::status::<S>))
         .route("/{file}", get(routes::narinfo::<S>))
         .fallback(routes::not_found)
-        .layer(from_fn_with_state(request_timeout, within));
-    Router::new()
+        .layer(from_fn_with_state(request_timeout, within))
+        .layer(from_fn_with_state(permits, one_of_many));
+    // NAR downloads have permits of their own: however many are under way (or stalled until
+    // the stall limit cuts them off), misses, narinfos and the status pages never queue
+    // behind them.
+    let nars = Router::new()
         .route("/nar/{file}", get(nar::nar::<S>))
-        .merge(answered_in_time)
+        .layer(from_fn_with_state(nar_permits, one_of_many));
+    nars.merge(answered_in_time)
         .with_state(substituter)
-        .layer(from_fn_with_state(permits, one_of_many))
         .layer(from_fn(traced))
         .layer(from_fn(short_uri))
 }

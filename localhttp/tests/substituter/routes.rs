@@ -89,7 +89,7 @@ async fn malformed_requests_are_4xx_and_the_server_carries_on() {
 }
 
 #[tokio::test]
-async fn a_nar_body_holds_its_concurrency_permit() {
+async fn a_nar_body_holds_its_nar_permit_and_nothing_else_waits_for_it() {
     let fixture = Fixture::new();
     let stalls = TestPeer {
         name: "peer",
@@ -98,6 +98,7 @@ async fn a_nar_body_holds_its_concurrency_permit() {
     };
     let config = nixmesh_localhttp::Config {
         max_concurrent_requests: 1,
+        max_concurrent_nars: 1,
         nar_idle_timeout: Duration::from_millis(500),
         ..test_config(&fixture)
     };
@@ -112,10 +113,14 @@ async fn a_nar_body_holds_its_concurrency_permit() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(!source.nar_calls().is_empty(), "the NAR download never started");
+    // Other requests do not wait for NARs...
     let info = get(addr, "/nix-cache-info").await;
     assert_eq!(info.status, 200);
+    assert!(info.elapsed < Duration::from_millis(200), "{:?}", info.elapsed);
+    // ...a second NAR does, until the first ends (its peer stalled past the idle timeout).
+    let second = get(addr, &fixture.nar_url()).await;
     assert!(!nar.await.unwrap().complete());
-    assert!(info.elapsed >= Duration::from_millis(200), "{:?}", info.elapsed);
+    assert!(second.elapsed >= Duration::from_millis(200), "{:?}", second.elapsed);
 }
 
 #[tokio::test]
@@ -153,7 +158,7 @@ async fn a_client_that_stops_reading_is_cut_off_and_its_permit_comes_back() {
     };
     let stall = Duration::from_millis(500);
     let config = nixmesh_localhttp::Config {
-        max_concurrent_requests: 1,
+        max_concurrent_nars: 1,
         client_stall_timeout: stall,
         ..test_config(&fixture)
     };
@@ -194,7 +199,7 @@ async fn a_client_that_stops_reading_is_cut_off_and_its_permit_comes_back() {
     .await;
     assert!(drained.is_ok(), "the stalled connection was closed");
     assert!(received < big.len(), "{received} bytes: the download did not complete");
-    // Its permit, the only one, came back.
-    let info = get(addr, "/nix-cache-info").await;
-    assert_eq!(info.status, 200);
+    // Its permit, the only one, came back: another download gets it.
+    let again = get(addr, &url).await;
+    assert_eq!(again.status, 200);
 }
