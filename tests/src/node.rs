@@ -261,6 +261,24 @@ impl Node {
         sent
     }
 
+    /// Freezes the node (SIGSTOP), as a machine that hangs or sleeps without closing its
+    /// connections. Returns when the signal was sent.
+    pub fn freeze(&self) -> Instant {
+        self.signal("-STOP")
+    }
+
+    /// Lets a frozen node run again (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) -> Instant {
+        let child = self.child.as_ref().expect("the node is running");
+        let sent = Instant::now();
+        Command::new("kill").args([signal, &child.id().to_string()]).stdout_within(CALL_LIMIT);
+        sent
+    }
+
     /// Stops the node with SIGTERM and waits until it exits; panics if it takes longer than
     /// 10 s (it is killed then).
     pub fn stop(&mut self) {

@@ -26,6 +26,9 @@ const PROPAGATION_LIMIT: Duration = Duration::from_secs(10);
 const ABORT_LIMIT: Duration = Duration::from_secs(30);
 /// How soon after its only holder is killed a path must be a miss elsewhere.
 const DEPARTURE_LIMIT: Duration = Duration::from_secs(1);
+/// How soon after its only holder freezes (no answer, connection open) a path must be a miss
+/// elsewhere: the documented 5.5 s of missed pings, and the polling.
+const FROZEN_LIMIT: Duration = Duration::from_secs(7);
 
 /// Whether this machine can run these tests; see `require_tool`.
 fn e2e_ready() -> bool {
@@ -282,6 +285,35 @@ fn narinfo_misses_and_paths_of_a_killed_holder_answer_404_within_a_second() {
     let took = all_404 - killed;
     assert!(took <= DEPARTURE_LIMIT, "404 for the departed holder's paths after {took:?}");
     eprintln!("404 for every path {took:?} after host 1's node was killed");
+}
+
+#[test]
+fn paths_of_a_frozen_holder_answer_404_within_the_liveness_limit() {
+    if !e2e_ready() {
+        return;
+    }
+    let SignedLan { lan: _lan, closure, key: _, stores: _stores, nodes } =
+        SignedLan::new(2, &test_closure_expr(&unique_marker()));
+    let frozen = nodes[0].freeze();
+    // One path per poll: while the holder still counts as connected, each narinfo asked of it
+    // waits out the peer time-out, and a poll of every path would take seconds.
+    let top = [closure.top.clone()];
+    let ((), top_404) = poll_every(
+        Duration::from_millis(50),
+        Duration::from_secs(30),
+        "host 2's node to answer 404 for the frozen host 1's path",
+        || (nodes[1].narinfo_statuses(&top)[0] == 404).then_some(()),
+    );
+    let took = top_404 - frozen;
+    assert!(took <= FROZEN_LIMIT, "404 for the frozen holder's path after {took:?}");
+    eprintln!("404 {took:?} after host 1's node was frozen");
+    let statuses = nodes[1].narinfo_statuses(&closure.paths);
+    nodes[0].thaw();
+    assert!(statuses.iter().all(|&s| s == 404), "every path of the frozen holder: {statuses:?}");
+    // Misses stay immediate meanwhile and after.
+    let asked = Instant::now();
+    assert_eq!(nodes[1].http_get(&format!("/{}.narinfo", random_hash())).0, 404);
+    assert!(asked.elapsed() < DEPARTURE_LIMIT, "a miss took {:?}", asked.elapsed());
 }
 
 #[test]

@@ -34,8 +34,8 @@ pub use serve::{StreamLimits, TurnLimits, Turns, serve_streams};
 
 /// Identify's protocol name; it tells peers our listen addresses.
 const IDENTIFY_PROTOCOL: &str = "/nixmesh/id/1";
-/// How often peers are pinged (the RTT `nixmesh peers` shows).
-const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// How often peers are pinged (the RTT `nixmesh peers` shows, and liveness).
+const PING_INTERVAL: Duration = Duration::from_secs(1);
 /// Redials of a wanted peer back off up to this.
 const MAX_REDIAL_BACKOFF: Duration = Duration::from_secs(30);
 const FIRST_REDIAL_BACKOFF: Duration = Duration::from_secs(1);
@@ -46,9 +46,14 @@ const MAX_WANTED_PEERS: usize = 1024;
 const MAX_CONNECTIONS: u32 = 2048;
 const MAX_PENDING_INCOMING: u32 = 64;
 const MAX_CONNECTIONS_PER_PEER: u32 = 2;
-/// A ping unanswered for this long closes the connection: the peer is gone (its machine
-/// asleep, its cable out) even if TCP has not noticed, and its paths must stop being offered.
-const PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// A ping unanswered for this long fails (and the connection is closed).
+const PING_TIMEOUT: Duration = Duration::from_secs(4);
+/// A connected peer not heard from for this long (no ping answered) is disconnected: the peer
+/// is gone (its machine asleep or hung, its cable out) even if TCP has not noticed, and its
+/// paths must stop being offered. Checked every half second, so a frozen peer is dropped
+/// within 5.5 s. A ping travels beside any transfer on its own stream, so even a saturated
+/// LAN link answers well within this.
+const SILENCE_LIMIT: Duration = Duration::from_secs(5);
 /// Failed dials of a wanted peer in a row before each one is logged as a warning.
 const DIAL_FAILURES_BEFORE_WARNING: u32 = 3;
 
@@ -250,7 +255,10 @@ impl SwarmDriver {
             tokio::select! {
                 () = shutdown.signalled() => break,
                 Some(command) = commands.recv() => self.command(command),
-                _ = tick.tick() => self.dial_due(),
+                _ = tick.tick() => {
+                    self.drop_silent();
+                    self.dial_due();
+                }
                 event = self.swarm.select_next_some() => self.event(event).await,
             }
         }
@@ -283,6 +291,16 @@ impl SwarmDriver {
             Command::Forget(peer) => {
                 self.wanted.remove(&peer);
             }
+        }
+    }
+
+    /// Disconnects peers whose pings have gone unanswered for [`SILENCE_LIMIT`]: a frozen
+    /// or vanished machine keeps its TCP connection open, and libp2p's own ping failure can
+    /// take the stream negotiation time-out (10 s) on top.
+    fn drop_silent(&mut self) {
+        for peer in self.peers.silent_for(SILENCE_LIMIT) {
+            warn!(%peer, "no answer to pings for {SILENCE_LIMIT:?}; disconnecting");
+            let _ = self.swarm.disconnect_peer_id(peer);
         }
     }
 

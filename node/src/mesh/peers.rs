@@ -104,6 +104,19 @@ impl PeerTable {
         self.with(|peers| peers.iter().map(|(p, s)| (*p, s.clone())).collect())
     }
 
+    /// Connected peers not heard from (connected or pinged) for longer than `limit`.
+    pub fn silent_for(&self, limit: Duration) -> Vec<PeerId> {
+        self.with(|peers| {
+            peers
+                .iter()
+                .filter(|(_, s)| {
+                    s.connections > 0 && s.last_seen.is_some_and(|t| t.elapsed() > limit)
+                })
+                .map(|(p, _)| *p)
+                .collect()
+        })
+    }
+
     /// How many peers are connected now.
     pub fn connected_count(&self) -> usize {
         self.with(|peers| peers.values().filter(|s| s.connections > 0).count())
