@@ -99,9 +99,10 @@ impl RunningNode {
         let store = Store::connect(address).await.map_err(store_err)?;
 
         let index_path = state_dir.join(INDEX_FILE);
-        let index = tokio::task::spawn_blocking(move || Index::open(&index_path))
-            .await
-            .expect("index open does not panic")?;
+        let (index, _set_aside) =
+            tokio::task::spawn_blocking(move || Index::open_or_set_aside(&index_path))
+                .await
+                .expect("opening the index catches redb's panics")?;
         let index = Arc::new(index);
 
         // From here on every task watches `shutdown`; on an early return below, the guard

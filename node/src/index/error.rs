@@ -23,6 +23,9 @@ pub enum IndexError {
          snapshots"
     )]
     Corrupt { path: PathBuf, what: String },
+    /// A damaged index could not be moved out of the way.
+    #[error("index at {path} is damaged ({why}) and cannot be set aside: {source}")]
+    SetAside { path: PathBuf, why: String, source: std::io::Error },
     /// A delta that does not continue the position indexed for `peer` (unknown peer, other
     /// epoch, other generation, or a generation going backwards). Nothing was changed; the
     /// caller should ask the peer for a snapshot.
@@ -50,6 +53,21 @@ impl IndexError {
     /// the index itself failing.
     pub fn is_out_of_step(&self) -> bool {
         matches!(self, IndexError::OutOfStep { .. })
+    }
+
+    /// Whether opening failed on what the file holds (as opposed to reaching it at all: no
+    /// permission, a full disk), so that a new index in its place is the cure.
+    pub fn is_damage(&self) -> bool {
+        match self {
+            IndexError::Corrupt { .. } | IndexError::Schema { .. } => true,
+            IndexError::Storage { source, .. } => !matches!(
+                **source,
+                redb::Error::Io(_)
+                    | redb::Error::DatabaseAlreadyOpen
+                    | redb::Error::LockPoisoned(_)
+            ),
+            IndexError::SetAside { .. } | IndexError::OutOfStep { .. } => false,
+        }
     }
 }
 

@@ -87,6 +87,42 @@ impl Index {
     /// Fails with a message naming the file if it is not a redb database, was written with
     /// another schema version, or is damaged beyond what redb repairs itself (after an unclean
     /// shutdown redb checks and repairs the file here, which can take a while for large ones).
+    /// Opens the index at `path` like [`Index::open`]; a file that turns out damaged
+    /// (truncated, garbage, another layout, or one that makes redb panic) is renamed to
+    /// `<path>.damaged-<unix time>` and a new, empty index is made in its place, to be filled
+    /// again from the peers' snapshots. Returns the index and where the damaged file went.
+    /// Errors that are not damage (no permission, a full disk) are returned as they are.
+    pub fn open_or_set_aside(path: &Path) -> Result<(Index, Option<PathBuf>), IndexError> {
+        let why = match std::panic::catch_unwind(|| Index::open(path)) {
+            Ok(Ok(index)) => return Ok((index, None)),
+            Ok(Err(e)) if e.is_damage() => e.to_string(),
+            Ok(Err(e)) => return Err(e),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".to_owned());
+                format!("opening it panicked in redb: {message}")
+            }
+        };
+        let unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let mut aside = path.as_os_str().to_owned();
+        aside.push(format!(".damaged-{unix}"));
+        let aside = PathBuf::from(aside);
+        std::fs::rename(path, &aside).map_err(|e| IndexError::SetAside {
+            path: path.to_path_buf(),
+            why: why.clone(),
+            source: e,
+        })?;
+        tracing::warn!(
+            index = %path.display(),
+            set_aside = %aside.display(),
+            "the index was damaged ({why}); starting a new one, filled again from the peers"
+        );
+        Ok((Index::open(path)?, Some(aside)))
+    }
+
     pub fn open(path: &Path) -> Result<Index, IndexError> {
         let db = match Database::builder().set_cache_size(CACHE_BYTES).create(path) {
             Ok(db) => db,

@@ -323,3 +323,32 @@ fn out_of_step_names_the_peer() {
     let e = index.apply_delta(&peer, 1, 2, 3, &[], &[]).unwrap_err();
     assert!(e.to_string().contains(&peer.to_string()), "{e}");
 }
+
+#[test]
+fn a_damaged_file_is_set_aside_and_a_new_index_made() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("index.redb");
+    {
+        let index = Index::open(&path).unwrap();
+        index.replace_peer(&PeerId::random(), 1, 1, &hashes(0..20_000)).unwrap();
+    }
+    let whole = std::fs::read(&path).unwrap();
+    let damages: [(&str, Vec<u8>); 3] = [
+        ("the last 4 KiB cut off", whole[..whole.len() - 4096].to_vec()),
+        ("cut in half", whole[..whole.len() / 2].to_vec()),
+        ("garbage", (0..whole.len()).map(|i| (i * 131 % 251) as u8).collect()),
+    ];
+    for (what, bytes) in damages {
+        std::fs::write(&path, &bytes).unwrap();
+        let (index, aside) = Index::open_or_set_aside(&path)
+            .unwrap_or_else(|e| panic!("{what}: opening failed: {e}"));
+        let aside = aside.unwrap_or_else(|| panic!("{what}: nothing was set aside"));
+        assert_eq!(std::fs::read(&aside).unwrap(), bytes, "{what}: the damaged file is kept");
+        assert!(index.peers().unwrap().is_empty(), "{what}: a new, empty index");
+        drop(index);
+        std::fs::remove_file(aside).unwrap();
+    }
+    // A sound index is opened as it is.
+    let (_, aside) = Index::open_or_set_aside(&path).unwrap();
+    assert!(aside.is_none());
+}
