@@ -175,3 +175,51 @@ fn stopping_a_node_lets_a_nar_in_flight_finish() {
     );
     runtime.block_on(n1.stop()).unwrap();
 }
+
+#[test]
+fn a_node_with_a_damaged_index_starts_and_serves_again() {
+    if !nix_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = CacheKey::generate(dir.path(), "loopback-1");
+    let hosts = [Host::local_in(dir.path(), "h1"), Host::local_in(dir.path(), "h2")];
+    let (s1, s2) = (HostStore::start(&hosts[0]), HostStore::start(&hosts[1]));
+    let path = s1.add_file("held", b"a path held by node 1");
+    s1.sign_closure(&key.secret_file, &path);
+    let narinfo = narinfo_url_path(&path);
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let n1 = runtime
+        .block_on(RunningNode::start(config(&dir.path().join("n1"), &s1, &key.public, vec![])))
+        .unwrap();
+    let peers = runtime.block_on(n1.p2p_addresses());
+    let state = dir.path().join("n2");
+    let n2 = runtime
+        .block_on(RunningNode::start(config(&state, &s2, &key.public, peers.clone())))
+        .unwrap();
+    wait_until(DEADLINE, "node 2 to serve node 1's path", || {
+        get(n2.http_address(), &narinfo).0 == 200
+    });
+    runtime.block_on(n2.stop()).unwrap();
+
+    // Garbage where the index was: the node starts anyway, sets the file aside, and serves
+    // once node 1's snapshot has arrived again.
+    let index = state.join(nixmesh_node::node::INDEX_FILE);
+    let len = std::fs::metadata(&index).unwrap().len() as usize;
+    std::fs::write(&index, (0..len).map(|i| (i * 131 % 251) as u8).collect::<Vec<u8>>()).unwrap();
+    let n2 = runtime
+        .block_on(RunningNode::start(config(&state, &s2, &key.public, peers)))
+        .expect("a damaged index does not stop the node");
+    wait_until(DEADLINE, "node 2 to serve node 1's path again", || {
+        get(n2.http_address(), &narinfo).0 == 200
+    });
+    let set_aside = std::fs::read_dir(&state)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("index.redb.damaged-"))
+        .count();
+    assert_eq!(set_aside, 1, "the damaged file is kept beside the new index");
+    runtime.block_on(n2.stop()).unwrap();
+    runtime.block_on(n1.stop()).unwrap();
+}
