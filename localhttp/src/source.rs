@@ -90,6 +90,9 @@ pub struct NodeStatus {
     pub indexed_paths: u64,
     pub trusted_keys: Vec<String>,
     pub signing_key: Option<String>,
+    /// Why the node is not fully working, if it is not (say, its index cannot be written).
+    #[serde(default)]
+    pub degraded: Option<String>,
 }
 
 mod opt_millis {

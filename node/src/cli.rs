@@ -103,6 +103,9 @@ pub async fn status(node: &str, json: bool) -> Result<String, CliError> {
     let _ = writeln!(out, "indexed paths:  {}", s.indexed_paths);
     let _ = writeln!(out, "trusted keys:   {}", s.trusted_keys.join(" "));
     let _ = writeln!(out, "signing key:    {}", s.signing_key.as_deref().unwrap_or("none"));
+    if let Some(why) = &s.degraded {
+        let _ = writeln!(out, "DEGRADED:       {why}");
+    }
     Ok(out)
 }
 

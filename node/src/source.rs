@@ -120,6 +120,7 @@ impl PathSource for MeshSource {
             self.mesh.peers().snapshot().into_iter().map(|(id, _)| id).collect();
         known.extend(self.index.peers().unwrap_or_default().into_iter().map(|p| p.id));
         NodeStatus {
+            degraded: self.index.trouble().map(|t| format!("index: {t}")),
             peer_id: self.mesh.local_peer_id().to_string(),
             listen_addresses: self
                 .mesh

@@ -225,6 +225,7 @@ impl PathSource for TestSource {
 
     fn status(&self) -> NodeStatus {
         NodeStatus {
+            degraded: None,
             peer_id: "12D3KooWtest".to_owned(),
             listen_addresses: vec!["/ip4/127.0.0.1/tcp/4001".to_owned()],
             local_paths: 0,

@@ -23,6 +23,9 @@ pub enum IndexError {
          snapshots"
     )]
     Corrupt { path: PathBuf, what: String },
+    /// The database is not open (it failed and could not be reopened yet).
+    #[error("index at {path} is unavailable: {why}")]
+    Unavailable { path: PathBuf, why: String },
     /// A damaged index could not be moved out of the way.
     #[error("index at {path} is damaged ({why}) and cannot be set aside: {source}")]
     SetAside { path: PathBuf, why: String, source: std::io::Error },
@@ -66,7 +69,21 @@ impl IndexError {
                     | redb::Error::DatabaseAlreadyOpen
                     | redb::Error::LockPoisoned(_)
             ),
-            IndexError::SetAside { .. } | IndexError::OutOfStep { .. } => false,
+            IndexError::SetAside { .. }
+            | IndexError::OutOfStep { .. }
+            | IndexError::Unavailable { .. } => false,
+        }
+    }
+
+    /// Whether the database failed on I/O (a full disk, say), after which redb refuses every
+    /// operation until it is opened again.
+    pub(super) fn needs_reopen(&self) -> bool {
+        match self {
+            IndexError::Storage { source, .. } => {
+                matches!(**source, redb::Error::Io(_) | redb::Error::PreviousIo)
+            }
+            IndexError::Unavailable { .. } => true,
+            _ => false,
         }
     }
 }

@@ -17,6 +17,11 @@
 //! *and* the older generation), and the peer's stream then resumes from there. A crash of the
 //! process alone loses nothing.
 //!
+//! Failure: after an I/O error (a full disk) redb refuses every later operation, reads
+//! included, until the database is opened again; the index reopens it (at most once a
+//! second), retries a failed lookup once, and reports the trouble ([`Index::trouble`]) until
+//! a write succeeds again. A damaged file is set aside at start ([`Index::open_or_set_aside`]).
+//!
 //! Threading: [`Index`] is `Send + Sync` and every method takes `&self`. Writes are serialised
 //! by a lock; lookups run beside them and see the last committed state. Every method touches
 //! the disk and may block (writes for milliseconds on large snapshots): call them from
@@ -63,12 +68,26 @@ pub struct IndexedPeer {
 
 /// The index of who holds which store path. See the module docs for its guarantees.
 pub struct Index {
-    db: Database,
+    /// `None` only between dropping a failed database and opening it again.
+    db: RwLock<Option<Database>>,
+    /// Why the index does not work now, if it does not, and when it was last reopened.
+    health: Mutex<Health>,
     path: PathBuf,
     /// Held for the whole of every write, so the mirror changes in commit order.
     writer: Mutex<()>,
     mirror: RwLock<Mirror>,
 }
+
+/// The index's trouble: after an I/O error (a full disk) redb refuses every later operation
+/// until the database is opened again, so the index reopens it, at most once a
+/// [`REOPEN_PAUSE`].
+#[derive(Default)]
+struct Health {
+    trouble: Option<String>,
+    last_reopen: Option<std::time::Instant>,
+}
+
+const REOPEN_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The in-memory copy of the `peers` table (one small record per peer).
 #[derive(Default)]
@@ -124,23 +143,7 @@ impl Index {
     }
 
     pub fn open(path: &Path) -> Result<Index, IndexError> {
-        let db = match Database::builder().set_cache_size(CACHE_BYTES).create(path) {
-            Ok(db) => db,
-            // What redb says of a file that is not one of its databases, or is damaged.
-            Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(what))) => {
-                return Err(IndexError::Corrupt { path: path.to_path_buf(), what });
-            }
-            Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))
-                if e.kind() == std::io::ErrorKind::InvalidData =>
-            {
-                return Err(IndexError::Corrupt {
-                    path: path.to_path_buf(),
-                    what: format!("not a redb database, or a damaged one ({e})"),
-                });
-            }
-            Err(e) => return Err(e).context(path, "opening"),
-        };
-
+        let db = open_database(path)?;
         let txn = db.begin_write().context(path, "opening")?;
         let mirror = {
             let mut meta = txn.open_table(META).context(path, "opening the meta table")?;
@@ -193,7 +196,8 @@ impl Index {
         };
         txn.commit().context(path, "opening")?;
         Ok(Index {
-            db,
+            db: RwLock::new(Some(db)),
+            health: Mutex::new(Health::default()),
             path: path.to_path_buf(),
             writer: Mutex::new(()),
             mirror: RwLock::new(mirror),
@@ -206,13 +210,21 @@ impl Index {
     /// One read transaction and one range scan; microseconds when the pages are cached.
     pub fn holders(&self, hash: &StorePathHash) -> Result<Vec<PeerId>, IndexError> {
         const LOOKUP: &str = "looking up holders";
-        let txn = self.db.begin_read().context(&self.path, LOOKUP)?;
-        let holders = txn.open_table(HOLDERS).context(&self.path, LOOKUP)?;
-        let key = hash.as_bytes();
-        let mut numbers = Vec::new();
-        for entry in holders.range((key, 0u32)..=(key, u32::MAX)).context(&self.path, LOOKUP)? {
-            numbers.push(entry.context(&self.path, LOOKUP)?.0.value().1);
-        }
+        let read = |db: &Database| {
+            let txn = db.begin_read().context(&self.path, LOOKUP)?;
+            let holders = txn.open_table(HOLDERS).context(&self.path, LOOKUP)?;
+            let key = hash.as_bytes();
+            let mut numbers = Vec::new();
+            for entry in holders.range((key, 0u32)..=(key, u32::MAX)).context(&self.path, LOOKUP)? {
+                numbers.push(entry.context(&self.path, LOOKUP)?.0.value().1);
+            }
+            Ok(numbers)
+        };
+        // A lookup that failed on the database's I/O is tried again once it is reopened.
+        let numbers = match self.with_db(read) {
+            Err(e) if e.needs_reopen() && self.reopen() => self.with_db(read)?,
+            other => other?,
+        };
         let mirror = self.mirror();
         Ok(numbers.iter().filter_map(|n| mirror.by_number.get(n).copied()).collect())
     }
@@ -420,11 +432,85 @@ impl Index {
         operation: &'static str,
         f: impl FnOnce(&WriteTransaction) -> Result<T, RedbError>,
     ) -> Result<T, IndexError> {
-        let mut txn = self.db.begin_write().context(&self.path, operation)?;
-        txn.set_durability(Durability::Eventual);
-        let out = f(&txn).context(&self.path, operation)?;
-        txn.commit().context(&self.path, operation)?;
-        Ok(out)
+        let result = self.with_db(|db| {
+            let mut txn = db.begin_write().context(&self.path, operation)?;
+            txn.set_durability(Durability::Eventual);
+            let out = f(&txn).context(&self.path, operation)?;
+            txn.commit().context(&self.path, operation)?;
+            Ok(out)
+        });
+        match &result {
+            Err(e) if e.needs_reopen() => {
+                // Nothing of this write was kept; the next one finds the database usable
+                // again once there is room.
+                self.reopen();
+            }
+            Ok(_) => {
+                if let Some(trouble) = self.health().trouble.take() {
+                    let index = self.path.display();
+                    tracing::info!(%index, "the index works again after: {trouble}");
+                }
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// Runs `f` on the database, recording trouble the way [`Index::trouble`] reports it.
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, IndexError>,
+    ) -> Result<T, IndexError> {
+        let result = {
+            let db = self.db.read().unwrap_or_else(PoisonError::into_inner);
+            match db.as_ref() {
+                Some(db) => f(db),
+                None => Err(IndexError::Unavailable {
+                    path: self.path.clone(),
+                    why: self.trouble().unwrap_or_else(|| "being reopened".to_owned()),
+                }),
+            }
+        };
+        if let Err(e) = &result
+            && e.needs_reopen()
+        {
+            self.health().trouble = Some(e.to_string());
+        }
+        result
+    }
+
+    /// Drops the database and opens it again (at most once a [`REOPEN_PAUSE`]): after an I/O
+    /// error redb refuses every later operation until then. True if it is open again.
+    fn reopen(&self) -> bool {
+        let mut health = self.health();
+        if health.last_reopen.is_some_and(|t| t.elapsed() < REOPEN_PAUSE) {
+            return false;
+        }
+        health.last_reopen = Some(std::time::Instant::now());
+        let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        // The old one first: it holds the file's lock.
+        *db = None;
+        match open_database(&self.path) {
+            // Still in trouble until a write succeeds again (a full disk stays full).
+            Ok(reopened) => {
+                *db = Some(reopened);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(index = %self.path.display(), "cannot reopen the index: {e}");
+                health.trouble = Some(e.to_string());
+                false
+            }
+        }
+    }
+
+    /// Why the index does not work now, if it does not (the status page shows it).
+    pub fn trouble(&self) -> Option<String> {
+        self.health().trouble.clone()
+    }
+
+    fn health(&self) -> MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     // The locks guard plain data that every writer leaves consistent before it can panic
@@ -454,4 +540,24 @@ impl std::fmt::Debug for Index {
 
 fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The redb database at `path`, with damage named as such.
+fn open_database(path: &Path) -> Result<Database, IndexError> {
+    match Database::builder().set_cache_size(CACHE_BYTES).create(path) {
+        Ok(db) => Ok(db),
+        // What redb says of a file that is not one of its databases, or is damaged.
+        Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(what))) => {
+            Err(IndexError::Corrupt { path: path.to_path_buf(), what })
+        }
+        Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))
+            if e.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            Err(IndexError::Corrupt {
+                path: path.to_path_buf(),
+                what: format!("not a redb database, or a damaged one ({e})"),
+            })
+        }
+        Err(e) => Err(e).context(path, "opening"),
+    }
 }
