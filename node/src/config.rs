@@ -41,6 +41,9 @@ pub struct ServeConfig {
     /// without the daemon. Unset: `/nix/store` for the local daemon (`store = "daemon"`),
     /// none for another socket (its NARs come from its daemon).
     pub real_store_dir: Option<PathBuf>,
+    /// A peer unseen for this long is forgotten: what it advertised leaves the index.
+    #[serde(with = "secs")]
+    pub forget_peers_after: Duration,
 }
 
 impl ServeConfig {
@@ -73,6 +76,7 @@ impl Default for ServeConfig {
             rescan_interval: Duration::from_secs(2),
             priority: 10,
             real_store_dir: None,
+            forget_peers_after: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }

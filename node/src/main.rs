@@ -86,6 +86,10 @@ struct ServeArgs {
     /// (Nix's `real` store setting) [default: /nix/store with `--store daemon`, else none].
     #[arg(long)]
     real_store_dir: Option<PathBuf>,
+    /// Seconds after which a peer not seen is forgotten, its paths dropped from the index
+    /// [default: 604800, a week].
+    #[arg(long)]
+    forget_peers_after: Option<u64>,
 }
 
 impl ServeArgs {
@@ -118,6 +122,9 @@ impl ServeArgs {
             c.priority = v;
         }
         c.real_store_dir = self.real_store_dir;
+        if let Some(secs) = self.forget_peers_after {
+            c.forget_peers_after = Duration::from_secs(secs);
+        }
         Ok(c)
     }
 }

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::adverts::store_watch::StoreWatch;
 use crate::adverts::subscribe::Subscriptions;
-use crate::adverts::{AdvertLog, publish};
+use crate::adverts::{AdvertLog, forget, publish};
 use crate::config::ServeConfig;
 use crate::fetch::Provider;
 use crate::index::{Index, IndexError};
@@ -140,6 +140,12 @@ impl RunningNode {
         let provider = Provider::new(store.clone(), signing_key.clone(), real_store_dir);
         shutdown.spawn(provider.serve(mesh.clone(), shutdown.clone()));
 
+        shutdown.spawn(forget::forget_departed(
+            index.clone(),
+            mesh.peers().clone(),
+            config.forget_peers_after,
+            shutdown.clone(),
+        ));
         let mut subscriptions = Subscriptions::new(mesh.clone(), index.clone(), shutdown.clone());
         shutdown.spawn_until_stopped(async move {
             while let Some(event) = events.recv().await {

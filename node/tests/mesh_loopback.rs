@@ -223,3 +223,42 @@ fn a_node_with_a_damaged_index_starts_and_serves_again() {
     runtime.block_on(n2.stop()).unwrap();
     runtime.block_on(n1.stop()).unwrap();
 }
+
+#[test]
+fn a_peer_that_left_is_forgotten_after_the_configured_time() {
+    if !nix_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = CacheKey::generate(dir.path(), "loopback-1");
+    let hosts = [Host::local_in(dir.path(), "h1"), Host::local_in(dir.path(), "h2")];
+    let (s1, s2) = (HostStore::start(&hosts[0]), HostStore::start(&hosts[1]));
+    s1.add_file("held", b"a path held by node 1");
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let n1 = runtime
+        .block_on(RunningNode::start(config(&dir.path().join("n1"), &s1, &key.public, vec![])))
+        .unwrap();
+    let forget_after = Duration::from_secs(3);
+    let n2_config = nixmesh_node::config::ServeConfig {
+        forget_peers_after: forget_after,
+        ..config(&dir.path().join("n2"), &s2, &key.public, runtime.block_on(n1.p2p_addresses()))
+    };
+    let n2 = runtime.block_on(RunningNode::start(n2_config)).unwrap();
+    let status = |node: &RunningNode| -> serde_json::Value {
+        serde_json::from_slice(&get(node.http_address(), "/_nixmesh/status").1).unwrap()
+    };
+    let held = nixmesh_tests::wait_for(DEADLINE, "node 1 to list its store", || {
+        status(&n1)["local_paths"].as_u64().filter(|&n| n > 0)
+    });
+    wait_until(DEADLINE, "node 2 to index node 1's paths", || status(&n2)["indexed_paths"] == held);
+
+    runtime.block_on(n1.stop()).unwrap();
+    let left = std::time::Instant::now();
+    wait_until(DEADLINE, "node 2 to see node 1 gone", || status(&n2)["peers_connected"] == 0);
+    // Kept while away, then forgotten once the time has passed.
+    assert_eq!(status(&n2)["indexed_paths"], held, "kept at first, for a return");
+    wait_until(DEADLINE, "node 2 to forget node 1", || status(&n2)["indexed_paths"] == 0);
+    assert!(left.elapsed() >= forget_after, "forgotten after {:?}", left.elapsed());
+    runtime.block_on(n2.stop()).unwrap();
+}

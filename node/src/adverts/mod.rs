@@ -6,6 +6,7 @@
 //! - [`publish`] rescans the local store and answers subscribers.
 //! - [`subscribe`] follows each connected peer's advertisements into the index.
 
+pub mod forget;
 pub mod publish;
 pub mod store_watch;
 pub mod subscribe;
