@@ -94,6 +94,23 @@ impl<T> StallLimited<T> {
         self.last_progress = Instant::now();
     }
 
+    /// A write's outcome, with progress recorded and a stall turned into an error.
+    fn after_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match polled {
+            Poll::Ready(result) => {
+                if matches!(result, Ok(n) if n > 0) {
+                    self.moved();
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => self.check(cx, "writing the response").map(|r| r.map(|()| 0)),
+        }
+    }
+
     /// Called when the inner I/O is pending: an error once nothing moved for `stall`.
     fn check(&mut self, cx: &mut Context<'_>, doing: &str) -> Poll<io::Result<()>> {
         let deadline = self.last_progress + self.stall;
@@ -136,15 +153,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for StallLimited<T> {
         bytes: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_write(cx, bytes) {
-            Poll::Ready(result) => {
-                if matches!(result, Ok(n) if n > 0) {
-                    this.moved();
-                }
-                Poll::Ready(result)
-            }
-            Poll::Pending => this.check(cx, "writing the response").map(|r| r.map(|()| 0)),
-        }
+        let polled = Pin::new(&mut this.inner).poll_write(cx, bytes);
+        this.after_write(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -153,15 +163,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for StallLimited<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
-            Poll::Ready(result) => {
-                if matches!(result, Ok(n) if n > 0) {
-                    this.moved();
-                }
-                Poll::Ready(result)
-            }
-            Poll::Pending => this.check(cx, "writing the response").map(|r| r.map(|()| 0)),
-        }
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.after_write(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {

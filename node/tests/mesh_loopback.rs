@@ -29,6 +29,43 @@ fn get(address: SocketAddr, path: &str) -> (u16, Vec<u8>) {
     (status, response[split + 4..].to_vec())
 }
 
+/// Two hosts on this machine, each with its store, a signing key, and a runtime for their
+/// nodes: host 1 holds, host 2 asks.
+struct Pair {
+    dir: tempfile::TempDir,
+    key: CacheKey,
+    s1: HostStore,
+    s2: HostStore,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Pair {
+    fn new() -> Pair {
+        let dir = tempfile::tempdir().unwrap();
+        let key = CacheKey::generate(dir.path(), "loopback-1");
+        let s1 = HostStore::start(&Host::local_in(dir.path(), "h1"));
+        let s2 = HostStore::start(&Host::local_in(dir.path(), "h2"));
+        Pair { dir, key, s1, s2, runtime: tokio::runtime::Runtime::new().unwrap() }
+    }
+
+    /// A node named `name` (its state dir) on `store`, with `peers`.
+    fn start(&self, name: &str, store: &HostStore, peers: Vec<libp2p::Multiaddr>) -> RunningNode {
+        let config = config(&self.dir.path().join(name), store, &self.key.public, peers);
+        self.runtime.block_on(RunningNode::start(config)).unwrap()
+    }
+
+    /// Node 1 on host 1, and node 2 on host 2 with node 1 as its peer.
+    fn start_both(&self) -> (RunningNode, RunningNode) {
+        let n1 = self.start("n1", &self.s1, vec![]);
+        let n2 = self.start("n2", &self.s2, self.runtime.block_on(n1.p2p_addresses()));
+        (n1, n2)
+    }
+
+    fn stop(&self, node: RunningNode) {
+        self.runtime.block_on(node.stop()).unwrap();
+    }
+}
+
 #[test]
 fn nix_copy_substitutes_a_closure_through_two_nodes() {
     if !nix_available() {
@@ -108,24 +145,14 @@ fn stopping_a_node_lets_a_nar_in_flight_finish() {
     if !nix_available() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let key = CacheKey::generate(dir.path(), "loopback-1");
-    let hosts = [Host::local_in(dir.path(), "h1"), Host::local_in(dir.path(), "h2")];
-    let (s1, s2) = (HostStore::start(&hosts[0]), HostStore::start(&hosts[1]));
+    let pair = Pair::new();
     // 64 MiB: more than the sockets and the mesh's windows buffer, so the holder is still
     // sending when the stop comes.
     let contents: Vec<u8> =
         (0..64u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-    let path = s1.add_file("big", &contents);
-    s1.sign_closure(&key.secret_file, &path);
-
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let start = |name: &str, store, peers| {
-        let config = config(&dir.path().join(name), store, &key.public, peers);
-        runtime.block_on(RunningNode::start(config)).unwrap()
-    };
-    let n1 = start("n1", &s1, vec![]);
-    let n2 = start("n2", &s2, runtime.block_on(n1.p2p_addresses()));
+    let path = pair.s1.add_file("big", &contents);
+    pair.s1.sign_closure(&pair.key.secret_file, &path);
+    let (n1, n2) = pair.start_both();
     let http = n2.http_address();
     let narinfo = narinfo_url_path(&path);
     wait_until(DEADLINE, "node 2 to serve the narinfo", || get(http, &narinfo).0 == 200);
@@ -161,7 +188,7 @@ fn stopping_a_node_lets_a_nar_in_flight_finish() {
 
     // The stop drains the download while the mesh still serves it; every task then ends.
     let stopping = std::time::Instant::now();
-    runtime.block_on(n2.stop()).expect("node 2 stops with every task ended");
+    pair.runtime.block_on(n2.stop()).expect("node 2 stops with every task ended");
     let took = stopping.elapsed();
     let response = reader.join().unwrap();
     let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP header");
@@ -173,7 +200,7 @@ fn stopping_a_node_lets_a_nar_in_flight_finish() {
         took < nixmesh_localhttp::SHUTDOWN_GRACE + Duration::from_secs(6),
         "stop took {took:?}"
     );
-    runtime.block_on(n1.stop()).unwrap();
+    pair.stop(n1);
 }
 
 #[test]
@@ -181,36 +208,23 @@ fn a_node_with_a_damaged_index_starts_and_serves_again() {
     if !nix_available() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let key = CacheKey::generate(dir.path(), "loopback-1");
-    let hosts = [Host::local_in(dir.path(), "h1"), Host::local_in(dir.path(), "h2")];
-    let (s1, s2) = (HostStore::start(&hosts[0]), HostStore::start(&hosts[1]));
-    let path = s1.add_file("held", b"a path held by node 1");
-    s1.sign_closure(&key.secret_file, &path);
+    let pair = Pair::new();
+    let path = pair.s1.add_file("held", b"a path held by node 1");
+    pair.s1.sign_closure(&pair.key.secret_file, &path);
     let narinfo = narinfo_url_path(&path);
-
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let n1 = runtime
-        .block_on(RunningNode::start(config(&dir.path().join("n1"), &s1, &key.public, vec![])))
-        .unwrap();
-    let peers = runtime.block_on(n1.p2p_addresses());
-    let state = dir.path().join("n2");
-    let n2 = runtime
-        .block_on(RunningNode::start(config(&state, &s2, &key.public, peers.clone())))
-        .unwrap();
+    let (n1, n2) = pair.start_both();
     wait_until(DEADLINE, "node 2 to serve node 1's path", || {
         get(n2.http_address(), &narinfo).0 == 200
     });
-    runtime.block_on(n2.stop()).unwrap();
+    pair.stop(n2);
 
     // Garbage where the index was: the node starts anyway, sets the file aside, and serves
     // once node 1's snapshot has arrived again.
+    let state = pair.dir.path().join("n2");
     let index = state.join(nixmesh_node::node::INDEX_FILE);
     let len = std::fs::metadata(&index).unwrap().len() as usize;
     std::fs::write(&index, (0..len).map(|i| (i * 131 % 251) as u8).collect::<Vec<u8>>()).unwrap();
-    let n2 = runtime
-        .block_on(RunningNode::start(config(&state, &s2, &key.public, peers)))
-        .expect("a damaged index does not stop the node");
+    let n2 = pair.start("n2", &pair.s2, pair.runtime.block_on(n1.p2p_addresses()));
     wait_until(DEADLINE, "node 2 to serve node 1's path again", || {
         get(n2.http_address(), &narinfo).0 == 200
     });
@@ -220,8 +234,8 @@ fn a_node_with_a_damaged_index_starts_and_serves_again() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("index.redb.damaged-"))
         .count();
     assert_eq!(set_aside, 1, "the damaged file is kept beside the new index");
-    runtime.block_on(n2.stop()).unwrap();
-    runtime.block_on(n1.stop()).unwrap();
+    pair.stop(n2);
+    pair.stop(n1);
 }
 
 #[test]
@@ -229,22 +243,16 @@ fn a_peer_that_left_is_forgotten_after_the_configured_time() {
     if !nix_available() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let key = CacheKey::generate(dir.path(), "loopback-1");
-    let hosts = [Host::local_in(dir.path(), "h1"), Host::local_in(dir.path(), "h2")];
-    let (s1, s2) = (HostStore::start(&hosts[0]), HostStore::start(&hosts[1]));
-    s1.add_file("held", b"a path held by node 1");
-
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let n1 = runtime
-        .block_on(RunningNode::start(config(&dir.path().join("n1"), &s1, &key.public, vec![])))
-        .unwrap();
+    let pair = Pair::new();
+    pair.s1.add_file("held", b"a path held by node 1");
+    let n1 = pair.start("n1", &pair.s1, vec![]);
     let forget_after = Duration::from_secs(3);
+    let peers = pair.runtime.block_on(n1.p2p_addresses());
     let n2_config = nixmesh_node::config::ServeConfig {
         forget_peers_after: forget_after,
-        ..config(&dir.path().join("n2"), &s2, &key.public, runtime.block_on(n1.p2p_addresses()))
+        ..config(&pair.dir.path().join("n2"), &pair.s2, &pair.key.public, peers)
     };
-    let n2 = runtime.block_on(RunningNode::start(n2_config)).unwrap();
+    let n2 = pair.runtime.block_on(RunningNode::start(n2_config)).unwrap();
     let status = |node: &RunningNode| -> serde_json::Value {
         serde_json::from_slice(&get(node.http_address(), "/_nixmesh/status").1).unwrap()
     };
@@ -253,12 +261,12 @@ fn a_peer_that_left_is_forgotten_after_the_configured_time() {
     });
     wait_until(DEADLINE, "node 2 to index node 1's paths", || status(&n2)["indexed_paths"] == held);
 
-    runtime.block_on(n1.stop()).unwrap();
+    pair.stop(n1);
     let left = std::time::Instant::now();
     wait_until(DEADLINE, "node 2 to see node 1 gone", || status(&n2)["peers_connected"] == 0);
     // Kept while away, then forgotten once the time has passed.
     assert_eq!(status(&n2)["indexed_paths"], held, "kept at first, for a return");
     wait_until(DEADLINE, "node 2 to forget node 1", || status(&n2)["indexed_paths"] == 0);
     assert!(left.elapsed() >= forget_after, "forgotten after {:?}", left.elapsed());
-    runtime.block_on(n2.stop()).unwrap();
+    pair.stop(n2);
 }
