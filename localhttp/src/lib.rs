@@ -13,6 +13,7 @@
 mod cache;
 pub mod config;
 pub mod connection;
+mod holders;
 mod nar;
 mod routes;
 pub mod server;

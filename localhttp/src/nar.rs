@@ -9,14 +9,14 @@ use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
 use thiserror::Error;
-use tokio::time::{Instant, timeout};
-use tracing::{debug, warn};
+use tracing::debug;
 
+use crate::holders::{Miss, first_of};
 use crate::routes::{malformed, miss};
 use crate::source::{PathSource, SourceError};
 use crate::substituter::Substituter;
 use crate::target::{Target, TargetError};
-use crate::verified_nar::{Expected, NarError, VerifiedNar};
+use crate::verified_nar::{Expected, VerifiedNar};
 
 /// Why a holder's NAR was not used before the response started.
 #[derive(Debug, Error)]
@@ -25,8 +25,6 @@ enum Unused {
     Source(#[from] SourceError),
     #[error("the peer says it has no NAR for it")]
     NotHeld,
-    #[error(transparent)]
-    Nar(#[from] NarError),
 }
 
 pub async fn nar<S: PathSource>(State(sub): State<Arc<Substituter<S>>>, uri: Uri) -> Response {
@@ -67,38 +65,30 @@ async fn open<S: PathSource>(
     expected: Expected,
     holders: Vec<S::Peer>,
 ) -> Option<VerifiedNar<S::Peer>> {
-    let deadline = Instant::now() + sub.config.nar_start_deadline;
-    for (tried, peer) in holders.iter().enumerate() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            warn!(hash = %expected.store_hash, untried = holders.len() - tried,
-                "NAR not started within {:?}", sub.config.nar_start_deadline);
-            break;
-        }
-        let limit = sub.config.nar_first_byte_timeout.min(left);
-        let remaining = holders[tried + 1..].to_vec();
-        let attempt = async {
-            let stream =
-                sub.source.fetch_nar(peer, expected.store_hash, expected.nar_hash, 0).await?;
-            let stream = stream.ok_or(Unused::NotHeld)?;
+    let attempt = |peer: &S::Peer, remaining: &[S::Peer]| {
+        let (peer, remaining) = (peer.clone(), remaining.to_vec());
+        async move {
+            let stream = sub.source.fetch_nar(&peer, expected.store_hash, expected.nar_hash, 0);
+            let stream = stream.await.map_err(|e| Miss::Because(Unused::Source(e)))?;
+            let stream = stream.ok_or(Miss::Because(Unused::NotHeld))?;
             let idle = sub.config.nar_idle_timeout;
-            let mut nar = VerifiedNar::new(expected, peer.clone(), stream, remaining, idle);
-            nar.first_bytes().await?;
-            Ok::<_, Unused>(nar)
-        };
-        match timeout(limit, attempt).await {
-            Ok(Ok(nar)) => {
-                debug!(%peer, "NAR transfer started");
-                return Some(nar);
-            }
-            // The adapter has logged it already.
-            Ok(Err(Unused::Nar(_))) => {}
-            Ok(Err(why)) => warn!(%peer, hash = %expected.store_hash, "NAR not used: {why}"),
-            Err(_) => warn!(%peer, hash = %expected.store_hash,
-                "NAR not used: no bytes within {limit:?}"),
+            let mut nar = VerifiedNar::new(expected, peer, stream, remaining, idle);
+            // The adapter logs its own refusals.
+            nar.first_bytes().await.map_err(|_| Miss::Logged)?;
+            Ok(nar)
         }
-    }
-    None
+    };
+    let (peer, nar) = first_of(
+        &holders,
+        expected.store_hash,
+        "NAR",
+        sub.config.nar_first_byte_timeout,
+        sub.config.nar_start_deadline,
+        attempt,
+    )
+    .await?;
+    debug!(%peer, "NAR transfer started");
+    Some(nar)
 }
 
 /// `holders` with `preferred` (the peer whose narinfo was verified) first, the others in their

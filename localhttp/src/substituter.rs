@@ -2,18 +2,17 @@
 //! if it parses, names the store path asked for, and carries a signature from a trusted key.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use nixmesh_protocol::narinfo::NarInfoError;
 use nixmesh_protocol::signature::TrustedKeys;
 use nixmesh_protocol::{NarInfo, StorePath, StorePathHash};
 use thiserror::Error;
-use tokio::time::{Instant, timeout};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::cache::{NarInfoCache, Verified};
 use crate::config::Config;
+use crate::holders::{Miss, first_of};
 use crate::source::{PathSource, SourceError};
 use crate::target::NarFile;
 
@@ -29,8 +28,6 @@ pub struct Substituter<S: PathSource> {
 pub enum Rejection {
     #[error(transparent)]
     Source(#[from] SourceError),
-    #[error("no answer within {0:?}")]
-    TimedOut(Duration),
     #[error("the peer says it has no narinfo for it")]
     NotHeld,
     #[error("the narinfo does not parse: {0}")]
@@ -62,42 +59,28 @@ impl<S: PathSource> Substituter<S> {
             debug!(peer = %verified.peer, "narinfo remembered from an earlier request");
             return Some(verified);
         }
-        let deadline = Instant::now() + self.config.narinfo_deadline;
-        for (asked, peer) in holders.iter().enumerate() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                let skipped = holders.len() - asked;
-                warn!(%hash, skipped, deadline = ?self.config.narinfo_deadline,
-                    "narinfo deadline passed before every holder was asked");
-                break;
-            }
-            match self.ask(peer, hash, left.min(self.config.narinfo_peer_timeout)).await {
-                Ok(narinfo) => {
-                    debug!(%peer, "narinfo verified");
-                    let verified = Arc::new(Verified {
-                        for_nix: Bytes::from(for_nix(&narinfo).to_string()),
-                        narinfo,
-                        peer: peer.clone(),
-                    });
-                    self.cache.insert(hash, verified.clone());
-                    return Some(verified);
-                }
-                Err(why) => warn!(%peer, %hash, "narinfo from peer not used: {why}"),
-            }
-        }
-        None
+        let ask = |peer: &S::Peer, _: &[S::Peer]| {
+            let peer = peer.clone();
+            async move { self.ask(&peer, hash).await.map_err(Miss::Because) }
+        };
+        let (peer, narinfo) = first_of(
+            holders,
+            hash,
+            "narinfo",
+            self.config.narinfo_peer_timeout,
+            self.config.narinfo_deadline,
+            ask,
+        )
+        .await?;
+        debug!(%peer, "narinfo verified");
+        let for_nix = Bytes::from(for_nix(&narinfo).to_string());
+        let verified = Arc::new(Verified { for_nix, narinfo, peer });
+        self.cache.insert(hash, verified.clone());
+        Some(verified)
     }
 
-    async fn ask(
-        &self,
-        peer: &S::Peer,
-        hash: StorePathHash,
-        limit: Duration,
-    ) -> Result<NarInfo, Rejection> {
-        let text = timeout(limit, self.source.fetch_narinfo(peer, hash))
-            .await
-            .map_err(|_| Rejection::TimedOut(limit))??
-            .ok_or(Rejection::NotHeld)?;
+    async fn ask(&self, peer: &S::Peer, hash: StorePathHash) -> Result<NarInfo, Rejection> {
+        let text = self.source.fetch_narinfo(peer, hash).await?.ok_or(Rejection::NotHeld)?;
         accept(&text, hash, &self.config.trusted_keys)
     }
 }
