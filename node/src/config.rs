@@ -32,7 +32,8 @@ pub struct ServeConfig {
     pub peers: Vec<Multiaddr>,
     /// Discover peers on the local link with mDNS.
     pub mdns: bool,
-    /// How often the local store is rescanned for new and removed paths.
+    /// How often the local store is rescanned for new and removed paths where its database
+    /// cannot be watched (see `real_store_dir`); a watched store is rescanned on each change.
     #[serde(with = "secs")]
     pub rescan_interval: Duration,
     /// The `Priority` in `/nix-cache-info` (lower is preferred by Nix; cache.nixos.org is 40).

@@ -76,7 +76,8 @@ struct ServeArgs {
     /// Do not announce or discover peers with mDNS.
     #[arg(long)]
     no_mdns: bool,
-    /// Seconds between rescans of the local store [default: 2].
+    /// Seconds between rescans of the local store where its database cannot be watched
+    /// [default: 2].
     #[arg(long)]
     rescan_interval: Option<f64>,
     /// The Priority the substituter announces to Nix [default: 10].

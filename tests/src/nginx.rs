@@ -2,7 +2,7 @@
 //! file://DIR`) that the benchmarks measure nixmesh against, and the stand-in for an
 //! upstream cache. Stopped on drop.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
@@ -16,7 +16,6 @@ const START_LIMIT: Duration = Duration::from_secs(20);
 pub struct Nginx {
     child: Child,
     url: String,
-    dir: PathBuf,
 }
 
 impl Nginx {
@@ -67,7 +66,7 @@ http {{
             .spawn()
             .expect("starting nginx");
         let url = format!("http://{listen}");
-        let nginx = Nginx { child, url, dir };
+        let nginx = Nginx { child, url };
         let address = listen.parse().expect("an address");
         wait_until(START_LIMIT, "nginx to accept connections", || host_connects(host, &address));
         nginx
@@ -84,11 +83,6 @@ http {{
         let mut pids = vec![master];
         pids.extend(children_of(master));
         pids
-    }
-
-    /// Requests nginx logged (one line each) so far.
-    pub fn requests_logged(&self) -> usize {
-        std::fs::read_to_string(self.dir.join("access.log")).map_or(0, |t| t.lines().count())
     }
 }
 
@@ -114,7 +108,7 @@ fn host_connects(host: &Host, address: &std::net::SocketAddr) -> bool {
 }
 
 /// The processes whose parent is `pid`.
-pub fn children_of(pid: u32) -> Vec<u32> {
+fn children_of(pid: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())

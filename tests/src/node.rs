@@ -37,19 +37,21 @@ pub fn nixmesh_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| match std::env::var_os("NIXMESH_BIN") {
         Some(bin) => PathBuf::from(bin),
-        None => build_nixmesh(),
+        None => build_nixmesh(false),
     })
     .clone()
 }
 
-fn build_nixmesh() -> PathBuf {
+/// Builds the `nixmesh` binary (`release` or the dev profile) with the `cargo` running this
+/// process, and returns its path.
+pub fn build_nixmesh(release: bool) -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent");
-    let messages = Command::new(cargo)
-        .current_dir(workspace)
-        .args(["build", "-p", "nixmesh-node", "--bin", "nixmesh"])
-        .arg("--message-format=json-render-diagnostics")
-        .stdout_within(BUILD_LIMIT);
+    let mut build = Command::new(cargo);
+    build.current_dir(workspace_dir()).args(["build", "-p", "nixmesh-node", "--bin", "nixmesh"]);
+    if release {
+        build.arg("--release");
+    }
+    let messages = build.arg("--message-format=json-render-diagnostics").stdout_within(BUILD_LIMIT);
     // Cargo names the binary it built in a `compiler-artifact` message; this finds it
     // wherever the target directory is.
     let executable = String::from_utf8_lossy(&messages)
@@ -58,6 +60,11 @@ fn build_nixmesh() -> PathBuf {
         .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "nixmesh")
         .find_map(|m| m["executable"].as_str().map(PathBuf::from));
     executable.expect("cargo build reported no `nixmesh` executable")
+}
+
+/// The workspace's root directory.
+pub fn workspace_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
 }
 
 /// `nixmesh keygen NAME --out FILE`: writes a secret key to `out` and returns the public

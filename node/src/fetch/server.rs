@@ -1,10 +1,11 @@
 //! Answering peers' fetch sessions from the local store: narinfos built from the daemon's
-//! path info (signed on the fly with `--sign-key-file`), and NARs streamed from the daemon.
+//! path info (signed on the fly with `--sign-key-file`), and NARs made from the store's files
+//! (or, for paths not found there, streamed from the daemon).
 //!
 //! Limits: at most [`SESSIONS`] open sessions (and so many per peer); each request waits for
 //! a turn ([`TURNS`]: so many answered at once, so many for one peer, each waited for a
 //! bounded time, then a `Failed` "busy" answer); NARs also wait for a transfer slot, since
-//! each holds a daemon connection for its whole transfer.
+//! each holds a reading thread or a daemon connection for its whole transfer.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -41,8 +42,9 @@ const SESSIONS: StreamLimits =
 const TURNS: TurnLimits =
     TurnLimits { concurrent: 64, per_peer: 32, max_wait: Duration::from_secs(10) };
 
-/// NARs sent at once. Each holds a daemon connection for its whole transfer, so they get
-/// three quarters of the pool and the rest stays free for path info and store rescans.
+/// NARs sent at once. Each holds a blocking thread reading the store, or a daemon connection
+/// for its whole transfer; they get three quarters of the daemon pool, so the rest stays free
+/// for path info and store rescans.
 const MAX_NAR_TRANSFERS: usize = crate::store::MAX_ACTIVE * 3 / 4;
 /// How long a NAR request may wait for a transfer slot before the peer is told to go
 /// elsewhere.
@@ -78,7 +80,7 @@ impl Provider {
 
     /// The NAR of `info`'s path: from its files if they are where the store keeps them, else
     /// from the daemon.
-    async fn nar(&self, info: &PathInfo) -> Result<DaemonNar, StoreError> {
+    async fn nar(&self, info: &PathInfo) -> Result<NarBytes, StoreError> {
         if let Some(dir) = &self.real_store_dir {
             let on_disk = dir.join(info.path.base_name());
             if std::fs::symlink_metadata(&on_disk).is_ok() {
@@ -87,12 +89,6 @@ impl Provider {
             debug!(path = %info.path, "not on disk under {}; asking the daemon", dir.display());
         }
         Ok(Box::pin(self.store.nar_from_path(&info.path, info.nar_size).await?))
-    }
-
-    /// The narinfo for the path with `hash`, with the signatures the store holds and ours.
-    pub async fn narinfo(&self, hash: StorePathHash) -> Result<Option<NarInfo>, String> {
-        let Some(info) = self.path_info(hash).await? else { return Ok(None) };
-        Ok(Some(self.narinfo_for(info)))
     }
 
     async fn path_info(&self, hash: StorePathHash) -> Result<Option<PathInfo>, String> {
@@ -104,6 +100,7 @@ impl Provider {
         self.store.query_path_info(&path).await.map_err(|e| e.to_string())
     }
 
+    /// The narinfo for `info`, with the signatures the store holds and ours.
     fn narinfo_for(&self, info: PathInfo) -> NarInfo {
         let signatures = info
             .signatures
@@ -204,7 +201,7 @@ impl Provider {
             FetchRequest::Nar { hash, nar_hash, offset } => {
                 // Nix asks for a NAR right after its narinfo: the path info from then saves two
                 // daemon round trips. The NarHash asked for is checked against it all the same,
-                // and a path deleted since makes the daemon's NAR fail, never a wrong one.
+                // and a path deleted since makes its NAR fail, never a wrong one.
                 let info = match self.recent.get(&hash) {
                     Some(info) => Some(info),
                     None => self.path_info(hash).await.map_err(failed)?,
@@ -262,24 +259,24 @@ impl RecentPathInfo {
 /// What the holder will send for a request it can serve.
 enum Plan {
     NarInfo(String),
-    /// The daemon's NAR stream (from the start), the part to send, and the transfer slot
-    /// held while it is sent.
+    /// The NAR's bytes (from the start), the part to send, and the transfer slot held while
+    /// it is sent.
     Nar {
-        nar: DaemonNar,
+        nar: NarBytes,
         nar_size: u64,
         offset: u64,
         slot: OwnedSemaphorePermit,
     },
 }
 
-type DaemonNar = Pin<Box<dyn Stream<Item = Result<Bytes, StoreError>> + Send>>;
+type NarBytes = Pin<Box<dyn Stream<Item = Result<Bytes, StoreError>> + Send>>;
 
 /// Writes the NAR's bytes from `offset` on (the NAR always comes from its start), exactly
 /// `nar_size - offset` of them: the asker reads that many and then its next answer, so a NAR
 /// of another size (files changed on disk) ends the session rather than garble it.
 async fn send_nar<S>(
     stream: &mut S,
-    mut nar: DaemonNar,
+    mut nar: NarBytes,
     nar_size: u64,
     offset: u64,
 ) -> Result<(), FrameError>

@@ -101,11 +101,6 @@ struct Mirror {
 }
 
 impl Index {
-    /// Opens the index at `path`, creating the file if it is missing.
-    ///
-    /// Fails with a message naming the file if it is not a redb database, was written with
-    /// another schema version, or is damaged beyond what redb repairs itself (after an unclean
-    /// shutdown redb checks and repairs the file here, which can take a while for large ones).
     /// Opens the index at `path` like [`Index::open`]; a file that turns out damaged
     /// (truncated, garbage, another layout, or one that makes redb panic) is renamed to
     /// `<path>.damaged-<unix time>` and a new, empty index is made in its place, to be filled
@@ -142,6 +137,11 @@ impl Index {
         Ok((Index::open(path)?, Some(aside)))
     }
 
+    /// Opens the index at `path`, creating the file if it is missing.
+    ///
+    /// Fails with a message naming the file if it is not a redb database, was written with
+    /// another schema version, or is damaged beyond what redb repairs itself (after an unclean
+    /// shutdown redb checks and repairs the file here, which can take a while for large ones).
     pub fn open(path: &Path) -> Result<Index, IndexError> {
         let db = open_database(path)?;
         let txn = db.begin_write().context(path, "opening")?;
@@ -461,16 +461,13 @@ impl Index {
         &self,
         f: impl FnOnce(&Database) -> Result<T, IndexError>,
     ) -> Result<T, IndexError> {
-        let result = {
-            let db = self.db.read().unwrap_or_else(PoisonError::into_inner);
-            match db.as_ref() {
-                Some(db) => f(db),
-                None => Err(IndexError::Unavailable {
-                    path: self.path.clone(),
-                    why: self.trouble().unwrap_or_else(|| "being reopened".to_owned()),
-                }),
-            }
-        };
+        // The database lock is let go before the health lock is taken: `reopen` takes them
+        // the other way round.
+        let ran = self.db.read().unwrap_or_else(PoisonError::into_inner).as_ref().map(f);
+        let result = ran.unwrap_or_else(|| {
+            let why = self.trouble().unwrap_or_else(|| "being reopened".to_owned());
+            Err(IndexError::Unavailable { path: self.path.clone(), why })
+        });
         if let Err(e) = &result
             && e.needs_reopen()
         {

@@ -23,10 +23,10 @@ use libp2p::{
 };
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
-
-use crate::shutdown::Shutdown;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
+
+use crate::shutdown::Shutdown;
 
 use peers::MAX_ADDRESSES;
 pub use peers::{PeerState, PeerTable};

@@ -17,12 +17,12 @@
 //! printed and, unless `--no-write`, written to `docs/benchmarks.md` with the machine, the
 //! date and the commit.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nixmesh_tests::http::{count_all, get_all, hammer, quantile};
 use nixmesh_tests::nginx::{Nginx, cpu_seconds};
+use nixmesh_tests::node::{build_nixmesh, workspace_dir};
 use nixmesh_tests::{
     CacheKey, CommandExt, Host, HostStore, Lan, Node, NodeOptions, narinfo_url_path, wait_until,
 };
@@ -55,6 +55,21 @@ fn main() {
     if args.first().map(String::as_str) == Some("load") {
         return load(&args[1..]);
     }
+    const GROUPS: [&str; 5] = ["small", "big", "narinfo", "propagation", "idle"];
+    let mut words = args.iter().map(String::as_str);
+    while let Some(word) = words.next() {
+        match word {
+            "--quick" | "--no-write" => {}
+            "--only" if words.next().is_some_and(|g| GROUPS.contains(&g)) => {}
+            _ => {
+                eprintln!(
+                    "usage: nixmesh-bench [--quick] [--no-write] [--only {}]",
+                    GROUPS.join("|")
+                );
+                std::process::exit(2);
+            }
+        }
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
     let settings = if quick {
@@ -75,7 +90,7 @@ fn main() {
 fn run(s: &Settings) -> Vec<Row> {
     assert!(nixmesh_tests::require_root() && nixmesh_tests::require_tool("nginx"));
     // SAFETY: set before any thread of ours starts.
-    unsafe { std::env::set_var("NIXMESH_BIN", build_release()) };
+    unsafe { std::env::set_var("NIXMESH_BIN", build_nixmesh(true)) };
     let lan = Lan::new(2);
     let (h1, h2) = (&lan.hosts()[0], &lan.hosts()[1]);
     let (s1, s2) = (HostStore::start(h1), HostStore::start(h2));
@@ -247,7 +262,7 @@ fn run(s: &Settings) -> Vec<Row> {
         });
     }
     // The nodes' logs outlive the LAN, for a look at what happened.
-    let logs = workspace().join("target/bench-logs");
+    let logs = workspace_dir().join("target/bench-logs");
     let _ = std::fs::create_dir_all(&logs);
     for (name, node) in [("host1.log", &n1), ("host2.log", &n2)] {
         let _ = std::fs::copy(node.log_path(), logs.join(name));
@@ -278,10 +293,6 @@ impl Bench<'_> {
         );
     }
 
-    fn nginx_pids(&self) -> Vec<u32> {
-        self.nginx.pids()
-    }
-
     /// Runs `work(url)` `reps` times against each side, alternating; the median times.
     fn timed(&self, case: &str, target: &str, work: impl Fn(&str), mesh: &str) -> Row {
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
@@ -290,7 +301,7 @@ impl Bench<'_> {
             let (t, cpu) = measure(&self.nodes, || work(mesh));
             ours.push(t);
             cpu_ours += cpu;
-            let (t, cpu) = measure(&self.nginx_pids(), || work(self.nginx.url()));
+            let (t, cpu) = measure(&self.nginx.pids(), || work(self.nginx.url()));
             theirs.push(t);
             cpu_theirs += cpu;
         }
@@ -315,11 +326,10 @@ impl Bench<'_> {
         let mut rows = Vec::new();
         let mut per_side = Vec::new();
         for base in [mesh.to_owned(), self.nginx.url().to_owned()] {
-            let pids = if base == mesh { self.nodes.to_vec() } else { self.nginx_pids() };
+            let pids = if base == mesh { self.nodes.to_vec() } else { self.nginx.pids() };
             let cpu0 = cpu_seconds(&pids);
             let info = self.load(&base, 25, &narinfos);
-            let nar_urls: Vec<String> = info.bodies_urls.clone();
-            let nar = self.load(&base, 16, &nar_urls);
+            let nar = self.load(&base, 16, &info.bodies_urls);
             per_side.push((info, nar, cpu_seconds(&pids) - cpu0));
         }
         let (ours, theirs) = (&per_side[0], &per_side[1]);
@@ -360,7 +370,7 @@ impl Bench<'_> {
         for _ in 0..self.s.reps {
             for (side, base) in [(0, mesh), (1, self.nginx.url())] {
                 let info = self.load(base, 1, &[narinfo_url_path(big)]);
-                let pids = if side == 0 { self.nodes.to_vec() } else { self.nginx_pids() };
+                let pids = if side == 0 { self.nodes.to_vec() } else { self.nginx.pids() };
                 let cpu0 = cpu_seconds(&pids);
                 let nar = self.load(base, 1, &info.bodies_urls);
                 assert_eq!(nar.ok, 1, "the big NAR from {base}");
@@ -399,7 +409,7 @@ impl Bench<'_> {
         let mut out = Vec::new();
         for (side, (base, pids)) in [
             (mesh.to_owned(), self.nodes.to_vec()),
-            (self.nginx.url().to_owned(), self.nginx_pids()),
+            (self.nginx.url().to_owned(), self.nginx.pids()),
         ]
         .into_iter()
         .enumerate()
@@ -564,27 +574,6 @@ fn big_path(store: &HostStore, mib: usize) -> String {
     String::from_utf8(out.stdout).expect("UTF-8").trim().to_owned()
 }
 
-/// Builds the node in release mode and returns its path.
-fn build_release() -> PathBuf {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let workspace = workspace();
-    let messages = Command::new(cargo)
-        .current_dir(&workspace)
-        .args(["build", "--release", "-p", "nixmesh-node", "--bin", "nixmesh"])
-        .arg("--message-format=json-render-diagnostics")
-        .stdout_within(Duration::from_secs(1800));
-    String::from_utf8_lossy(&messages)
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "nixmesh")
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .expect("cargo reported the nixmesh executable")
-}
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
-}
-
 fn render(rows: &[Row]) -> String {
     let mut out = String::from(
         "| case | nixmesh | nginx (baseline) | ratio | CPU s: nodes / nginx | target |\n|---|---|---|---|---|---|\n",
@@ -602,7 +591,7 @@ fn render(rows: &[Row]) -> String {
 fn sh(cmd: &str) -> String {
     Command::new("sh")
         .args(["-c", cmd])
-        .current_dir(workspace())
+        .current_dir(workspace_dir())
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default()
@@ -628,7 +617,7 @@ fn write_report(s: &Settings, commit: &str, table: &str) {
             "openssl speed -evp sha256 -bytes 16384 -seconds 1 2>/dev/null | awk '/^sha256/ {print $2}'"
         ) + " bytes/s (k = 1,000)",
     );
-    let path = workspace().join("docs/benchmarks.md");
+    let path = workspace_dir().join("docs/benchmarks.md");
     let existing = std::fs::read_to_string(&path).unwrap_or_default();
     let marker = "<!-- runs: newest first -->\n";
     let text = match existing.split_once(marker) {
