@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use libp2p::{PeerId, identity};
 use nixmesh_node::config::ServeConfig;
-use nixmesh_node::mesh::framing::{read_frame, write_frame};
+use nixmesh_node::mesh::framed::{FrameLimits, MeshStream};
 use nixmesh_node::mesh::{DialTarget, Mesh};
 use nixmesh_node::node::RunningNode;
 use nixmesh_node::shutdown::Shutdown;
@@ -100,15 +100,25 @@ impl Setup {
     /// bytes that follow it up to the stream's end.
     fn ask(&self, request: &FetchRequest) -> (FetchResponse, Vec<u8>) {
         self.runtime.block_on(async {
-            let stream = self.open().await;
-            let mut stream = stream.compat();
-            write_frame(&mut stream, request, DEADLINE).await.unwrap();
+            let limits = FrameLimits {
+                idle: DEADLINE,
+                read: DEADLINE,
+                write: DEADLINE,
+                max_frame: MAX_FRAME_LEN,
+            };
+            let mut stream = MeshStream::mesh(self.open().await, limits);
+            stream.write(request).await.unwrap();
             // One request only: closing our side ends the session after the answer.
-            stream.shutdown().await.unwrap();
-            let response = read_frame(&mut stream, DEADLINE, MAX_FRAME_LEN).await.unwrap();
+            stream.close().await.unwrap();
+            let response = stream.read().await.unwrap();
             let mut rest = Vec::new();
-            tokio::time::timeout(DEADLINE, stream.read_to_end(&mut rest)).await.unwrap().unwrap();
-            (response, rest)
+            loop {
+                let bytes = stream.read_bytes(64 * 1024).await.unwrap();
+                if bytes.is_empty() {
+                    break (response, rest);
+                }
+                rest.extend(bytes);
+            }
         })
     }
 

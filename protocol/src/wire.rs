@@ -125,14 +125,18 @@ pub fn frame_len(header: [u8; 4], limit: usize) -> Result<usize, WireError> {
 }
 
 /// Decodes a frame body (without its length prefix).
-pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
+fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
     Ok(postcard::from_bytes(body)?)
 }
 
 /// Decodes the first frame in `buf`, if it is complete: the message and the bytes it used.
-pub fn decode_frame<T: DeserializeOwned>(buf: &[u8]) -> Result<Option<(T, usize)>, WireError> {
+/// A header announcing a body longer than `limit` is an error as soon as it is complete.
+pub fn decode_frame<T: DeserializeOwned>(
+    buf: &[u8],
+    limit: usize,
+) -> Result<Option<(T, usize)>, WireError> {
     let Some(header) = buf.get(..4) else { return Ok(None) };
-    let len = frame_len(header.try_into().expect("four bytes"), MAX_FRAME_LEN)?;
+    let len = frame_len(header.try_into().expect("four bytes"), limit)?;
     let Some(body) = buf.get(4..4 + len) else { return Ok(None) };
     Ok(Some((decode_body(body)?, 4 + len)))
 }
@@ -167,7 +171,8 @@ mod tests {
         }
         let mut rest = &stream[..];
         for m in &messages {
-            let (decoded, used) = decode_frame::<AdvertMessage>(rest).unwrap().unwrap();
+            let (decoded, used) =
+                decode_frame::<AdvertMessage>(rest, MAX_FRAME_LEN).unwrap().unwrap();
             assert_eq!(&decoded, m);
             rest = &rest[used..];
         }
@@ -178,7 +183,7 @@ mod tests {
     fn incomplete_frames_wait_for_more() {
         let frame = encode_frame(&FetchRequest::NarInfo { hash: hash(9) }).unwrap();
         for cut in 0..frame.len() {
-            assert!(decode_frame::<FetchRequest>(&frame[..cut]).unwrap().is_none());
+            assert!(decode_frame::<FetchRequest>(&frame[..cut], MAX_FRAME_LEN).unwrap().is_none());
         }
     }
 
@@ -187,7 +192,10 @@ mod tests {
         let header = ((MAX_FRAME_LEN + 1) as u32).to_be_bytes();
         let too_large = |r| matches!(r, Err(WireError::TooLarge { .. }));
         assert!(too_large(frame_len(header, usize::MAX)));
-        assert!(matches!(decode_frame::<FetchRequest>(&header), Err(WireError::TooLarge { .. })));
+        assert!(matches!(
+            decode_frame::<FetchRequest>(&header, MAX_FRAME_LEN),
+            Err(WireError::TooLarge { .. })
+        ));
         let request = ((MAX_REQUEST_FRAME_LEN + 1) as u32).to_be_bytes();
         assert!(too_large(frame_len(request, MAX_REQUEST_FRAME_LEN)));
     }
@@ -215,8 +223,8 @@ mod tests {
     proptest! {
         #[test]
         fn decoding_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-            let _ = decode_frame::<FetchResponse>(&bytes);
-            let _ = decode_frame::<AdvertMessage>(&bytes);
+            let _ = decode_frame::<FetchResponse>(&bytes, MAX_FRAME_LEN);
+            let _ = decode_frame::<AdvertMessage>(&bytes, MAX_FRAME_LEN);
             let _ = decode_body::<FetchRequest>(&bytes);
         }
     }

@@ -8,18 +8,23 @@ use nixmesh_protocol::wire::{
     ADVERTS_PROTOCOL, AdvertMessage, AdvertPosition, AdvertRequest, MAX_HASHES_PER_FRAME,
     MAX_REQUEST_FRAME_LEN,
 };
-use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tracing::{debug, info, info_span, warn};
 
 use super::store_watch::StoreWatch;
 use super::{AdvertLog, CatchUp};
-use crate::mesh::framing::{FrameError, read_frame, write_frame};
+use crate::mesh::framed::{FrameError, FrameLimits, MeshStream};
 use crate::mesh::{Mesh, StreamLimits, serve_streams};
 use crate::shutdown::Shutdown;
 use crate::store::Store;
 
 /// How long a subscriber may take to send its request, or to take one frame.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+const LIMITS: FrameLimits = FrameLimits {
+    idle: FRAME_TIMEOUT,
+    read: FRAME_TIMEOUT,
+    write: FRAME_TIMEOUT,
+    max_frame: MAX_REQUEST_FRAME_LEN,
+};
 /// Subscribers served at once (each is a long-lived stream), two per peer (one, and the one
 /// replacing it while the old closes); none wait for a turn.
 const SUBSCRIBERS: StreamLimits =
@@ -93,7 +98,7 @@ pub async fn serve(mesh: Mesh, log: Arc<AdvertLog>, shutdown: Shutdown) {
     serve_streams(&mesh, ADVERTS_PROTOCOL, SUBSCRIBERS, shutdown, span, |_, stream| {
         let log = log.clone();
         async move {
-            match serve_subscriber(stream.compat(), &log).await {
+            match serve_subscriber(MeshStream::mesh(stream, LIMITS), &log).await {
                 Ok(()) | Err(FrameError::Closed) => debug!("subscriber left"),
                 Err(e) => debug!("subscriber stream ended: {e}"),
             }
@@ -102,12 +107,8 @@ pub async fn serve(mesh: Mesh, log: Arc<AdvertLog>, shutdown: Shutdown) {
     .await
 }
 
-async fn serve_subscriber<S>(mut stream: S, log: &AdvertLog) -> Result<(), FrameError>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let AdvertRequest::Subscribe { resume } =
-        read_frame(&mut stream, FRAME_TIMEOUT, MAX_REQUEST_FRAME_LEN).await?;
+async fn serve_subscriber(mut stream: MeshStream, log: &AdvertLog) -> Result<(), FrameError> {
+    let AdvertRequest::Subscribe { resume } = stream.read().await?;
     let mut changed = log.watch();
     let mut known = resume;
     loop {
@@ -138,7 +139,7 @@ where
                         added: change.added,
                         removed: change.removed,
                     };
-                    write_frame(&mut stream, &message, FRAME_TIMEOUT).await?;
+                    stream.write(&message).await?;
                     known = Some(position);
                 }
             }
@@ -149,23 +150,20 @@ where
     }
 }
 
-async fn send_snapshot<S>(
-    stream: &mut S,
+async fn send_snapshot(
+    stream: &mut MeshStream,
     position: AdvertPosition,
     hashes: Vec<nixmesh_protocol::StorePathHash>,
-) -> Result<(), FrameError>
-where
-    S: tokio::io::AsyncWrite + Unpin,
-{
+) -> Result<(), FrameError> {
     let mut chunks = hashes.chunks(MAX_HASHES_PER_FRAME).peekable();
     if chunks.peek().is_none() {
         let message = AdvertMessage::Snapshot { position, hashes: Vec::new(), last: true };
-        return write_frame(stream, &message, FRAME_TIMEOUT).await;
+        return stream.write(&message).await;
     }
     while let Some(chunk) = chunks.next() {
         let last = chunks.peek().is_none();
         let message = AdvertMessage::Snapshot { position, hashes: chunk.to_vec(), last };
-        write_frame(stream, &message, FRAME_TIMEOUT).await?;
+        stream.write(&message).await?;
     }
     Ok(())
 }

@@ -12,12 +12,11 @@ use nixmesh_protocol::wire::{
 use thiserror::Error;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
-use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::index::Index;
 use crate::mesh::Mesh;
-use crate::mesh::framing::{FrameError, read_frame, write_frame};
+use crate::mesh::framed::{FrameError, FrameLimits, MeshStream};
 use crate::shutdown::Shutdown;
 
 /// How long to wait for the subscription request to go out.
@@ -25,6 +24,14 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// A holder says nothing between changes, so reads wait this long before the stream is
 /// considered dead (the connection's own keep-alive usually notices first).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// A frame, once begun, arrives within this.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+const LIMITS: FrameLimits = FrameLimits {
+    idle: IDLE_TIMEOUT,
+    read: FRAME_TIMEOUT,
+    write: REQUEST_TIMEOUT,
+    max_frame: MAX_FRAME_LEN,
+};
 /// The most paths one peer may advertise, snapshot and deltas alike: ten times a large
 /// store, and a bound on what a hostile peer can make this node store (about 40 MB while a
 /// snapshot is collected, 400 MB of index on disk).
@@ -147,17 +154,16 @@ async fn subscribe_once(
         .open_stream(peer, Mesh::protocol(ADVERTS_PROTOCOL))
         .await
         .map_err(|e| SubscribeError::Open(e.to_string()))?;
-    let mut stream = stream.compat();
-    write_frame(&mut stream, &AdvertRequest::Subscribe { resume }, REQUEST_TIMEOUT).await?;
+    let mut stream = MeshStream::mesh(stream, LIMITS);
+    stream.write(&AdvertRequest::Subscribe { resume }).await?;
     debug!(?resume, "subscribed");
     // A snapshot being collected, with its turn among the snapshots collected at once.
     let mut snapshot: Option<(AdvertPosition, Vec<StorePathHash>, OwnedSemaphorePermit)> = None;
     loop {
-        let message =
-            match read_frame::<AdvertMessage, _>(&mut stream, IDLE_TIMEOUT, MAX_FRAME_LEN).await {
-                Err(FrameError::Closed) => return Ok(()),
-                other => other?,
-            };
+        let message = match stream.read::<AdvertMessage>().await {
+            Err(FrameError::Closed) => return Ok(()),
+            other => other?,
+        };
         match message {
             AdvertMessage::Snapshot { position, hashes, last } => {
                 if snapshot.is_none() {

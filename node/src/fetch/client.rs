@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::Stream;
 use libp2p::PeerId;
 use libp2p_stream::OpenStreamError;
@@ -25,14 +25,12 @@ use nixmesh_protocol::wire::{
 };
 use nixmesh_protocol::{Sha256, StorePathHash};
 use thiserror::Error;
-use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
-use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 use tracing::debug;
 
 use super::{FRAME_TIMEOUT, NAR_CHUNK, REUSE_WITHIN};
 use crate::mesh::Mesh;
-use crate::mesh::framing::{FrameError, read_frame, write_frame};
+use crate::mesh::framed::{FrameError, FrameLimits, MeshStream};
 use crate::mesh::share::{PeerShare, PeerShares};
 
 /// Streams to one peer in use at once (the holder allows more sessions than this per peer).
@@ -56,7 +54,13 @@ pub struct FetchError {
 /// A NAR's bytes from a peer, from the offset asked for to the end.
 pub type NarBody = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, FetchError>> + Send>>;
 
-type FetchStream = Compat<libp2p::Stream>;
+/// Each frame, and each read of NAR bytes, within [`FRAME_TIMEOUT`].
+const LIMITS: FrameLimits = FrameLimits {
+    idle: FRAME_TIMEOUT,
+    read: FRAME_TIMEOUT,
+    write: FRAME_TIMEOUT,
+    max_frame: MAX_FRAME_LEN,
+};
 
 /// The asking side of the fetch conversation. Cheap to clone; clones share sessions.
 #[derive(Clone)]
@@ -67,13 +71,13 @@ pub struct FetchClient {
 
 /// Idle streams per peer, youngest last, and the shares of streams in use.
 struct Sessions {
-    idle: Mutex<HashMap<PeerId, Vec<(FetchStream, Instant)>>>,
+    idle: Mutex<HashMap<PeerId, Vec<(MeshStream, Instant)>>>,
     in_use: Arc<PeerShares>,
 }
 
 /// A stream in use for one exchange; back to the idle list with [`Session::finished`].
 struct Session {
-    stream: FetchStream,
+    stream: MeshStream,
     peer: PeerId,
     sessions: Arc<Sessions>,
     _share: PeerShare,
@@ -206,7 +210,7 @@ impl FetchClient {
         }
     }
 
-    fn take_idle(&self, peer: PeerId) -> Option<FetchStream> {
+    fn take_idle(&self, peer: PeerId) -> Option<MeshStream> {
         let mut idle = self.sessions.idle.lock().expect("idle sessions lock poisoned");
         let list = idle.get_mut(&peer)?;
         let stream = loop {
@@ -221,12 +225,12 @@ impl FetchClient {
         stream
     }
 
-    async fn open(&self, peer: PeerId) -> Result<FetchStream, FrameError> {
+    async fn open(&self, peer: PeerId) -> Result<MeshStream, FrameError> {
         let protocol = Mesh::protocol(FETCH_PROTOCOL);
         let mut control = self.mesh.control();
         let opening = control.open_stream(peer, protocol);
         match tokio::time::timeout(FRAME_TIMEOUT, opening).await {
-            Ok(Ok(stream)) => Ok(stream.compat()),
+            Ok(Ok(stream)) => Ok(MeshStream::mesh(stream, LIMITS)),
             Ok(Err(OpenStreamError::Io(e))) => {
                 Err(FrameError::Io(std::io::Error::new(e.kind(), format!("opening a stream: {e}"))))
             }
@@ -243,12 +247,9 @@ fn unanswered(error: &FrameError) -> bool {
     matches!(error, FrameError::Closed | FrameError::Io(_))
 }
 
-async fn ask(
-    stream: &mut FetchStream,
-    request: &FetchRequest,
-) -> Result<FetchResponse, FrameError> {
-    write_frame(stream, request, FRAME_TIMEOUT).await?;
-    read_frame(stream, FRAME_TIMEOUT, MAX_FRAME_LEN).await
+async fn ask(stream: &mut MeshStream, request: &FetchRequest) -> Result<FetchResponse, FrameError> {
+    stream.write(request).await?;
+    stream.read().await
 }
 
 /// The `len` NAR bytes that follow a `Nar` answer, as a stream of chunks; the session goes
@@ -263,25 +264,24 @@ fn nar_body(session: Session, len: u64) -> NarBody {
             session.finished();
             return None;
         }
-        let want = left.min(NAR_CHUNK as u64);
-        let mut chunk = BytesMut::with_capacity(want as usize);
-        let mut part = (&mut session.stream).take(want);
-        let read = part.read_buf(&mut chunk);
-        match tokio::time::timeout(FRAME_TIMEOUT, read).await {
-            Ok(Ok(0)) => {
+        let want = left.min(NAR_CHUNK as u64) as usize;
+        match session.stream.read_bytes(want).await {
+            Ok(chunk) if chunk.is_empty() => {
                 let reason = format!("the stream ended {left} bytes before the NAR's end");
                 Some((Err(failed(reason)), (None, left)))
             }
-            Ok(Ok(n)) => {
-                let left = left - n as u64;
+            Ok(chunk) => {
+                let left = left - chunk.len() as u64;
                 if left == 0 {
                     session.finished();
-                    return Some((Ok(chunk.freeze()), (None, 0)));
+                    return Some((Ok(chunk), (None, 0)));
                 }
-                Some((Ok(chunk.freeze()), (Some(session), left)))
+                Some((Ok(chunk), (Some(session), left)))
             }
-            Ok(Err(e)) => Some((Err(failed(e.to_string())), (None, left))),
-            Err(_) => Some((Err(failed(format!("no bytes for {FRAME_TIMEOUT:?}"))), (None, left))),
+            Err(FrameError::TimedOut(t)) => {
+                Some((Err(failed(format!("no bytes for {t:?}"))), (None, left)))
+            }
+            Err(e) => Some((Err(failed(e.to_string())), (None, left))),
         }
     });
     Box::pin(chunks)

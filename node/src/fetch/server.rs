@@ -19,13 +19,12 @@ use libp2p::PeerId;
 use nixmesh_protocol::signature::{Signature, SigningKey};
 use nixmesh_protocol::wire::{FETCH_PROTOCOL, FetchRequest, FetchResponse, MAX_REQUEST_FRAME_LEN};
 use nixmesh_protocol::{NarInfo, StorePathHash};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tracing::{debug, info_span, warn};
 
 use super::{FRAME_TIMEOUT, SESSION_IDLE};
-use crate::mesh::framing::{FrameError, read_frame_after_idle, write_frame};
+use crate::mesh::framed::{FrameError, FrameLimits, FramedStream, MeshStream};
 use crate::mesh::{Mesh, StreamLimits, TurnLimits, Turns, serve_streams};
 use crate::shutdown::Shutdown;
 use crate::store::{PathInfo, Store, StoreError, dump};
@@ -33,6 +32,15 @@ use crate::store::{PathInfo, Store, StoreError, dump};
 /// How long a peer may take to send its first request on a new stream, and any request once
 /// it has begun.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A new session's limits: the first request within [`REQUEST_TIMEOUT`] (later ones within
+/// [`SESSION_IDLE`]), each request read within it, each answer and NAR chunk written within
+/// [`FRAME_TIMEOUT`].
+const LIMITS: FrameLimits = FrameLimits {
+    idle: REQUEST_TIMEOUT,
+    read: REQUEST_TIMEOUT,
+    write: FRAME_TIMEOUT,
+    max_frame: MAX_REQUEST_FRAME_LEN,
+};
 /// Sessions open at once, in all and per peer (above what a client uses per peer,
 /// [`super::client::STREAMS_PER_PEER`]). A session is cheap while idle: it waits in a
 /// read.
@@ -143,7 +151,7 @@ impl Provider {
         serve_streams(&mesh, FETCH_PROTOCOL, SESSIONS, shutdown, span, |peer, stream| {
             let (provider, turns) = (self.clone(), turns.clone());
             async move {
-                match provider.session(peer, stream.compat(), &turns).await {
+                match provider.session(peer, MeshStream::mesh(stream, LIMITS), &turns).await {
                     Ok(()) | Err(FrameError::Closed) => {}
                     Err(e) => debug!("fetch session ended: {e}"),
                 }
@@ -154,30 +162,28 @@ impl Provider {
 
     /// Answers one request after another on `stream` until the peer closes it, leaves it
     /// idle for [`SESSION_IDLE`], or a write fails.
-    async fn session<S>(&self, peer: PeerId, mut stream: S, turns: &Turns) -> Result<(), FrameError>
+    async fn session<S>(
+        &self,
+        peer: PeerId,
+        mut stream: FramedStream<S>,
+        turns: &Turns,
+    ) -> Result<(), FrameError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let mut idle = REQUEST_TIMEOUT;
         loop {
-            let request: FetchRequest =
-                read_frame_after_idle(&mut stream, idle, REQUEST_TIMEOUT, MAX_REQUEST_FRAME_LEN)
-                    .await?;
-            idle = SESSION_IDLE;
+            let request: FetchRequest = stream.read().await?;
+            stream.set_idle(SESSION_IDLE);
             let Some(_turn) = turns.take(peer).await else {
                 let message = format!("busy: no turn within {:?}", TURNS.max_wait);
-                write_frame(&mut stream, &FetchResponse::Failed { message }, FRAME_TIMEOUT).await?;
+                stream.write(&FetchResponse::Failed { message }).await?;
                 continue;
             };
             match self.plan(&request).await {
-                Err(answer) => write_frame(&mut stream, &answer, FRAME_TIMEOUT).await?,
-                Ok(Plan::NarInfo(text)) => {
-                    let answer = FetchResponse::NarInfo { text };
-                    write_frame(&mut stream, &answer, FRAME_TIMEOUT).await?
-                }
+                Err(answer) => stream.write(&answer).await?,
+                Ok(Plan::NarInfo(text)) => stream.write(&FetchResponse::NarInfo { text }).await?,
                 Ok(Plan::Nar { nar, nar_size, offset, slot }) => {
-                    let header = FetchResponse::Nar { nar_size, offset };
-                    write_frame(&mut stream, &header, FRAME_TIMEOUT).await?;
+                    stream.write(&FetchResponse::Nar { nar_size, offset }).await?;
                     send_nar(&mut stream, nar, nar_size, offset).await?;
                     drop(slot);
                 }
@@ -275,13 +281,13 @@ type NarBytes = Pin<Box<dyn Stream<Item = Result<Bytes, StoreError>> + Send>>;
 /// `nar_size - offset` of them: the asker reads that many and then its next answer, so a NAR
 /// of another size (files changed on disk) ends the session rather than garble it.
 async fn send_nar<S>(
-    stream: &mut S,
+    stream: &mut FramedStream<S>,
     mut nar: NarBytes,
     nar_size: u64,
     offset: u64,
 ) -> Result<(), FrameError>
 where
-    S: AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut to_skip = offset;
     let mut made = 0u64;
@@ -303,13 +309,10 @@ where
                 continue;
             }
         }
-        tokio::time::timeout(FRAME_TIMEOUT, stream.write_all(&chunk))
-            .await
-            .map_err(|_| FrameError::TimedOut(FRAME_TIMEOUT))??;
+        stream.write_bytes(&chunk).await?;
     }
     if made != nar_size {
         return Err(other_size(made));
     }
-    stream.flush().await?;
-    Ok(())
+    stream.flush().await
 }

@@ -5,7 +5,7 @@
 //! [`libp2p_stream::Control`], which opens streams from any task, so a slow NAR transfer
 //! never stalls the swarm loop.
 
-pub mod framing;
+pub mod framed;
 pub mod peers;
 mod serve;
 pub mod share;
