@@ -8,13 +8,14 @@
 //!
 //! Modules: `target` parses request paths; `substituter` holds the shared state and the
 //! narinfo trust rule; `cache` remembers verified narinfos; `routes` and `nar` are the
-//! handlers; `verified_nar` checks NAR bytes; `server` assembles the router with its limits.
+//! handlers; `verified_nar` checks NAR bytes; `node_view` is what the status pages read; `server` assembles the router with its limits.
 
 mod cache;
 pub mod config;
 pub mod connection;
 mod holders;
 mod nar;
+pub mod node_view;
 mod routes;
 pub mod server;
 pub mod source;
@@ -23,5 +24,6 @@ pub mod target;
 pub mod verified_nar;
 
 pub use config::Config;
+pub use node_view::{NodeStatus, NodeView, PeerSummary};
 pub use server::{SHUTDOWN_GRACE, router, serve};
-pub use source::{NarStream, NodeStatus, PathSource, PeerSummary, SourceError};
+pub use source::{NarStream, PathSource, SourceError};

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tracing::debug;
 
+use crate::node_view::NodeView;
 use crate::source::PathSource;
 use crate::substituter::Substituter;
 use crate::target::{Target, TargetError};
@@ -43,12 +44,12 @@ pub async fn narinfo<S: PathSource>(State(sub): State<Arc<Substituter<S>>>, uri:
     }
 }
 
-pub async fn peers<S: PathSource>(State(sub): State<Arc<Substituter<S>>>) -> Response {
-    json(&sub.source.peers())
+pub async fn peers(State(view): State<Arc<dyn NodeView>>) -> Response {
+    json(&view.peers())
 }
 
-pub async fn status<S: PathSource>(State(sub): State<Arc<Substituter<S>>>) -> Response {
-    json(&sub.source.status())
+pub async fn status(State(view): State<Arc<dyn NodeView>>) -> Response {
+    json(&view.status())
 }
 
 pub async fn not_found() -> Response {

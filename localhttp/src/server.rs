@@ -33,6 +33,7 @@ use tracing::{Instrument, debug, field, info_span, warn};
 
 use crate::config::Config;
 use crate::connection::StallLimitedListener;
+use crate::node_view::NodeView;
 use crate::source::PathSource;
 use crate::substituter::Substituter;
 use crate::target::{Target, TargetError};
@@ -44,18 +45,23 @@ pub const MAX_URI_BYTES: usize = 8 * 1024;
 /// How long [`serve`] waits, after the shutdown signal, for requests in flight.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// The substituter's routes over `source`, with the limits in the module docs.
-pub fn router<S: PathSource>(source: Arc<S>, config: Config) -> Router {
+/// The substituter's routes over `source`, and the status pages over `view`, with the limits
+/// in the module docs.
+pub fn router<S: PathSource>(source: Arc<S>, view: Arc<dyn NodeView>, config: Config) -> Router {
     let permits = Arc::new(Semaphore::new(config.max_concurrent_requests));
     let nar_permits = Arc::new(Semaphore::new(config.max_concurrent_nars));
     let request_timeout = config.request_timeout;
     let substituter = Arc::new(Substituter::new(source, config));
+    let pages = Router::new()
+        .route("/_nixmesh/peers", get(routes::peers))
+        .route("/_nixmesh/status", get(routes::status))
+        .with_state(view);
     let answered_in_time = Router::new()
         .route("/nix-cache-info", get(routes::cache_info::<S>))
-        .route("/_nixmesh/peers", get(routes::peers::<S>))
-        .route("/_nixmesh/status", get(routes::status::<S>))
         .route("/{file}", get(routes::narinfo::<S>))
         .fallback(routes::not_found)
+        .with_state(substituter.clone())
+        .merge(pages)
         .layer(from_fn_with_state(request_timeout, within))
         .layer(from_fn_with_state(permits, one_of_many));
     // NAR downloads have permits of their own: however many are under way (or stalled until
@@ -63,11 +69,9 @@ pub fn router<S: PathSource>(source: Arc<S>, config: Config) -> Router {
     // behind them.
     let nars = Router::new()
         .route("/nar/{file}", get(nar::nar::<S>))
-        .layer(from_fn_with_state(nar_permits, one_of_many));
-    nars.merge(answered_in_time)
-        .with_state(substituter)
-        .layer(from_fn(traced))
-        .layer(from_fn(short_uri))
+        .layer(from_fn_with_state(nar_permits, one_of_many))
+        .with_state(substituter);
+    nars.merge(answered_in_time).layer(from_fn(traced)).layer(from_fn(short_uri))
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then stops accepting and waits

@@ -7,16 +7,20 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::header::{ACCEPT, HOST};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
 use nixmesh_localhttp::{NodeStatus, PeerSummary};
 use nixmesh_protocol::signature::SigningKey;
 use rand::RngCore;
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long `peers` and `status` wait for the node.
 const NODE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most a node's answer may be.
-const MAX_RESPONSE: u64 = 16 << 20;
+const MAX_RESPONSE: usize = 16 << 20;
 
 /// A CLI command failed.
 #[derive(Debug, Error)]
@@ -31,8 +35,8 @@ pub enum CliError {
     BadAnswer { url: String, reason: String },
     #[error("{path}: {source}")]
     Write { path: String, source: std::io::Error },
-    #[error("key name {0:?} must be non-empty, without ':' or white space")]
-    BadKeyName(String),
+    #[error("{0}")]
+    Key(#[from] nixmesh_protocol::signature::KeyError),
 }
 
 /// Gets `path` from the node at `url` (`http://host:port`) and decodes its JSON.
@@ -43,27 +47,35 @@ async fn get_json<T: serde::de::DeserializeOwned>(url: &str, path: &str) -> Resu
         .filter(|a| !a.is_empty() && !a.contains('/'))
         .ok_or_else(|| CliError::BadNodeUrl(url.to_owned()))?;
     let unreachable = |reason: String| CliError::Unreachable { url: url.to_owned(), reason };
-    let body = tokio::time::timeout(NODE_TIMEOUT, async {
-        let mut stream = tokio::net::TcpStream::connect(authority).await?;
-        let request =
-            format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nAccept: application/json\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream.take(MAX_RESPONSE).read_to_end(&mut response).await?;
-        Ok::<_, std::io::Error>(response)
+    let bad = |reason: String| CliError::BadAnswer { url: url.to_owned(), reason };
+    let request = Request::get(path)
+        .header(HOST, authority)
+        .header(ACCEPT, "application/json")
+        .body(Empty::<Bytes>::new())
+        .map_err(|_| CliError::BadNodeUrl(url.to_owned()))?;
+    let (status, body) = tokio::time::timeout(NODE_TIMEOUT, async {
+        let stream = tokio::net::TcpStream::connect(authority)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        tokio::spawn(connection);
+        let response = sender.send_request(request).await.map_err(|e| bad(e.to_string()))?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| bad(format!("reading the body: {e}")))?;
+        Ok::<_, CliError>((status, body.to_bytes()))
     })
     .await
-    .map_err(|_| unreachable(format!("no answer within {NODE_TIMEOUT:?}")))?
-    .map_err(|e| unreachable(e.to_string()))?;
-    let bad = |reason: &str| CliError::BadAnswer { url: url.to_owned(), reason: reason.to_owned() };
-    let split =
-        body.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("no HTTP header"))?;
-    let head = String::from_utf8_lossy(&body[..split]);
-    let status = head.lines().next().unwrap_or_default();
-    if status.split_whitespace().nth(1) != Some("200") {
-        return Err(CliError::Status { url: url.into(), path: path.into(), status: status.into() });
+    .map_err(|_| unreachable(format!("no answer within {NODE_TIMEOUT:?}")))??;
+    if status != StatusCode::OK {
+        let status = status.to_string();
+        return Err(CliError::Status { url: url.into(), path: path.into(), status });
     }
-    serde_json::from_slice(&body[split + 4..]).map_err(|e| bad(&e.to_string()))
+    serde_json::from_slice(&body).map_err(|e| bad(e.to_string()))
 }
 
 /// `nixmesh peers`.
@@ -112,12 +124,9 @@ pub async fn status(node: &str, json: bool) -> Result<String, CliError> {
 /// `nixmesh keygen`: writes a new secret key to `out` (never over an existing file) and
 /// returns the public key.
 pub fn keygen(name: &str, out: &Path) -> Result<String, CliError> {
-    if name.is_empty() || name.contains(':') || name.chars().any(char::is_whitespace) {
-        return Err(CliError::BadKeyName(name.to_owned()));
-    }
     let mut seed = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut seed);
-    let key = SigningKey::from_seed(name, seed);
+    let key = SigningKey::try_from_seed(name, seed)?;
     let write_err = |source| CliError::Write { path: out.display().to_string(), source };
     let mut file = std::fs::OpenOptions::new()
         .write(true)

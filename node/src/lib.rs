@@ -14,3 +14,4 @@ pub mod shutdown;
 pub mod source;
 pub mod store;
 pub mod trust;
+pub mod view;

@@ -23,9 +23,10 @@ use crate::fetch::Provider;
 use crate::index::{Index, IndexError};
 use crate::mesh::{DialTarget, Mesh, MeshError, MeshEvent};
 use crate::shutdown::Shutdown;
-use crate::source::{MeshSource, StaticStatus};
+use crate::source::MeshSource;
 use crate::store::{Store, StoreAddress, StoreError};
 use crate::trust::{self, TrustError};
+use crate::view::MeshView;
 use crate::{discovery, identity};
 
 /// The file name of the index in the state dir.
@@ -165,18 +166,21 @@ impl RunningNode {
             });
         }
 
-        let status = StaticStatus {
+        let view = Arc::new(MeshView {
+            mesh: mesh.clone(),
+            index: index.clone(),
+            log,
             trusted_keys: trusted.keys().iter().map(|k| k.to_string()).collect(),
             signing_key: signing_key.as_ref().map(|k| k.verifying_key().to_string()),
-        };
-        let source = Arc::new(MeshSource::new(mesh.clone(), index, log, status));
+        });
+        let source = Arc::new(MeshSource::new(mesh.clone(), index));
         let http_config = nixmesh_localhttp::Config {
             trusted_keys: trusted,
             priority: config.priority,
             ..Default::default()
         };
         let client_stall = http_config.client_stall_timeout;
-        let router = nixmesh_localhttp::router(source, http_config);
+        let router = nixmesh_localhttp::router(source, view, http_config);
         let listener = tokio::net::TcpListener::bind(config.http_listen)
             .await
             .map_err(|source| NodeError::HttpListen { address: config.http_listen, source })?;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use nixmesh_localhttp::{NodeStatus, PathSource, PeerSummary, router, serve};
+use nixmesh_localhttp::{NodeStatus, NodeView, PeerSummary, router, serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -131,7 +131,7 @@ async fn serve_stops_on_the_shutdown_signal() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(
         listener,
-        router(TestSource::honest(&fixture), test_config(&fixture)),
+        router(TestSource::honest(&fixture), TestSource::honest(&fixture), test_config(&fixture)),
         test_config(&fixture).client_stall_timeout,
         async move {
             let _ = stopped.await;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use nixmesh_localhttp::{
-    Config, NarStream, NodeStatus, PathSource, PeerSummary, SourceError, router, serve,
+    Config, NarStream, NodeStatus, NodeView, PathSource, PeerSummary, SourceError, router, serve,
 };
 use nixmesh_protocol::signature::{SigningKey, TrustedKeys};
 use nixmesh_protocol::{NarInfo, Sha256, StorePath, StorePathHash};
@@ -208,7 +208,9 @@ impl PathSource for TestSource {
         };
         Ok(Some(stream))
     }
+}
 
+impl NodeView for TestSource {
     fn peers(&self) -> Vec<PeerSummary> {
         self.peers
             .iter()
@@ -265,7 +267,12 @@ pub async fn start(source: Arc<TestSource>, config: Config) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stall = config.client_stall_timeout;
-    tokio::spawn(serve(listener, router(source, config), stall, std::future::pending()));
+    tokio::spawn(serve(
+        listener,
+        router(source.clone(), source, config),
+        stall,
+        std::future::pending(),
+    ));
     addr
 }
 

@@ -23,10 +23,13 @@
 //! a write succeeds again. A damaged file is set aside at start ([`Index::open_or_set_aside`]).
 //!
 //! Threading: [`Index`] is `Send + Sync` and every method takes `&self`. Writes are serialised
-//! by a lock; lookups run beside them and see the last committed state. Every method touches
-//! the disk and may block (writes for milliseconds on large snapshots): call them from
-//! `tokio::task::spawn_blocking`, not from async tasks, except the in-memory
-//! [`Index::path_count`], [`Index::total_entries`] and [`Index::peers`].
+//! by a lock; lookups run beside them and see the last committed state. Writes (and the
+//! position reads of a subscription) may block for milliseconds on large snapshots: call them
+//! from `tokio::task::spawn_blocking`. [`Index::holders`] is the exception, called straight
+//! from the HTTP path so that a narinfo miss costs no thread hop: it is one read transaction
+//! on a few pages the OS keeps cached (microseconds, see `node/benches/index.rs`), and takes
+//! no write lock (only after an I/O failure does it reopen the file, at most once a second).
+//! [`Index::path_count`], [`Index::total_entries`] and [`Index::peers`] are in memory.
 
 mod error;
 mod schema;
