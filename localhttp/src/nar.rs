@@ -15,7 +15,7 @@ use crate::holders::{Miss, first_of};
 use crate::routes::{malformed, miss};
 use crate::source::{PathSource, SourceError};
 use crate::substituter::Substituter;
-use crate::target::{Target, TargetError};
+use crate::target::{RequestPathError, Target};
 use crate::verified_nar::{Expected, VerifiedNar};
 
 /// Why a holder's NAR was not used before the response started.
@@ -30,7 +30,7 @@ enum Unused {
 pub async fn nar<S: PathSource>(State(sub): State<Arc<Substituter<S>>>, uri: Uri) -> Response {
     let file = match Target::parse(uri.path()) {
         Ok(Target::Nar(file)) => file,
-        Ok(_) | Err(TargetError::NotFound) => return miss("no such file"),
+        Ok(_) | Err(RequestPathError::NotFound) => return miss("no such file"),
         Err(e) => return malformed(e),
     };
     let holders = sub.source.holders(&file.store_hash);

@@ -13,7 +13,7 @@ use tracing::debug;
 use crate::node_view::NodeView;
 use crate::source::PathSource;
 use crate::substituter::Substituter;
-use crate::target::{Target, TargetError};
+use crate::target::{RequestPathError, Target};
 
 pub async fn cache_info<S: PathSource>(State(sub): State<Arc<Substituter<S>>>) -> Response {
     let body = format!(
@@ -28,7 +28,7 @@ pub async fn cache_info<S: PathSource>(State(sub): State<Arc<Substituter<S>>>) -
 pub async fn narinfo<S: PathSource>(State(sub): State<Arc<Substituter<S>>>, uri: Uri) -> Response {
     let hash = match Target::parse(uri.path()) {
         Ok(Target::NarInfo(hash)) => hash,
-        Ok(_) | Err(TargetError::NotFound) => return miss("no such file"),
+        Ok(_) | Err(RequestPathError::NotFound) => return miss("no such file"),
         Err(e) => return malformed(e),
     };
     let holders = sub.source.holders(&hash);
@@ -63,7 +63,7 @@ pub fn miss(reason: &str) -> Response {
 }
 
 /// `400` for a path of the right kind in the wrong shape.
-pub fn malformed(e: TargetError) -> Response {
+pub fn malformed(e: RequestPathError) -> Response {
     debug!("malformed request: {e}");
     (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
 }

@@ -36,7 +36,7 @@ use crate::connection::StallLimitedListener;
 use crate::node_view::NodeView;
 use crate::source::PathSource;
 use crate::substituter::Substituter;
-use crate::target::{Target, TargetError};
+use crate::target::{RequestPathError, Target};
 use crate::{nar, routes};
 
 /// The longest request URI accepted; Nix's are under 100 bytes.
@@ -118,8 +118,8 @@ async fn short_uri(request: Request, next: Next) -> Response {
 async fn traced(request: Request, next: Next) -> Response {
     let (kind, hash) = match Target::parse(request.uri().path()) {
         Ok(target) => (target.kind(), target.store_hash()),
-        Err(TargetError::Malformed { .. }) => ("malformed", None),
-        Err(TargetError::NotFound) => ("unknown", None),
+        Err(RequestPathError::Malformed { .. }) => ("malformed", None),
+        Err(RequestPathError::NotFound) => ("unknown", None),
     };
     let span = info_span!("request", method = %request.method(), kind, hash = field::Empty);
     if let Some(hash) = hash {

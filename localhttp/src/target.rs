@@ -35,7 +35,7 @@ pub enum Target {
 
 /// A path that names nothing here.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum TargetError {
+pub enum RequestPathError {
     /// The path looks like a narinfo or NAR request but is malformed (answered with 400).
     #[error("malformed {kind} path: {reason}")]
     Malformed { kind: &'static str, reason: &'static str },
@@ -58,8 +58,8 @@ impl NarFile {
     }
 
     /// Parses the file name alone, `<32 chars>-<52 chars>.nar`.
-    pub fn parse(name: &str) -> Result<Self, TargetError> {
-        let malformed = |reason| TargetError::Malformed { kind: "NAR", reason };
+    pub fn parse(name: &str) -> Result<Self, RequestPathError> {
+        let malformed = |reason| RequestPathError::Malformed { kind: "NAR", reason };
         let stem = name.strip_suffix(".nar").ok_or(malformed("the name does not end in .nar"))?;
         if stem.len() != HASH_CHARS + 1 + NAR_HASH_CHARS {
             return Err(malformed("the name is not <32-char hash>-<52-char NAR hash>.nar"));
@@ -85,7 +85,7 @@ impl fmt::Display for NarFile {
 
 impl Target {
     /// Parses a raw request path (no query; the router strips it).
-    pub fn parse(path: &str) -> Result<Self, TargetError> {
+    pub fn parse(path: &str) -> Result<Self, RequestPathError> {
         match path {
             "/nix-cache-info" => return Ok(Target::CacheInfo),
             "/_nixmesh/peers" => return Ok(Target::Peers),
@@ -95,9 +95,9 @@ impl Target {
         if let Some(name) = path.strip_prefix(&format!("/{NAR_DIR}/")) {
             return NarFile::parse(name).map(Target::Nar);
         }
-        let name = path.strip_prefix('/').ok_or(TargetError::NotFound)?;
-        let hash = name.strip_suffix(".narinfo").ok_or(TargetError::NotFound)?;
-        StorePathHash::parse(hash).map(Target::NarInfo).map_err(|_| TargetError::Malformed {
+        let name = path.strip_prefix('/').ok_or(RequestPathError::NotFound)?;
+        let hash = name.strip_suffix(".narinfo").ok_or(RequestPathError::NotFound)?;
+        StorePathHash::parse(hash).map(Target::NarInfo).map_err(|_| RequestPathError::Malformed {
             kind: "narinfo",
             reason: "the store hash is not 32 nixbase32 characters",
         })
@@ -153,7 +153,7 @@ mod tests {
             "/ü.narinfo",
         ] {
             assert!(
-                matches!(Target::parse(bad), Err(TargetError::Malformed { .. })),
+                matches!(Target::parse(bad), Err(RequestPathError::Malformed { .. })),
                 "{bad} should be malformed"
             );
         }
@@ -187,7 +187,7 @@ mod tests {
             format!("/nar/{}é{}.nar", &HASH[..31], NAR_HASH),
         ] {
             assert!(
-                matches!(Target::parse(&bad), Err(TargetError::Malformed { kind: "NAR", .. })),
+                matches!(Target::parse(&bad), Err(RequestPathError::Malformed { kind: "NAR", .. })),
                 "{bad} should be malformed"
             );
         }

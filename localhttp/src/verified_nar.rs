@@ -27,7 +27,7 @@ use crate::source::{NarStream, SourceError};
 
 /// Why a NAR transfer was cut off.
 #[derive(Debug, Error)]
-pub enum NarError {
+pub enum TransferError {
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error("peer {peer}: no NAR bytes for {idle:?} at offset {offset}")]
@@ -49,7 +49,7 @@ pub struct Expected {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
+enum Progress {
     /// Fewer than `nar_size` bytes received.
     Receiving,
     /// All bytes received and verified; the last chunk may still wait in `ready`.
@@ -71,7 +71,7 @@ pub struct VerifiedNar<P> {
     hasher: Sha256Hasher,
     /// A chunk that passed the checks and is not yet handed out.
     ready: Option<Bytes>,
-    phase: Phase,
+    progress: Progress,
     idle_timeout: Duration,
     /// Armed when the peer first makes us wait after a chunk, so a client that reads slowly
     /// does not count against the peer.
@@ -98,7 +98,7 @@ impl<P: std::fmt::Display> VerifiedNar<P> {
             offset: 0,
             hasher: Sha256Hasher::new(),
             ready: None,
-            phase: Phase::Receiving,
+            progress: Progress::Receiving,
             idle_timeout,
             idle: Box::pin(sleep(idle_timeout)),
             waiting: false,
@@ -108,7 +108,7 @@ impl<P: std::fmt::Display> VerifiedNar<P> {
 
     /// Waits until the first bytes have arrived and passed the checks, so that a peer that
     /// fails before sending anything is found out before the response commits to `200`.
-    pub async fn first_bytes(&mut self) -> Result<(), NarError> {
+    pub async fn first_bytes(&mut self) -> Result<(), TransferError> {
         loop {
             match poll_fn(|cx| self.poll_checked(cx)).await {
                 // Let timeouts around this fire even if a source yields empty chunks forever.
@@ -123,8 +123,8 @@ impl<P: std::fmt::Display> VerifiedNar<P> {
         }
     }
 
-    fn poll_checked(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, NarError>>> {
-        if self.phase != Phase::Receiving {
+    fn poll_checked(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, TransferError>>> {
+        if self.progress != Progress::Receiving {
             return Poll::Ready(None);
         }
         match self.stream.poll_next_unpin(cx) {
@@ -142,7 +142,7 @@ impl<P: std::fmt::Display> VerifiedNar<P> {
             }
             Poll::Ready(None) => {
                 let (got, expected) = (self.offset, self.expected.nar_size);
-                let e = NarError::TooShort { peer: self.peer.to_string(), got, expected };
+                let e = TransferError::TooShort { peer: self.peer.to_string(), got, expected };
                 Poll::Ready(Some(Err(self.fail(e))))
             }
             Poll::Pending => {
@@ -154,7 +154,7 @@ impl<P: std::fmt::Display> VerifiedNar<P> {
                 if self.idle.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
-                let e = NarError::Stalled {
+                let e = TransferError::Stalled {
                     peer: self.peer.to_string(),
                     offset: self.offset,
                     idle: self.idle_timeout,
@@ -165,11 +165,11 @@ impl<P: std::fmt::Display> VerifiedNar<P> {
     }
 
     /// Accounts for `chunk`; it may be handed out unless this returns an error.
-    fn take(&mut self, chunk: Bytes) -> Result<Bytes, NarError> {
+    fn take(&mut self, chunk: Bytes) -> Result<Bytes, TransferError> {
         let end = self.offset.saturating_add(chunk.len() as u64);
         if end > self.expected.nar_size {
             let expected = self.expected.nar_size;
-            return Err(self.fail(NarError::TooLong { peer: self.peer.to_string(), expected }));
+            return Err(self.fail(TransferError::TooLong { peer: self.peer.to_string(), expected }));
         }
         self.hasher.update(&chunk);
         self.offset = end;
@@ -179,19 +179,19 @@ impl<P: std::fmt::Display> VerifiedNar<P> {
         Ok(chunk)
     }
 
-    fn verify(&mut self) -> Result<(), NarError> {
+    fn verify(&mut self) -> Result<(), TransferError> {
         let got = std::mem::take(&mut self.hasher).finish();
         if got != self.expected.nar_hash {
             let peer = self.peer.to_string();
-            return Err(NarError::WrongHash { peer, got, expected: self.expected.nar_hash });
+            return Err(TransferError::WrongHash { peer, got, expected: self.expected.nar_hash });
         }
-        self.phase = Phase::Verified;
+        self.progress = Progress::Verified;
         self.span.in_scope(|| debug!(peer = %self.peer, bytes = self.offset, "NAR verified"));
         Ok(())
     }
 
-    fn fail(&mut self, e: NarError) -> NarError {
-        self.phase = Phase::Ended;
+    fn fail(&mut self, e: TransferError) -> TransferError {
+        self.progress = Progress::Ended;
         self.ready = None;
         self.span.in_scope(|| {
             warn!(peer = %self.peer, hash = %self.expected.store_hash, offset = self.offset,
@@ -205,15 +205,15 @@ impl<P: std::fmt::Display> VerifiedNar<P> {
 impl<P> Unpin for VerifiedNar<P> {}
 
 impl<P: std::fmt::Display> Stream for VerifiedNar<P> {
-    type Item = Result<Bytes, NarError>;
+    type Item = Result<Bytes, TransferError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         if let Some(chunk) = this.ready.take() {
             return Poll::Ready(Some(Ok(chunk)));
         }
-        if this.phase == Phase::Verified {
-            this.phase = Phase::Ended;
+        if this.progress == Progress::Verified {
+            this.progress = Progress::Ended;
         }
         this.poll_checked(cx)
     }
@@ -235,7 +235,7 @@ mod tests {
     }
 
     /// What the client would get: the chunks handed out, and the error that ended them.
-    async fn run(expected: Expected, chunks: &[&[u8]]) -> (Vec<u8>, Option<NarError>) {
+    async fn run(expected: Expected, chunks: &[&[u8]]) -> (Vec<u8>, Option<TransferError>) {
         let items: Vec<Result<Bytes, SourceError>> =
             chunks.iter().map(|c| Ok(Bytes::copy_from_slice(c))).collect();
         let mut nar = VerifiedNar::new(
@@ -272,7 +272,7 @@ mod tests {
         wrong[3] ^= 1;
         let (out, error) = run(expected(NAR), &[&wrong[..20], &wrong[20..]]).await;
         assert_eq!(out, &wrong[..20]);
-        assert!(matches!(error, Some(NarError::WrongHash { .. })), "{error:?}");
+        assert!(matches!(error, Some(TransferError::WrongHash { .. })), "{error:?}");
     }
 
     #[tokio::test]
@@ -280,16 +280,16 @@ mod tests {
         let long = [NAR, b"!"].concat();
         let (out, error) = run(expected(NAR), &[&long[..20], &long[20..]]).await;
         assert_eq!(out, &NAR[..20]);
-        assert!(matches!(error, Some(NarError::TooLong { expected: 43, .. })), "{error:?}");
+        assert!(matches!(error, Some(TransferError::TooLong { expected: 43, .. })), "{error:?}");
         let (out, error) = run(expected(NAR), &[&NAR[..20], &NAR[20..42]]).await;
         assert_eq!(out, &NAR[..42]);
-        assert!(matches!(error, Some(NarError::TooShort { got: 42, .. })), "{error:?}");
+        assert!(matches!(error, Some(TransferError::TooShort { got: 42, .. })), "{error:?}");
     }
 
     #[tokio::test]
     async fn a_fault_before_any_byte_is_reported_by_first_bytes() {
         let (out, error) = run(expected(NAR), &[]).await;
         assert!(out.is_empty());
-        assert!(matches!(error, Some(NarError::TooShort { got: 0, .. })), "{error:?}");
+        assert!(matches!(error, Some(TransferError::TooShort { got: 0, .. })), "{error:?}");
     }
 }

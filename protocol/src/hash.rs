@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use thiserror::Error;
 
+use crate::excerpt;
 use crate::nixbase32;
 
 /// A hash Nix wrote that this crate cannot read.
@@ -33,12 +34,12 @@ impl Sha256 {
     /// nixbase32 (52 characters), base-16 (64) or base-64 (44), as Nix accepts.
     pub fn parse(text: &str) -> Result<Self, HashError> {
         if let Some(sri) = text.strip_prefix("sha256-") {
-            return Self::from_base64(sri).ok_or_else(|| HashError::InvalidDigest(short(text)));
+            return Self::from_base64(sri).ok_or_else(|| HashError::InvalidDigest(excerpt(text)));
         }
         let Some(digest) = text.strip_prefix("sha256:") else {
-            return Err(HashError::UnsupportedAlgorithm(short(text)));
+            return Err(HashError::UnsupportedAlgorithm(excerpt(text)));
         };
-        Self::parse_digest(digest).ok_or_else(|| HashError::InvalidDigest(short(text)))
+        Self::parse_digest(digest).ok_or_else(|| HashError::InvalidDigest(excerpt(text)))
     }
 
     /// Parses a bare digest, without the `sha256:` prefix, in any of Nix's three encodings.
@@ -102,10 +103,6 @@ impl Sha256Hasher {
     pub fn finish(self) -> Sha256 {
         Sha256(self.0.finalize().into())
     }
-}
-
-fn short(text: &str) -> String {
-    text.chars().take(80).collect()
 }
 
 #[cfg(test)]

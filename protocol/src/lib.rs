@@ -6,6 +6,7 @@
 pub mod hash;
 pub mod nar;
 pub mod narinfo;
+pub mod nix_wire;
 pub mod nixbase32;
 pub mod nixconf;
 pub mod signature;
@@ -15,3 +16,9 @@ pub mod wire;
 pub use hash::Sha256;
 pub use narinfo::NarInfo;
 pub use store_path::{StorePath, StorePathHash};
+
+/// At most the first 80 characters of `text`: how input is quoted in an error message, so that
+/// hostile input cannot make the message (or the log line) long.
+pub fn excerpt(text: &str) -> String {
+    text.chars().take(80).collect()
+}

@@ -27,6 +27,7 @@ use std::fmt;
 
 use thiserror::Error;
 
+use crate::excerpt;
 use crate::signature::{Signature, SigningKey, TrustedKeys, VerifyingKey};
 use crate::{Sha256, StorePath};
 
@@ -253,7 +254,7 @@ impl Fields {
             return Err(if line.is_empty() {
                 "empty line".to_owned()
             } else {
-                format!("{:?} is not of the form `Key: value`", short(line))
+                format!("{:?} is not of the form `Key: value`", excerpt(line))
             });
         };
         if key.is_empty() {
@@ -284,9 +285,9 @@ impl Fields {
                 });
             }
             "System" => self.system = Some(value.to_owned()),
-            "Sig" => self
-                .signatures
-                .push(Signature::parse(value).map_err(|e| format!("Sig {:?}: {e}", short(value)))?),
+            "Sig" => self.signatures.push(
+                Signature::parse(value).map_err(|e| format!("Sig {:?}: {e}", excerpt(value)))?,
+            ),
             "CA" => self.ca = Some(Some(value.to_owned()).filter(|ca| !ca.is_empty())),
             _ => self.extra.push((key.to_owned(), value.to_owned())),
         }
@@ -298,7 +299,7 @@ fn store_path<E: fmt::Display>(
     text: &str,
     parse: impl Fn(&str) -> Result<StorePath, E>,
 ) -> Result<StorePath, String> {
-    parse(text).map_err(|e| format!("invalid store path {:?}: {e}", short(text)))
+    parse(text).map_err(|e| format!("invalid store path {:?}: {e}", excerpt(text)))
 }
 
 fn hash(field: &str, text: &str) -> Result<Sha256, String> {
@@ -310,7 +311,7 @@ fn size(field: &str, text: &str) -> Result<u64, String> {
     let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
     match text.parse::<u64>() {
         Ok(n) if digits => Ok(n),
-        _ => Err(format!("{field} {:?} is not a number of bytes", short(text))),
+        _ => Err(format!("{field} {:?} is not a number of bytes", excerpt(text))),
     }
 }
 
@@ -324,11 +325,6 @@ fn references(text: &str) -> Result<Vec<StorePath>, String> {
         refs.push(store_path(base, StorePath::from_base_name)?);
     }
     Ok(refs)
-}
-
-/// Keeps error messages short when the input is hostile.
-fn short(text: &str) -> String {
-    text.chars().take(80).collect()
 }
 
 #[cfg(test)]

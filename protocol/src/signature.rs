@@ -89,11 +89,7 @@ fn split_decode<const N: usize>(
 ) -> Result<(String, [u8; N]), KeyError> {
     let text = text.trim();
     let shown = |text: &str| {
-        if secret {
-            format!("<{} characters>", text.chars().count())
-        } else {
-            text.chars().take(80).collect()
-        }
+        if secret { format!("<{} characters>", text.chars().count()) } else { crate::excerpt(text) }
     };
     if text.len() > MAX_TEXT_LEN {
         return Err(KeyError::Malformed { what, text: shown(text) });

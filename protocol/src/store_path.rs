@@ -9,6 +9,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::excerpt;
 use crate::nixbase32;
 
 /// The store directory every path here lives in. nixmesh serves only the default store dir.
@@ -46,7 +47,7 @@ impl StorePathHash {
     pub fn parse(text: &str) -> Result<Self, StorePathError> {
         nixbase32::decode_fixed::<20>(text.as_bytes())
             .map(StorePathHash)
-            .map_err(|_| StorePathError::InvalidHash(truncate(text)))
+            .map_err(|_| StorePathError::InvalidHash(excerpt(text)))
     }
 
     /// The raw digest.
@@ -87,18 +88,18 @@ impl StorePath {
         let base = path
             .strip_prefix(STORE_DIR)
             .and_then(|rest| rest.strip_prefix('/'))
-            .ok_or_else(|| StorePathError::NotInStore(truncate(path)))?;
+            .ok_or_else(|| StorePathError::NotInStore(excerpt(path)))?;
         Self::from_base_name(base)
     }
 
     /// Parses the last component alone, `<hash>-<name>`, as narinfo `References` list it.
     pub fn from_base_name(base: &str) -> Result<Self, StorePathError> {
         let hash_text =
-            base.get(..HASH_CHARS).ok_or_else(|| StorePathError::InvalidHash(truncate(base)))?;
+            base.get(..HASH_CHARS).ok_or_else(|| StorePathError::InvalidHash(excerpt(base)))?;
         let hash = StorePathHash::parse(hash_text)?;
         let name = base[HASH_CHARS..]
             .strip_prefix('-')
-            .ok_or_else(|| StorePathError::MissingDash(truncate(base)))?;
+            .ok_or_else(|| StorePathError::MissingDash(excerpt(base)))?;
         validate_name(name)?;
         Ok(StorePath { hash, name: name.to_owned() })
     }
@@ -163,11 +164,6 @@ fn validate_name(name: &str) -> Result<(), StorePathError> {
         Some(c) => Err(StorePathError::InvalidNameCharacter(c)),
         None => Ok(()),
     }
-}
-
-/// Keeps error messages short when the input is hostile.
-fn truncate(text: &str) -> String {
-    text.chars().take(80).collect()
 }
 
 #[cfg(test)]

@@ -2,73 +2,25 @@
 //! every answer, and the four operations nixmesh needs (Nix's `remote-store.cc` is the client
 //! we mirror, `daemon.cc` the server).
 //!
-//! The protocol version is negotiated, never assumed: we send [`MAX_MINOR`], the daemon sends
-//! its own, and every version-dependent field follows the smaller of the two. Below
-//! [`MIN_MINOR`] we refuse the daemon, which lets the operations drop branches for fields
-//! older than that (the `valid` flag of `QueryPathInfo` is 1.17, `ultimate`/`sigs`/`ca` 1.16).
+//! The protocol's constants, version gates, bounds and requests are
+//! [`nixmesh_protocol::nix_wire::daemon`]'s; this is the I/O: sending requests and reading
+//! the answers, each length bounded before anything is allocated.
 
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
+use nixmesh_protocol::nar::format::NAR_HEADER;
+use nixmesh_protocol::nix_wire::daemon::{
+    self, DAEMON_MAGIC, MAX_FIELDS, MAX_MINOR, MAX_PATHS, MAX_REFERENCES, MAX_SHORT_LEN,
+    MAX_SIGNATURES, MAX_STORE_PATH_LEN, MAX_TEXT_LEN, MIN_MINOR, Op, PROTOCOL_MAJOR, since, stderr,
+};
 use nixmesh_protocol::{Sha256, StorePath, StorePathHash};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tracing::{debug, trace};
 
-use super::wire::{self, WireError, put_bytes, put_u64};
+use super::wire::{self, ReadError};
 use super::{PathInfo, StoreError};
-
-/// What the client sends first (`WORKER_MAGIC_1`, "cxin").
-pub const CLIENT_MAGIC: u64 = 0x6e69_7863;
-/// What the daemon answers (`WORKER_MAGIC_2`, "oixd").
-pub const DAEMON_MAGIC: u64 = 0x6478_696f;
-/// The protocol major version; a daemon with another one is refused.
-pub const PROTOCOL_MAJOR: u64 = 1;
-/// The newest minor version this client speaks. 1.35 adds the trust flag to the handshake;
-/// 1.38 adds a feature exchange we do not implement.
-pub const MAX_MINOR: u64 = 35;
-/// The oldest minor version accepted (1.21 is Nix 2.0).
-pub const MIN_MINOR: u64 = 21;
-
-/// Worker operations, from `worker-protocol.hh`.
-mod op {
-    pub const QUERY_ALL_VALID_PATHS: u64 = 23;
-    pub const QUERY_PATH_INFO: u64 = 26;
-    pub const QUERY_PATH_FROM_HASH_PART: u64 = 29;
-    pub const NAR_FROM_PATH: u64 = 38;
-}
-
-/// The messages that precede an answer, from `worker-protocol.hh`.
-mod stderr {
-    pub const NEXT: u64 = 0x6f6c_6d67;
-    pub const READ: u64 = 0x6461_7461;
-    pub const WRITE: u64 = 0x6461_7416;
-    pub const LAST: u64 = 0x616c_7473;
-    pub const ERROR: u64 = 0x6378_7470;
-    pub const START_ACTIVITY: u64 = 0x5354_5254;
-    pub const STOP_ACTIVITY: u64 = 0x5354_4f50;
-    pub const RESULT: u64 = 0x5253_4c54;
-}
-
-/// The longest store path accepted (Nix's own limit is far below: 211-character names).
-pub const MAX_PATH_LEN: usize = 4096;
-/// The most paths `QueryAllValidPaths` may list.
-pub const MAX_PATHS: usize = 10_000_000;
-/// The most references one path may have.
-pub const MAX_REFERENCES: usize = 1_000_000;
-/// The longest log line or error message accepted.
-pub const MAX_TEXT_LEN: usize = 64 << 20;
-/// The longest short string (hash, signature, content address, version) accepted.
-pub const MAX_SHORT_LEN: usize = 64 << 10;
-/// The most signatures one path may have.
-pub const MAX_SIGNATURES: usize = 4096;
-/// The most fields in one activity message, and the most traces in one error.
-pub const MAX_FIELDS: usize = 4096;
-
-/// Every NAR starts with these bytes: the string `nix-archive-1` in wire framing.
-pub const NAR_HEADER: [u8; 24] = *b"\x0d\0\0\0\0\0\0\0nix-archive-1\0\0\0";
-/// Every NAR ends with these bytes: the string `)` closing the root node.
-pub const NAR_TRAILER: [u8; 16] = *b"\x01\0\0\0\0\0\0\0)\0\0\0\0\0\0\0";
 
 /// A handshaken connection to a nix-daemon, between operations.
 ///
@@ -90,10 +42,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             minor: MAX_MINOR,
             daemon_version: None,
         };
-        let mut hello = Vec::new();
-        put_u64(&mut hello, CLIENT_MAGIC);
-        put_u64(&mut hello, PROTOCOL_MAJOR << 8 | MAX_MINOR);
-        conn.send(&hello).await?;
+        conn.send(&daemon::hello()).await?;
 
         let magic = conn.u64().await?;
         if magic != DAEMON_MAGIC {
@@ -113,18 +62,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
         conn.minor = minor.min(MAX_MINOR);
 
-        let mut rest = Vec::new();
-        if conn.minor >= 14 {
-            put_u64(&mut rest, 0); // no CPU affinity (obsolete)
-        }
-        if conn.minor >= 11 {
-            put_u64(&mut rest, 0); // reserveSpace (obsolete)
-        }
-        conn.send(&rest).await?;
-        if conn.minor >= 33 {
+        conn.send(&daemon::client_options(conn.minor)).await?;
+        if conn.minor >= since::DAEMON_VERSION {
             conn.daemon_version = Some(conn.string("daemon Nix version", MAX_SHORT_LEN).await?);
         }
-        if conn.minor >= 35 {
+        if conn.minor >= since::TRUST_FLAG {
             // Whether the daemon trusts us: 0 unknown, 1 trusted, 2 not. Nothing we do needs
             // trust, but anything else means we lost sync.
             let trust = conn.u64().await?;
@@ -155,9 +97,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// `QueryAllValidPaths`: every valid path in the store.
     pub async fn query_all_valid_paths(&mut self) -> Result<Vec<StorePath>, StoreError> {
-        let mut request = Vec::new();
-        put_u64(&mut request, op::QUERY_ALL_VALID_PATHS);
-        self.send(&request).await?;
+        self.send(&daemon::request(Op::QueryAllValidPaths, None)).await?;
         self.process_stderr().await?;
         self.paths("valid paths", MAX_PATHS).await
     }
@@ -167,10 +107,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         &mut self,
         hash: &StorePathHash,
     ) -> Result<Option<StorePath>, StoreError> {
-        let mut request = Vec::new();
-        put_u64(&mut request, op::QUERY_PATH_FROM_HASH_PART);
-        put_bytes(&mut request, hash.to_string().as_bytes());
-        self.send(&request).await?;
+        let hash_part = hash.to_string();
+        self.send(&daemon::request(Op::QueryPathFromHashPart, Some(&hash_part))).await?;
         self.process_stderr().await?;
         let path = self.optional_path("path for a hash part").await?;
         match path {
@@ -185,10 +123,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         &mut self,
         path: &StorePath,
     ) -> Result<Option<PathInfo>, StoreError> {
-        let mut request = Vec::new();
-        put_u64(&mut request, op::QUERY_PATH_INFO);
-        put_bytes(&mut request, path.to_string().as_bytes());
-        self.send(&request).await?;
+        self.send(&daemon::request(Op::QueryPathInfo, Some(&path.to_string()))).await?;
         self.process_stderr().await?;
         if !self.bool("valid flag").await? {
             return Ok(None);
@@ -222,10 +157,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// must read exactly the NAR's size minus [`NAR_HEADER`] with [`Self::read_raw`] before the
     /// connection can carry another operation.
     pub async fn start_nar_from_path(&mut self, path: &StorePath) -> Result<(), StoreError> {
-        let mut request = Vec::new();
-        put_u64(&mut request, op::NAR_FROM_PATH);
-        put_bytes(&mut request, path.to_string().as_bytes());
-        self.send(&request).await?;
+        self.send(&daemon::request(Op::NarFromPath, Some(&path.to_string()))).await?;
         self.process_stderr().await?;
         // A daemon that fails to read the path after STDERR_LAST (Nix 2.8 does this when the
         // path vanished) sends STDERR_ERROR in place of the NAR and hangs up.
@@ -296,7 +228,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// The body of `STDERR_ERROR`: the structured form from 1.26 on, `message status` before.
     async fn daemon_error(&mut self) -> Result<String, StoreError> {
-        if self.minor < 26 {
+        if self.minor < since::STRUCTURED_ERRORS {
             let message = self.text("error message").await?;
             let _status = self.u64().await?;
             return Ok(strip_ansi(message.trim_end()));
@@ -389,7 +321,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// A store path, or the empty string for none.
     async fn optional_path(&mut self, what: &'static str) -> Result<Option<StorePath>, StoreError> {
-        let text = self.string(what, MAX_PATH_LEN).await?;
+        let text = self.string(what, MAX_STORE_PATH_LEN).await?;
         if text.is_empty() {
             return Ok(None);
         }
@@ -406,7 +338,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let count = self.count(what, max).await?;
         let mut paths = Vec::with_capacity(count.min(4096));
         for _ in 0..count {
-            let text = self.string(what, MAX_PATH_LEN).await?;
+            let text = self.string(what, MAX_STORE_PATH_LEN).await?;
             let path = StorePath::parse(&text).map_err(|e| {
                 self.protocol_err(format!("one of the {what}, {text:?}, is not a store path: {e}"))
             })?;
@@ -415,9 +347,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         Ok(paths)
     }
 
-    fn wire_err(&self, error: WireError) -> StoreError {
+    fn wire_err(&self, error: ReadError) -> StoreError {
         match error {
-            WireError::Io(cause) => self.io_err(cause),
+            ReadError::Io(cause) => self.io_err(cause),
             other => self.protocol_err(other.to_string()),
         }
     }

@@ -29,9 +29,9 @@ use nixmesh_protocol::{Sha256, StorePath, StorePathHash};
 use tracing::{Instrument, debug, debug_span, info};
 
 pub use address::{DEFAULT_SOCKET, SOCKET_ENV, StoreAddress};
-pub use connection::{MAX_MINOR, MIN_MINOR};
 pub use error::StoreError;
 pub use nar::CHUNK_SIZE;
+pub use nixmesh_protocol::nix_wire::daemon::{MAX_MINOR, MIN_MINOR};
 pub use pool::{MAX_ACTIVE, MAX_IDLE};
 
 use pool::Pool;

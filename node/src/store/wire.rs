@@ -1,5 +1,5 @@
-//! The nix-daemon's framing primitives: little-endian `u64`s, and byte strings as a `u64`
-//! length, the bytes, and zero padding to a multiple of 8 (Nix's `serialise.cc`).
+//! Reading Nix's wire format off the daemon's socket: the I/O half of
+//! [`nixmesh_protocol::nix_wire`], which says what the bytes mean and what is acceptable.
 //!
 //! Every length the daemon sends is checked against a limit given by the caller before
 //! anything is allocated, so a broken or hostile daemon cannot make us allocate more than that
@@ -7,48 +7,32 @@
 
 use std::io;
 
+use nixmesh_protocol::nix_wire::{self, NixWireError};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-/// Why a value read from the daemon is not acceptable.
+/// Why a value could not be read from the daemon.
 #[derive(Debug, Error)]
-pub enum WireError {
+pub enum ReadError {
     #[error(transparent)]
     Io(#[from] io::Error),
-    #[error("{what} of {len} bytes exceeds the limit of {max} bytes")]
-    TooLong { what: &'static str, len: u64, max: usize },
-    #[error("list of {count} {what} exceeds the limit of {max}")]
-    TooMany { what: &'static str, count: u64, max: usize },
-    #[error("{what} has non-zero padding bytes")]
-    BadPadding { what: &'static str },
-    #[error("{what} is not UTF-8")]
-    NotUtf8 { what: &'static str },
-    #[error("{what} is {value}, not a boolean (0 or 1)")]
-    NotBool { what: &'static str, value: u64 },
-}
-
-/// Bytes of padding after a string of `len` bytes.
-fn padding(len: usize) -> usize {
-    (8 - len % 8) % 8
+    #[error(transparent)]
+    Wire(#[from] NixWireError),
 }
 
 /// Reads one little-endian `u64`.
-pub async fn read_u64<R: AsyncRead + Unpin>(r: &mut R) -> Result<u64, WireError> {
+pub async fn read_u64<R: AsyncRead + Unpin>(r: &mut R) -> Result<u64, ReadError> {
     let mut buf = [0u8; 8];
     r.read_exact(&mut buf).await?;
     Ok(u64::from_le_bytes(buf))
 }
 
-/// Reads a boolean, which Nix sends as a `u64` 0 or 1; anything else means we lost sync.
+/// Reads a boolean, which Nix sends as a `u64` 0 or 1.
 pub async fn read_bool<R: AsyncRead + Unpin>(
     r: &mut R,
     what: &'static str,
-) -> Result<bool, WireError> {
-    match read_u64(r).await? {
-        0 => Ok(false),
-        1 => Ok(true),
-        value => Err(WireError::NotBool { what, value }),
-    }
+) -> Result<bool, ReadError> {
+    Ok(nix_wire::to_bool(read_u64(r).await?, what)?)
 }
 
 /// Reads a byte string of at most `max` bytes and checks that its padding is zero.
@@ -56,21 +40,14 @@ pub async fn read_bytes<R: AsyncRead + Unpin>(
     r: &mut R,
     what: &'static str,
     max: usize,
-) -> Result<Vec<u8>, WireError> {
-    let len = read_u64(r).await?;
-    let len = usize::try_from(len).ok().filter(|&len| len <= max).ok_or(WireError::TooLong {
-        what,
-        len,
-        max,
-    })?;
+) -> Result<Vec<u8>, ReadError> {
+    let len = nix_wire::check_len(read_u64(r).await?, what, max)?;
     let mut bytes = vec![0u8; len];
     r.read_exact(&mut bytes).await?;
     let mut pad = [0u8; 8];
-    let pad = &mut pad[..padding(len)];
+    let pad = &mut pad[..nix_wire::padding_len(len as u64)];
     r.read_exact(pad).await?;
-    if pad.iter().any(|&b| b != 0) {
-        return Err(WireError::BadPadding { what });
-    }
+    nix_wire::check_padding(pad, what)?;
     Ok(bytes)
 }
 
@@ -79,8 +56,8 @@ pub async fn read_string<R: AsyncRead + Unpin>(
     r: &mut R,
     what: &'static str,
     max: usize,
-) -> Result<String, WireError> {
-    String::from_utf8(read_bytes(r, what, max).await?).map_err(|_| WireError::NotUtf8 { what })
+) -> Result<String, ReadError> {
+    Ok(nix_wire::to_string(read_bytes(r, what, max).await?, what)?)
 }
 
 /// Reads a string meant for people (log lines, error messages): invalid UTF-8 is replaced
@@ -89,7 +66,7 @@ pub async fn read_text<R: AsyncRead + Unpin>(
     r: &mut R,
     what: &'static str,
     max: usize,
-) -> Result<String, WireError> {
+) -> Result<String, ReadError> {
     let bytes = read_bytes(r, what, max).await?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
@@ -99,9 +76,8 @@ pub async fn read_count<R: AsyncRead + Unpin>(
     r: &mut R,
     what: &'static str,
     max: usize,
-) -> Result<usize, WireError> {
-    let count = read_u64(r).await?;
-    usize::try_from(count).ok().filter(|&n| n <= max).ok_or(WireError::TooMany { what, count, max })
+) -> Result<usize, ReadError> {
+    Ok(nix_wire::check_count(read_u64(r).await?, what, max)?)
 }
 
 /// Reads a list of at most `max_count` strings of at most `max_len` bytes each.
@@ -110,7 +86,7 @@ pub async fn read_strings<R: AsyncRead + Unpin>(
     what: &'static str,
     max_count: usize,
     max_len: usize,
-) -> Result<Vec<String>, WireError> {
+) -> Result<Vec<String>, ReadError> {
     let count = read_count(r, what, max_count).await?;
     // The count is bounded, but grow as entries actually arrive rather than trusting it.
     let mut out = Vec::with_capacity(count.min(1024));
@@ -120,18 +96,6 @@ pub async fn read_strings<R: AsyncRead + Unpin>(
     Ok(out)
 }
 
-/// Appends a little-endian `u64` to a request being built.
-pub fn put_u64(buf: &mut Vec<u8>, n: u64) {
-    buf.extend_from_slice(&n.to_le_bytes());
-}
-
-/// Appends a string with its length and padding to a request being built.
-pub fn put_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
-    put_u64(buf, bytes.len() as u64);
-    buf.extend_from_slice(bytes);
-    buf.resize(buf.len() + padding(bytes.len()), 0);
-}
-
 #[cfg(test)]
 mod tests {
     use futures::executor::block_on;
@@ -139,18 +103,12 @@ mod tests {
 
     use super::*;
 
+    use nixmesh_protocol::nix_wire::{put_bytes, put_u64};
+
     fn encoded(bytes: &[u8]) -> Vec<u8> {
         let mut buf = Vec::new();
         put_bytes(&mut buf, bytes);
         buf
-    }
-
-    #[test]
-    fn strings_are_padded_to_eight_bytes() {
-        assert_eq!(encoded(b""), [0u8; 8]);
-        assert_eq!(encoded(b"abc"), [3, 0, 0, 0, 0, 0, 0, 0, b'a', b'b', b'c', 0, 0, 0, 0, 0]);
-        assert_eq!(encoded(b"12345678").len(), 16);
-        assert_eq!(encoded(b"123456789").len(), 24);
     }
 
     #[test]
@@ -168,7 +126,7 @@ mod tests {
         let mut input = encoded(b"abc");
         input[12] = 1;
         let err = block_on(read_bytes(&mut input.as_slice(), "path", 100)).unwrap_err();
-        assert!(matches!(err, WireError::BadPadding { what: "path" }), "{err}");
+        assert!(matches!(err, ReadError::Wire(NixWireError::BadPadding { what: "path" })), "{err}");
     }
 
     #[test]
@@ -185,7 +143,7 @@ mod tests {
         let input = encoded(b"123456789");
         assert!(matches!(
             block_on(read_bytes(&mut input.as_slice(), "s", 8)),
-            Err(WireError::TooLong { len: 9, max: 8, .. })
+            Err(ReadError::Wire(NixWireError::TooLong { len: 9, max: 8, .. }))
         ));
         assert!(block_on(read_bytes(&mut input.as_slice(), "s", 9)).is_ok());
     }
@@ -207,7 +165,10 @@ mod tests {
         let mut r = input.as_slice();
         assert!(!block_on(read_bool(&mut r, "valid")).unwrap());
         assert!(block_on(read_bool(&mut r, "valid")).unwrap());
-        assert!(matches!(block_on(read_bool(&mut r, "valid")), Err(WireError::NotBool { .. })));
+        assert!(matches!(
+            block_on(read_bool(&mut r, "valid")),
+            Err(ReadError::Wire(NixWireError::NotBool { .. }))
+        ));
     }
 
     #[test]
@@ -216,7 +177,7 @@ mod tests {
         for cut in 0..input.len() {
             let err = block_on(read_bytes(&mut &input[..cut], "s", 100)).unwrap_err();
             assert!(
-                matches!(&err, WireError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof),
+                matches!(&err, ReadError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof),
                 "{cut}: {err}"
             );
         }
@@ -227,7 +188,7 @@ mod tests {
         let input = encoded(b"caf\xe9");
         assert!(matches!(
             block_on(read_string(&mut input.as_slice(), "path", 100)),
-            Err(WireError::NotUtf8 { what: "path" })
+            Err(ReadError::Wire(NixWireError::NotUtf8 { what: "path" }))
         ));
         assert_eq!(block_on(read_text(&mut input.as_slice(), "log", 100)).unwrap(), "caf\u{fffd}");
     }

@@ -1,5 +1,5 @@
-//! The pieces of the NAR grammar that the writer and the reader share: tokens, padding, and
-//! the rules for entry names and symlink targets.
+//! The pieces of the NAR grammar that the writer and the reader share: tokens and the rules
+//! for entry names and symlink targets. (Strings are framed as [`crate::nix_wire`] says.)
 //!
 //! Nix's own parser (`src/libutil/archive.cc`) checks names but caps nothing; what Nix can
 //! actually dump or restore is bounded by the operating system: a name is at most `NAME_MAX`
@@ -11,6 +11,8 @@ use thiserror::Error;
 
 /// The first string of every NAR.
 pub(crate) const MAGIC: &[u8] = b"nix-archive-1";
+/// The first bytes of every NAR: [`MAGIC`] as a string on the wire.
+pub const NAR_HEADER: [u8; 24] = *b"\x0d\0\0\0\0\0\0\0nix-archive-1\0\0\0";
 pub(crate) const OPEN: &[u8] = b"(";
 pub(crate) const CLOSE: &[u8] = b")";
 pub(crate) const TYPE: &[u8] = b"type";
@@ -35,10 +37,7 @@ pub const MAX_TARGET_LEN: usize = 4095;
 /// made exceeds this. It also bounds nesting: at most 2048 directories deep.
 pub const MAX_PATH_LEN: usize = 4095;
 
-/// The number of zero bytes that follow a string of `len` bytes.
-pub(crate) fn padding_len(len: u64) -> usize {
-    (len.wrapping_neg() % 8) as usize
-}
+pub(crate) use crate::nix_wire::padding_len;
 
 /// Why a directory entry name is not allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -107,12 +106,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn padding() {
-        assert_eq!(padding_len(0), 0);
-        assert_eq!(padding_len(1), 7);
-        assert_eq!(padding_len(8), 0);
-        assert_eq!(padding_len(13), 3);
-        assert_eq!(padding_len(u64::MAX), 1);
+    fn the_header_is_the_magic_as_a_string() {
+        let mut header = Vec::new();
+        crate::nix_wire::put_bytes(&mut header, MAGIC);
+        assert_eq!(header, NAR_HEADER);
     }
 
     #[test]

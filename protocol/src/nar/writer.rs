@@ -13,6 +13,7 @@ use std::ops::{Deref, DerefMut};
 use thiserror::Error;
 
 use super::format::{self, MAX_PATH_LEN, NameError, TargetError};
+use crate::nix_wire;
 
 /// Why the writer refused to go on. After any error but the validation ones
 /// ([`InvalidName`](Self::InvalidName), [`NotSorted`](Self::NotSorted),
@@ -77,13 +78,11 @@ impl Sink<'_> {
     }
 
     fn padding(&mut self, len: u64) -> Result<(), WriteError> {
-        self.bytes(&[0; 8][..format::padding_len(len)])
+        nix_wire::write_padding(self.out, len).map_err(WriteError::Io)
     }
 
     fn string(&mut self, s: &[u8]) -> Result<(), WriteError> {
-        self.bytes(&(s.len() as u64).to_le_bytes())?;
-        self.bytes(s)?;
-        self.padding(s.len() as u64)
+        nix_wire::write_bytes(self.out, s).map_err(WriteError::Io)
     }
 
     fn strings(&mut self, strings: &[&[u8]]) -> Result<(), WriteError> {
@@ -183,7 +182,7 @@ impl<'a, 'w> Node<'a, 'w> {
                 s.strings(&[format::EXECUTABLE, b""])?;
             }
             s.string(format::CONTENTS)?;
-            s.bytes(&size.to_le_bytes())?;
+            nix_wire::write_u64(s.out, size).map_err(WriteError::Io)?;
             s.contents(size, contents)?;
             s.string(format::CLOSE)?;
             s.pending_node = false;
@@ -305,9 +304,8 @@ mod tests {
     }
 
     fn s(bytes: &[u8]) -> Vec<u8> {
-        let mut out = (bytes.len() as u64).to_le_bytes().to_vec();
-        out.extend_from_slice(bytes);
-        out.resize(out.len() + format::padding_len(bytes.len() as u64), 0);
+        let mut out = Vec::new();
+        nix_wire::put_bytes(&mut out, bytes);
         out
     }
 
