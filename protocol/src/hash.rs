@@ -186,6 +186,7 @@ impl NixHash {
             .ok_or_else(|| HashError::InvalidEncoding { algo, text: short(text) })
     }
 
+    /// The algorithm the digest is of.
     pub fn algo(&self) -> HashAlgo {
         self.algo
     }
