@@ -9,18 +9,22 @@
 //! do not match the `CA` hash (`LocalStore::addToStore`, "ca hash mismatch"). [`verify`] is
 //! that check, so that nixmesh can pass such paths between nodes that share no key.
 //!
-//! The three kinds, as Nix writes them (`renderContentAddress` in `content-address.cc`) and
+//! The three kinds, as Nix writes them (`renderContentAddress` in `content-address.cc`), and
 //! the path each gives (`store-api.cc`):
 //!
-//! | `CA:` field | hash of | store path |
-//! | --- | --- | --- |
-//! | `text:sha256:<h>` | the file (`builtins.toFile`, `.drv` files) | `makeTextPath`: `makeStorePath("text<refs>", h, name)` |
-//! | `fixed:r:sha256:<h>` | the NAR (`nix-store --add`, `builtins.path`, CA derivations) | `makeFixedOutputPath`: `makeStorePath("source<refs>[:self]", h, name)` |
-//! | `fixed:<algo>:<h>`, or `fixed:r:` with md5, sha1, sha512 | the file, or the NAR | `makeFixedOutputPath`: `makeStorePath("output:out", sha256("fixed:out:[r:]<algo>:<h in base-16>:"), name)`; no references |
+//! - `text:sha256:<h>`, the hash of a file (`builtins.toFile`, `.drv` files): `makeTextPath`,
+//!   that is `makeStorePath("text<refs>", h, name)`;
+//! - `fixed:r:sha256:<h>`, the hash of a NAR (`nix-store --add`, `builtins.path`, floating CA
+//!   derivations): `makeFixedOutputPath`, that is `makeStorePath("source<refs>[:self]", h,
+//!   name)`;
+//! - `fixed:<algo>:<h>`, the hash of a file, and `fixed:r:<algo>:<h>` with md5, sha1 or
+//!   sha512 (`nix-store --add-fixed`, fixed-output derivations): `makeFixedOutputPath`, that
+//!   is `makeStorePath("output:out", sha256("fixed:out:[r:]<algo>:<h in base-16>:"), name)`,
+//!   with no references at all;
 //!
 //! where `<refs>` is `:<full path>` for each reference other than the path itself, sorted as
-//! text (Nix holds them in a set ordered by base name) and `makeStorePath` is
-//! [`make_store_path_hash`].
+//! text (Nix holds them in a set ordered by base name), `:self` says the path refers to
+//! itself, and `makeStorePath` is [`make_store_path_hash`].
 //!
 //! What the check does not cover: a narinfo's `NarHash` and `NarSize` are not part of the
 //! store path, so an unsigned narinfo vouches for neither; the contents are bound to the path
@@ -67,7 +71,8 @@ pub enum ContentAddressError {
     #[error("content address {0:?} has no `<algo>:` before its hash")]
     MissingAlgorithm(String),
     #[error(
-        "content address {ca:?}: unknown hash algorithm {algo:?}, expected md5, sha1, sha256 or sha512"
+        "content address {ca:?}: unknown hash algorithm {algo:?}, expected md5, sha1, sha256 \
+         or sha512"
     )]
     UnknownAlgorithm { ca: String, algo: String },
     #[error("content address {ca:?}: a text hash must be sha256, not {algo}")]
@@ -424,7 +429,8 @@ mod tests {
             let backward = ca.store_path("n", refs.iter().rev().chain(&refs), self_reference);
             prop_assert_eq!(&forward, &backward);
             // Which content addresses allow references at all.
-            let sha256_nar = matches!(&ca, ContentAddress::Recursive(h) if h.algo() == HashAlgo::Sha256);
+            let sha256_nar =
+                matches!(&ca, ContentAddress::Recursive(h) if h.algo() == HashAlgo::Sha256);
             let text = matches!(ca, ContentAddress::Text(_));
             let allowed = sha256_nar || (!self_reference && (text || refs.is_empty()));
             prop_assert_eq!(forward.is_ok(), allowed);

@@ -21,7 +21,8 @@ pub enum HashError {
     #[error("hash {0:?} is not a sha256 digest in base-16, nixbase32 or base-64")]
     InvalidDigest(String),
     #[error(
-        "{text:?} is not a {algo} digest: expected {} base-16, {} nixbase32 or {} base-64 characters",
+        "{text:?} is not a {algo} digest: expected {} base-16, {} nixbase32 or {} base-64 \
+         characters",
         algo.base16_len(), algo.nixbase32_len(), algo.base64_len()
     )]
     InvalidEncoding { algo: HashAlgo, text: String },
@@ -322,8 +323,10 @@ mod tests {
             HashAlgo::Sha512,
             "8a325a4f6d05d99e4f47c4b918da620e4151def513c4b34403f2552264b61b2f\
              22e82a77595aa9188c3483b6ee15c16d8b8b4ebf8a75435f5dc2e181707daaff",
-            "3zslzbhh7hw4paz8dsqmgsfif5nvh8mxsv86d4c32lmlnbp5bl24bqvnrj24mgj0d2b7i0kypg52h8fcbd1iff48x7rxn85dm7mlcla",
-            "sha512-ijJaT20F2Z5PR8S5GNpiDkFR3vUTxLNEA/JVImS2Gy8i6Cp3WVqpGIw0g7buFcFti4tOv4p1Q19dwuGBcH2q/w==",
+            "3zslzbhh7hw4paz8dsqmgsfif5nvh8mxsv86d4c32lmlnbp5bl24bqvnrj24mgj0\
+             d2b7i0kypg52h8fcbd1iff48x7rxn85dm7mlcla",
+            "sha512-ijJaT20F2Z5PR8S5GNpiDkFR3vUTxLNEA/JVImS2Gy8i6Cp3WVqpGIw0g7buFcF\
+             ti4tOv4p1Q19dwuGBcH2q/w==",
         ),
     ];
 
