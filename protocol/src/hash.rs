@@ -1,5 +1,8 @@
-//! SHA-256 digests in the forms Nix writes them: `sha256:<nixbase32>` (narinfo), base-16 (the
-//! daemon's path info), and SRI `sha256-<base64>` (`nix path-info --json`).
+//! Digests in the forms Nix writes them.
+//!
+//! [`Sha256`] is the NAR and file hash: `sha256:<nixbase32>` (narinfo), base-16 (the daemon's
+//! path info), and SRI `sha256-<base64>` (`nix path-info --json`). [`NixHash`] is any of the
+//! four algorithms Nix knows, as a content address names them (`fixed:sha1:...`).
 
 use std::fmt;
 
@@ -18,6 +21,12 @@ pub enum HashError {
     UnsupportedAlgorithm(String),
     #[error("hash {0:?} is not a sha256 digest in base-16, nixbase32 or base-64")]
     InvalidDigest(String),
+    #[error(
+        "{text:?} is not a {algo} digest: expected {} base-16, {} nixbase32 or {} base-64 \
+         characters",
+        algo.base16_len(), algo.nixbase32_len(), algo.base64_len()
+    )]
+    InvalidEncoding { algo: HashAlgo, text: String },
 }
 
 /// A SHA-256 digest, as NarHash and FileHash carry it.
@@ -44,18 +53,7 @@ impl Sha256 {
 
     /// Parses a bare digest, without the `sha256:` prefix, in any of Nix's three encodings.
     pub fn parse_digest(digest: &str) -> Option<Self> {
-        match digest.len() {
-            52 => nixbase32::decode_fixed::<32>(digest.as_bytes()).ok().map(Sha256),
-            64 => {
-                let mut out = [0u8; 32];
-                for (i, byte) in out.iter_mut().enumerate() {
-                    *byte = u8::from_str_radix(digest.get(2 * i..2 * i + 2)?, 16).ok()?;
-                }
-                Some(Sha256(out))
-            }
-            44 => Self::from_base64(digest),
-            _ => None,
-        }
+        decode_digest(HashAlgo::Sha256, digest)?.try_into().ok().map(Sha256)
     }
 
     fn from_base64(text: &str) -> Option<Self> {
@@ -70,7 +68,7 @@ impl Sha256 {
 
     /// The base-16 digest alone, as the daemon sends it.
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        hex(&self.0)
     }
 }
 
@@ -105,6 +103,163 @@ impl Sha256Hasher {
     }
 }
 
+/// The hash algorithms Nix knows (`parseHashType` in Nix's `hash.cc`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HashAlgo {
+    Md5,
+    Sha1,
+    Sha256,
+    Sha512,
+}
+
+impl HashAlgo {
+    /// Every algorithm, shortest digest first.
+    pub const ALL: [HashAlgo; 4] =
+        [HashAlgo::Md5, HashAlgo::Sha1, HashAlgo::Sha256, HashAlgo::Sha512];
+
+    /// The algorithm Nix names `name` (`md5`, `sha1`, `sha256`, `sha512`; lower case only, as
+    /// Nix reads them).
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|algo| algo.name() == name)
+    }
+
+    /// The name Nix writes.
+    pub fn name(self) -> &'static str {
+        match self {
+            HashAlgo::Md5 => "md5",
+            HashAlgo::Sha1 => "sha1",
+            HashAlgo::Sha256 => "sha256",
+            HashAlgo::Sha512 => "sha512",
+        }
+    }
+
+    /// Bytes in a digest.
+    pub fn digest_len(self) -> usize {
+        match self {
+            HashAlgo::Md5 => 16,
+            HashAlgo::Sha1 => 20,
+            HashAlgo::Sha256 => 32,
+            HashAlgo::Sha512 => 64,
+        }
+    }
+
+    /// Characters of a digest in base-16.
+    pub fn base16_len(self) -> usize {
+        2 * self.digest_len()
+    }
+
+    /// Characters of a digest in nixbase32.
+    pub fn nixbase32_len(self) -> usize {
+        nixbase32::encoded_len(self.digest_len())
+    }
+
+    /// Characters of a digest in padded base-64 (Nix's `base64Len`).
+    pub fn base64_len(self) -> usize {
+        (4 * self.digest_len() / 3 + 3) & !3
+    }
+}
+
+impl fmt::Display for HashAlgo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A digest and its algorithm, as Nix's `Hash`. The digest always has the algorithm's length.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct NixHash {
+    algo: HashAlgo,
+    digest: Box<[u8]>,
+}
+
+impl NixHash {
+    /// The hash with this digest, or `None` when the digest is not `algo`'s length.
+    pub fn new(algo: HashAlgo, digest: &[u8]) -> Option<Self> {
+        (digest.len() == algo.digest_len()).then(|| NixHash { algo, digest: digest.into() })
+    }
+
+    /// Parses a digest without an `<algo>:` prefix, as Nix's `Hash::parseNonSRIUnprefixed`:
+    /// base-16 (either case), nixbase32 or padded base-64, told apart by length. Stricter than
+    /// Nix in one way only: base-64 must be canonical (Nix ignores bits past the digest and
+    /// anything after a `=`).
+    pub fn parse_unprefixed(algo: HashAlgo, text: &str) -> Result<Self, HashError> {
+        decode_digest(algo, text)
+            .map(|digest| NixHash { algo, digest: digest.into() })
+            .ok_or_else(|| HashError::InvalidEncoding { algo, text: excerpt(text) })
+    }
+
+    /// The algorithm the digest is of.
+    pub fn algo(&self) -> HashAlgo {
+        self.algo
+    }
+
+    /// The raw digest, [`HashAlgo::digest_len`] bytes.
+    pub fn digest(&self) -> &[u8] {
+        &self.digest
+    }
+
+    /// The digest as a [`Sha256`], when it is one.
+    pub fn as_sha256(&self) -> Option<Sha256> {
+        match self.algo {
+            HashAlgo::Sha256 => self.digest.as_ref().try_into().ok().map(Sha256),
+            _ => None,
+        }
+    }
+
+    /// The nixbase32 digest alone.
+    pub fn to_nixbase32(&self) -> String {
+        nixbase32::encode(&self.digest)
+    }
+
+    /// The base-16 digest alone.
+    pub fn to_hex(&self) -> String {
+        hex(&self.digest)
+    }
+}
+
+impl From<Sha256> for NixHash {
+    fn from(hash: Sha256) -> Self {
+        NixHash { algo: HashAlgo::Sha256, digest: hash.0.into() }
+    }
+}
+
+/// `<algo>:<nixbase32>`, as Nix's `Hash::to_string(Base32, true)`.
+impl fmt::Display for NixHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.algo, self.to_nixbase32())
+    }
+}
+
+impl fmt::Debug for NixHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NixHash({self})")
+    }
+}
+
+/// A digest of `algo` in base-16, nixbase32 or base-64, told apart by length as Nix does (the
+/// three lengths differ for every algorithm).
+fn decode_digest(algo: HashAlgo, text: &str) -> Option<Vec<u8>> {
+    let digest = if text.len() == algo.base16_len() {
+        // Not `u8::from_str_radix`, which would take a `+` sign.
+        let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+        let bytes = text.as_bytes();
+        (0..algo.digest_len())
+            .map(|i| Some(nibble(bytes[2 * i])? << 4 | nibble(bytes[2 * i + 1])?))
+            .collect::<Option<Vec<u8>>>()?
+    } else if text.len() == algo.nixbase32_len() {
+        nixbase32::decode(text.as_bytes()).ok()?
+    } else if text.len() == algo.base64_len() {
+        base64::engine::general_purpose::STANDARD.decode(text).ok()?
+    } else {
+        return None;
+    };
+    (digest.len() == algo.digest_len()).then_some(digest)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,5 +290,71 @@ mod tests {
         assert!(matches!(Sha256::parse("md5:abc"), Err(HashError::UnsupportedAlgorithm(_))));
         assert!(matches!(Sha256::parse("sha256:xyz"), Err(HashError::InvalidDigest(_))));
         assert!(matches!(Sha256::parse("sha256-!!"), Err(HashError::InvalidDigest(_))));
+        // `u8::from_str_radix` would read "+e" as 0x0e.
+        let signed = format!("sha256:+e{}", &Sha256::digest(b"").to_hex()[2..]);
+        assert!(matches!(Sha256::parse(&signed), Err(HashError::InvalidDigest(_))));
+    }
+
+    /// `printf 'nixmesh\n' > f; h=$(nix-hash --type <algo> --flat f)`, then
+    /// `nix-hash --type <algo> --to-base32 $h` and `nix hash to-sri --type <algo> $h`.
+    const NIXMESH: [(HashAlgo, &str, &str, &str); 4] = [
+        (
+            HashAlgo::Md5,
+            "e6cb5b07e24edf4d46cc3b7ad2e9bdc3",
+            "63pplx4yivri34vpsfw83mpjz6",
+            "md5-5stbB+JO301GzDt60um9ww==",
+        ),
+        (
+            HashAlgo::Sha1,
+            "cd1d584a9556996e39dcb69d98d58eb0ef7671df",
+            "vxqpdvxhivari7dnvhwnx6anjm55h7fd",
+            "sha1-zR1YSpVWmW453LadmNWOsO92cd8=",
+        ),
+        (
+            HashAlgo::Sha256,
+            "eb964864b6568d415b7b93da44b7287b0c5593baeb08b96f93b863ec80a32a8f",
+            "13ralf0fqqxqjdpvj27bpa9ma33v52vl9nlkgddl33annrj4i5pb",
+            "sha256-65ZIZLZWjUFbe5PaRLcoewxVk7rrCLlvk7hj7ICjKo8=",
+        ),
+        (
+            HashAlgo::Sha512,
+            "8a325a4f6d05d99e4f47c4b918da620e4151def513c4b34403f2552264b61b2f\
+             22e82a77595aa9188c3483b6ee15c16d8b8b4ebf8a75435f5dc2e181707daaff",
+            "3zslzbhh7hw4paz8dsqmgsfif5nvh8mxsv86d4c32lmlnbp5bl24bqvnrj24mgj0\
+             d2b7i0kypg52h8fcbd1iff48x7rxn85dm7mlcla",
+            "sha512-ijJaT20F2Z5PR8S5GNpiDkFR3vUTxLNEA/JVImS2Gy8i6Cp3WVqpGIw0g7buFcF\
+             ti4tOv4p1Q19dwuGBcH2q/w==",
+        ),
+    ];
+
+    #[test]
+    fn nix_hashes_in_every_encoding_nix_reads() {
+        for (algo, hex, nix32, sri) in NIXMESH {
+            let base64 = sri.split_once('-').unwrap().1;
+            let hash = NixHash::parse_unprefixed(algo, hex).unwrap();
+            assert_eq!(hash.algo(), algo);
+            assert_eq!(hash.to_hex(), hex);
+            assert_eq!(hash.to_nixbase32(), nix32);
+            assert_eq!(hash.to_string(), format!("{algo}:{nix32}"));
+            assert_eq!(
+                (hex.len(), nix32.len(), base64.len()),
+                (algo.base16_len(), algo.nixbase32_len(), algo.base64_len())
+            );
+            for text in [nix32, base64, &hex.to_uppercase()] {
+                assert_eq!(NixHash::parse_unprefixed(algo, text).unwrap(), hash, "{text}");
+            }
+            assert_eq!(hash.as_sha256().is_some(), algo == HashAlgo::Sha256);
+            assert_eq!(NixHash::new(algo, hash.digest()), Some(hash.clone()));
+            assert_eq!(HashAlgo::parse(algo.name()), Some(algo));
+            // Not SRI, and not another algorithm's length.
+            assert!(NixHash::parse_unprefixed(algo, sri).is_err());
+            for other in HashAlgo::ALL.into_iter().filter(|&a| a != algo) {
+                let err = NixHash::parse_unprefixed(other, nix32).unwrap_err();
+                assert!(err.to_string().contains(other.name()), "{err}");
+            }
+        }
+        assert_eq!(NixHash::from(Sha256::digest(b"")).as_sha256(), Some(Sha256::digest(b"")),);
+        assert_eq!(HashAlgo::parse("SHA256"), None);
+        assert_eq!(NixHash::new(HashAlgo::Md5, &[0; 20]), None);
     }
 }

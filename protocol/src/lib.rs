@@ -3,6 +3,7 @@
 //! Everything here is pure: types, parsers and encoders that other crates feed bytes to.
 //! Nothing in this crate opens a socket or a file, or depends on an async runtime.
 
+pub mod content_address;
 pub mod hash;
 pub mod nar;
 pub mod narinfo;
@@ -13,7 +14,8 @@ pub mod signature;
 pub mod store_path;
 pub mod wire;
 
-pub use hash::Sha256;
+pub use content_address::ContentAddress;
+pub use hash::{HashAlgo, NixHash, Sha256};
 pub use narinfo::NarInfo;
 pub use store_path::{StorePath, StorePathHash};
 

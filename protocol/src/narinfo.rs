@@ -27,6 +27,7 @@ use std::fmt;
 
 use thiserror::Error;
 
+use crate::content_address::{ContentAddress, ContentAddressError};
 use crate::excerpt;
 use crate::signature::{Signature, SigningKey, TrustedKeys, VerifyingKey};
 use crate::{Sha256, StorePath};
@@ -79,7 +80,8 @@ pub struct NarInfo {
     pub deriver: Option<StorePath>,
     pub system: Option<String>,
     pub signatures: Vec<Signature>,
-    /// The content address (`fixed:r:sha256:...`, `text:sha256:...`), kept as text.
+    /// The content address (`fixed:r:sha256:...`, `text:sha256:...`), kept as text so that
+    /// the narinfo renders back as it was written; [`NarInfo::content_address`] reads it.
     pub ca: Option<String>,
     pub extra: Vec<(String, String)>,
 }
@@ -154,6 +156,14 @@ impl NarInfo {
         let text = sig.to_string();
         let at = self.signatures.iter().position(|s| s.to_string() > text);
         self.signatures.insert(at.unwrap_or(self.signatures.len()), sig);
+    }
+
+    /// The `CA` field as a [`ContentAddress`]: `Ok(None)` when there is none, an error when
+    /// it is not one Nix reads (Nix then refuses the whole narinfo as corrupt). To see whether
+    /// Nix would take the path unsigned, pass it to [`crate::content_address::verify`] with
+    /// `store_path` and `references`.
+    pub fn content_address(&self) -> Result<Option<ContentAddress>, ContentAddressError> {
+        self.ca.as_deref().map(ContentAddress::parse).transpose()
     }
 
     /// The trusted key one of its signatures verifies against, if any.
@@ -353,6 +363,8 @@ mod tests {
         let text = NarInfo::parse(NO_REFS).unwrap();
         assert!(text.references.is_empty() && text.deriver.is_none());
         assert!(text.ca.as_deref().unwrap().starts_with("text:sha256:"));
+        assert!(matches!(text.content_address(), Ok(Some(ContentAddress::Text(_)))));
+        assert_eq!(info.content_address(), Ok(None));
         assert!(NO_REFS.contains("\nReferences: \n"));
         assert_eq!(text.to_string(), NO_REFS);
     }
@@ -394,6 +406,14 @@ mod tests {
         info.sign(&ours);
         assert!(info.verify(&trusted).is_some());
         assert_eq!(NarInfo::parse(&info.to_string()).unwrap(), info);
+    }
+
+    #[test]
+    fn a_ca_nix_cannot_read_is_kept_but_refused() {
+        let odd = NO_REFS.replace("CA: text:sha256:", "CA: text:sha1:");
+        let info = NarInfo::parse(&odd).unwrap();
+        assert_eq!(info.to_string(), odd);
+        assert!(matches!(info.content_address(), Err(ContentAddressError::TextNotSha256 { .. })));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Store paths: `/nix/store/<32 nixbase32 characters>-<name>`.
 //!
 //! The 32 characters encode a 160-bit digest ([`StorePathHash`]); that digest alone names a
-//! path in a binary cache (`/<hash>.narinfo`) and in nixmesh's index.
+//! path in a binary cache (`/<hash>.narinfo`) and in nixmesh's index. Nix derives it from a
+//! description of the path's contents ([`make_store_path_hash`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -9,8 +10,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::excerpt;
-use crate::nixbase32;
+use crate::{Sha256, excerpt, nixbase32};
 
 /// The store directory every path here lives in. nixmesh serves only the default store dir.
 pub const STORE_DIR: &str = "/nix/store";
@@ -92,6 +92,12 @@ impl StorePath {
         Self::from_base_name(base)
     }
 
+    /// The path with this hash and name; the name is checked as [`StorePath::parse`] checks it.
+    pub fn from_parts(hash: StorePathHash, name: &str) -> Result<Self, StorePathError> {
+        validate_name(name)?;
+        Ok(StorePath { hash, name: name.to_owned() })
+    }
+
     /// Parses the last component alone, `<hash>-<name>`, as narinfo `References` list it.
     pub fn from_base_name(base: &str) -> Result<Self, StorePathError> {
         let hash_text =
@@ -152,6 +158,27 @@ impl<'de> Deserialize<'de> for StorePath {
     }
 }
 
+/// The hash Nix's `makeStorePath` gives a path named `name` in `store_dir`, whose contents
+/// `path_type` and the SHA-256 `inner` describe: the first 20 bytes, folded by XOR
+/// (`compressHash`), of the SHA-256 of `<path_type>:sha256:<inner in base-16>:<store_dir>:<name>`.
+///
+/// `path_type` is, for example, `text` or `source` followed by `:<reference>` for each
+/// reference, or `output:out`. The name is not checked here ([`StorePath::from_parts`] does).
+pub fn make_store_path_hash(
+    store_dir: &str,
+    path_type: &str,
+    inner: &Sha256,
+    name: &str,
+) -> StorePathHash {
+    let description = format!("{path_type}:sha256:{}:{store_dir}:{name}", inner.to_hex());
+    let digest = Sha256::digest(description.as_bytes());
+    let mut folded = [0u8; 20];
+    for (i, byte) in digest.0.iter().enumerate() {
+        folded[i % 20] ^= byte;
+    }
+    StorePathHash(folded)
+}
+
 /// Nix's rule for names: 1 to 211 characters of `A-Za-z0-9+-._?=`.
 fn validate_name(name: &str) -> Result<(), StorePathError> {
     if name.is_empty() {
@@ -200,6 +227,27 @@ mod tests {
         }
         let long = format!("/nix/store/j6mmqg25wifnxnwiiq7fcx65aa3ih36p-{}", "a".repeat(212));
         assert_eq!(StorePath::parse(&long), Err(StorePathError::NameTooLong));
+    }
+
+    #[test]
+    fn makes_the_hash_nix_makes() {
+        // `builtins.toFile "nixmesh-ca-text-a" "first\n"` (tests/data/ca/text.nix), in
+        // /nix/store and in the store dir /tmp/ca/odd/store (tests/data/ca/README.md).
+        let inner = Sha256::digest(b"first\n");
+        let name = "nixmesh-ca-text-a";
+        let hash = make_store_path_hash(STORE_DIR, "text", &inner, name);
+        assert_eq!(hash.to_string(), "142qnknaf8gi89r0lzcn01cvhyi2m4yw");
+        let odd = make_store_path_hash("/tmp/ca/odd/store", "text", &inner, name);
+        assert_eq!(odd.to_string(), "7i68c94hmgd73aijiw9ikna5mz10w9sk");
+        let path = StorePath::from_parts(hash, name).unwrap();
+        assert_eq!(
+            path.to_string(),
+            format!("{STORE_DIR}/142qnknaf8gi89r0lzcn01cvhyi2m4yw-{name}")
+        );
+        assert_eq!(
+            StorePath::from_parts(hash, "a/b"),
+            Err(StorePathError::InvalidNameCharacter('/'))
+        );
     }
 
     proptest! {
