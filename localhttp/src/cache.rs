@@ -8,6 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
+use nixmesh_protocol::content_address::NarCheck;
 use nixmesh_protocol::{NarInfo, StorePathHash};
 
 /// A narinfo that passed verification, as the peer that served it sent it, and the text
@@ -17,6 +18,8 @@ pub struct Verified<P> {
     pub narinfo: NarInfo,
     pub peer: P,
     pub for_nix: Bytes,
+    /// What its NAR is checked against besides `NarHash` (see [`crate::substituter::Accepted`]).
+    pub check: Option<NarCheck>,
 }
 
 /// At most `capacity` verified narinfos; the oldest insertion is forgotten first.
@@ -93,7 +96,7 @@ mod tests {
             ca: None,
             extra: vec![],
         };
-        (hash, Arc::new(Verified { narinfo, peer: n, for_nix: Bytes::new() }))
+        (hash, Arc::new(Verified { narinfo, peer: n, for_nix: Bytes::new(), check: None }))
     }
 
     #[test]

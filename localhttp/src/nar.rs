@@ -47,13 +47,15 @@ pub async fn nar<S: PathSource>(State(sub): State<Arc<Substituter<S>>>, uri: Uri
         store_hash: file.store_hash,
         nar_hash: verified.narinfo.nar_hash,
         nar_size: verified.narinfo.nar_size,
+        check: verified.check.clone(),
     };
+    let nar_size = expected.nar_size;
     let Some(nar) = open(&sub, expected, preferred_first(holders, &verified.peer)).await else {
         return miss("no holder sent the NAR");
     };
     let headers = [
         (CONTENT_TYPE, HeaderValue::from_static("application/x-nix-nar")),
-        (CONTENT_LENGTH, HeaderValue::from(expected.nar_size)),
+        (CONTENT_LENGTH, HeaderValue::from(nar_size)),
     ];
     (headers, Body::from_stream(nar)).into_response()
 }
@@ -65,8 +67,9 @@ async fn open<S: PathSource>(
     expected: Expected,
     holders: Vec<S::Peer>,
 ) -> Option<VerifiedNar<S::Peer>> {
+    let store_hash = expected.store_hash;
     let attempt = |peer: &S::Peer, remaining: &[S::Peer]| {
-        let (peer, remaining) = (peer.clone(), remaining.to_vec());
+        let (peer, remaining, expected) = (peer.clone(), remaining.to_vec(), expected.clone());
         async move {
             let stream = sub.source.fetch_nar(&peer, expected.store_hash, expected.nar_hash, 0);
             let stream = stream.await.map_err(|e| Miss::Because(Unused::Source(e)))?;
@@ -80,7 +83,7 @@ async fn open<S: PathSource>(
     };
     let (peer, nar) = first_of(
         &holders,
-        expected.store_hash,
+        store_hash,
         "NAR",
         sub.config.nar_first_byte_timeout,
         sub.config.nar_start_deadline,

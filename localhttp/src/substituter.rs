@@ -1,9 +1,13 @@
 //! The substituter's shared state, and the trust rule for narinfos: a narinfo reaches Nix only
-//! if it parses, names the store path asked for, and carries a signature from a trusted key.
+//! if it parses, names the store path asked for, and carries a signature from a trusted key,
+//! or is self-certifying: a content-addressed path (`CA:`) whose store path recomputes from
+//! that field, as Nix itself accepts with no signature. What an unsigned `NarHash` cannot
+//! vouch for, the NAR's bytes are then checked against as they pass ([`NarCheck`]).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
+use nixmesh_protocol::content_address::{self, CaMismatch, ContentAddressError, NarCheck};
 use nixmesh_protocol::narinfo::NarInfoError;
 use nixmesh_protocol::signature::TrustedKeys;
 use nixmesh_protocol::{NarInfo, StorePath, StorePathHash};
@@ -36,6 +40,21 @@ pub enum Rejection {
     OtherPath(StorePath),
     #[error("the narinfo has no signature from a trusted key (signed by: {0})")]
     Untrusted(String),
+    #[error("the narinfo is unsigned and its CA field does not parse: {0}")]
+    BadContentAddress(#[from] ContentAddressError),
+    #[error("the narinfo is unsigned and not self-certifying: {0}")]
+    NotSelfCertifying(#[from] CaMismatch),
+    #[error("the narinfo is unsigned and its NarHash is not the one its CA field states")]
+    NarHashNotCa,
+}
+
+/// A narinfo Nix may be given, and what its NAR must be checked against besides its
+/// `NarHash` and `NarSize`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Accepted {
+    pub narinfo: NarInfo,
+    /// For an unsigned content-addressed path whose `NarHash` alone does not bind its bytes.
+    pub check: Option<NarCheck>,
 }
 
 impl<S: PathSource> Substituter<S> {
@@ -63,7 +82,7 @@ impl<S: PathSource> Substituter<S> {
             let peer = peer.clone();
             async move { self.ask(&peer, hash).await.map_err(Miss::Because) }
         };
-        let (peer, narinfo) = first_of(
+        let (peer, Accepted { narinfo, check }) = first_of(
             holders,
             hash,
             "narinfo",
@@ -74,34 +93,45 @@ impl<S: PathSource> Substituter<S> {
         .await?;
         debug!(%peer, "narinfo verified");
         let for_nix = Bytes::from(for_nix(&narinfo).to_string());
-        let verified = Arc::new(Verified { for_nix, narinfo, peer });
+        let verified = Arc::new(Verified { for_nix, narinfo, peer, check });
         self.cache.insert(hash, verified.clone());
         Some(verified)
     }
 
-    async fn ask(&self, peer: &S::Peer, hash: StorePathHash) -> Result<NarInfo, Rejection> {
+    async fn ask(&self, peer: &S::Peer, hash: StorePathHash) -> Result<Accepted, Rejection> {
         let text = self.source.fetch_narinfo(peer, hash).await?.ok_or(Rejection::NotHeld)?;
         accept(&text, hash, &self.config.trusted_keys)
     }
 }
 
 /// A peer's narinfo `text` for `hash`, if Nix may be given it.
-pub fn accept(text: &str, hash: StorePathHash, keys: &TrustedKeys) -> Result<NarInfo, Rejection> {
+pub fn accept(text: &str, hash: StorePathHash, keys: &TrustedKeys) -> Result<Accepted, Rejection> {
     let narinfo = NarInfo::parse(text)?;
     // A signature binds the narinfo to its own store path, so a hostile peer could send a
     // validly signed narinfo of some other path; it must be the path asked for.
     if narinfo.store_path.hash() != hash {
         return Err(Rejection::OtherPath(narinfo.store_path));
     }
-    if narinfo.verify(keys).is_none() {
-        let names: Vec<&str> = narinfo.signatures.iter().map(|s| s.name()).collect();
-        return Err(Rejection::Untrusted(if names.is_empty() {
-            "nobody".to_owned()
-        } else {
-            names.join(", ")
-        }));
+    if narinfo.verify(keys).is_some() {
+        return Ok(Accepted { narinfo, check: None });
     }
-    Ok(narinfo)
+    let untrusted = || {
+        let names: Vec<&str> = narinfo.signatures.iter().map(|s| s.name()).collect();
+        Rejection::Untrusted(if names.is_empty() { "nobody".to_owned() } else { names.join(", ") })
+    };
+    let Some(ca) = narinfo.content_address()? else { return Err(untrusted()) };
+    content_address::verify(&narinfo.store_path, &ca, &narinfo.references)?;
+    let self_reference = narinfo.references.contains(&narinfo.store_path);
+    let check = match ca.nar_check(self_reference) {
+        None => return Err(untrusted()),
+        Some(NarCheck::NarHashIs(nar_hash)) if nar_hash != narinfo.nar_hash => {
+            return Err(Rejection::NarHashNotCa);
+        }
+        // The `NarHash` is the content address's: the NAR's own check covers it.
+        Some(NarCheck::NarHashIs(_)) => None,
+        Some(check) => Some(check),
+    };
+    Ok(Accepted { narinfo, check })
 }
 
 /// `narinfo` as this substituter serves it: the NAR at its own URL, uncompressed, so the
@@ -162,7 +192,7 @@ mod tests {
         let k = key("cache-1", 1);
         let narinfo = signed(PATH, &k);
         let hash = narinfo.store_path.hash();
-        assert_eq!(accept(&narinfo.to_string(), hash, &trusting(&k)).unwrap(), narinfo);
+        assert_eq!(accept(&narinfo.to_string(), hash, &trusting(&k)).unwrap().narinfo, narinfo);
     }
 
     #[test]
@@ -180,6 +210,52 @@ mod tests {
         let impostor = signed(PATH, &key("cache-1", 3)).to_string();
         assert!(matches!(accept(&impostor, hash, &trusting(&k)), Err(Rejection::Untrusted(_))));
         assert!(matches!(accept("garbage", hash, &trusting(&k)), Err(Rejection::Malformed(_))));
+    }
+
+    /// Unsigned narinfos Nix 2.8 wrote (`protocol/tests/data/ca/README.md` says how).
+    const FLAT_SHA256: &str =
+        include_str!("../../protocol/tests/data/ca/sy843z9jvp6c6rm3j650yinl4xjx56q9.narinfo");
+    const NAR_SHA256: &str =
+        include_str!("../../protocol/tests/data/ca/48rgcs6w8kb667k286c2h7xdwivcl60w.narinfo");
+    const NAR_SHA1: &str =
+        include_str!("../../protocol/tests/data/ca/qrl52g3ai9pl9y453qws2vn8jjj32hmw.narinfo");
+    const FLOATING: &str =
+        include_str!("../../protocol/tests/data/ca/l7gfqrr3msga3iq03w81vq3k56v0bfqh.narinfo");
+
+    fn accept_unsigned(text: &str) -> Result<Accepted, Rejection> {
+        let hash = NarInfo::parse(text).unwrap().store_path.hash();
+        accept(text, hash, &trusting(&key("cache-1", 1)))
+    }
+
+    #[test]
+    fn accepts_self_certifying_paths_unsigned_with_the_check_their_nar_needs() {
+        let flat = accept_unsigned(FLAT_SHA256).unwrap();
+        assert!(matches!(flat.check, Some(NarCheck::FileContents(_))), "{:?}", flat.check);
+        let nar = accept_unsigned(NAR_SHA256).unwrap();
+        assert_eq!(nar.check, None, "its NarHash is its content address");
+        let sha1 = accept_unsigned(NAR_SHA1).unwrap();
+        assert!(matches!(sha1.check, Some(NarCheck::Nar(_))), "{:?}", sha1.check);
+    }
+
+    #[test]
+    fn refuses_unsigned_paths_that_do_not_certify_themselves() {
+        // Another name: the CA field no longer gives the path.
+        let renamed = FLAT_SHA256.replace("nixmesh-ca-flat-sha256", "nixmesh-ca-flat-sha257");
+        assert!(matches!(accept_unsigned(&renamed), Err(Rejection::NotSelfCertifying(_))));
+        // A NarHash other than the one the CA field states.
+        let nar = NarInfo::parse(NAR_SHA256).unwrap();
+        let nar_hash = format!("NarHash: sha256:{}", nar.nar_hash.to_nixbase32());
+        let other = NAR_SHA256.replace(&nar_hash, &format!("NarHash: sha256:{}", "0".repeat(52)));
+        assert_ne!(other, NAR_SHA256);
+        assert!(matches!(accept_unsigned(&other), Err(Rejection::NarHashNotCa)));
+        // A self-reference: Nix hashes such a NAR modulo its own hash part.
+        assert!(matches!(accept_unsigned(FLOATING), Err(Rejection::Untrusted(_))));
+        let garbled = FLAT_SHA256.replace("CA: fixed:sha256:", "CA: fixed:sha257:");
+        assert!(matches!(accept_unsigned(&garbled), Err(Rejection::BadContentAddress(_))));
+        // No CA field and no signature.
+        let plain = FLAT_SHA256.lines().filter(|l| !l.starts_with("CA:")).collect::<Vec<_>>();
+        let plain = plain.join("\n") + "\n";
+        assert!(matches!(accept_unsigned(&plain), Err(Rejection::Untrusted(n)) if n == "nobody"));
     }
 
     #[test]

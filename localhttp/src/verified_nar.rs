@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use nixmesh_protocol::hash::Sha256Hasher;
+use nixmesh_protocol::content_address::NarCheck;
+use nixmesh_protocol::hash::{NixHash, NixHasher, Sha256Hasher};
+use nixmesh_protocol::nar::{Event, NarParser};
 use nixmesh_protocol::{Sha256, StorePathHash};
 use thiserror::Error;
 use tokio::time::{Instant, Sleep, sleep};
@@ -38,14 +40,82 @@ pub enum TransferError {
     TooShort { peer: String, got: u64, expected: u64 },
     #[error("peer {peer}: the NAR hashes to {got}, its signed narinfo says {expected}")]
     WrongHash { peer: String, got: Sha256, expected: Sha256 },
+    #[error("peer {peer}: the NAR does not match the path's content address: {reason}")]
+    NotContent { peer: String, reason: String },
 }
 
-/// The NAR its signed narinfo promises.
-#[derive(Debug, Clone, Copy)]
+/// The NAR its verified narinfo promises.
+#[derive(Debug, Clone)]
 pub struct Expected {
     pub store_hash: StorePathHash,
     pub nar_hash: Sha256,
     pub nar_size: u64,
+    /// For an unsigned content-addressed path, what else its bytes must hash to.
+    pub check: Option<NarCheck>,
+}
+
+/// The check of a content address as the NAR passes: the whole NAR with another algorithm,
+/// or the contents of the one regular file it must be.
+enum ContentCheck {
+    Nar { hasher: NixHasher, want: NixHash },
+    File { parser: Box<NarParser>, hasher: NixHasher, want: NixHash, root_is_file: bool },
+}
+
+impl ContentCheck {
+    fn new(check: &NarCheck) -> Option<Self> {
+        match check {
+            NarCheck::NarHashIs(_) => None,
+            NarCheck::Nar(want) => {
+                Some(ContentCheck::Nar { hasher: NixHasher::new(want.algo()), want: want.clone() })
+            }
+            NarCheck::FileContents(want) => Some(ContentCheck::File {
+                parser: Box::default(),
+                hasher: NixHasher::new(want.algo()),
+                want: want.clone(),
+                root_is_file: false,
+            }),
+        }
+    }
+
+    fn update(&mut self, chunk: &[u8]) -> Result<(), String> {
+        match self {
+            ContentCheck::Nar { hasher, .. } => hasher.update(chunk),
+            ContentCheck::File { parser, hasher, root_is_file, .. } => {
+                let mut other_root = false;
+                parser
+                    .push(chunk, |event| match event {
+                        Event::FileStart { path: [], .. } => *root_is_file = true,
+                        Event::FileData(data) => hasher.update(data),
+                        Event::DirectoryStart { path: [] } | Event::Symlink { path: [], .. } => {
+                            other_root = true
+                        }
+                        _ => {}
+                    })
+                    .map_err(|e| e.to_string())?;
+                if other_root {
+                    return Err("it is not a single regular file".to_owned());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<(), String> {
+        let (got, want) = match self {
+            ContentCheck::Nar { hasher, want } => (hasher.finish(), want),
+            ContentCheck::File { parser, hasher, want, root_is_file } => {
+                parser.finish().map_err(|e| e.to_string())?;
+                if !root_is_file {
+                    return Err("it is not a single regular file".to_owned());
+                }
+                (hasher.finish(), want)
+            }
+        };
+        match got == want {
+            true => Ok(()),
+            false => Err(format!("its contents hash to {got}, not {want}")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +139,8 @@ pub struct VerifiedNar<P> {
     /// Bytes received from peers, all of them hashed; where a resumption would start.
     offset: u64,
     hasher: Sha256Hasher,
+    /// The content address's own check, for an unsigned content-addressed path.
+    content: Option<ContentCheck>,
     /// A chunk that passed the checks and is not yet handed out.
     ready: Option<Bytes>,
     progress: Progress,
@@ -90,7 +162,9 @@ impl<P: std::fmt::Display> VerifiedNar<P> {
         remaining: Vec<P>,
         idle_timeout: Duration,
     ) -> Self {
+        let content = expected.check.as_ref().and_then(ContentCheck::new);
         VerifiedNar {
+            content,
             expected,
             peer,
             remaining,
@@ -172,6 +246,10 @@ impl<P: std::fmt::Display> VerifiedNar<P> {
             return Err(self.fail(TransferError::TooLong { peer: self.peer.to_string(), expected }));
         }
         self.hasher.update(&chunk);
+        if let Some(Err(reason)) = self.content.as_mut().map(|c| c.update(&chunk)) {
+            let peer = self.peer.to_string();
+            return Err(self.fail(TransferError::NotContent { peer, reason }));
+        }
         self.offset = end;
         if end == self.expected.nar_size {
             self.verify().map_err(|e| self.fail(e))?;
@@ -184,6 +262,9 @@ impl<P: std::fmt::Display> VerifiedNar<P> {
         if got != self.expected.nar_hash {
             let peer = self.peer.to_string();
             return Err(TransferError::WrongHash { peer, got, expected: self.expected.nar_hash });
+        }
+        if let Some(Err(reason)) = self.content.take().map(ContentCheck::finish) {
+            return Err(TransferError::NotContent { peer: self.peer.to_string(), reason });
         }
         self.progress = Progress::Verified;
         self.span.in_scope(|| debug!(peer = %self.peer, bytes = self.offset, "NAR verified"));
@@ -223,6 +304,7 @@ impl<P: std::fmt::Display> Stream for VerifiedNar<P> {
 mod tests {
     use super::*;
     use futures::stream;
+    use nixmesh_protocol::hash::HashAlgo;
 
     const NAR: &[u8] = b"nix-archive-1 (pretend this is a whole NAR)";
 
@@ -231,6 +313,7 @@ mod tests {
             store_hash: StorePathHash([1; 20]),
             nar_hash: Sha256::digest(nar),
             nar_size: nar.len() as u64,
+            check: None,
         }
     }
 
@@ -291,5 +374,53 @@ mod tests {
         let (out, error) = run(expected(NAR), &[]).await;
         assert!(out.is_empty());
         assert!(matches!(error, Some(TransferError::TooShort { got: 0, .. })), "{error:?}");
+    }
+
+    fn file_nar(contents: &[u8]) -> Vec<u8> {
+        let mut nar = Vec::new();
+        let root = nixmesh_protocol::nar::writer::open(&mut nar).unwrap();
+        root.file(false, contents.len() as u64, &mut &contents[..]).unwrap();
+        nar
+    }
+
+    fn checked(nar: &[u8], check: NarCheck) -> Expected {
+        Expected { check: Some(check), ..expected(nar) }
+    }
+
+    fn digest(algo: HashAlgo, bytes: &[u8]) -> NixHash {
+        let mut hasher = NixHasher::new(algo);
+        hasher.update(bytes);
+        hasher.finish()
+    }
+
+    #[tokio::test]
+    async fn a_content_address_is_checked_as_the_nar_passes() {
+        let nar = file_nar(b"a fetchurl tarball");
+        let right = NarCheck::FileContents(digest(HashAlgo::Sha256, b"a fetchurl tarball"));
+        let cut = [&nar[..50], &nar[50..]];
+        let (out, error) = run(checked(&nar, right), &cut).await;
+        assert_eq!((out, error.map(|e| e.to_string())), (nar.clone(), None));
+
+        // The NarHash matches (an unsigned narinfo says what its peer wants) but the contents
+        // are not what the CA field states: the last chunk never goes out.
+        let wrong = NarCheck::FileContents(digest(HashAlgo::Sha256, b"something else"));
+        let (out, error) = run(checked(&nar, wrong), &cut).await;
+        assert_eq!(out, &nar[..50]);
+        assert!(matches!(error, Some(TransferError::NotContent { .. })), "{error:?}");
+
+        // A flat content address is of one regular file, not of a directory.
+        let mut dir = Vec::new();
+        let mut root = nixmesh_protocol::nar::writer::open(&mut dir).unwrap().directory().unwrap();
+        root.entry(b"f").unwrap().file(false, 1, &mut &b"x"[..]).unwrap();
+        root.close().unwrap();
+        let check = NarCheck::FileContents(digest(HashAlgo::Sha256, b"x"));
+        let (_, error) = run(checked(&dir, check), &[&dir]).await;
+        assert!(matches!(error, Some(TransferError::NotContent { .. })), "{error:?}");
+
+        // fixed:r:sha1: the whole NAR, with the other algorithm.
+        let sha1 = NarCheck::Nar(digest(HashAlgo::Sha1, &nar));
+        assert!(run(checked(&nar, sha1), &cut).await.1.is_none());
+        let sha1 = NarCheck::Nar(digest(HashAlgo::Sha1, b"not it"));
+        assert!(run(checked(&nar, sha1), &cut).await.1.is_some());
     }
 }

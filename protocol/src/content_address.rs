@@ -59,6 +59,17 @@ pub enum ContentAddress {
     Recursive(NixHash),
 }
 
+/// How a NAR is checked against a content address ([`ContentAddress::nar_check`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NarCheck {
+    /// The NAR's SHA-256 is this: the narinfo's `NarHash` must be it.
+    NarHashIs(Sha256),
+    /// The whole NAR hashes to this (with an algorithm other than SHA-256).
+    Nar(NixHash),
+    /// The NAR is one regular file whose contents hash to this.
+    FileContents(NixHash),
+}
+
 /// Text that is not a content address Nix reads (`parseContentAddress`).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ContentAddressError {
@@ -160,6 +171,22 @@ impl ContentAddress {
         match self {
             ContentAddress::Recursive(hash) if !self_reference => hash.as_sha256(),
             _ => None,
+        }
+    }
+
+    /// What a NAR of this path must hash to, beyond the `NarHash` of its narinfo (which no one
+    /// vouches for when the narinfo is unsigned); `None` when it cannot be checked as the NAR
+    /// passes (a `fixed:r:sha256:` path that refers to itself is hashed by Nix with its own
+    /// hash part blanked out).
+    pub fn nar_check(&self, self_reference: bool) -> Option<NarCheck> {
+        match self {
+            ContentAddress::Text(hash) => Some(NarCheck::FileContents(NixHash::from(*hash))),
+            ContentAddress::Flat(hash) => Some(NarCheck::FileContents(hash.clone())),
+            ContentAddress::Recursive(hash) => match hash.as_sha256() {
+                Some(sha256) if !self_reference => Some(NarCheck::NarHashIs(sha256)),
+                Some(_) => None,
+                None => Some(NarCheck::Nar(hash.clone())),
+            },
         }
     }
 
@@ -305,6 +332,19 @@ mod tests {
             let hex = text.replace(&hash.to_nixbase32(), &hash.to_hex().to_uppercase());
             assert_eq!(ContentAddress::parse(&hex).unwrap(), ca, "{hex}");
         }
+    }
+
+    #[test]
+    fn nar_checks_follow_the_kind() {
+        let text = ContentAddress::parse(TEXT).unwrap();
+        assert_eq!(text.nar_check(false), Some(NarCheck::FileContents(text.hash())));
+        let flat = ContentAddress::parse(FLAT_MD5).unwrap();
+        assert_eq!(flat.nar_check(false), Some(NarCheck::FileContents(flat.hash())));
+        let nar = ContentAddress::parse(NAR_SHA1).unwrap();
+        assert_eq!(nar.nar_check(false), Some(NarCheck::Nar(nar.hash())));
+        let sha256 = ContentAddress::Recursive(NixHash::from(Sha256([7; 32])));
+        assert_eq!(sha256.nar_check(false), Some(NarCheck::NarHashIs(Sha256([7; 32]))));
+        assert_eq!(sha256.nar_check(true), None, "a self-reference is blanked out by Nix");
     }
 
     #[test]

@@ -103,6 +103,45 @@ impl Sha256Hasher {
     }
 }
 
+/// A running hash of any of Nix's algorithms, for checking content against a [`NixHash`].
+#[derive(Clone)]
+pub enum NixHasher {
+    Md5(md5::Md5),
+    Sha1(sha1::Sha1),
+    Sha256(sha2::Sha256),
+    Sha512(sha2::Sha512),
+}
+
+impl NixHasher {
+    pub fn new(algo: HashAlgo) -> Self {
+        match algo {
+            HashAlgo::Md5 => NixHasher::Md5(Default::default()),
+            HashAlgo::Sha1 => NixHasher::Sha1(Default::default()),
+            HashAlgo::Sha256 => NixHasher::Sha256(Default::default()),
+            HashAlgo::Sha512 => NixHasher::Sha512(Default::default()),
+        }
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        match self {
+            NixHasher::Md5(h) => h.update(bytes),
+            NixHasher::Sha1(h) => h.update(bytes),
+            NixHasher::Sha256(h) => h.update(bytes),
+            NixHasher::Sha512(h) => h.update(bytes),
+        }
+    }
+
+    pub fn finish(self) -> NixHash {
+        let (algo, digest) = match self {
+            NixHasher::Md5(h) => (HashAlgo::Md5, h.finalize().to_vec()),
+            NixHasher::Sha1(h) => (HashAlgo::Sha1, h.finalize().to_vec()),
+            NixHasher::Sha256(h) => (HashAlgo::Sha256, h.finalize().to_vec()),
+            NixHasher::Sha512(h) => (HashAlgo::Sha512, h.finalize().to_vec()),
+        };
+        NixHash { algo, digest: digest.into() }
+    }
+}
+
 /// The hash algorithms Nix knows (`parseHashType` in Nix's `hash.cc`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HashAlgo {
@@ -263,6 +302,26 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_algorithm_hashes_as_its_reference_does() {
+        let cases = [
+            (HashAlgo::Md5, "900150983cd24fb0d6963f7d28e17f72"),
+            (HashAlgo::Sha1, "a9993e364706816aba3e25717850c26c9cd0d89d"),
+            (HashAlgo::Sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"),
+            (
+                HashAlgo::Sha512,
+                "ddaf35a193617abacc417349ae20413112e6fa4e89a97ea20a9eeee64b55d39a\
+                 2192992a274fc1a836ba3c23a3feebbd454d4423643ce80e2a9ac94fa54ca49f",
+            ),
+        ];
+        for (algo, hex) in cases {
+            let mut hasher = NixHasher::new(algo);
+            hasher.update(b"a");
+            hasher.update(b"bc");
+            assert_eq!(hasher.finish(), NixHash::parse_unprefixed(algo, hex).unwrap(), "{algo}");
+        }
+    }
 
     // From `nix path-info --json` and `nix-hash --to-base32` for one path built here.
     const SRI: &str = "sha256-EOnzpBsxg8XJoMSMBWI+LnX//fMnKLViZSF+0FiE+4M=";
