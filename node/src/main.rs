@@ -90,8 +90,9 @@ fn main() -> ExitCode {
                     true => tracing::info!(file = %file.display(), "read the config file"),
                     false => tracing::info!(file = %file.display(), "no config file"),
                 }
+                let stop = shutdown_signal();
                 raise_open_file_limit();
-                node::serve(settings.config, shutdown_signal())
+                node::serve(settings.config, stop)
                     .await
                     .map(|()| String::new())
                     .map_err(|e| e.to_string())
@@ -148,12 +149,17 @@ fn raise_open_file_limit() {
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Completes on SIGINT or SIGTERM. The handlers are in place when this returns, before the
+/// node starts: a stop signal that comes while it starts (systemd stopping it, say) stops it
+/// in order once started, instead of killing it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut interrupt = signal(SignalKind::interrupt()).expect("a SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }

@@ -40,6 +40,15 @@ impl EffectiveConfig {
         };
         let mut sources: BTreeMap<String, Source> =
             merged.keys().map(|key| (key.clone(), Source::Default)).collect();
+        // The file was checked as it was read; each flag is checked here, alone, so that an
+        // error names it.
+        for (key, value) in &flags {
+            let alone = Map::from_iter([(key.clone(), value.clone())]);
+            if let Err(e) = serde_json::from_value::<ServeConfig>(Value::Object(alone)) {
+                let reason = e.to_string();
+                return Err(ConfigError::Invalid { key: key.clone(), from: Source::Flag, reason });
+            }
+        }
         let file_read = from_file.is_some();
         let layers = [
             (from_file.unwrap_or_default(), Source::File(file.path.clone())),
@@ -51,10 +60,8 @@ impl EffectiveConfig {
                 merged.insert(key, value);
             }
         }
-        let config: ServeConfig = serde_json::from_value(Value::Object(merged)).map_err(|e| {
-            // The file was checked when read, so this is a flag's value; serde names the key.
-            ConfigError::Invalid { key: "a flag".into(), from: Source::Flag, reason: e.to_string() }
-        })?;
+        let config: ServeConfig = serde_json::from_value(Value::Object(merged))
+            .expect("every layer's values were checked");
         if let Err((key, reason)) = config.check() {
             let from = sources[key].clone();
             return Err(ConfigError::Invalid { key: key.into(), from, reason: reason.into() });
@@ -179,6 +186,9 @@ mod tests {
         assert!(e.starts_with("rescan_interval (from file /etc/nixmesh/config.toml): "), "{e}");
         let e = merge(None, json!({ "rescan_interval": 0.0 })).unwrap_err().to_string();
         assert!(e.starts_with("rescan_interval (from flag): "), "{e}");
+        // Not a number at all (what an infinite f64 serialises to).
+        let e = merge(None, json!({ "forget_peers_after": null })).unwrap_err().to_string();
+        assert!(e.starts_with("forget_peers_after (from flag): "), "{e}");
     }
 
     #[test]
