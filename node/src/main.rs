@@ -86,9 +86,10 @@ fn main() -> ExitCode {
             Command::Serve(flags) => {
                 let settings = flags.resolve().map_err(|e| e.to_string())?;
                 let file = &settings.file.path;
-                match settings.file_read {
-                    true => tracing::info!(file = %file.display(), "read the config file"),
-                    false => tracing::info!(file = %file.display(), "no config file"),
+                if settings.file_read {
+                    tracing::info!(file = %file.display(), "read the config file");
+                } else {
+                    tracing::info!(file = %file.display(), "no config file, defaults and flags");
                 }
                 let stop = shutdown_signal();
                 raise_open_file_limit();
