@@ -11,6 +11,7 @@ pub mod index;
 pub mod mesh;
 pub mod node;
 pub mod shutdown;
+pub mod socket_activation;
 pub mod source;
 pub mod store;
 pub mod trust;

@@ -2,11 +2,9 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use libp2p::Multiaddr;
-use nixmesh_node::config::{DEFAULT_HTTP_LISTEN, ServeConfig};
+use nixmesh_node::config::{ServeConfig, ServeFlags};
 use nixmesh_node::{cli, node};
 
 #[derive(Parser)]
@@ -20,14 +18,22 @@ struct Cli {
     command: Command,
 }
 
+/// `http://` and the substituter's default address.
+fn default_node_url() -> String {
+    format!("http://{}", ServeConfig::default().http_listen)
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the node: the mesh, and the local substituter Nix talks to.
-    Serve(ServeArgs),
+    Serve(ServeFlags),
+    /// The settings `nixmesh serve` would run with.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// List the peers a running node knows.
     Peers {
         /// The node's HTTP address.
-        #[arg(long, default_value_t = format!("http://{DEFAULT_HTTP_LISTEN}"))]
+        #[arg(long, default_value_t = default_node_url())]
         node: String,
         /// Print JSON.
         #[arg(long)]
@@ -35,7 +41,7 @@ enum Command {
     },
     /// Show a running node's state.
     Status {
-        #[arg(long, default_value_t = format!("http://{DEFAULT_HTTP_LISTEN}"))]
+        #[arg(long, default_value_t = default_node_url())]
         node: String,
         #[arg(long)]
         json: bool,
@@ -50,84 +56,17 @@ enum Command {
     },
 }
 
-#[derive(clap::Args)]
-struct ServeArgs {
-    /// The local store: `daemon` or `unix:///path/to/socket`.
-    #[arg(long)]
-    store: Option<String>,
-    /// Where the node keeps its identity and index [default: /var/lib/nixmesh].
-    #[arg(long)]
-    state_dir: Option<PathBuf>,
-    /// The substituter's address [default: 127.0.0.1:7373].
-    #[arg(long)]
-    http_listen: Option<std::net::SocketAddr>,
-    /// The mesh's listen address (repeatable) [default: /ip4/0.0.0.0/tcp/7374].
-    #[arg(long)]
-    p2p_listen: Vec<Multiaddr>,
-    /// A trusted public key, `name:base64` (repeatable); none means those nix.conf trusts.
-    #[arg(long)]
-    trusted_public_key: Vec<String>,
-    /// A secret key file (Nix's format) to sign this node's paths with.
-    #[arg(long)]
-    sign_key_file: Option<PathBuf>,
-    /// A peer to stay connected to, e.g. /ip4/192.0.2.7/tcp/7374/p2p/12D3Koo… (repeatable).
-    #[arg(long)]
-    peer: Vec<Multiaddr>,
-    /// Do not announce or discover peers with mDNS.
-    #[arg(long)]
-    no_mdns: bool,
-    /// Seconds between rescans of the local store where its database cannot be watched
-    /// [default: 2].
-    #[arg(long)]
-    rescan_interval: Option<f64>,
-    /// The Priority the substituter announces to Nix [default: 10].
-    #[arg(long)]
-    priority: Option<u32>,
-    /// Where the store's files are, to make NARs from them instead of asking the daemon
-    /// (Nix's `real` store setting) [default: /nix/store with `--store daemon`, else none].
-    #[arg(long)]
-    real_store_dir: Option<PathBuf>,
-    /// Seconds after which a peer not seen is forgotten, its paths dropped from the index
-    /// [default: 604800, a week].
-    #[arg(long)]
-    forget_peers_after: Option<u64>,
-}
-
-impl ServeArgs {
-    /// Flags override the defaults.
-    fn into_config(self) -> Result<ServeConfig, String> {
-        let mut c = ServeConfig::default();
-        if let Some(v) = self.store {
-            c.store = v;
-        }
-        if let Some(v) = self.state_dir {
-            c.state_dir = v;
-        }
-        if let Some(v) = self.http_listen {
-            c.http_listen = v;
-        }
-        if !self.p2p_listen.is_empty() {
-            c.p2p_listen = self.p2p_listen;
-        }
-        c.trusted_public_keys = self.trusted_public_key;
-        c.sign_key_file = self.sign_key_file;
-        c.peers = self.peer;
-        c.mdns = !self.no_mdns;
-        if let Some(secs) = self.rescan_interval {
-            c.rescan_interval =
-                Duration::try_from_secs_f64(secs).ok().filter(|d| !d.is_zero()).ok_or_else(
-                    || format!("--rescan-interval {secs}: must be a positive number of seconds"),
-                )?;
-        }
-        if let Some(v) = self.priority {
-            c.priority = v;
-        }
-        c.real_store_dir = self.real_store_dir;
-        if let Some(secs) = self.forget_peers_after {
-            c.forget_peers_after = Duration::from_secs(secs);
-        }
-        Ok(c)
-    }
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the settings `nixmesh serve` would run with, given the same config file and
+    /// flags, and where each came from (`default`, `file PATH` or `flag`).
+    Show {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        flags: ServeFlags,
+    },
 }
 
 fn main() -> ExitCode {
@@ -144,13 +83,24 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => {
-                let config = args.into_config()?;
+            Command::Serve(flags) => {
+                let settings = flags.resolve().map_err(|e| e.to_string())?;
+                let file = &settings.file.path;
+                if settings.file_read {
+                    tracing::info!(file = %file.display(), "read the config file");
+                } else {
+                    tracing::info!(file = %file.display(), "no config file, defaults and flags");
+                }
+                let stop = shutdown_signal();
                 raise_open_file_limit();
-                node::serve(config, shutdown_signal())
+                node::serve(settings.config, stop)
                     .await
                     .map(|()| String::new())
                     .map_err(|e| e.to_string())
+            }
+            Command::Config(ConfigCommand::Show { json, flags }) => {
+                let settings = flags.resolve().map_err(|e| e.to_string())?;
+                Ok(if json { settings.show_json() } else { settings.show() })
             }
             Command::Peers { node, json } => {
                 cli::peers(&node, json).await.map_err(|e| e.to_string())
@@ -200,12 +150,17 @@ fn raise_open_file_limit() {
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Completes on SIGINT or SIGTERM. The handlers are in place when this returns, before the
+/// node starts: a stop signal that comes while it starts (systemd stopping it, say) stops it
+/// in order once started, instead of killing it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut interrupt = signal(SignalKind::interrupt()).expect("a SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }

@@ -27,7 +27,7 @@ use crate::source::MeshSource;
 use crate::store::{Store, StoreAddress, StoreError};
 use crate::trust::{self, TrustError};
 use crate::view::MeshView;
-use crate::{discovery, identity};
+use crate::{discovery, identity, socket_activation};
 
 /// The file name of the index in the state dir.
 pub const INDEX_FILE: &str = "index.redb";
@@ -51,6 +51,8 @@ pub enum NodeError {
     Mesh(#[from] MeshError),
     #[error("cannot listen for HTTP on {address}: {source}")]
     HttpListen { address: std::net::SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    SocketActivation(#[from] socket_activation::ActivationError),
     #[error("the HTTP server failed: {0}")]
     Http(std::io::Error),
     #[error("{0} tasks still running {TASKS_STOP_LIMIT:?} after the stop signal")]
@@ -181,11 +183,17 @@ impl RunningNode {
         };
         let client_stall = http_config.client_stall_timeout;
         let router = nixmesh_localhttp::router(source, view, http_config);
-        let listener = tokio::net::TcpListener::bind(config.http_listen)
-            .await
-            .map_err(|source| NodeError::HttpListen { address: config.http_listen, source })?;
+        // A socket passed by systemd keeps the port open across restarts (see the module).
+        let inherited = socket_activation::inherited_listener()?;
+        let from_systemd = inherited.is_some();
+        let listener = match inherited {
+            Some(socket) => tokio::net::TcpListener::from_std(socket).map_err(NodeError::Http)?,
+            None => tokio::net::TcpListener::bind(config.http_listen)
+                .await
+                .map_err(|source| NodeError::HttpListen { address: config.http_listen, source })?,
+        };
         let http_address = listener.local_addr().map_err(NodeError::Http)?;
-        info!(address = %http_address, "substituter listening");
+        info!(address = %http_address, from_systemd, "substituter listening");
 
         let stop_http = CancellationToken::new();
         let http = tokio::spawn(nixmesh_localhttp::serve(

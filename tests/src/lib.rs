@@ -12,6 +12,7 @@
 //! - [`node`]: the `nixmesh` binary, built once, running on a host ([`Node`]);
 //! - [`wait`]: polling with a deadline, the only way tests wait;
 //! - [`command`]: running a tool with a time limit;
+//! - [`nixos`]: NixOS modules evaluated with the real Nix and nixpkgs' `lib`;
 //! - [`nginx`]: nginx serving a static binary cache, the baseline and upstream stand-in;
 //! - [`http`]: many GETs at once over kept-alive connections, as Nix's client sends them.
 
@@ -19,6 +20,7 @@ pub mod command;
 pub mod http;
 pub mod netns;
 pub mod nginx;
+pub mod nixos;
 pub mod nixstore;
 pub mod node;
 pub mod wait;
@@ -55,6 +57,12 @@ pub fn require_tool(tool: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     found || unavailable(&format!("`{tool}` is not installed"))
+}
+
+/// Whether `path` exists: `what` (say, "nixpkgs' lib") is needed from there; see the module
+/// docs for what happens when it is not.
+pub fn require_path(path: &std::path::Path, what: &str) -> bool {
+    path.exists() || unavailable(&format!("{what} is not at {}", path.display()))
 }
 
 /// Whether this process is root (network namespaces need it).

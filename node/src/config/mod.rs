@@ -1,20 +1,42 @@
-//! The node's configuration: one struct, with the defaults a single-user LAN needs.
+//! The node's configuration: one struct, [`ServeConfig`], whose `Default` holds every default,
+//! filled in three layers, each over the one before: the defaults, the config file (TOML,
+//! `/etc/nixmesh/config.toml` unless `--config` names another), and the flags of `nixmesh
+//! serve`. Every flag is a key of the file with the same name in snake_case
+//! (`--http-listen` is `http_listen`; the repeatable `--peer` and `--trusted-public-key` are
+//! the lists `peers` and `trusted_public_keys`, and a list given by flags replaces the
+//! file's). `nixmesh config show` prints the result and which layer each key came from.
+//!
+//! - [`file`]: reading the file, strictly (an unknown key is an error naming it and the file);
+//! - [`flags`]: the flags, whose help shows the defaults of [`ServeConfig::default`];
+//! - [`effective`]: the layers merged, each key with its [`Source`], and `config show`.
 
+pub mod effective;
+pub mod file;
+pub mod flags;
+
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use libp2p::Multiaddr;
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
 
-/// The substituter's default address. Documented in README.md; keep them in step.
+pub use effective::EffectiveConfig;
+pub use flags::ServeFlags;
+
+/// Where `nixmesh serve` looks for its config file when `--config` is not given. A file
+/// missing there is no error: the defaults and flags are enough.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/nixmesh/config.toml";
+/// The substituter's default address.
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7373";
 /// The mesh's default TCP port.
 pub const DEFAULT_P2P_PORT: u16 = 7374;
 
-/// Everything `nixmesh serve` needs.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+/// Everything `nixmesh serve` needs. The field names are the config file's keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ServeConfig {
     /// `daemon` (the local nix-daemon) or `unix:///path/to/socket`.
     pub store: String,
@@ -59,6 +81,14 @@ impl ServeConfig {
             None => None,
         }
     }
+
+    /// What no type can say: the rules a value must also follow, as (key, reason).
+    fn check(&self) -> Result<(), (&'static str, &'static str)> {
+        if self.rescan_interval.is_zero() {
+            return Err(("rescan_interval", "must be a positive number of seconds"));
+        }
+        Ok(())
+    }
 }
 
 impl Default for ServeConfig {
@@ -82,6 +112,51 @@ impl Default for ServeConfig {
     }
 }
 
+/// Which layer a setting came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// [`ServeConfig::default`].
+    Default,
+    /// The config file at this path.
+    File(PathBuf),
+    /// A flag on the command line.
+    Flag,
+}
+
+impl Source {
+    /// The layer's name alone: `default`, `file` or `flag`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Source::Default => "default",
+            Source::File(_) => "file",
+            Source::Flag => "flag",
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    /// `default`, `file PATH` or `flag`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::File(path) => write!(f, "file {}", path.display()),
+            other => f.write_str(other.kind()),
+        }
+    }
+}
+
+/// The settings cannot be made. Each says which file, key or flag to fix.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("config file {path} (given with --config): {source}")]
+    MissingFile { path: PathBuf, source: std::io::Error },
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key} (from {from}): {reason}")]
+    Invalid { key: String, from: Source, reason: String },
+}
+
 mod secs {
     use std::time::Duration;
 
@@ -93,6 +168,10 @@ mod secs {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let secs = f64::deserialize(d)?;
-        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+        Duration::try_from_secs_f64(secs).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "{secs} is not a number of seconds (0 or more, finite)"
+            ))
+        })
     }
 }
