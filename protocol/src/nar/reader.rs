@@ -3,16 +3,23 @@
 //! Feed it chunks of any size, as they come off a socket; it checks the whole structure as it
 //! goes and tells what it sees as [`Event`]s. File contents are never buffered: they come out
 //! as slices of the chunk that was pushed. Everything else it keeps is bounded by the limits
-//! in [`format`](mod@super::format): the current path (at most
-//! [`MAX_PATH_LEN`] bytes), one name or symlink target, and one word per
-//! open directory, whatever the input.
+//! in [`format`](mod@super::format): the current path (at most [`MAX_PATH_LEN`] bytes), the
+//! string being read if it is not file contents (at most [`MAX_TARGET_LEN`] bytes, with its
+//! length and padding), and one word per open directory, whatever the input.
 //!
 //! The reader accepts exactly the archives Nix writes and nothing else, so an accepted NAR
 //! has one encoding: any change to its bytes either changes what it describes or is refused.
 //! It is stricter than Nix's own parser where Nix's writer never needs the slack: the fields
 //! of a node must come in the order Nix writes them, the limits above apply, and entries must
 //! be sorted (Nix 2.8's `nix-store --restore` takes a directory with entries `b`, `a`: its
-//! check compares each name with an empty string).
+//! check compares each name with an empty string). Errors are reported at the offending
+//! string's length field (a length too long for its place is refused before any body is
+//! read), bad padding at its byte.
+//!
+//! Most strings are fixed by the grammar (`"entry"` is always followed by `"("` and `"name"`),
+//! so, as nix-compat's `nar/wire` does, the parser waits for runs of fixed tokens and has a
+//! state of its own only where there is a choice or a value: a node's type, `"executable"` or
+//! `"contents"`, `"entry"` or `")"`, a name, a target, file contents.
 
 use thiserror::Error;
 
@@ -79,82 +86,71 @@ pub enum Event<'a> {
     Symlink { path: &'a [u8], target: &'a [u8] },
 }
 
-/// Which string the parser is waiting for. Each names the string it is about.
+/// A string the grammar fixes, and how errors name it.
+#[derive(Debug)]
+struct Token(&'static [u8], &'static str);
+
+const MAGIC: Token = Token(format::MAGIC, "the magic \"nix-archive-1\"");
+const OPEN: Token = Token(format::OPEN, "\"(\"");
+const CLOSE: Token = Token(format::CLOSE, "\")\"");
+const TYPE: Token = Token(format::TYPE, "\"type\"");
+const EMPTY: Token = Token(b"", "the empty string after \"executable\"");
+const CONTENTS: Token = Token(format::CONTENTS, "\"contents\"");
+const TARGET: Token = Token(format::TARGET, "\"target\"");
+const NAME: Token = Token(format::NAME, "\"name\"");
+const NODE: Token = Token(format::NODE, "\"node\"");
+
+/// A string the grammar does not fix: a choice or a value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Expect {
-    Magic,
-    NodeOpen,
+enum Slot {
+    /// `"regular"`, `"symlink"` or `"directory"`.
     Type,
-    TypeValue,
     ExecutableOrContents,
-    ExecutableValue,
-    Contents,
-    ContentsData,
+    /// A file's contents: only the length is collected; the body streams.
+    Contents {
+        executable: bool,
+    },
     Target,
-    TargetValue,
-    EntryOrDirectoryClose,
-    EntryOpen,
+    EntryOrClose,
     Name,
-    NameValue,
-    Node,
-    EntryClose,
-    FileClose,
-    SymlinkClose,
+    /// The `")"` that ends a file (`file`) or a symlink.
+    Close {
+        file: bool,
+    },
 }
 
-impl Expect {
-    /// The longest string that can be valid here; longer ones are refused from their length.
-    fn max_len(self) -> u64 {
+impl Slot {
+    /// How errors name this string, and the longest it can be (file contents: any length).
+    fn rule(self) -> (&'static str, usize) {
         match self {
-            Expect::Magic => format::MAGIC.len() as u64,
-            Expect::TypeValue => format::DIRECTORY.len() as u64,
-            Expect::ExecutableOrContents => format::EXECUTABLE.len() as u64,
-            Expect::ExecutableValue => 0,
-            Expect::Contents => format::CONTENTS.len() as u64,
-            Expect::ContentsData => u64::MAX,
-            Expect::Target => format::TARGET.len() as u64,
-            Expect::TargetValue => MAX_TARGET_LEN as u64,
-            Expect::EntryOrDirectoryClose => format::ENTRY.len() as u64,
-            Expect::Name | Expect::Node | Expect::Type => 4,
-            Expect::NameValue => MAX_NAME_LEN as u64,
-            Expect::NodeOpen
-            | Expect::EntryOpen
-            | Expect::EntryClose
-            | Expect::FileClose
-            | Expect::SymlinkClose => 1,
-        }
-    }
-
-    fn describe(self) -> &'static str {
-        match self {
-            Expect::Magic => "the magic \"nix-archive-1\"",
-            Expect::NodeOpen | Expect::EntryOpen => "\"(\"",
-            Expect::Type => "\"type\"",
-            Expect::TypeValue => "\"regular\", \"symlink\" or \"directory\"",
-            Expect::ExecutableOrContents => "\"executable\" or \"contents\"",
-            Expect::ExecutableValue => "the empty string after \"executable\"",
-            Expect::Contents => "\"contents\"",
-            Expect::ContentsData => "file contents",
-            Expect::Target => "\"target\"",
-            Expect::TargetValue => "a symlink target",
-            Expect::EntryOrDirectoryClose => "\"entry\" or \")\"",
-            Expect::Name => "\"name\"",
-            Expect::NameValue => "an entry name",
-            Expect::Node => "\"node\"",
-            Expect::EntryClose | Expect::FileClose | Expect::SymlinkClose => "\")\"",
+            Slot::Type => ("\"regular\", \"symlink\" or \"directory\"", format::DIRECTORY.len()),
+            Slot::ExecutableOrContents => {
+                ("\"executable\" or \"contents\"", format::EXECUTABLE.len())
+            }
+            Slot::Contents { .. } => ("file contents", usize::MAX),
+            Slot::Target => ("a symlink target", MAX_TARGET_LEN),
+            Slot::EntryOrClose => ("\"entry\" or \")\"", format::ENTRY.len()),
+            Slot::Name => ("an entry name", MAX_NAME_LEN),
+            Slot::Close { .. } => (CLOSE.1, CLOSE.0.len()),
         }
     }
 }
 
-/// Where in a string the parser is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Reading the 8-byte length; `got` bytes of it so far.
-    Len { got: u8 },
-    /// Reading the body; `left` bytes to go.
-    Body { left: u64 },
-    /// Checking the padding; `left` bytes to go.
-    Pad { left: u8 },
+/// What the parser waits for.
+#[derive(Debug, Clone, Copy)]
+enum State {
+    /// The fixed `tokens` in order, then the string `then`.
+    Strings { tokens: &'static [Token], then: Slot },
+    /// Inside a file's contents, which go out as they come in: `left` bytes, then `pad` zeros.
+    Contents { left: u64, pad: u8 },
+    /// The root node is complete.
+    Done,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State::Strings { tokens: &[MAGIC, OPEN, TYPE], then: Slot::Type }
+    }
 }
 
 /// What a step found, without borrows, turned into an [`Event`] by the caller.
@@ -162,27 +158,24 @@ enum Phase {
 enum Found {
     DirectoryStart,
     DirectoryEnd,
-    FileStart { size: u64, contents_offset: u64 },
+    FileStart { executable: bool, size: u64, contents_offset: u64 },
     FileData { start: usize, end: usize },
     FileEnd,
     Symlink,
 }
 
 /// The push parser. See the module docs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NarParser {
-    /// `None` once the root node is complete.
-    expect: Option<Expect>,
-    phase: Phase,
+    state: State,
     /// Bytes consumed so far.
     pos: u64,
     /// Where the current string (its length field) starts.
     string_start: u64,
-    len_bytes: [u8; 8],
-    /// The current string's length.
-    len: u64,
-    /// The current string's body, for every string but file contents.
-    body: Vec<u8>,
+    /// The current string as far as it has come: length field, body and padding (for file
+    /// contents, the length field only). Until the next string starts it holds the last one,
+    /// whose body an [`Event::Symlink`] lends out.
+    buf: Vec<u8>,
     /// The path of the current node.
     path: Vec<u8>,
     /// For each open directory, outermost first, the length of its path.
@@ -190,36 +183,13 @@ pub struct NarParser {
     /// The previous entry name in the innermost open directory; empty before its first entry.
     /// Outer directories' previous names are the components of `path`.
     prev_name: Vec<u8>,
-    executable: bool,
-    /// A node ended and its event was handed out; `path` is cut back before the next step.
-    leave_pending: bool,
     error: Option<NarError>,
-}
-
-impl Default for NarParser {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 impl NarParser {
     /// A parser waiting for the first byte of a NAR.
     pub fn new() -> Self {
-        NarParser {
-            expect: Some(Expect::Magic),
-            phase: Phase::Len { got: 0 },
-            pos: 0,
-            string_start: 0,
-            len_bytes: [0; 8],
-            len: 0,
-            body: Vec::new(),
-            path: Vec::new(),
-            dirs: Vec::new(),
-            prev_name: Vec::new(),
-            executable: false,
-            leave_pending: false,
-            error: None,
-        }
+        Self::default()
     }
 
     /// The number of bytes consumed so far.
@@ -229,7 +199,7 @@ impl NarParser {
 
     /// Whether the root node is complete (more bytes would be an error).
     pub fn is_done(&self) -> bool {
-        self.expect.is_none() && self.error.is_none()
+        matches!(self.state, State::Done) && self.error.is_none()
     }
 
     /// Parses `data`, the next bytes of the archive, calling `on_event` for each event.
@@ -271,15 +241,13 @@ impl NarParser {
 
     /// Says whether the bytes pushed so far are a complete NAR.
     pub fn finish(&self) -> Result<(), NarError> {
-        if let Some(error) = &self.error {
-            return Err(error.clone());
-        }
-        match self.expect {
-            None => Ok(()),
-            Some(expect) => Err(NarError {
-                offset: self.pos,
-                kind: NarErrorKind::Truncated { expected: expect.describe() },
-            }),
+        match (&self.error, self.state) {
+            (Some(error), _) => Err(error.clone()),
+            (None, State::Done) => Ok(()),
+            (None, _) => {
+                let kind = NarErrorKind::Truncated { expected: self.rule().0 };
+                Err(NarError { offset: self.pos, kind })
+            }
         }
     }
 
@@ -288,289 +256,257 @@ impl NarParser {
         match found {
             Found::DirectoryStart => Event::DirectoryStart { path },
             Found::DirectoryEnd => Event::DirectoryEnd { path },
-            Found::FileStart { size, contents_offset } => {
-                Event::FileStart { path, executable: self.executable, size, contents_offset }
+            Found::FileStart { executable, size, contents_offset } => {
+                Event::FileStart { path, executable, size, contents_offset }
             }
             Found::FileData { start, end } => Event::FileData(&input[start..end]),
             Found::FileEnd => Event::FileEnd { path },
-            Found::Symlink => Event::Symlink { path, target: &self.body },
+            Found::Symlink => Event::Symlink { path, target: self.body() },
         }
     }
 
-    fn error(&self, offset: u64, kind: NarErrorKind) -> NarError {
-        NarError { offset, kind }
+    /// How errors name the string the parser waits for, and the longest it can be.
+    fn rule(&self) -> (&'static str, usize) {
+        match self.state {
+            State::Strings { tokens: [token, ..], .. } => (token.1, token.0.len()),
+            State::Strings { then, .. } => then.rule(),
+            State::Contents { .. } => ("file contents", usize::MAX),
+            State::Done => ("nothing more", 0),
+        }
     }
 
     /// Consumes `input` until something is found or `input` is used up.
     fn step(&mut self, input: &[u8]) -> Result<(usize, Option<Found>), NarError> {
         let mut used = 0;
         loop {
-            if self.leave_pending {
-                self.leave_node();
-            }
             let rest = &input[used..];
-            let Some(expect) = self.expect else {
-                return match rest.is_empty() {
-                    true => Ok((used, None)),
-                    false => Err(self.error(self.pos, NarErrorKind::TrailingBytes)),
-                };
-            };
             if rest.is_empty() {
                 return Ok((used, None));
             }
-            match self.phase {
-                Phase::Len { got } => {
-                    let got = got as usize;
-                    let n = (8 - got).min(rest.len());
-                    self.len_bytes[got..got + n].copy_from_slice(&rest[..n]);
-                    self.advance(&mut used, n);
-                    if got + n < 8 {
-                        self.phase = Phase::Len { got: (got + n) as u8 };
-                        continue;
-                    }
-                    self.len = u64::from_le_bytes(self.len_bytes);
-                    if self.len > expect.max_len() {
-                        return Err(self.too_long(expect));
-                    }
-                    self.body.clear();
-                    self.phase = Phase::Body { left: self.len };
-                    if expect == Expect::ContentsData {
-                        self.settle_phase()?;
-                        let found = Found::FileStart { size: self.len, contents_offset: self.pos };
-                        return Ok((used, Some(found)));
-                    }
-                    if let Some(found) = self.settle_phase()? {
+            match self.state {
+                State::Done => {
+                    return Err(NarError { offset: self.pos, kind: NarErrorKind::TrailingBytes });
+                }
+                State::Strings { tokens, then } => {
+                    if self.fill(input, &mut used)?
+                        && let Some(found) = self.string_done(tokens, then)?
+                    {
                         return Ok((used, Some(found)));
                     }
                 }
-                Phase::Body { left } => {
-                    let n = left.min(rest.len() as u64) as usize;
+                State::Contents { left: 0, pad } => {
+                    let n = rest.len().min(pad.into());
+                    check_padding(&rest[..n], self.pos)?;
+                    used += n;
+                    self.pos += n as u64;
+                    self.contents(0, pad - n as u8);
+                }
+                State::Contents { left, pad } => {
+                    let n = left.min(rest.len() as u64);
                     let start = used;
-                    if expect != Expect::ContentsData {
-                        self.body.extend_from_slice(&rest[..n]);
-                    }
-                    self.advance(&mut used, n);
-                    self.phase = Phase::Body { left: left - n as u64 };
-                    let found = self.settle_phase()?;
-                    if expect == Expect::ContentsData {
-                        return Ok((used, Some(Found::FileData { start, end: start + n })));
-                    }
-                    if let Some(found) = found {
-                        return Ok((used, Some(found)));
-                    }
-                }
-                Phase::Pad { left } => {
-                    let n = (left as usize).min(rest.len());
-                    if let Some(i) = rest[..n].iter().position(|&b| b != 0) {
-                        let offset = self.pos + i as u64;
-                        return Err(self.error(offset, NarErrorKind::NonZeroPadding(rest[i])));
-                    }
-                    self.advance(&mut used, n);
-                    self.phase = Phase::Pad { left: left - n as u8 };
-                    if let Some(found) = self.settle_phase()? {
-                        return Ok((used, Some(found)));
-                    }
+                    used += n as usize;
+                    self.pos += n;
+                    self.contents(left - n, pad);
+                    return Ok((used, Some(Found::FileData { start, end: used })));
                 }
             }
         }
     }
 
-    fn advance(&mut self, used: &mut usize, n: usize) {
+    /// Adds the next bytes of `input` to the current string in `buf`: its length field, then,
+    /// unless it is file contents, its body and padding. Says whether the string is complete.
+    fn fill(&mut self, input: &[u8], used: &mut usize) -> Result<bool, NarError> {
+        if self.pos == self.string_start {
+            self.buf.clear();
+        }
+        if self.buf.len() < 8 {
+            self.take(input, used, 8 - self.buf.len());
+            let max_len = self.rule().1;
+            // File contents, of any length, stream: only their length field is collected.
+            if self.buf.len() < 8 || max_len == usize::MAX {
+                return Ok(self.buf.len() == 8);
+            }
+            // Refused before any body is read, so a huge length costs nothing.
+            if self.len() > max_len as u64 {
+                return Err(self.unexpected());
+            }
+        }
+        // The length is bounded now, so the whole string fits in `buf`.
+        let body_end = 8 + self.len() as usize;
+        let end = body_end + format::padding_len(self.len());
+        self.take(input, used, end - self.buf.len());
+        let pad = self.buf.get(body_end..).unwrap_or_default();
+        check_padding(pad, self.string_start + body_end as u64)?;
+        Ok(self.buf.len() == end)
+    }
+
+    /// Moves up to `n` bytes of `input` into `buf`.
+    fn take(&mut self, input: &[u8], used: &mut usize, n: usize) {
+        let n = n.min(input.len() - *used);
+        self.buf.extend_from_slice(&input[*used..*used + n]);
         *used += n;
         self.pos += n as u64;
     }
 
-    /// Moves past phases that need no more bytes; completes the string when none are left.
-    fn settle_phase(&mut self) -> Result<Option<Found>, NarError> {
-        if self.phase == (Phase::Body { left: 0 }) {
-            self.phase = Phase::Pad { left: format::padding_len(self.len) as u8 };
-        }
-        if self.phase == (Phase::Pad { left: 0 }) {
-            let expect = self.expect.expect("a string is being read");
-            return self.string_done(expect);
-        }
-        Ok(None)
+    /// The length field of the string in `buf`.
+    fn len(&self) -> u64 {
+        u64::from_le_bytes(self.buf[..8].try_into().expect("8 bytes"))
     }
 
-    /// Starts waiting for the next string.
-    fn want(&mut self, expect: Expect) {
-        self.expect = Some(expect);
-        self.phase = Phase::Len { got: 0 };
+    /// The body of the string in `buf`, as far as it has come (none of file contents).
+    fn body(&self) -> &[u8] {
+        let body = &self.buf[8..];
+        &body[..body.len().min(self.len() as usize)]
+    }
+
+    /// Waits for `tokens` and then the string `then`, from the next byte on.
+    fn want(&mut self, tokens: &'static [Token], then: Slot) {
+        self.state = State::Strings { tokens, then };
         self.string_start = self.pos;
     }
 
-    fn too_long(&self, expect: Expect) -> NarError {
-        let kind = match expect {
-            Expect::Magic => NarErrorKind::BadMagic,
-            Expect::NameValue => {
-                NarErrorKind::InvalidName { name: Vec::new(), reason: NameError::TooLong(self.len) }
+    /// Goes on inside a file's contents with `left` bytes and `pad` zeros to go.
+    fn contents(&mut self, left: u64, pad: u8) {
+        match (left, pad) {
+            (0, 0) => self.want(&[], Slot::Close { file: true }),
+            _ => self.state = State::Contents { left, pad },
+        }
+    }
+
+    /// The current string is not one the grammar allows here.
+    fn unexpected(&self) -> NarError {
+        let len = self.len();
+        let kind = match self.state {
+            // Only the magic starts at 0, and bytes that do not start with it are not a NAR.
+            _ if self.string_start == 0 => NarErrorKind::BadMagic,
+            // Names and targets are refused here only when too long to read.
+            State::Strings { tokens: [], then: Slot::Name } => {
+                NarErrorKind::InvalidName { name: Vec::new(), reason: NameError::TooLong(len) }
             }
-            Expect::TargetValue => NarErrorKind::InvalidTarget(TargetError::TooLong(self.len)),
+            State::Strings { tokens: [], then: Slot::Target } => {
+                NarErrorKind::InvalidTarget(TargetError::TooLong(len))
+            }
             _ => NarErrorKind::UnexpectedToken {
-                expected: expect.describe(),
-                found: format!("a string of {} bytes", self.len),
+                expected: self.rule().0,
+                found: match self.body().len() as u64 == len {
+                    true => format!("\"{}\"", self.body().escape_ascii()),
+                    false => format!("a string of {len} bytes"),
+                },
             },
         };
-        self.error(self.string_start, kind)
+        NarError { offset: self.string_start, kind }
     }
 
-    /// Checks that the string just read is `token`.
-    fn token(&self, expect: Expect, token: &[u8]) -> Result<(), NarError> {
-        if self.body == token { Ok(()) } else { Err(self.unexpected(expect)) }
-    }
-
-    fn unexpected(&self, expect: Expect) -> NarError {
-        let kind = match expect {
-            Expect::Magic => NarErrorKind::BadMagic,
-            _ => NarErrorKind::UnexpectedToken {
-                expected: expect.describe(),
-                found: format!("\"{}\"", self.body.escape_ascii()),
-            },
-        };
-        self.error(self.string_start, kind)
-    }
-
-    /// Acts on a complete string: checks it and decides what comes next.
-    fn string_done(&mut self, expect: Expect) -> Result<Option<Found>, NarError> {
+    /// Acts on the complete string in `buf`: checks it and decides what comes next.
+    fn string_done(
+        &mut self,
+        tokens: &'static [Token],
+        then: Slot,
+    ) -> Result<Option<Found>, NarError> {
         let mut found = None;
-        match expect {
-            Expect::Magic => {
-                self.token(expect, format::MAGIC)?;
-                self.want(Expect::NodeOpen);
+        if let ([], Slot::EntryOrClose) = (tokens, then) {
+            self.leave_entry();
+        }
+        match (tokens, then, self.body()) {
+            ([token, tokens @ ..], _, body) if body == token.0 => self.want(tokens, then),
+            ([], Slot::Type, format::REGULAR) => self.want(&[], Slot::ExecutableOrContents),
+            ([], Slot::Type, format::SYMLINK) => self.want(&[TARGET], Slot::Target),
+            ([], Slot::Type, format::DIRECTORY) => {
+                self.dirs.push(self.path.len());
+                self.prev_name.clear();
+                self.want(&[], Slot::EntryOrClose);
+                found = Some(Found::DirectoryStart);
             }
-            Expect::NodeOpen => {
-                self.token(expect, format::OPEN)?;
-                self.want(Expect::Type);
+            ([], Slot::ExecutableOrContents, format::EXECUTABLE) => {
+                self.want(&[EMPTY, CONTENTS], Slot::Contents { executable: true });
             }
-            Expect::Type => {
-                self.token(expect, format::TYPE)?;
-                self.want(Expect::TypeValue);
+            ([], Slot::ExecutableOrContents, format::CONTENTS) => {
+                self.want(&[], Slot::Contents { executable: false });
             }
-            Expect::TypeValue => match &self.body[..] {
-                format::REGULAR => {
-                    self.executable = false;
-                    self.want(Expect::ExecutableOrContents);
+            ([], Slot::Contents { executable }, _) => {
+                let size = self.len();
+                self.contents(size, format::padding_len(size) as u8);
+                found = Some(Found::FileStart { executable, size, contents_offset: self.pos });
+            }
+            ([], Slot::Target, target) => {
+                if let Err(reason) = format::check_target(target) {
+                    let kind = NarErrorKind::InvalidTarget(reason);
+                    return Err(NarError { offset: self.string_start, kind });
                 }
-                format::SYMLINK => self.want(Expect::Target),
-                format::DIRECTORY => {
-                    self.dirs.push(self.path.len());
-                    self.prev_name.clear();
-                    self.want(Expect::EntryOrDirectoryClose);
-                    found = Some(Found::DirectoryStart);
-                }
-                _ => return Err(self.unexpected(expect)),
-            },
-            Expect::ExecutableOrContents => match &self.body[..] {
-                format::EXECUTABLE => {
-                    self.executable = true;
-                    self.want(Expect::ExecutableValue);
-                }
-                format::CONTENTS => self.want(Expect::ContentsData),
-                _ => return Err(self.unexpected(expect)),
-            },
-            // Its length was checked to be 0.
-            Expect::ExecutableValue => self.want(Expect::Contents),
-            Expect::Contents => {
-                self.token(expect, format::CONTENTS)?;
-                self.want(Expect::ContentsData);
-            }
-            Expect::ContentsData => self.want(Expect::FileClose),
-            Expect::Target => {
-                self.token(expect, format::TARGET)?;
-                self.want(Expect::TargetValue);
-            }
-            Expect::TargetValue => {
-                format::check_target(&self.body).map_err(|reason| {
-                    self.error(self.string_start, NarErrorKind::InvalidTarget(reason))
-                })?;
-                self.want(Expect::SymlinkClose);
+                self.want(&[], Slot::Close { file: false });
                 found = Some(Found::Symlink);
             }
-            Expect::EntryOrDirectoryClose => match &self.body[..] {
-                format::ENTRY => self.want(Expect::EntryOpen),
-                format::CLOSE => {
-                    self.dirs.pop();
-                    self.node_done();
-                    found = Some(Found::DirectoryEnd);
-                }
-                _ => return Err(self.unexpected(expect)),
-            },
-            Expect::EntryOpen => {
-                self.token(expect, format::OPEN)?;
-                self.want(Expect::Name);
-            }
-            Expect::Name => {
-                self.token(expect, format::NAME)?;
-                self.want(Expect::NameValue);
-            }
-            Expect::NameValue => {
-                self.enter_entry()?;
-                self.want(Expect::Node);
-            }
-            Expect::Node => {
-                self.token(expect, format::NODE)?;
-                self.want(Expect::NodeOpen);
-            }
-            Expect::EntryClose => {
-                self.token(expect, format::CLOSE)?;
-                self.want(Expect::EntryOrDirectoryClose);
-            }
-            Expect::FileClose | Expect::SymlinkClose => {
-                self.token(expect, format::CLOSE)?;
+            ([], Slot::EntryOrClose, format::ENTRY) => self.want(&[OPEN, NAME], Slot::Name),
+            ([], Slot::EntryOrClose, format::CLOSE) => {
+                self.dirs.pop();
                 self.node_done();
-                if expect == Expect::FileClose {
-                    found = Some(Found::FileEnd);
-                }
+                found = Some(Found::DirectoryEnd);
             }
+            ([], Slot::Name, _) => {
+                self.enter_entry()?;
+                self.want(&[NODE, OPEN, TYPE], Slot::Type);
+            }
+            ([], Slot::Close { file }, format::CLOSE) => {
+                self.node_done();
+                found = file.then_some(Found::FileEnd);
+            }
+            _ => return Err(self.unexpected()),
         }
         Ok(found)
     }
 
     /// Checks the entry name just read and makes it the last component of `path`.
     fn enter_entry(&mut self) -> Result<(), NarError> {
-        let name = &self.body;
-        let at = self.string_start;
-        format::check_name(name).map_err(|reason| {
-            self.error(at, NarErrorKind::InvalidName { name: name.clone(), reason })
-        })?;
-        if !self.prev_name.is_empty() && name <= &self.prev_name {
-            let kind = if *name == self.prev_name {
-                NarErrorKind::DuplicateName { name: name.clone() }
-            } else {
-                NarErrorKind::NotSorted { prev: self.prev_name.clone(), name: name.clone() }
-            };
-            return Err(self.error(at, kind));
-        }
+        let name = &self.buf[8..8 + self.len() as usize];
+        let prev = &self.prev_name[..];
         let len = format::child_path_len(self.path.len(), name.len());
-        if len > MAX_PATH_LEN {
-            return Err(self.error(at, NarErrorKind::PathTooLong { len }));
-        }
-        if !self.path.is_empty() {
-            self.path.push(b'/');
-        }
-        self.path.extend_from_slice(name);
-        Ok(())
+        // An empty `prev` (no entry yet) sorts before every valid name.
+        let kind = match format::check_name(name) {
+            Err(reason) => NarErrorKind::InvalidName { name: name.to_vec(), reason },
+            Ok(()) if name == prev => NarErrorKind::DuplicateName { name: name.to_vec() },
+            Ok(()) if name < prev => {
+                NarErrorKind::NotSorted { prev: prev.to_vec(), name: name.to_vec() }
+            }
+            Ok(()) if len > MAX_PATH_LEN => NarErrorKind::PathTooLong { len },
+            Ok(()) => {
+                if !self.path.is_empty() {
+                    self.path.push(b'/');
+                }
+                self.path.extend_from_slice(name);
+                return Ok(());
+            }
+        };
+        Err(NarError { offset: self.string_start, kind })
     }
 
     /// The current node is complete: the archive ends, or its entry does.
     fn node_done(&mut self) {
-        if self.dirs.is_empty() {
-            self.expect = None;
-        } else {
-            self.want(Expect::EntryClose);
-            self.leave_pending = true;
+        match self.dirs.is_empty() {
+            true => self.state = State::Done,
+            false => self.want(&[CLOSE], Slot::EntryOrClose),
         }
     }
 
-    /// Cuts `path` back to the innermost open directory, remembering the name cut off as that
-    /// directory's previous entry.
-    fn leave_node(&mut self) {
-        self.leave_pending = false;
-        let dir_len = *self.dirs.last().expect("an entry is inside a directory");
-        let name_start = if dir_len == 0 { 0 } else { dir_len + 1 };
-        self.prev_name.clear();
-        self.prev_name.extend_from_slice(&self.path[name_start..]);
-        self.path.truncate(dir_len);
+    /// Cuts `path` back to the innermost open directory, remembering the entry cut off, if
+    /// any, as its previous one. Not done when the entry ends: its last event lends `path`.
+    fn leave_entry(&mut self) {
+        let dir_len = *self.dirs.last().expect("entries are inside a directory");
+        if self.path.len() > dir_len {
+            let name_start = if dir_len == 0 { 0 } else { dir_len + 1 };
+            self.prev_name.clear();
+            self.prev_name.extend_from_slice(&self.path[name_start..]);
+            self.path.truncate(dir_len);
+        }
+    }
+}
+
+/// Checks that `pad`, padding bytes that start at `offset`, are zeros.
+fn check_padding(pad: &[u8], offset: u64) -> Result<(), NarError> {
+    match pad.iter().position(|&b| b != 0) {
+        Some(i) => {
+            Err(NarError { offset: offset + i as u64, kind: NarErrorKind::NonZeroPadding(pad[i]) })
+        }
+        None => Ok(()),
     }
 }
 
@@ -627,23 +563,20 @@ mod tests {
         out
     }
 
-    /// The events as owned text, one line each.
+    /// The events as owned text, one line each, consecutive file data joined.
     fn events(nar: &[u8], chunk: usize) -> Result<Vec<String>, NarError> {
         let mut parser = NarParser::new();
-        let mut out = Vec::new();
+        let mut out: Vec<String> = Vec::new();
         for piece in nar.chunks(chunk.max(1)) {
-            parser.push(piece, |e| out.push(describe(e)))?;
+            parser.push(piece, |e| match (e, out.last_mut()) {
+                (Event::FileData(more), Some(last)) if last.starts_with("data ") => {
+                    last.push_str(&more.escape_ascii().to_string())
+                }
+                _ => out.push(describe(e)),
+            })?;
         }
         parser.finish()?;
-        // File data may arrive in pieces; join consecutive ones.
-        let mut joined: Vec<String> = Vec::new();
-        for line in out {
-            match (joined.last_mut(), line.strip_prefix("data ")) {
-                (Some(last), Some(more)) if last.starts_with("data ") => last.push_str(more),
-                _ => joined.push(line),
-            }
-        }
-        Ok(joined)
+        Ok(out)
     }
 
     fn describe(e: Event<'_>) -> String {
@@ -737,6 +670,15 @@ mod tests {
         out
     }
 
+    /// [`raw`] of the words in `text`, `""` standing for the empty string.
+    fn words(text: &str) -> Vec<u8> {
+        let words: Vec<&[u8]> = text
+            .split_whitespace()
+            .map(|w| if w == "\"\"" { &b""[..] } else { w.as_bytes() })
+            .collect();
+        raw(&words)
+    }
+
     fn dir_of(names: &[&[u8]]) -> Vec<u8> {
         let mut strings: Vec<&[u8]> = vec![b"(", b"type", b"directory"];
         for name in names {
@@ -778,102 +720,27 @@ mod tests {
     fn sorting_is_per_directory() {
         // "b/a" after "b" is fine: only siblings are compared, and after leaving "b", the
         // next sibling is compared with "b", not with "a".
-        let nar = raw(&[
-            b"(",
-            b"type",
-            b"directory",
-            b"entry",
-            b"(",
-            b"name",
-            b"b",
-            b"node",
-            b"(",
-            b"type",
-            b"directory",
-            b"entry",
-            b"(",
-            b"name",
-            b"a",
-            b"node",
-            b"(",
-            b"type",
-            b"symlink",
-            b"target",
-            b"x",
-            b")",
-            b")",
-            b")",
-            b")",
-            b"entry",
-            b"(",
-            b"name",
-            b"c",
-            b"node",
-            b"(",
-            b"type",
-            b"symlink",
-            b"target",
-            b"x",
-            b")",
-            b")",
-            b")",
-        ]);
-        assert!(validate(&nar).is_ok());
-        let not_sorted = raw(&[
-            b"(",
-            b"type",
-            b"directory",
-            b"entry",
-            b"(",
-            b"name",
-            b"b",
-            b"node",
-            b"(",
-            b"type",
-            b"directory",
-            b"entry",
-            b"(",
-            b"name",
-            b"z",
-            b"node",
-            b"(",
-            b"type",
-            b"symlink",
-            b"target",
-            b"x",
-            b")",
-            b")",
-            b")",
-            b")",
-            b"entry",
-            b"(",
-            b"name",
-            b"a",
-            b"node",
-            b"(",
-            b"type",
-            b"symlink",
-            b"target",
-            b"x",
-            b")",
-            b")",
-            b")",
-        ]);
-        let (_, kind) = kind_at(&not_sorted);
+        let link = |name: &str| format!("entry ( name {name} node ( type symlink target x ) )");
+        let nar = |inner: &str, next: &str| {
+            let b = format!("entry ( name b node ( type directory {} ) )", link(inner));
+            words(&format!("( type directory {b} {} )", link(next)))
+        };
+        assert!(validate(&nar("a", "c")).is_ok());
+        let (_, kind) = kind_at(&nar("z", "a"));
         assert_eq!(kind, NarErrorKind::NotSorted { prev: b"b".to_vec(), name: b"a".to_vec() });
     }
 
     #[test]
     fn fields_in_nix_order_only() {
         // Nix's parser would take "executable" after "contents"; Nix never writes it.
-        let nar = raw(&[b"(", b"type", b"regular", b"contents", b"", b"executable", b"", b")"]);
+        let nar = words(r#"( type regular contents "" executable "" )"#);
         let (_, kind) = kind_at(&nar);
         assert!(matches!(kind, NarErrorKind::UnexpectedToken { expected: "\")\"", .. }));
-        let nar = raw(&[b"(", b"type", b"regular", b"executable", b"x"]);
+        let nar = words("( type regular executable x");
         let (offset, kind) = kind_at(&nar);
         assert_eq!(offset, 24 + 16 * 3 + 24);
         assert!(matches!(kind, NarErrorKind::UnexpectedToken { .. }));
-        let nar = raw(&[b"(", b"type", b"fifo"]);
+        let nar = words("( type fifo");
         let (_, kind) = kind_at(&nar);
         assert_eq!(
             kind,
@@ -886,13 +753,13 @@ mod tests {
 
     #[test]
     fn huge_lengths_are_refused_from_the_length_alone() {
-        let mut nar = raw(&[b"(", b"type", b"symlink", b"target"]);
+        let mut nar = words("( type symlink target");
         nar.extend_from_slice(&u64::MAX.to_le_bytes());
         let (offset, kind) = kind_at(&nar);
         assert_eq!(offset, 24 + 16 * 4);
         assert_eq!(kind, NarErrorKind::InvalidTarget(TargetError::TooLong(u64::MAX)));
         // File contents may be that long: it is a truncation, found at the end.
-        let mut nar = raw(&[b"(", b"type", b"regular", b"contents"]);
+        let mut nar = words("( type regular contents");
         nar.extend_from_slice(&u64::MAX.to_le_bytes());
         nar.extend_from_slice(&[1, 2, 3]);
         let (offset, kind) = kind_at(&nar);
@@ -912,16 +779,8 @@ mod tests {
     fn deep_nesting_is_bounded_by_path_length() {
         // 2048 levels of one-byte names make a path of 4095 bytes; one more is refused.
         let build = |levels: usize| {
-            let mut strings: Vec<&[u8]> = vec![b"(", b"type", b"directory"];
-            for _ in 0..levels {
-                strings.extend_from_slice(&[b"entry", b"(", b"name", b"d", b"node"]);
-                strings.extend_from_slice(&[b"(", b"type", b"directory"]);
-            }
-            for _ in 0..levels {
-                strings.extend_from_slice(&[b")", b")"]);
-            }
-            strings.push(b")");
-            raw(&strings)
+            let open = "entry ( name d node ( type directory ".repeat(levels);
+            words(&format!("( type directory {open} {} )", ") ) ".repeat(levels)))
         };
         assert!(validate(&build(2048)).is_ok());
         let (_, kind) = kind_at(&build(2049));
