@@ -663,9 +663,7 @@ mod tests {
     fn raw(strings: &[&[u8]]) -> Vec<u8> {
         let mut out = Vec::new();
         for s in [&b"nix-archive-1"[..]].iter().chain(strings) {
-            out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-            out.extend_from_slice(s);
-            out.resize(out.len() + format::padding_len(s.len() as u64), 0);
+            crate::nix_wire::put_bytes(&mut out, s);
         }
         out
     }
