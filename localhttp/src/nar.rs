@@ -16,7 +16,7 @@ use crate::routes::{malformed, miss};
 use crate::source::{PathSource, SourceError};
 use crate::substituter::Substituter;
 use crate::target::{RequestPathError, Target};
-use crate::verified_nar::{Expected, VerifiedNar};
+use crate::verified_nar::{Expected, Reopen, VerifiedNar};
 
 /// Why a holder's NAR was not used before the response started.
 #[derive(Debug, Error)]
@@ -67,15 +67,21 @@ async fn open<S: PathSource>(
     expected: Expected,
     holders: Vec<S::Peer>,
 ) -> Option<VerifiedNar<S::Peer>> {
-    let store_hash = expected.store_hash;
+    let (store_hash, nar_hash) = (expected.store_hash, expected.nar_hash);
+    let source = sub.source.clone();
+    let reopen: Reopen<S::Peer> = Arc::new(move |peer: S::Peer, offset| {
+        let source = source.clone();
+        Box::pin(async move { source.fetch_nar(&peer, store_hash, nar_hash, offset).await })
+    });
     let attempt = |peer: &S::Peer, remaining: &[S::Peer]| {
         let (peer, remaining, expected) = (peer.clone(), remaining.to_vec(), expected.clone());
+        let reopen = Some(reopen.clone());
         async move {
             let stream = sub.source.fetch_nar(&peer, expected.store_hash, expected.nar_hash, 0);
             let stream = stream.await.map_err(|e| Miss::Because(Unused::Source(e)))?;
             let stream = stream.ok_or(Miss::Because(Unused::NotHeld))?;
             let idle = sub.config.nar_idle_timeout;
-            let mut nar = VerifiedNar::new(expected, peer, stream, remaining, idle);
+            let mut nar = VerifiedNar::new(expected, peer, stream, remaining, reopen, idle);
             // The adapter logs its own refusals.
             nar.first_bytes().await.map_err(|_| Miss::Logged)?;
             Ok(nar)

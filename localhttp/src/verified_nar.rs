@@ -7,15 +7,21 @@
 //! the stream with an error instead, which makes hyper abort the connection: Nix sees fewer
 //! bytes than `Content-Length` and a failed transfer. Memory is one chunk.
 //!
-//! The adapter tracks the offset reached and keeps the holders not yet tried, which is what a
-//! resumption at another holder (`fetch_nar(peer, hash, nar_hash, offset)`) needs.
+//! Failover: when the holder sending fails mid-transfer (its stream breaks or ends early, or
+//! it sends nothing for the idle timeout), the adapter asks the next holder for the rest, from
+//! the byte offset reached ([`Reopen`]), and goes on hashing: the client sees one download.
+//! Only with no holder left does the fault end the stream. Bytes that cannot match (more than
+//! `NarSize`, a wrong hash at the end) are not failed over: the client already has them, and
+//! Nix retries the download, which then goes first to a holder that did not fail.
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
 use nixmesh_protocol::content_address::NarCheck;
 use nixmesh_protocol::hash::{NixHash, NixHasher, Sha256Hasher};
@@ -23,7 +29,7 @@ use nixmesh_protocol::nar::{Event, NarParser};
 use nixmesh_protocol::{Sha256, StorePathHash};
 use thiserror::Error;
 use tokio::time::{Instant, Sleep, sleep};
-use tracing::{Span, debug, warn};
+use tracing::{Span, debug, info, warn};
 
 use crate::source::{NarStream, SourceError};
 
@@ -42,6 +48,8 @@ pub enum TransferError {
     WrongHash { peer: String, got: Sha256, expected: Sha256 },
     #[error("peer {peer}: the NAR does not match the path's content address: {reason}")]
     NotContent { peer: String, reason: String },
+    #[error("peer {peer}: could not go on with the NAR: {reason}")]
+    Resume { peer: String, reason: String },
 }
 
 /// The NAR its verified narinfo promises.
@@ -118,6 +126,16 @@ impl ContentCheck {
     }
 }
 
+/// Asks `peer` for the NAR from byte `offset` on: how a transfer goes on at another holder.
+pub type Reopen<P> =
+    Arc<dyn Fn(P, u64) -> BoxFuture<'static, Result<Option<NarStream>, SourceError>> + Send + Sync>;
+
+/// A request to the next holder, under way.
+struct Resuming<P> {
+    peer: P,
+    answer: BoxFuture<'static, Result<Option<NarStream>, SourceError>>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Progress {
     /// Fewer than `nar_size` bytes received.
@@ -136,6 +154,12 @@ pub struct VerifiedNar<P> {
     /// Holders not tried yet, best first.
     remaining: Vec<P>,
     stream: NarStream,
+    reopen: Option<Reopen<P>>,
+    /// Waiting for the next holder's answer, after the current one failed.
+    resuming: Option<Resuming<P>>,
+    /// Whether a fault goes on at the next holder: once the response has started (before,
+    /// the caller tries the holders one by one itself).
+    started: bool,
     /// Bytes received from peers, all of them hashed; where a resumption would start.
     offset: u64,
     hasher: Sha256Hasher,
@@ -152,14 +176,16 @@ pub struct VerifiedNar<P> {
     span: Span,
 }
 
-impl<P: std::fmt::Display> VerifiedNar<P> {
+impl<P: std::fmt::Display + Clone> VerifiedNar<P> {
     /// Wraps `stream`, the NAR from byte 0 as `peer` sends it. `remaining` are the other
-    /// holders, best first. Logs go to the current span.
+    /// holders, best first, asked with `reopen` (if given) when a holder fails mid-transfer.
+    /// Logs go to the current span.
     pub fn new(
         expected: Expected,
         peer: P,
         stream: NarStream,
         remaining: Vec<P>,
+        reopen: Option<Reopen<P>>,
         idle_timeout: Duration,
     ) -> Self {
         let content = expected.check.as_ref().and_then(ContentCheck::new);
@@ -169,6 +195,9 @@ impl<P: std::fmt::Display> VerifiedNar<P> {
             peer,
             remaining,
             stream,
+            reopen,
+            resuming: None,
+            started: false,
             offset: 0,
             hasher: Sha256Hasher::new(),
             ready: None,
@@ -189,6 +218,7 @@ impl<P: std::fmt::Display> VerifiedNar<P> {
                 Some(Ok(chunk)) if chunk.is_empty() => tokio::task::yield_now().await,
                 Some(Ok(chunk)) => {
                     self.ready = Some(chunk);
+                    self.started = true;
                     return Ok(());
                 }
                 Some(Err(e)) => return Err(e),
@@ -198,44 +228,95 @@ impl<P: std::fmt::Display> VerifiedNar<P> {
     }
 
     fn poll_checked(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, TransferError>>> {
-        if self.progress != Progress::Receiving {
-            return Poll::Ready(None);
-        }
-        match self.stream.poll_next_unpin(cx) {
-            Poll::Ready(Some(Ok(chunk))) => {
-                self.waiting = false;
-                Poll::Ready(Some(self.take(chunk)))
+        loop {
+            if self.progress != Progress::Receiving {
+                return Poll::Ready(None);
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(self.fail(e.into())))),
-            Poll::Ready(None) if self.offset == self.expected.nar_size => {
-                // Only an empty NAR gets here: any other completes in `take`.
-                match self.verify() {
-                    Ok(()) => Poll::Ready(None),
-                    Err(e) => Poll::Ready(Some(Err(self.fail(e)))),
-                }
-            }
-            Poll::Ready(None) => {
-                let (got, expected) = (self.offset, self.expected.nar_size);
-                let e = TransferError::TooShort { peer: self.peer.to_string(), got, expected };
-                Poll::Ready(Some(Err(self.fail(e))))
-            }
-            Poll::Pending => {
-                if !self.waiting {
-                    self.waiting = true;
-                    let deadline = Instant::now() + self.idle_timeout;
-                    self.idle.as_mut().reset(deadline);
-                }
-                if self.idle.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                let e = TransferError::Stalled {
-                    peer: self.peer.to_string(),
-                    offset: self.offset,
-                    idle: self.idle_timeout,
+            if let Some(resuming) = &mut self.resuming {
+                let broke = match resuming.answer.as_mut().poll(cx) {
+                    Poll::Ready(Ok(Some(stream))) => {
+                        let resuming = self.resuming.take().expect("polled just now");
+                        self.span.in_scope(|| {
+                            info!(peer = %resuming.peer, offset = self.offset, "NAR transfer resumed");
+                        });
+                        (self.peer, self.stream, self.waiting) = (resuming.peer, stream, false);
+                        continue;
+                    }
+                    Poll::Ready(Ok(None)) => "it says it has no NAR for it".to_owned(),
+                    Poll::Ready(Err(e)) => e.to_string(),
+                    Poll::Pending if self.idle.as_mut().poll(cx).is_pending() => {
+                        return Poll::Pending;
+                    }
+                    Poll::Pending => format!("no answer within {:?}", self.idle_timeout),
                 };
-                Poll::Ready(Some(Err(self.fail(e))))
+                let resuming = self.resuming.take().expect("polled just now");
+                self.peer = resuming.peer;
+                let e = TransferError::Resume { peer: self.peer.to_string(), reason: broke };
+                match self.fault(e) {
+                    Some(e) => return Poll::Ready(Some(Err(e))),
+                    None => continue,
+                }
+            }
+            let e = match self.stream.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    self.waiting = false;
+                    return Poll::Ready(Some(self.take(chunk)));
+                }
+                Poll::Ready(Some(Err(e))) => e.into(),
+                Poll::Ready(None) if self.offset == self.expected.nar_size => {
+                    // Only an empty NAR gets here: any other completes in `take`.
+                    return match self.verify() {
+                        Ok(()) => Poll::Ready(None),
+                        Err(e) => Poll::Ready(Some(Err(self.fail(e)))),
+                    };
+                }
+                Poll::Ready(None) => {
+                    let (got, expected) = (self.offset, self.expected.nar_size);
+                    TransferError::TooShort { peer: self.peer.to_string(), got, expected }
+                }
+                Poll::Pending => {
+                    if !self.waiting {
+                        self.arm_idle();
+                    }
+                    if self.idle.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    TransferError::Stalled {
+                        peer: self.peer.to_string(),
+                        offset: self.offset,
+                        idle: self.idle_timeout,
+                    }
+                }
+            };
+            if let Some(e) = self.fault(e) {
+                return Poll::Ready(Some(Err(e)));
             }
         }
+    }
+
+    /// Starts the idle timer: the peer has made us wait.
+    fn arm_idle(&mut self) {
+        self.waiting = true;
+        let deadline = Instant::now() + self.idle_timeout;
+        self.idle.as_mut().reset(deadline);
+    }
+
+    /// The holder sending failed with `e` before the end: asks the next holder for the rest,
+    /// or, with none left, ends the transfer with `e` (returned).
+    fn fault(&mut self, e: TransferError) -> Option<TransferError> {
+        let next_holder = self.started && !self.remaining.is_empty();
+        let Some(reopen) = self.reopen.clone().filter(|_| next_holder) else {
+            return Some(self.fail(e));
+        };
+        let next = self.remaining.remove(0);
+        self.span.in_scope(|| {
+            warn!(hash = %self.expected.store_hash, offset = self.offset, next = %next,
+                "NAR transfer broke off, going on at the next holder: {e}");
+        });
+        let answer = reopen(next.clone(), self.offset);
+        self.resuming = Some(Resuming { peer: next, answer });
+        self.arm_idle();
+        None
     }
 
     /// Accounts for `chunk`; it may be handed out unless this returns an error.
@@ -285,11 +366,12 @@ impl<P: std::fmt::Display> VerifiedNar<P> {
 // Nothing in the adapter is pinned structurally: the stream and the timer are boxed.
 impl<P> Unpin for VerifiedNar<P> {}
 
-impl<P: std::fmt::Display> Stream for VerifiedNar<P> {
+impl<P: std::fmt::Display + Clone> Stream for VerifiedNar<P> {
     type Item = Result<Bytes, TransferError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        this.started = true;
         if let Some(chunk) = this.ready.take() {
             return Poll::Ready(Some(Ok(chunk)));
         }
@@ -326,6 +408,7 @@ mod tests {
             "peer-a",
             Box::pin(stream::iter(items)),
             vec!["peer-b"],
+            None,
             Duration::from_secs(5),
         );
         let mut out = Vec::new();

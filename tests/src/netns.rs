@@ -162,6 +162,25 @@ impl Lan {
         self.dir.as_ref().expect("present until drop").path()
     }
 
+    /// Limits what `host` sends onto the LAN to `mbit` Mbit/s (a token bucket on its link), so
+    /// that a transfer takes long enough to act on in the middle of it.
+    pub fn shape_egress(&self, host: &Host, mbit: u32) {
+        let rate = format!("{mbit}mbit");
+        Command::new("tc")
+            .args(["-n", host.netns(), "qdisc", "replace", "dev", "eth0", "root", "tbf"])
+            .args(["rate", &rate, "burst", "256kb", "latency", "100ms"])
+            .stdout_within(IP_LIMIT);
+    }
+
+    /// The bytes `host` has sent onto the LAN so far.
+    pub fn sent_bytes(&self, host: &Host) -> u64 {
+        let text = host
+            .command("cat")
+            .arg("/sys/class/net/eth0/statistics/tx_bytes")
+            .stdout_within(IP_LIMIT);
+        String::from_utf8_lossy(&text).trim().parse().expect("a byte count")
+    }
+
     fn build_switch(&mut self) {
         ip(&["netns", "add", &self.switch]);
         let sw = self.switch.as_str();

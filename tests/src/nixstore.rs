@@ -233,6 +233,19 @@ impl HostStore {
         cmd.output_within(NIX_LIMIT)
     }
 
+    /// [`HostStore::copy_from`] started, not waited for: the running `nix copy`, its output
+    /// piped.
+    pub fn spawn_copy_from(&self, url: &str, trusted_keys: &[&str], path: &str) -> Child {
+        let mut cmd = self.host.command("nix");
+        cmd.args(["copy", "--from", url, "--to", &self.url()])
+            .args(["--option", "trusted-public-keys", &trusted_keys.join(" ")])
+            .arg(path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        eprintln!("{}: {}", self.host.name(), describe(&cmd));
+        cmd.spawn().expect("starting nix copy")
+    }
+
     /// Copies `paths` (with their closures) from this store to `url` (say, a `file://`
     /// binary cache); panics if it fails.
     pub fn copy_to(&self, url: &str, paths: &[&str]) {

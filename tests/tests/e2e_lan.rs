@@ -173,7 +173,7 @@ fn harness_copies_a_signed_closure_between_hosts_through_a_file_cache() {
     s1.sign_closure(&key.secret_file, &closure.top);
     assert!(s1.signatures(&closure.top).iter().any(|s| s.starts_with("test-1:")));
 
-    let cache = format!("file://{}", lan.dir().join("cache").display());
+    let cache = format!("file://{}?compression=none", lan.dir().join("cache").display());
     s1.copy_to(&cache, &[&closure.top]);
 
     let untrusted = s2.copy_from(&cache, &[&other_key.public], &closure.top);
@@ -371,14 +371,118 @@ fn a_holder_killed_mid_nar_leaves_the_client_a_failed_download() {
     assert_eq!(nodes[1].http_get("/nix-cache-info").0, 200, "host 2's node stopped serving");
 }
 
+/// How the holder sending a NAR is taken away in the middle of it.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Killed,
+    Frozen,
+}
+
+#[test]
+fn a_holder_killed_or_frozen_mid_nar_is_replaced_and_nix_copy_gets_the_whole_path() {
+    if !e2e_ready() {
+        return;
+    }
+    for fault in [Fault::Killed, Fault::Frozen] {
+        failover_mid_nar(fault);
+    }
+}
+
+/// Hosts 1 and 2 hold a 256 MiB path; host 3's `nix copy` gets it through its node while the
+/// holder sending it is taken away halfway (the links of both holders shaped, so that the
+/// transfer takes seconds): the copy must still succeed, byte for byte.
+fn failover_mid_nar(fault: Fault) {
+    const SIZE: u64 = 256 << 20;
+    let lan = Lan::new(3);
+    let stores = start_stores(&lan);
+    let key = CacheKey::generate(lan.dir(), "test-1");
+    let big = stores[0].build_closure(&big_path_expr_of(&unique_marker(), SIZE));
+    stores[0].sign_closure(&key.secret_file, &big.top);
+    let cache = format!("file://{}?compression=none", lan.dir().join("cache").display());
+    stores[0].copy_to(&cache, &[&big.top]);
+    let copied = stores[1].copy_from(&cache, &[&key.public], &big.top);
+    assert!(copied.status.success(), "{}", String::from_utf8_lossy(&copied.stderr));
+    let options = NodeOptions {
+        trusted_keys: vec![key.public.clone()],
+        log_filter: "info,nixmesh_node::fetch=debug".to_owned(),
+        ..Default::default()
+    };
+    let mut nodes = start_nodes(&stores, |_| options.clone());
+    let holders: Vec<(String, u64)> = nodes[..2]
+        .iter()
+        .map(|n| {
+            wait_until(DISCOVERY_LIMIT, "a holder to scan its store", || {
+                n.status()["local_paths"].as_u64() > Some(0)
+            });
+            (n.peer_id(), n.status()["local_paths"].as_u64().unwrap())
+        })
+        .collect();
+    wait_until(DISCOVERY_LIMIT, "host 3's node to index both holders' paths", || {
+        let peers = nodes[2].peers();
+        holders.iter().all(|(id, held)| advertised_paths(&peers, id) == Some(*held))
+    });
+    wait_for_closure(&nodes[2], &big, "host 3's node to offer the big path");
+    for host in &lan.hosts()[..2] {
+        lan.shape_egress(host, 400);
+    }
+
+    let sent_before: Vec<u64> = lan.hosts()[..2].iter().map(|h| lan.sent_bytes(h)).collect();
+    let mut copy = stores[2].spawn_copy_from(NODE_URL, &[&key.public], &big.top);
+    let sending = |n: usize| lan.sent_bytes(&lan.hosts()[n]) - sent_before[n];
+    let mut still_running = || match copy.try_wait().expect("waiting for nix copy") {
+        None => true,
+        Some(exit) => {
+            let mut stderr = String::new();
+            let _ = std::io::Read::read_to_string(copy.stderr.as_mut().unwrap(), &mut stderr);
+            panic!("{fault:?}: nix copy ended before the fault ({exit}): {stderr}");
+        }
+    };
+    let (sender, _) =
+        poll_every(Duration::from_millis(20), DISCOVERY_LIMIT, "a holder to send", || {
+            still_running();
+            (0..2).find(|&n| sending(n) > 16 << 20)
+        });
+    wait_until(DISCOVERY_LIMIT, "half the NAR to leave its holder", || {
+        still_running() && sending(sender) > SIZE / 2
+    });
+    let at = sending(sender);
+    match fault {
+        Fault::Killed => drop(nodes[sender].kill()),
+        Fault::Frozen => drop(nodes[sender].freeze()),
+    }
+    eprintln!("{fault:?} host {}'s node after it sent {} MiB", sender + 1, at >> 20);
+
+    let (exit, _) =
+        poll_every(Duration::from_millis(50), Duration::from_secs(120), "nix copy", || {
+            copy.try_wait().expect("waiting for nix copy")
+        });
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut copy.stderr.take().expect("piped"), &mut stderr)
+        .expect("reading nix copy's errors");
+    assert!(exit.success(), "{fault:?}: nix copy failed: {stderr}");
+    assert_eq!(stores[2].dump(&big.top), stores[0].dump(&big.top), "{fault:?}: the path differs");
+    let other = 1 - sender;
+    assert!(sending(other) > 16 << 20, "{fault:?}: the other holder sent the rest");
+    let log = std::fs::read_to_string(nodes[2].log_path()).expect("host 3's log");
+    assert!(log.contains("NAR transfer resumed"), "{fault:?}: no failover in host 3's log");
+    if let Fault::Frozen = fault {
+        nodes[sender].thaw();
+    }
+}
+
 /// A Nix expression for one path of 64 MiB of random bytes, new for each `marker`.
 fn big_path_expr(marker: &str) -> String {
+    big_path_expr_of(marker, 64 << 20)
+}
+
+/// A Nix expression for one path of `size` random bytes, new for each `marker`.
+fn big_path_expr_of(marker: &str, size: u64) -> String {
     format!(
         r#"derivation {{
   name = "nixmesh-test-big";
   system = builtins.currentSystem;
   builder = "/bin/sh";
-  args = [ "-c" "head -c 67108864 /dev/urandom > $out" ];
+  args = [ "-c" "head -c {size} /dev/urandom > $out" ];
   PATH = "/usr/bin:/bin";
   marker = "{marker}";
 }}"#

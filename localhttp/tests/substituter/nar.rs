@@ -102,6 +102,47 @@ async fn a_stall_midway_aborts_within_the_idle_timeout() {
     assert!(reply.elapsed < config.nar_idle_timeout + Duration::from_secs(2));
 }
 
+/// A holder with an honest narinfo whose NAR is `nar`.
+fn holder(name: &'static str, fixture: &Fixture, nar: NarReply) -> TestPeer {
+    TestPeer { name, narinfo: NarInfoReply::Text(fixture.narinfo.to_string()), nar }
+}
+
+#[tokio::test]
+async fn a_holder_failing_midway_is_replaced_by_the_next_from_the_same_offset() {
+    let fixture = Fixture::new();
+    let config = test_config(&fixture);
+    let half = &fixture.nar[..60_000];
+    let breaks_off = [
+        ("fails", NarReply::ChunksThenFails(chunked(half))),
+        ("stalls", NarReply::ChunksThenStall(chunked(half))),
+        ("ends early", NarReply::Chunks(chunked(half))),
+    ];
+    for (what, nar) in breaks_off {
+        let peers = vec![holder("first", &fixture, nar), honest_peer("second", &fixture)];
+        let source = TestSource::new(&fixture, peers);
+        let addr = start(source.clone(), config.clone()).await;
+        let reply = get(addr, &fixture.nar_url()).await;
+        assert_eq!(reply.status, 200, "{what}");
+        assert!(reply.complete() && reply.body == fixture.nar, "{what}: one whole, right NAR");
+        let calls = source.nar_calls();
+        assert_eq!(calls, [("first".to_owned(), 0), ("second".to_owned(), 60_000)], "{what}");
+    }
+}
+
+#[tokio::test]
+async fn failover_ends_when_no_holder_is_left() {
+    let fixture = Fixture::new();
+    let half = |n: usize| NarReply::ChunksThenFails(chunked(&fixture.nar[..n]));
+    let peers = vec![holder("a", &fixture, half(30_000)), holder("b", &fixture, half(70_000))];
+    let source = TestSource::new(&fixture, peers);
+    let addr = start(source.clone(), test_config(&fixture)).await;
+    let head =
+        format!("GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", fixture.nar_url());
+    assert_refused(send_raw(addr, head.as_bytes()).await, fixture.nar.len(), "both fail");
+    // The second went on from where the first stopped and failed too: nobody is left.
+    assert_eq!(source.nar_calls(), [("a".to_owned(), 0), ("b".to_owned(), 30_000)]);
+}
+
 /// A holder with an honest narinfo that never sends its NAR.
 fn silent_holder(name: &'static str, fixture: &Fixture) -> TestPeer {
     TestPeer {

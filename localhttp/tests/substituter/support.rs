@@ -197,7 +197,17 @@ impl PathSource for TestSource {
         offset: u64,
     ) -> Result<Option<NarStream>, SourceError> {
         self.nar_calls.lock().unwrap().push((peer.clone(), offset));
-        let ok = |c: Vec<Bytes>| stream::iter(c.into_iter().map(Ok::<_, SourceError>));
+        // The bytes from `offset` on, as a holder resuming a transfer sends them.
+        let ok = |c: Vec<Bytes>| {
+            let mut skip = offset as usize;
+            let from_offset = c.into_iter().filter_map(move |mut chunk| {
+                let cut = skip.min(chunk.len());
+                skip -= cut;
+                let _ = chunk.split_to(cut);
+                (!chunk.is_empty()).then_some(chunk)
+            });
+            stream::iter(from_offset.map(Ok::<_, SourceError>))
+        };
         let stream: NarStream = match self.peer(peer).nar.clone() {
             NarReply::Chunks(c) => Box::pin(ok(c)),
             NarReply::ChunksThenStall(c) => Box::pin(ok(c).chain(stream::pending())),
