@@ -24,6 +24,10 @@ pub struct Config {
     pub nar_start_deadline: Duration,
     /// How long a NAR transfer may wait for the next bytes once it has started.
     pub nar_idle_timeout: Duration,
+    /// NARs up to this size are read and verified whole before the response starts, so that
+    /// a holder with a damaged copy is passed over for the next one before the client has a
+    /// byte; larger ones are streamed (at most this much is held per download).
+    pub nar_verified_whole_up_to: u64,
     /// How many verified narinfos are remembered for the NAR requests that follow them.
     pub narinfo_cache_capacity: usize,
     /// Requests other than NAR downloads handled at once; more wait their turn.
@@ -50,6 +54,7 @@ impl Default for Config {
             nar_first_byte_timeout: Duration::from_secs(10),
             nar_start_deadline: Duration::from_secs(20),
             nar_idle_timeout: Duration::from_secs(30),
+            nar_verified_whole_up_to: 1 << 20,
             narinfo_cache_capacity: 10_000,
             max_concurrent_requests: 256,
             max_concurrent_nars: 256,
@@ -70,6 +75,7 @@ impl fmt::Debug for Config {
             .field("nar_first_byte_timeout", &self.nar_first_byte_timeout)
             .field("nar_start_deadline", &self.nar_start_deadline)
             .field("nar_idle_timeout", &self.nar_idle_timeout)
+            .field("nar_verified_whole_up_to", &self.nar_verified_whole_up_to)
             .field("narinfo_cache_capacity", &self.narinfo_cache_capacity)
             .field("max_concurrent_requests", &self.max_concurrent_requests)
             .field("max_concurrent_nars", &self.max_concurrent_nars)

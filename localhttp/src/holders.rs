@@ -19,7 +19,10 @@ pub enum Miss<E> {
 }
 
 /// The first `Ok` of `attempt(holder, the holders after it)` over `holders` in order, each
-/// try cut off after `per_holder`, all of them after `deadline`; `None` when none gave one.
+/// try cut off after `per_holder` (but the last, which has no one after it to leave time for,
+/// gets whatever is left), all of them after `deadline`; `None` when none gave one. A holder
+/// slow under load is then not taken for a miss while time is left: Nix would remember it
+/// for an hour.
 /// Each failure is logged with the holder, `hash` and `what` was asked for.
 pub async fn first_of<P, T, E, F, Fut>(
     holders: &[P],
@@ -43,7 +46,8 @@ where
             warn!(%hash, untried, ?deadline, "{what}: the deadline passed before every holder was tried");
             break;
         }
-        let limit = per_holder.min(left);
+        let last = tried + 1 == holders.len();
+        let limit = if last { left } else { per_holder.min(left) };
         match timeout(limit, attempt(holder, &holders[tried + 1..])).await {
             Ok(Ok(found)) => return Some((holder.clone(), found)),
             Ok(Err(Miss::Logged)) => {}

@@ -13,6 +13,7 @@
 mod cache;
 pub mod config;
 pub mod connection;
+pub mod health;
 mod holders;
 mod nar;
 pub mod node_view;

@@ -16,7 +16,7 @@ use crate::routes::{malformed, miss};
 use crate::source::{PathSource, SourceError};
 use crate::substituter::Substituter;
 use crate::target::{RequestPathError, Target};
-use crate::verified_nar::{Expected, Reopen, VerifiedNar};
+use crate::verified_nar::{Expected, Others, Reopen, VerifiedNar};
 
 /// Why a holder's NAR was not used before the response started.
 #[derive(Debug, Error)]
@@ -33,7 +33,7 @@ pub async fn nar<S: PathSource>(State(sub): State<Arc<Substituter<S>>>, uri: Uri
         Ok(_) | Err(RequestPathError::NotFound) => return miss("no such file"),
         Err(e) => return malformed(e),
     };
-    let holders = sub.source.holders(&file.store_hash);
+    let holders = sub.holders(&file.store_hash);
     if holders.is_empty() {
         return miss("no connected peer has this path");
     }
@@ -50,7 +50,9 @@ pub async fn nar<S: PathSource>(State(sub): State<Arc<Substituter<S>>>, uri: Uri
         check: verified.check.clone(),
     };
     let nar_size = expected.nar_size;
-    let Some(nar) = open(&sub, expected, preferred_first(holders, &verified.peer)).await else {
+    let Some(nar) =
+        open(&sub, expected, sub.health.order(preferred_first(holders, &verified.peer))).await
+    else {
         return miss("no holder sent the NAR");
     };
     let headers = [
@@ -81,7 +83,10 @@ async fn open<S: PathSource>(
             let stream = stream.await.map_err(|e| Miss::Because(Unused::Source(e)))?;
             let stream = stream.ok_or(Miss::Because(Unused::NotHeld))?;
             let idle = sub.config.nar_idle_timeout;
-            let mut nar = VerifiedNar::new(expected, peer, stream, remaining, reopen, idle);
+            let health = Some(sub.health.clone());
+            let others = Others { remaining, reopen, health };
+            let mut nar = VerifiedNar::new(expected, peer, stream, others, idle)
+                .verify_whole_up_to(sub.config.nar_verified_whole_up_to);
             // The adapter logs its own refusals.
             nar.first_bytes().await.map_err(|_| Miss::Logged)?;
             Ok(nar)

@@ -31,6 +31,10 @@ pub struct PeerSummary {
     /// The last ping round trip (in JSON: `rtt_ms`, milliseconds).
     #[serde(rename = "rtt_ms", with = "opt_millis")]
     pub rtt: Option<Duration>,
+    /// Why the substituter asks this peer last, or not at all, for now (see
+    /// [`crate::health`]); `None` when it is in good standing.
+    #[serde(default)]
+    pub demoted: Option<String>,
 }
 
 /// The node as `nixmesh status` prints it.

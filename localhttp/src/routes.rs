@@ -31,7 +31,7 @@ pub async fn narinfo<S: PathSource>(State(sub): State<Arc<Substituter<S>>>, uri:
         Ok(_) | Err(RequestPathError::NotFound) => return miss("no such file"),
         Err(e) => return malformed(e),
     };
-    let holders = sub.source.holders(&hash);
+    let holders = sub.holders(&hash);
     if holders.is_empty() {
         return miss("no connected peer has this path");
     }

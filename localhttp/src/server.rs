@@ -33,6 +33,7 @@ use tracing::{Instrument, debug, field, info_span, warn};
 
 use crate::config::Config;
 use crate::connection::StallLimitedListener;
+use crate::health::PeerHealth;
 use crate::node_view::NodeView;
 use crate::source::PathSource;
 use crate::substituter::Substituter;
@@ -46,12 +47,17 @@ pub const MAX_URI_BYTES: usize = 8 * 1024;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// The substituter's routes over `source`, and the status pages over `view`, with the limits
-/// in the module docs.
-pub fn router<S: PathSource>(source: Arc<S>, view: Arc<dyn NodeView>, config: Config) -> Router {
+/// in the module docs. Faults of peers are counted in `health`.
+pub fn router<S: PathSource>(
+    source: Arc<S>,
+    view: Arc<dyn NodeView>,
+    health: Arc<PeerHealth<S::Peer>>,
+    config: Config,
+) -> Router {
     let permits = Arc::new(Semaphore::new(config.max_concurrent_requests));
     let nar_permits = Arc::new(Semaphore::new(config.max_concurrent_nars));
     let request_timeout = config.request_timeout;
-    let substituter = Arc::new(Substituter::new(source, config));
+    let substituter = Arc::new(Substituter::new(source, health, config));
     let pages = Router::new()
         .route("/_nixmesh/peers", get(routes::peers))
         .route("/_nixmesh/status", get(routes::status))

@@ -29,7 +29,7 @@ pub enum SourceError {
 /// substituter bounds them in time itself.
 pub trait PathSource: Send + Sync + 'static {
     /// A peer's identity, as the source names it in logs and errors.
-    type Peer: Clone + Eq + fmt::Display + Send + Sync + 'static;
+    type Peer: Clone + Eq + std::hash::Hash + fmt::Display + Send + Sync + 'static;
 
     /// Connected peers that advertise `hash`, best first. Never waits on the network.
     fn holders(&self, hash: &StorePathHash) -> Vec<Self::Peer>;

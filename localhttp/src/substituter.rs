@@ -12,10 +12,11 @@ use nixmesh_protocol::narinfo::NarInfoError;
 use nixmesh_protocol::signature::TrustedKeys;
 use nixmesh_protocol::{NarInfo, StorePath, StorePathHash};
 use thiserror::Error;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::cache::{NarInfoCache, Verified};
 use crate::config::Config;
+use crate::health::PeerHealth;
 use crate::holders::{Miss, first_of};
 use crate::source::{PathSource, SourceError};
 use crate::target::NarFile;
@@ -25,6 +26,8 @@ pub struct Substituter<S: PathSource> {
     pub source: Arc<S>,
     pub config: Config,
     pub cache: NarInfoCache<S::Peer>,
+    /// Faults of peers: the demoted are asked last (see [`crate::health`]).
+    pub health: Arc<PeerHealth<S::Peer>>,
 }
 
 /// Why a peer's answer to a narinfo request was not used.
@@ -48,6 +51,13 @@ pub enum Rejection {
     NarHashNotCa,
 }
 
+impl Rejection {
+    /// Whether the peer sent something wrong (rather than nothing, or nothing in time).
+    fn is_the_peers_fault(&self) -> bool {
+        !matches!(self, Rejection::Source(_) | Rejection::NotHeld)
+    }
+}
+
 /// A narinfo Nix may be given, and what its NAR must be checked against besides its
 /// `NarHash` and `NarSize`.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,9 +68,15 @@ pub struct Accepted {
 }
 
 impl<S: PathSource> Substituter<S> {
-    pub fn new(source: Arc<S>, config: Config) -> Self {
+    pub fn new(source: Arc<S>, health: Arc<PeerHealth<S::Peer>>, config: Config) -> Self {
         let cache = NarInfoCache::new(config.narinfo_cache_capacity);
-        Substituter { source, config, cache }
+        Substituter { source, config, cache, health }
+    }
+
+    /// The connected holders of `hash`, in the order to ask them: the source's (best first),
+    /// demoted peers last.
+    pub fn holders(&self, hash: &StorePathHash) -> Vec<S::Peer> {
+        self.health.order(self.source.holders(hash))
     }
 
     /// The verified narinfo for `hash`: remembered from an earlier request, or else the first
@@ -78,9 +94,20 @@ impl<S: PathSource> Substituter<S> {
             debug!(peer = %verified.peer, "narinfo remembered from an earlier request");
             return Some(verified);
         }
+        // Peers whose narinfo was refused; held against them only if another's is good.
+        let refused = std::sync::Mutex::new(Vec::new());
         let ask = |peer: &S::Peer, _: &[S::Peer]| {
-            let peer = peer.clone();
-            async move { self.ask(&peer, hash).await.map_err(Miss::Because) }
+            let (peer, refused) = (peer.clone(), &refused);
+            async move {
+                let answer = self.ask(&peer, hash).await;
+                if let Err(rejection) = &answer
+                    && rejection.is_the_peers_fault()
+                {
+                    let reason = format!("gave a bad narinfo: {rejection}");
+                    refused.lock().unwrap_or_else(|e| e.into_inner()).push((peer, reason));
+                }
+                answer.map_err(Miss::Because)
+            }
         };
         let (peer, Accepted { narinfo, check }) = first_of(
             holders,
@@ -92,6 +119,10 @@ impl<S: PathSource> Substituter<S> {
         )
         .await?;
         debug!(%peer, "narinfo verified");
+        for (bad, reason) in refused.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            warn!(peer = %bad, %hash, "{reason}, where {peer} gave a good one");
+            self.health.fault(&bad, reason);
+        }
         let for_nix = Bytes::from(for_nix(&narinfo).to_string());
         let verified = Arc::new(Verified { for_nix, narinfo, peer, check });
         self.cache.insert(hash, verified.clone());

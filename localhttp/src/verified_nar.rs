@@ -14,7 +14,9 @@
 //! `NarSize`, a wrong hash at the end) are not failed over: the client already has them, and
 //! Nix retries the download, which then goes first to a holder that did not fail.
 
+use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
+use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -31,6 +33,9 @@ use thiserror::Error;
 use tokio::time::{Instant, Sleep, sleep};
 use tracing::{Span, debug, info, warn};
 
+#[cfg(doc)]
+use crate::config::Config;
+use crate::health::PeerHealth;
 use crate::source::{NarStream, SourceError};
 
 /// Why a NAR transfer was cut off.
@@ -130,6 +135,23 @@ impl ContentCheck {
 pub type Reopen<P> =
     Arc<dyn Fn(P, u64) -> BoxFuture<'static, Result<Option<NarStream>, SourceError>> + Send + Sync>;
 
+/// The holders after the first, and what a transfer that fails over needs.
+pub struct Others<P> {
+    /// Holders not asked yet, best first.
+    pub remaining: Vec<P>,
+    /// How to ask one of them; `None`: no failover.
+    pub reopen: Option<Reopen<P>>,
+    /// Where a peer's faults are counted.
+    pub health: Option<Arc<PeerHealth<P>>>,
+}
+
+impl<P> Others<P> {
+    /// No failover and no health record: only `remaining` is kept, for the logs.
+    pub fn none(remaining: Vec<P>) -> Self {
+        Others { remaining, reopen: None, health: None }
+    }
+}
+
 /// A request to the next holder, under way.
 struct Resuming<P> {
     peer: P,
@@ -155,6 +177,7 @@ pub struct VerifiedNar<P> {
     remaining: Vec<P>,
     stream: NarStream,
     reopen: Option<Reopen<P>>,
+    health: Option<Arc<PeerHealth<P>>>,
     /// Waiting for the next holder's answer, after the current one failed.
     resuming: Option<Resuming<P>>,
     /// Whether a fault goes on at the next holder: once the response has started (before,
@@ -166,9 +189,11 @@ pub struct VerifiedNar<P> {
     /// The content address's own check, for an unsigned content-addressed path.
     content: Option<ContentCheck>,
     /// A chunk that passed the checks and is not yet handed out.
-    ready: Option<Bytes>,
+    ready: VecDeque<Bytes>,
     progress: Progress,
     idle_timeout: Duration,
+    /// NARs up to this size are verified whole before [`VerifiedNar::first_bytes`] returns.
+    verify_whole_up_to: u64,
     /// Armed when the peer first makes us wait after a chunk, so a client that reads slowly
     /// does not count against the peer.
     idle: Pin<Box<Sleep>>,
@@ -176,18 +201,19 @@ pub struct VerifiedNar<P> {
     span: Span,
 }
 
-impl<P: std::fmt::Display + Clone> VerifiedNar<P> {
-    /// Wraps `stream`, the NAR from byte 0 as `peer` sends it. `remaining` are the other
-    /// holders, best first, asked with `reopen` (if given) when a holder fails mid-transfer.
+impl<P: std::fmt::Display + Clone + Eq + Hash> VerifiedNar<P> {
+    /// Wraps `stream`, the NAR from byte 0 as `peer` sends it. `others.remaining` are the other
+    /// holders, best first, asked with `others.reopen` (if given) when a holder fails
+    /// mid-transfer; faults that are the peer's are counted in `others.health`.
     /// Logs go to the current span.
     pub fn new(
         expected: Expected,
         peer: P,
         stream: NarStream,
-        remaining: Vec<P>,
-        reopen: Option<Reopen<P>>,
+        others: Others<P>,
         idle_timeout: Duration,
     ) -> Self {
+        let Others { remaining, reopen, health } = others;
         let content = expected.check.as_ref().and_then(ContentCheck::new);
         VerifiedNar {
             content,
@@ -196,33 +222,54 @@ impl<P: std::fmt::Display + Clone> VerifiedNar<P> {
             remaining,
             stream,
             reopen,
+            health,
             resuming: None,
             started: false,
             offset: 0,
             hasher: Sha256Hasher::new(),
-            ready: None,
+            ready: VecDeque::new(),
             progress: Progress::Receiving,
             idle_timeout,
+            verify_whole_up_to: 0,
             idle: Box::pin(sleep(idle_timeout)),
             waiting: false,
             span: Span::current(),
         }
     }
 
+    /// Verifies NARs of up to `size` bytes whole before the response starts (see
+    /// [`VerifiedNar::first_bytes`]); none by default.
+    pub fn verify_whole_up_to(mut self, size: u64) -> Self {
+        self.verify_whole_up_to = size;
+        self
+    }
+
     /// Waits until the first bytes have arrived and passed the checks, so that a peer that
     /// fails before sending anything is found out before the response commits to `200`.
+    ///
+    /// A NAR of at most [`Config::nar_verified_whole_up_to`] bytes is read and verified whole
+    /// before this
+    /// returns: a holder with a damaged copy is found out while the next holder can still
+    /// give the client the right one. (Most store paths are that small; the cost is a
+    /// transfer's latency, which on a LAN is a millisecond.)
     pub async fn first_bytes(&mut self) -> Result<(), TransferError> {
+        let whole = self.expected.nar_size <= self.verify_whole_up_to;
         loop {
             match poll_fn(|cx| self.poll_checked(cx)).await {
                 // Let timeouts around this fire even if a source yields empty chunks forever.
                 Some(Ok(chunk)) if chunk.is_empty() => tokio::task::yield_now().await,
                 Some(Ok(chunk)) => {
-                    self.ready = Some(chunk);
+                    self.ready.push_back(chunk);
+                    if !whole {
+                        self.started = true;
+                        return Ok(());
+                    }
+                }
+                Some(Err(e)) => return Err(e),
+                None => {
                     self.started = true;
                     return Ok(());
                 }
-                Some(Err(e)) => return Err(e),
-                None => return Ok(()),
             }
         }
     }
@@ -308,6 +355,7 @@ impl<P: std::fmt::Display + Clone> VerifiedNar<P> {
         let Some(reopen) = self.reopen.clone().filter(|_| next_holder) else {
             return Some(self.fail(e));
         };
+        self.count_against_peer(&e);
         let next = self.remaining.remove(0);
         self.span.in_scope(|| {
             warn!(hash = %self.expected.store_hash, offset = self.offset, next = %next,
@@ -352,9 +400,25 @@ impl<P: std::fmt::Display + Clone> VerifiedNar<P> {
         Ok(())
     }
 
+    /// Counts `e` against the peer sending if it is the peer's doing: bytes that cannot be the
+    /// NAR, or a stall. (A peer that went away is not unhealthy, only gone.)
+    fn count_against_peer(&self, e: &TransferError) {
+        let theirs = matches!(
+            e,
+            TransferError::WrongHash { .. }
+                | TransferError::TooLong { .. }
+                | TransferError::NotContent { .. }
+                | TransferError::Stalled { .. }
+        );
+        if let Some(health) = self.health.as_ref().filter(|_| theirs) {
+            health.fault(&self.peer, e.to_string());
+        }
+    }
+
     fn fail(&mut self, e: TransferError) -> TransferError {
+        self.count_against_peer(&e);
         self.progress = Progress::Ended;
-        self.ready = None;
+        self.ready.clear();
         self.span.in_scope(|| {
             warn!(peer = %self.peer, hash = %self.expected.store_hash, offset = self.offset,
                 other_holders = self.remaining.len(), "NAR transfer cut off: {e}");
@@ -366,13 +430,13 @@ impl<P: std::fmt::Display + Clone> VerifiedNar<P> {
 // Nothing in the adapter is pinned structurally: the stream and the timer are boxed.
 impl<P> Unpin for VerifiedNar<P> {}
 
-impl<P: std::fmt::Display + Clone> Stream for VerifiedNar<P> {
+impl<P: std::fmt::Display + Clone + Eq + Hash> Stream for VerifiedNar<P> {
     type Item = Result<Bytes, TransferError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         this.started = true;
-        if let Some(chunk) = this.ready.take() {
+        if let Some(chunk) = this.ready.pop_front() {
             return Poll::Ready(Some(Ok(chunk)));
         }
         if this.progress == Progress::Verified {
@@ -407,8 +471,7 @@ mod tests {
             expected,
             "peer-a",
             Box::pin(stream::iter(items)),
-            vec!["peer-b"],
-            None,
+            Others::none(vec!["peer-b"]),
             Duration::from_secs(5),
         );
         let mut out = Vec::new();

@@ -93,6 +93,9 @@ pub async fn peers(node: &str, json: bool) -> Result<String, CliError> {
         let rtt = p.rtt.map_or("-".to_owned(), |d| format!("{:.1} ms", d.as_secs_f64() * 1000.0));
         let state = if p.connected { "connected" } else { "offline" };
         let _ = writeln!(out, "{}  {state}  {} paths  seen {seen}  rtt {rtt}", p.id, p.paths);
+        if let Some(why) = &p.demoted {
+            let _ = writeln!(out, "    DEMOTED: {why}");
+        }
         for a in &p.addresses {
             let _ = writeln!(out, "    {a}");
         }

@@ -28,6 +28,7 @@ use crate::store::{Store, StoreAddress, StoreError};
 use crate::trust::{self, TrustError};
 use crate::view::MeshView;
 use crate::{discovery, identity, socket_activation};
+use nixmesh_localhttp::health::PeerHealth;
 
 /// The file name of the index in the state dir.
 pub const INDEX_FILE: &str = "index.redb";
@@ -168,7 +169,9 @@ impl RunningNode {
             });
         }
 
+        let health = Arc::new(PeerHealth::default());
         let view = Arc::new(MeshView {
+            health: health.clone(),
             mesh: mesh.clone(),
             index: index.clone(),
             log,
@@ -182,7 +185,7 @@ impl RunningNode {
             ..Default::default()
         };
         let client_stall = http_config.client_stall_timeout;
-        let router = nixmesh_localhttp::router(source, view, http_config);
+        let router = nixmesh_localhttp::router(source, view, health, http_config);
         // A socket passed by systemd keeps the port open across restarts (see the module).
         let inherited = socket_activation::inherited_listener()?;
         let from_systemd = inherited.is_some();

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use libp2p::PeerId;
+use nixmesh_localhttp::health::PeerHealth;
 use nixmesh_localhttp::{NodeStatus, NodeView, PeerSummary};
 
 use crate::adverts::AdvertLog;
@@ -21,6 +22,8 @@ pub struct MeshView {
     pub trusted_keys: Vec<String>,
     /// The public half of the node's signing key, if it signs.
     pub signing_key: Option<String>,
+    /// Faults of peers, as the substituter counts them.
+    pub health: Arc<PeerHealth<PeerId>>,
 }
 
 impl NodeView for MeshView {
@@ -37,6 +40,7 @@ impl NodeView for MeshView {
                     connected: false,
                     last_seen_secs_ago: Some(now.saturating_sub(indexed.last_update_unix)),
                     rtt: None,
+                    demoted: None,
                 },
             );
         }
@@ -48,6 +52,7 @@ impl NodeView for MeshView {
                 connected: false,
                 last_seen_secs_ago: None,
                 rtt: None,
+                demoted: None,
             });
             summary.addresses = state.addresses.iter().map(|a| a.to_string()).collect();
             summary.connected = state.connections > 0;
@@ -55,6 +60,12 @@ impl NodeView for MeshView {
                 summary.last_seen_secs_ago = Some(seen.elapsed().as_secs());
             }
             summary.rtt = state.rtt;
+        }
+        for (id, summary) in summaries.iter_mut() {
+            summary.demoted = self.health.demotion(id).map(|d| {
+                let how = if d.skipped { "skipped" } else { "asked last" };
+                format!("{how} for {} s more: {}", d.left.as_secs(), d.reason)
+            });
         }
         summaries.into_values().collect()
     }

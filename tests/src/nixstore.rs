@@ -183,6 +183,20 @@ impl HostStore {
         self.host.store_root().join("nix/store")
     }
 
+    /// Damages the store's copy of `path` behind Nix's back, as a failing disk would: flips
+    /// one byte of `file` inside it (its size unchanged), so its NAR no longer has the NarHash
+    /// its narinfo was signed with.
+    pub fn damage(&self, path: &str, file: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let on_disk = self.real_path(path).join(file);
+        let mut bytes = std::fs::read(&on_disk).expect("reading the file to damage");
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x01;
+        std::fs::set_permissions(&on_disk, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(&on_disk, bytes).expect("writing the damaged file");
+        std::fs::set_permissions(&on_disk, std::fs::Permissions::from_mode(0o444)).unwrap();
+    }
+
     /// Where the store keeps `path` (`/nix/store/...`) on disk.
     fn real_path(&self, path: &str) -> PathBuf {
         let base = path.strip_prefix("/nix/store/").expect("a path in /nix/store");

@@ -143,6 +143,29 @@ async fn failover_ends_when_no_holder_is_left() {
     assert_eq!(source.nar_calls(), [("a".to_owned(), 0), ("b".to_owned(), 30_000)]);
 }
 
+#[tokio::test]
+async fn a_damaged_small_nar_is_passed_over_and_its_holder_asked_last_next_time() {
+    let fixture = Fixture::new();
+    let mut damaged = fixture.nar.clone();
+    damaged[40_000] ^= 1;
+    let peers = vec![
+        holder("damaged", &fixture, NarReply::Chunks(chunked(&damaged))),
+        honest_peer("good", &fixture),
+    ];
+    let source = TestSource::new(&fixture, peers);
+    let config = Config { nar_verified_whole_up_to: 1 << 20, ..test_config(&fixture) };
+    let addr = start(source.clone(), config).await;
+    // Verified whole before the response starts: the damaged copy never reaches the client.
+    let reply = get(addr, &fixture.nar_url()).await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.complete() && reply.body == fixture.nar);
+    assert_eq!(source.nar_calls(), [("damaged".to_owned(), 0), ("good".to_owned(), 0)]);
+    // Its holder is demoted: the next download goes to the good one first.
+    let reply = get(addr, &fixture.nar_url()).await;
+    assert!(reply.complete() && reply.body == fixture.nar);
+    assert_eq!(source.nar_calls()[2..], [("good".to_owned(), 0)]);
+}
+
 /// A holder with an honest narinfo that never sends its NAR.
 fn silent_holder(name: &'static str, fixture: &Fixture) -> TestPeer {
     TestPeer {

@@ -231,6 +231,7 @@ impl NodeView for TestSource {
                 connected: true,
                 last_seen_secs_ago: Some(3),
                 rtt: Some(Duration::from_millis(2)),
+                demoted: None,
             })
             .collect()
     }
@@ -254,7 +255,8 @@ fn failed(peer: &str, operation: &'static str) -> SourceError {
     SourceError::Failed { peer: peer.to_owned(), operation, reason: "test peer fails".to_owned() }
 }
 
-/// Short limits, so that the time-limit tests run quickly.
+/// Short limits, so that the time-limit tests run quickly; every NAR streamed (none verified
+/// whole first), so that the fixture's small NAR shows what a large one does.
 pub fn test_config(fixture: &Fixture) -> Config {
     Config {
         trusted_keys: fixture.trusted(),
@@ -264,6 +266,7 @@ pub fn test_config(fixture: &Fixture) -> Config {
         nar_start_deadline: Duration::from_secs(3),
         nar_idle_timeout: Duration::from_millis(300),
         request_timeout: Duration::from_secs(5),
+        nar_verified_whole_up_to: 0,
         ..Config::default()
     }
 }
@@ -279,7 +282,7 @@ pub async fn start(source: Arc<TestSource>, config: Config) -> SocketAddr {
     let stall = config.client_stall_timeout;
     tokio::spawn(serve(
         listener,
-        router(source.clone(), source, config),
+        router(source.clone(), source, Default::default(), config),
         stall,
         std::future::pending(),
     ));
