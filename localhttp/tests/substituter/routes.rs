@@ -131,7 +131,12 @@ async fn serve_stops_on_the_shutdown_signal() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(
         listener,
-        router(TestSource::honest(&fixture), TestSource::honest(&fixture), test_config(&fixture)),
+        router(
+            TestSource::honest(&fixture),
+            TestSource::honest(&fixture),
+            test_config(&fixture),
+            Default::default(),
+        ),
         test_config(&fixture).client_stall_timeout,
         async move {
             let _ = stopped.await;

@@ -221,6 +221,7 @@ impl NodeView for TestSource {
                 connected: true,
                 last_seen_secs_ago: Some(3),
                 rtt: Some(Duration::from_millis(2)),
+                ..PeerSummary::default()
             })
             .collect()
     }
@@ -236,7 +237,12 @@ impl NodeView for TestSource {
             indexed_paths: self.peers.len() as u64,
             trusted_keys: vec!["cache-a-1:...".to_owned()],
             signing_key: None,
+            ..NodeStatus::default()
         }
+    }
+
+    fn advertisers(&self, _: &StorePathHash) -> Vec<PeerSummary> {
+        Vec::new()
     }
 }
 
@@ -269,7 +275,7 @@ pub async fn start(source: Arc<TestSource>, config: Config) -> SocketAddr {
     let stall = config.client_stall_timeout;
     tokio::spawn(serve(
         listener,
-        router(source.clone(), source, config),
+        router(source.clone(), source, config, Default::default()),
         stall,
         std::future::pending(),
     ));
