@@ -67,8 +67,12 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff), e.g. `nixmesh man > /usr/local/share/man/man1/nixmesh.1`.
-    Man,
+    /// Print a man page (roff): nixmesh(1), or a subcommand's, e.g. `nixmesh man why >
+    /// nixmesh-why.1`.
+    Man {
+        /// The subcommand whose page to print.
+        subcommand: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -54,7 +54,9 @@ fn main() -> ExitCode {
                 cli::why(&node, &path, json).await.map_err(|e| e.to_string())
             }
             Command::Completions { shell } => Ok(cli::completions(args::command(), shell)),
-            Command::Man => Ok(cli::man(args::command())),
+            Command::Man { subcommand } => {
+                cli::man(args::command(), subcommand.as_deref()).map_err(|e| e.to_string())
+            }
             Command::Keygen { name, out } => {
                 let out = out.unwrap_or_else(|| PathBuf::from(format!("{name}.secret")));
                 cli::keygen(&name, &out)

@@ -2,6 +2,7 @@
 //! substituter, served by the provider to peers. The totals are Prometheus counters the node
 //! registers in the substituter's [`Metrics`]; the per-peer counts are for `nixmesh peers`.
 //!
+//! Received bytes are counted as they arrive; served ones as each NAR transfer completes.
 //! Kept in memory since the start; at most [`MAX_PEERS`] peers are counted one by one (the
 //! totals count every byte).
 

@@ -138,3 +138,37 @@ fn a_bad_value_names_its_key_and_source() {
     let message = stderr_of_failed(&["config", "show", "--rescan-interval", "0"]);
     assert!(message.contains("rescan_interval (from flag)"), "{message}");
 }
+
+#[test]
+fn serve_logs_json_lines_with_log_format_json_and_plain_text_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = config_file(dir.path(), "mdns = false\n");
+    let state = dir.path().join("state");
+    let store = format!("unix://{}", dir.path().join("no-daemon.sock").display());
+    let serve = |extra: &[&str]| -> String {
+        let mut args = vec!["serve", "--config", &file, "--state-dir", state.to_str().unwrap()];
+        args.extend(["--store", &store]);
+        args.extend_from_slice(extra);
+        // No daemon at the socket: the node logs that it read its config, then stops.
+        stderr_of_failed(&args)
+    };
+    let json = serve(&["--log-format", "json"]);
+    let (logs, last) = json.trim_end().rsplit_once('\n').expect("logs, then the error");
+    assert!(last.starts_with("nixmesh: --store "), "the error stays plain: {json}");
+    let events: Vec<Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    let read = events.iter().find(|e| e["fields"]["message"] == "read the config file");
+    let read = read.unwrap_or_else(|| panic!("no config line in {json}"));
+    assert_eq!(read["level"], "INFO");
+    assert_eq!(read["fields"]["file"], file.as_str());
+
+    // The key in the file does the same; plain text (no colour codes into a pipe) otherwise.
+    let json_file = config_file(dir.path(), "mdns = false\nlog_format = \"json\"\n");
+    assert_eq!(json_file, file);
+    assert!(serve(&[]).lines().next().is_some_and(|l| l.starts_with('{')), "from the file");
+    let plain = serve(&["--log-format", "plain"]);
+    assert!(plain.contains("INFO") && plain.contains("read the config file"), "{plain}");
+    assert!(!plain.contains('{') && !plain.contains('\x1b'), "{plain}");
+}

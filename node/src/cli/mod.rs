@@ -46,6 +46,8 @@ pub enum CliError {
     Write { path: String, source: std::io::Error },
     #[error("{0}")]
     Key(#[from] nixmesh_protocol::signature::KeyError),
+    #[error("no subcommand {name:?} (there are: {known})")]
+    NoSuchSubcommand { name: String, known: String },
     #[error("{0:?} is not a store path or its hash (/nix/store/HASH-NAME, HASH-NAME or HASH)")]
     NotAStorePath(String),
 }
