@@ -8,13 +8,16 @@
 //!
 //! Modules: `target` parses request paths; `substituter` holds the shared state and the
 //! narinfo trust rule; `cache` remembers verified narinfos; `routes` and `nar` are the
-//! handlers; `verified_nar` checks NAR bytes; `node_view` is what the status pages read; `server` assembles the router with its limits.
+//! handlers; `why` explains what would be served and why; `verified_nar` checks NAR bytes;
+//! `node_view` is what the status pages read; `metrics` holds the Prometheus registry;
+//! `server` assembles the router with its limits.
 
 mod cache;
 pub mod config;
 pub mod connection;
 pub mod health;
 mod holders;
+pub mod metrics;
 mod nar;
 pub mod node_view;
 mod routes;
@@ -23,8 +26,11 @@ pub mod source;
 mod substituter;
 pub mod target;
 pub mod verified_nar;
+pub mod why;
 
 pub use config::Config;
+pub use metrics::{Metrics, RequestCounts};
 pub use node_view::{NodeStatus, NodeView, PeerSummary};
 pub use server::{SHUTDOWN_GRACE, router, serve};
 pub use source::{NarStream, PathSource, SourceError};
+pub use why::{HolderReport, Verdict, WhyReport};

@@ -4,22 +4,34 @@
 
 use std::time::Duration;
 
+use nixmesh_protocol::StorePathHash;
 use serde::{Deserialize, Serialize};
+
+use crate::metrics::RequestCounts;
 
 /// The node, as its status pages show it. Answered from local state alone.
 pub trait NodeView: Send + Sync + 'static {
     /// The peer list, for `GET /_nixmesh/peers`.
     fn peers(&self) -> Vec<PeerSummary>;
 
-    /// The node's state, for `GET /_nixmesh/status`.
+    /// The node's state, for `GET /_nixmesh/status` (and the gauges of `GET /metrics`). The
+    /// substituter fills in [`NodeStatus::requests`] itself.
     fn status(&self) -> NodeStatus;
+
+    /// Every peer the index says advertises `hash`, connected or not, for
+    /// `GET /_nixmesh/why/<hash>`.
+    fn advertisers(&self, hash: &StorePathHash) -> Vec<PeerSummary>;
 }
 
 /// One peer, as `nixmesh peers` prints it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct PeerSummary {
     /// The libp2p peer id.
     pub id: String,
+    /// The name the peer gives itself (its hostname), sanitised; unchecked, so only a label:
+    /// the id is what identifies it.
+    #[serde(default)]
+    pub name: Option<String>,
     /// Multiaddrs the node knows for the peer.
     pub addresses: Vec<String>,
     /// Store paths the peer advertises.
@@ -35,12 +47,21 @@ pub struct PeerSummary {
     /// [`crate::health`]); `None` when it is in good standing.
     #[serde(default)]
     pub demoted: Option<String>,
+    /// NAR bytes received from it since this node started.
+    #[serde(default)]
+    pub bytes_received: u64,
+    /// NAR bytes served to it since this node started.
+    #[serde(default)]
+    pub bytes_served: u64,
 }
 
 /// The node as `nixmesh status` prints it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct NodeStatus {
     pub peer_id: String,
+    /// The name this node gives itself to peers (its hostname).
+    #[serde(default)]
+    pub name: Option<String>,
     pub listen_addresses: Vec<String>,
     /// Store paths this node advertises.
     pub local_paths: u64,
@@ -53,6 +74,15 @@ pub struct NodeStatus {
     /// Why the node is not fully working, if it is not (say, its index cannot be written).
     #[serde(default)]
     pub degraded: Option<String>,
+    /// NAR bytes received from peers since the start.
+    #[serde(default)]
+    pub bytes_received: u64,
+    /// NAR bytes served to peers since the start.
+    #[serde(default)]
+    pub bytes_served: u64,
+    /// The substituter's answers to Nix since the start.
+    #[serde(default)]
+    pub requests: RequestCounts,
 }
 
 mod opt_millis {

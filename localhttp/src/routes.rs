@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tracing::debug;
 
+use crate::metrics::{Metrics, result};
 use crate::node_view::NodeView;
 use crate::source::PathSource;
 use crate::substituter::Substituter;
@@ -40,16 +41,36 @@ pub async fn narinfo<S: PathSource>(State(sub): State<Arc<Substituter<S>>>, uri:
             let text = verified.for_nix.clone();
             ([(CONTENT_TYPE, HeaderValue::from_static("text/x-nix-narinfo"))], text).into_response()
         }
-        None => miss("no peer gave a narinfo with a trusted signature for this path"),
+        None => {
+            let mut response =
+                miss("no peer gave a narinfo with a trusted signature for this path");
+            response.extensions_mut().insert(Outcome(result::REFUSED));
+            response
+        }
     }
 }
 
-pub async fn peers(State(view): State<Arc<dyn NodeView>>) -> Response {
+/// The `result` a response counts under in the metrics, when its status alone does not say
+/// (see `server::counted`).
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome(pub &'static str);
+
+/// What the status pages read.
+pub type Pages = (Arc<dyn NodeView>, Arc<Metrics>);
+
+pub async fn peers(State((view, _)): State<Pages>) -> Response {
     json(&view.peers())
 }
 
-pub async fn status(State(view): State<Arc<dyn NodeView>>) -> Response {
-    json(&view.status())
+pub async fn status(State((view, metrics)): State<Pages>) -> Response {
+    json(&crate::node_view::NodeStatus { requests: metrics.request_counts(), ..view.status() })
+}
+
+/// `GET /metrics`: Prometheus' scrape, in the OpenMetrics text format.
+pub async fn metrics(State((view, metrics)): State<Pages>) -> Response {
+    let text = metrics.encode(&view.status());
+    let kind = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(CONTENT_TYPE, HeaderValue::from_static(kind))], text).into_response()
 }
 
 pub async fn not_found() -> Response {
@@ -68,7 +89,7 @@ pub fn malformed(e: RequestPathError) -> Response {
     (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
 }
 
-fn json(value: &impl Serialize) -> Response {
+pub fn json(value: &impl Serialize) -> Response {
     match serde_json::to_vec(value) {
         Ok(body) => {
             ([(CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()

@@ -11,18 +11,22 @@
 //! these, a client connection on which nothing moves for the stall limit (an idle keep-alive,
 //! a client that stopped reading) is closed, and what it held is given back
 //! ([`crate::connection`]).
+//!
+//! Every request is counted by kind and result in [`Metrics`] (a NAR once its body has ended
+//! or been cut off), and the time to a narinfo hit or a NAR's first bytes is recorded.
 
 use std::future::{Future, IntoFuture};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
+use axum::http::header::CONTENT_LENGTH;
 use axum::middleware::{Next, from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -34,11 +38,13 @@ use tracing::{Instrument, debug, field, info_span, warn};
 use crate::config::Config;
 use crate::connection::StallLimitedListener;
 use crate::health::PeerHealth;
+use crate::metrics::{Metrics, kind, result, stage};
 use crate::node_view::NodeView;
+use crate::routes::Outcome;
 use crate::source::PathSource;
 use crate::substituter::Substituter;
 use crate::target::{RequestPathError, Target};
-use crate::{nar, routes};
+use crate::{nar, routes, why};
 
 /// The longest request URI accepted; Nix's are under 100 bytes.
 pub const MAX_URI_BYTES: usize = 8 * 1024;
@@ -46,13 +52,15 @@ pub const MAX_URI_BYTES: usize = 8 * 1024;
 /// How long [`serve`] waits, after the shutdown signal, for requests in flight.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// The substituter's routes over `source`, and the status pages over `view`, with the limits
-/// in the module docs. Faults of peers are counted in `health`.
+/// The substituter's routes over `source`, and the status pages and `/metrics` over `view`,
+/// with the limits in the module docs, counting into `metrics`; faults of peers are counted in
+/// `health`.
 pub fn router<S: PathSource>(
     source: Arc<S>,
     view: Arc<dyn NodeView>,
     health: Arc<PeerHealth<S::Peer>>,
     config: Config,
+    metrics: Arc<Metrics>,
 ) -> Router {
     let permits = Arc::new(Semaphore::new(config.max_concurrent_requests));
     let nar_permits = Arc::new(Semaphore::new(config.max_concurrent_nars));
@@ -61,13 +69,18 @@ pub fn router<S: PathSource>(
     let pages = Router::new()
         .route("/_nixmesh/peers", get(routes::peers))
         .route("/_nixmesh/status", get(routes::status))
-        .with_state(view);
+        .route("/metrics", get(routes::metrics))
+        .with_state((view.clone(), metrics.clone()));
+    let why = Router::new()
+        .route("/_nixmesh/why/{hash}", get(why::why::<S>))
+        .with_state((substituter.clone(), view));
     let answered_in_time = Router::new()
         .route("/nix-cache-info", get(routes::cache_info::<S>))
         .route("/{file}", get(routes::narinfo::<S>))
         .fallback(routes::not_found)
         .with_state(substituter.clone())
         .merge(pages)
+        .merge(why)
         .layer(from_fn_with_state(request_timeout, within))
         .layer(from_fn_with_state(permits, one_of_many));
     // NAR downloads have permits of their own: however many are under way (or stalled until
@@ -77,7 +90,10 @@ pub fn router<S: PathSource>(
         .route("/nar/{file}", get(nar::nar::<S>))
         .layer(from_fn_with_state(nar_permits, one_of_many))
         .with_state(substituter);
-    nars.merge(answered_in_time).layer(from_fn(traced)).layer(from_fn(short_uri))
+    nars.merge(answered_in_time)
+        .layer(from_fn_with_state(metrics, counted))
+        .layer(from_fn(traced))
+        .layer(from_fn(short_uri))
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then stops accepting and waits
@@ -138,6 +154,118 @@ async fn traced(request: Request, next: Next) -> Response {
     }
     .instrument(span)
     .await
+}
+
+/// What `path` asks for, as the metrics' `kind` label says it.
+fn request_kind(path: &str) -> &'static str {
+    match Target::parse(path) {
+        Ok(Target::NarInfo(_)) | Err(RequestPathError::Malformed { kind: "narinfo", .. }) => {
+            kind::NARINFO
+        }
+        Ok(Target::Nar(_)) | Err(RequestPathError::Malformed { kind: "NAR", .. }) => kind::NAR,
+        Ok(Target::CacheInfo) => kind::CACHE_INFO,
+        Ok(Target::Peers | Target::Status) => kind::STATUS_PAGE,
+        _ if path == "/metrics" || path.starts_with("/_nixmesh/") => kind::STATUS_PAGE,
+        _ => kind::OTHER,
+    }
+}
+
+/// The `result` of a response whose handler did not say (with an [`Outcome`]).
+fn result_of(kind: &'static str, status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::OK if kind == kind::NARINFO => result::HIT,
+        StatusCode::OK => result::OK,
+        StatusCode::NOT_FOUND => result::MISS,
+        s if s.is_client_error() => result::MALFORMED,
+        _ => result::ERROR,
+    }
+}
+
+/// Counts each request by kind and result, and times narinfo hits and NARs' first bytes. A
+/// NAR that starts is counted when its body ends ([`CountedNar`]).
+async fn counted(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
+    let kind = request_kind(request.uri().path());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status();
+    let result = match response.extensions().get::<Outcome>() {
+        Some(Outcome(result)) => result,
+        None => result_of(kind, status),
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    if kind == kind::NAR && status == StatusCode::OK {
+        metrics.fetched(stage::NAR_FIRST_BYTE, seconds);
+        let length = response.headers().get(CONTENT_LENGTH);
+        let length = length.and_then(|l| l.to_str().ok()?.parse().ok());
+        let (parts, body) = response.into_parts();
+        let body = CountedNar { body, metrics, length, passed: 0, counted: false };
+        return Response::from_parts(parts, Body::new(body));
+    }
+    if kind == kind::NARINFO && result == result::HIT {
+        metrics.fetched(stage::NARINFO, seconds);
+    }
+    metrics.request(kind, result);
+    response
+}
+
+/// A NAR's response body that counts the request once it ends: `ok` when every byte of its
+/// `Content-Length` went out (the verified NAR holds its last bytes back until they match),
+/// `aborted` when it failed or was dropped before.
+struct CountedNar {
+    body: Body,
+    metrics: Arc<Metrics>,
+    length: Option<u64>,
+    passed: u64,
+    counted: bool,
+}
+
+impl CountedNar {
+    fn count(&mut self, result: &'static str) {
+        if !self.counted {
+            self.counted = true;
+            self.metrics.request(kind::NAR, result);
+        }
+    }
+}
+
+impl Drop for CountedNar {
+    fn drop(&mut self) {
+        let whole = self.length.is_some_and(|l| l == self.passed);
+        self.count(if whole { result::OK } else { result::ABORTED });
+    }
+}
+
+impl HttpBody for CountedNar {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.passed += frame.data_ref().map_or(0, |d| d.len() as u64);
+            }
+            Poll::Ready(Some(Err(_))) => this.count(result::ABORTED),
+            Poll::Ready(None) if this.length.is_none_or(|l| l == this.passed) => {
+                this.count(result::OK)
+            }
+            Poll::Ready(None) => this.count(result::ABORTED),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 async fn one_of_many(

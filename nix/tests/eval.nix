@@ -47,13 +47,19 @@ let
   # The package and the flake, with stand-ins for rustPlatform and nixpkgs: what they would
   # hand to buildRustPackage, and what the flake's module sets.
   rustPlatform.buildRustPackage = args: args // { type = "derivation"; outPath = "/nix/store/00000000000000000000000000000000-nixmesh-flake"; };
-  package = import ../package.nix { inherit lib rustPlatform; };
+  # The build can run what it builds, so the man page and completions are generated.
+  stdenv = {
+    buildPlatform.canExecute = _: true;
+    hostPlatform = { };
+  };
+  installShellFiles = "installShellFiles";
+  package = import ../package.nix { inherit lib stdenv rustPlatform installShellFiles; };
   flake = (import ../../flake.nix).outputs {
     self = flake;
     nixpkgs = {
       inherit lib;
       legacyPackages.x86_64-linux = standIns.pkgs // {
-        callPackage = f: extra: import f ({ inherit lib rustPlatform; } // extra);
+        callPackage = f: extra: import f ({ inherit lib stdenv rustPlatform installShellFiles; } // extra);
       };
     };
   };
@@ -67,7 +73,7 @@ in
   plain = shown (machine [ { services.nixmesh.enable = true; } ]);
   off = shown (machine [ ]);
   package = {
-    inherit (package) pname version cargoBuildFlags doCheck;
+    inherit (package) pname version cargoBuildFlags doCheck postInstall;
     lockFile = toString package.cargoLock.lockFile;
     mainProgram = package.meta.mainProgram;
   };

@@ -2,6 +2,7 @@
 //! puts the local substituter (`nixmesh-localhttp`) in front of them.
 
 pub mod adverts;
+pub mod args;
 pub mod cli;
 pub mod config;
 pub mod discovery;
@@ -10,9 +11,11 @@ pub mod identity;
 pub mod index;
 pub mod mesh;
 pub mod node;
+pub mod peer_name;
 pub mod shutdown;
 pub mod socket_activation;
 pub mod source;
 pub mod store;
+pub mod traffic;
 pub mod trust;
 pub mod view;

@@ -3,88 +3,30 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use nixmesh_node::config::{ServeConfig, ServeFlags};
-use nixmesh_node::{cli, node};
-
-#[derive(Parser)]
-#[command(
-    name = "nixmesh",
-    version,
-    about = "A peer-to-peer binary cache for Nix on a local network"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-/// `http://` and the substituter's default address.
-fn default_node_url() -> String {
-    format!("http://{}", ServeConfig::default().http_listen)
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the node: the mesh, and the local substituter Nix talks to.
-    Serve(ServeFlags),
-    /// The settings `nixmesh serve` would run with.
-    #[command(subcommand)]
-    Config(ConfigCommand),
-    /// List the peers a running node knows.
-    Peers {
-        /// The node's HTTP address.
-        #[arg(long, default_value_t = default_node_url())]
-        node: String,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Show a running node's state.
-    Status {
-        #[arg(long, default_value_t = default_node_url())]
-        node: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Make a signing key pair in Nix's format: writes the secret key, prints the public key.
-    Keygen {
-        /// The key's name, e.g. `myhost-1`.
-        name: String,
-        /// Where to write the secret key (default: NAME.secret); never overwritten.
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
-}
-
-#[derive(Subcommand)]
-enum ConfigCommand {
-    /// Print the settings `nixmesh serve` would run with, given the same config file and
-    /// flags, and where each came from (`default`, `file PATH` or `flag`).
-    Show {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        flags: ServeFlags,
-    },
-}
+use clap::Parser;
+use nixmesh_node::args::{Cli, Command, ConfigCommand, NodeFlags};
+use nixmesh_node::config::LogFormat;
+use nixmesh_node::{args, cli, node};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,libp2p_swarm=warn,mdns_sd=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal, not into files or the journal.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // `serve` logs as its settings say; they are read before the first log line.
+    let settings = match &cli.command {
+        Command::Serve(flags) => match flags.resolve() {
+            Ok(settings) => Some(settings),
+            Err(e) => {
+                eprintln!("nixmesh: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    init_logging(settings.as_ref().map_or(LogFormat::Plain, |s| s.config.log_format));
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(flags) => {
-                let settings = flags.resolve().map_err(|e| e.to_string())?;
+            Command::Serve(_) => {
+                let settings = settings.expect("resolved above");
                 let file = &settings.file.path;
                 if settings.file_read {
                     tracing::info!(file = %file.display(), "read the config file");
@@ -102,11 +44,18 @@ fn main() -> ExitCode {
                 let settings = flags.resolve().map_err(|e| e.to_string())?;
                 Ok(if json { settings.show_json() } else { settings.show() })
             }
-            Command::Peers { node, json } => {
+            Command::Peers(NodeFlags { node, json }) => {
                 cli::peers(&node, json).await.map_err(|e| e.to_string())
             }
-            Command::Status { node, json } => {
+            Command::Status(NodeFlags { node, json }) => {
                 cli::status(&node, json).await.map_err(|e| e.to_string())
+            }
+            Command::Why { path, node: NodeFlags { node, json } } => {
+                cli::why(&node, &path, json).await.map_err(|e| e.to_string())
+            }
+            Command::Completions { shell } => Ok(cli::completions(args::command(), shell)),
+            Command::Man { subcommand } => {
+                cli::man(args::command(), subcommand.as_deref()).map_err(|e| e.to_string())
             }
             Command::Keygen { name, out } => {
                 let out = out.unwrap_or_else(|| PathBuf::from(format!("{name}.secret")));
@@ -125,6 +74,20 @@ fn main() -> ExitCode {
             eprintln!("nixmesh: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs to stderr: plain text (coloured only for a person at a terminal, not into files or
+/// the journal), or one JSON object a line.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,libp2p_swarm=warn,mdns_sd=warn".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Plain => {
+            logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init()
+        }
+        LogFormat::Json => logs.json().with_current_span(true).init(),
     }
 }
 

@@ -25,6 +25,7 @@ use crate::mesh::{DialTarget, Mesh, MeshError, MeshEvent};
 use crate::shutdown::Shutdown;
 use crate::source::MeshSource;
 use crate::store::{Store, StoreAddress, StoreError};
+use crate::traffic::Traffic;
 use crate::trust::{self, TrustError};
 use crate::view::MeshView;
 use crate::{discovery, identity, socket_activation};
@@ -141,7 +142,11 @@ impl RunningNode {
             shutdown.clone(),
         ));
         shutdown.spawn(publish::serve(mesh.clone(), log.clone(), shutdown.clone()));
-        let provider = Provider::new(store.clone(), signing_key.clone(), real_store_dir);
+        let traffic = Arc::new(Traffic::default());
+        let metrics = Arc::new(nixmesh_localhttp::Metrics::new());
+        traffic.register(&metrics);
+        let provider = Provider::new(store.clone(), signing_key.clone(), real_store_dir)
+            .counting(traffic.clone());
         shutdown.spawn(provider.serve(mesh.clone(), shutdown.clone()));
 
         shutdown.spawn(forget::forget_departed(
@@ -175,17 +180,19 @@ impl RunningNode {
             mesh: mesh.clone(),
             index: index.clone(),
             log,
+            traffic: traffic.clone(),
+            name: crate::peer_name::local(),
             trusted_keys: trusted.keys().iter().map(|k| k.to_string()).collect(),
             signing_key: signing_key.as_ref().map(|k| k.verifying_key().to_string()),
         });
-        let source = Arc::new(MeshSource::new(mesh.clone(), index));
+        let source = Arc::new(MeshSource::new(mesh.clone(), index, traffic));
         let http_config = nixmesh_localhttp::Config {
             trusted_keys: trusted,
             priority: config.priority,
             ..Default::default()
         };
         let client_stall = http_config.client_stall_timeout;
-        let router = nixmesh_localhttp::router(source, view, health, http_config);
+        let router = nixmesh_localhttp::router(source, view, health, http_config, metrics);
         // A socket passed by systemd keeps the port open across restarts (see the module).
         let inherited = socket_activation::inherited_listener()?;
         let from_systemd = inherited.is_some();

@@ -14,18 +14,21 @@ use crate::fetch::FetchClient;
 use crate::fetch::client::FetchError;
 use crate::index::Index;
 use crate::mesh::Mesh;
+use crate::traffic::Traffic;
 
 /// The mesh behind the substituter.
 pub struct MeshSource {
     mesh: Mesh,
     fetch: FetchClient,
     index: Arc<Index>,
+    /// Where the NAR bytes received are counted.
+    traffic: Arc<Traffic>,
 }
 
 impl MeshSource {
-    pub fn new(mesh: Mesh, index: Arc<Index>) -> Self {
+    pub fn new(mesh: Mesh, index: Arc<Index>, traffic: Arc<Traffic>) -> Self {
         let fetch = FetchClient::new(mesh.clone());
-        MeshSource { mesh, fetch, index }
+        MeshSource { mesh, fetch, index, traffic }
     }
 }
 
@@ -64,6 +67,10 @@ impl PathSource for MeshSource {
         offset: u64,
     ) -> Result<Option<NarStream>, SourceError> {
         let body = self.fetch.nar(*peer, hash, nar_hash, offset).await?;
-        Ok(body.map(|body| -> NarStream { Box::pin(body.map_err(SourceError::from)) }))
+        let (traffic, peer) = (self.traffic.clone(), *peer);
+        let counted = move |chunk: &bytes::Bytes| traffic.received(peer, chunk.len() as u64);
+        Ok(body.map(|body| -> NarStream {
+            Box::pin(body.inspect_ok(counted).map_err(SourceError::from))
+        }))
     }
 }

@@ -1,5 +1,6 @@
 //! What the node's status pages show ([`nixmesh_localhttp::NodeView`]): its peers, from the
-//! connection table and the index, and its own state. Read from local state alone.
+//! connection table, the index and the NAR bytes exchanged, and its own state. Read from local
+//! state alone.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -8,16 +9,22 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use libp2p::PeerId;
 use nixmesh_localhttp::health::PeerHealth;
 use nixmesh_localhttp::{NodeStatus, NodeView, PeerSummary};
+use nixmesh_protocol::StorePathHash;
+use tracing::warn;
 
 use crate::adverts::AdvertLog;
 use crate::index::Index;
 use crate::mesh::Mesh;
+use crate::traffic::Traffic;
 
 /// The node as `nixmesh status` and `nixmesh peers` see it.
 pub struct MeshView {
     pub mesh: Mesh,
     pub index: Arc<Index>,
     pub log: Arc<AdvertLog>,
+    pub traffic: Arc<Traffic>,
+    /// The name this node gives itself to peers.
+    pub name: Option<String>,
     /// The keys the node trusts, as `name:base64`.
     pub trusted_keys: Vec<String>,
     /// The public half of the node's signing key, if it signs.
@@ -26,33 +33,34 @@ pub struct MeshView {
     pub health: Arc<PeerHealth<PeerId>>,
 }
 
-impl NodeView for MeshView {
-    fn peers(&self) -> Vec<PeerSummary> {
+impl MeshView {
+    /// Every peer the index or the connection table knows, those in `only` alone if given.
+    fn summaries(&self, only: Option<&HashSet<PeerId>>) -> Vec<PeerSummary> {
+        let wanted = |id: &PeerId| only.is_none_or(|only| only.contains(id));
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let mut summaries: BTreeMap<PeerId, PeerSummary> = BTreeMap::new();
         for indexed in self.index.peers().unwrap_or_default() {
+            if !wanted(&indexed.id) {
+                continue;
+            }
             summaries.insert(
                 indexed.id,
                 PeerSummary {
                     id: indexed.id.to_string(),
-                    addresses: Vec::new(),
                     paths: indexed.paths,
-                    connected: false,
                     last_seen_secs_ago: Some(now.saturating_sub(indexed.last_update_unix)),
-                    rtt: None,
-                    demoted: None,
+                    ..PeerSummary::default()
                 },
             );
         }
         for (id, state) in self.mesh.peers().snapshot() {
+            if !wanted(&id) {
+                continue;
+            }
             let summary = summaries.entry(id).or_insert_with(|| PeerSummary {
                 id: id.to_string(),
-                addresses: Vec::new(),
                 paths: self.index.path_count(&id),
-                connected: false,
-                last_seen_secs_ago: None,
-                rtt: None,
-                demoted: None,
+                ..PeerSummary::default()
             });
             summary.addresses = state.addresses.iter().map(|a| a.to_string()).collect();
             summary.connected = state.connections > 0;
@@ -60,6 +68,12 @@ impl NodeView for MeshView {
                 summary.last_seen_secs_ago = Some(seen.elapsed().as_secs());
             }
             summary.rtt = state.rtt;
+            summary.name = state.name;
+        }
+        for (id, summary) in &mut summaries {
+            let traffic = self.traffic.of(id);
+            summary.bytes_received = traffic.received;
+            summary.bytes_served = traffic.served;
         }
         for (id, summary) in summaries.iter_mut() {
             summary.demoted = self.health.demotion(id).map(|d| {
@@ -69,15 +83,23 @@ impl NodeView for MeshView {
         }
         summaries.into_values().collect()
     }
+}
+
+impl NodeView for MeshView {
+    fn peers(&self) -> Vec<PeerSummary> {
+        self.summaries(None)
+    }
 
     fn status(&self) -> NodeStatus {
         // Known: seen since the start, or in the index from before.
         let mut known: HashSet<PeerId> =
             self.mesh.peers().snapshot().into_iter().map(|(id, _)| id).collect();
         known.extend(self.index.peers().unwrap_or_default().into_iter().map(|p| p.id));
+        let traffic = self.traffic.total();
         NodeStatus {
             degraded: self.index.trouble().map(|t| format!("index: {t}")),
             peer_id: self.mesh.local_peer_id().to_string(),
+            name: self.name.clone(),
             listen_addresses: self
                 .mesh
                 .listen_addresses()
@@ -91,6 +113,19 @@ impl NodeView for MeshView {
             indexed_paths: self.index.total_entries(),
             trusted_keys: self.trusted_keys.clone(),
             signing_key: self.signing_key.clone(),
+            bytes_received: traffic.received,
+            bytes_served: traffic.served,
+            ..NodeStatus::default()
+        }
+    }
+
+    fn advertisers(&self, hash: &StorePathHash) -> Vec<PeerSummary> {
+        match self.index.holders(hash) {
+            Ok(holders) => self.summaries(Some(&holders.into_iter().collect())),
+            Err(e) => {
+                warn!(%hash, "index lookup failed: {e}");
+                Vec::new()
+            }
         }
     }
 }

@@ -76,7 +76,7 @@ fn show_json_gives_every_key_its_value_and_source() {
     assert_eq!(settings["state_dir"], json!({ "value": "/var/lib/nixmesh", "source": "default" }));
     assert_eq!(settings["real_store_dir"], json!({ "value": null, "source": "default" }));
     let keys = settings.as_object().unwrap().len();
-    assert_eq!(keys, 12, "every setting is shown: {settings}");
+    assert_eq!(keys, 13, "every setting is shown: {settings}");
 }
 
 #[test]
@@ -137,4 +137,38 @@ fn a_bad_value_names_its_key_and_source() {
     assert!(message.contains(&format!("rescan_interval (from file {file})")), "{message}");
     let message = stderr_of_failed(&["config", "show", "--rescan-interval", "0"]);
     assert!(message.contains("rescan_interval (from flag)"), "{message}");
+}
+
+#[test]
+fn serve_logs_json_lines_with_log_format_json_and_plain_text_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = config_file(dir.path(), "mdns = false\n");
+    let state = dir.path().join("state");
+    let store = format!("unix://{}", dir.path().join("no-daemon.sock").display());
+    let serve = |extra: &[&str]| -> String {
+        let mut args = vec!["serve", "--config", &file, "--state-dir", state.to_str().unwrap()];
+        args.extend(["--store", &store]);
+        args.extend_from_slice(extra);
+        // No daemon at the socket: the node logs that it read its config, then stops.
+        stderr_of_failed(&args)
+    };
+    let json = serve(&["--log-format", "json"]);
+    let (logs, last) = json.trim_end().rsplit_once('\n').expect("logs, then the error");
+    assert!(last.starts_with("nixmesh: --store "), "the error stays plain: {json}");
+    let events: Vec<Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    let read = events.iter().find(|e| e["fields"]["message"] == "read the config file");
+    let read = read.unwrap_or_else(|| panic!("no config line in {json}"));
+    assert_eq!(read["level"], "INFO");
+    assert_eq!(read["fields"]["file"], file.as_str());
+
+    // The key in the file does the same; plain text (no colour codes into a pipe) otherwise.
+    let json_file = config_file(dir.path(), "mdns = false\nlog_format = \"json\"\n");
+    assert_eq!(json_file, file);
+    assert!(serve(&[]).lines().next().is_some_and(|l| l.starts_with('{')), "from the file");
+    let plain = serve(&["--log-format", "plain"]);
+    assert!(plain.contains("INFO") && plain.contains("read the config file"), "{plain}");
+    assert!(!plain.contains('{') && !plain.contains('\x1b'), "{plain}");
 }

@@ -418,3 +418,245 @@ fn a_holder_with_a_damaged_copy_is_demoted_and_asked_last() {
         runtime.block_on(node.stop()).unwrap();
     }
 }
+
+/// The series of a `/metrics` scrape, each line's name and labels to its value.
+fn scrape(address: SocketAddr) -> std::collections::HashMap<String, f64> {
+    let (status, body) = get(address, "/metrics");
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body).unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(series, value)| (series.to_owned(), value.parse().unwrap()))
+        .collect()
+}
+
+/// How much `series` moved between two scrapes (a series not there yet is 0).
+fn moved(before: &std::collections::HashMap<String, f64>, after_: f64, series: &str) -> u64 {
+    (after_ - before.get(series).copied().unwrap_or(0.0)) as u64
+}
+
+/// `nixmesh ARGS` against a node; its standard output.
+fn nixmesh(args: &[&str]) -> String {
+    use nixmesh_tests::CommandExt;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nixmesh"))
+        .args(args)
+        .output_within(DEADLINE);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "nixmesh {args:?} failed: {stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn metrics_status_and_peers_count_a_substitution_on_both_sides() {
+    if !nix_available() {
+        return;
+    }
+    let pair = Pair::new();
+    let closure = pair.s1.build_closure(&test_closure_expr(&unique_marker()));
+    pair.s1.sign_closure(&pair.key.secret_file, &closure.top);
+    let (n1, n2) = pair.start_both();
+    let (h1, h2) = (n1.http_address(), n2.http_address());
+    let status = |address| -> serde_json::Value {
+        serde_json::from_slice(&get(address, "/_nixmesh/status").1).unwrap()
+    };
+    // Waiting on the status page alone: no narinfo is asked before the scrape.
+    wait_until(DEADLINE, "node 2 to index everything node 1 holds", || {
+        let held = status(h1)["local_paths"].as_u64().unwrap_or(0);
+        held > 0 && status(h2)["indexed_paths"] == held
+    });
+    let (before1, before2) = (scrape(h1), scrape(h2));
+
+    let url = format!("http://{h2}");
+    let copy = pair.s2.copy_from(&url, &[&pair.key.public], &closure.top);
+    assert!(copy.status.success(), "nix copy failed: {}", String::from_utf8_lossy(&copy.stderr));
+
+    let paths = closure.paths.len() as u64;
+    let nar_bytes: u64 = closure.paths.iter().map(|p| pair.s1.dump(p).len() as u64).sum();
+    let hits = r#"nixmesh_requests_total{kind="narinfo",result="hit"}"#;
+    let nars = r#"nixmesh_requests_total{kind="nar",result="ok"}"#;
+    let received = "nixmesh_nar_received_bytes_total";
+    let served = "nixmesh_nar_served_bytes_total";
+    // Each side counts as its transfers end, which may be just after the client has it all.
+    let (after1, after2) = nixmesh_tests::wait_for(DEADLINE, "the counters to settle", || {
+        let (after1, after2) = (scrape(h1), scrape(h2));
+        let done = moved(&before2, after2[nars], nars) >= paths
+            && moved(&before1, after1[served], served) >= nar_bytes;
+        done.then_some((after1, after2))
+    });
+    // Nix asks for some narinfos more than once in one copy (the top path's, to find the
+    // closure and again to copy it), so the hits are at least one per path, the misses none.
+    let hit_count = moved(&before2, after2[hits], hits);
+    assert!(hit_count >= paths, "{hit_count} narinfo hits for {paths} paths");
+    for other in ["miss", "refused", "error"] {
+        let series = format!(r#"nixmesh_requests_total{{kind="narinfo",result="{other}"}}"#);
+        assert_eq!(after2.get(&series).copied().unwrap_or(0.0), 0.0, "{series}");
+    }
+    assert_eq!(moved(&before2, after2[nars], nars), paths, "a NAR per path");
+    assert_eq!(moved(&before2, after2[received], received), nar_bytes, "NAR bytes received");
+    assert_eq!(moved(&before1, after1[served], served), nar_bytes, "NAR bytes served");
+    assert_eq!(after1.get(received).copied().unwrap_or(0.0), 0.0, "node 1 received nothing");
+    let timed = r#"nixmesh_fetch_seconds_count{stage="nar_first_byte"}"#;
+    assert_eq!(moved(&before2, after2[timed], timed), paths, "a first-byte time per NAR");
+    let timed = r#"nixmesh_fetch_seconds_count{stage="narinfo"}"#;
+    assert_eq!(moved(&before2, after2[timed], timed), hit_count, "a narinfo time per hit");
+    assert_eq!(after2["nixmesh_peers_connected"], 1.0);
+    assert_eq!(after2["nixmesh_indexed_paths"], status(h1)["local_paths"].as_u64().unwrap() as f64);
+
+    // `nixmesh status` and `nixmesh peers` show a person the same, and --json the numbers.
+    let node = ["--node", &url];
+    let json: serde_json::Value =
+        serde_json::from_str(&nixmesh(&[&["status", "--json"][..], &node].concat())).unwrap();
+    assert_eq!(json["bytes_received"], nar_bytes);
+    assert_eq!(json["requests"]["narinfo_hits"], hit_count);
+    assert_eq!(json["requests"]["nars_sent"], paths);
+    assert_eq!(json["peers_connected"], 1);
+    let text = nixmesh(&[&["status"][..], &node].concat());
+    let name = nixmesh_node::peer_name::local().expect("this machine has a hostname");
+    for line in [
+        format!("name:           {name}"),
+        format!("peer id:        {}", n2.peer_id()),
+        "peers:          1 connected, 1 known".to_owned(),
+        "hit rate:       100%".to_owned(),
+        format!("narinfos:       {hit_count} hits, 0 misses, 0 refused"),
+        format!("NARs to Nix:    {paths} sent, 0 aborted"),
+        "served:         0 B to peers".to_owned(),
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+    }
+    assert!(text.contains("received:       ") && text.contains(" from peers\n"), "{text}");
+    let served_text = nixmesh(&["status", "--node", &format!("http://{h1}")]);
+    let bytes_line = format!("served:         {} to peers", human(nar_bytes));
+    assert!(served_text.lines().any(|l| l == bytes_line), "no {bytes_line:?} in:\n{served_text}");
+
+    // Node 1 is named by the hostname it announced, with the bytes each way.
+    let peers = nixmesh(&[&["peers"][..], &node].concat());
+    let lines: Vec<Vec<&str>> = peers
+        .lines()
+        .map(|l| l.split("  ").map(str::trim).filter(|c| !c.is_empty()).collect())
+        .collect();
+    assert_eq!(
+        lines[0],
+        ["NAME", "STATE", "PATHS", "RTT", "RECEIVED", "SERVED", "LAST SEEN", "PEER"]
+    );
+    assert_eq!(lines.len(), 2, "{peers}");
+    let row = &lines[1];
+    assert_eq!((row[0], row[1]), (name.as_str(), "connected"), "{peers}");
+    assert_eq!(row[2], status(h1)["local_paths"].to_string(), "{peers}");
+    assert!(row[3].ends_with(" ms"), "{peers}");
+    assert_eq!((row[4], row[5]), (human(nar_bytes).as_str(), "0 B"), "{peers}");
+    let n1_id = n1.peer_id().to_string();
+    assert!(n1_id.ends_with(row[7].trim_start_matches('…')), "{peers}");
+    let json: serde_json::Value =
+        serde_json::from_str(&nixmesh(&[&["peers", "--json"][..], &node].concat())).unwrap();
+    let peer = &json[0];
+    assert_eq!(peer["id"], n1_id.as_str());
+    assert_eq!(peer["name"], name.as_str());
+    assert_eq!(peer["bytes_received"], nar_bytes);
+    assert_eq!(peer["bytes_served"], 0);
+    assert_eq!(peer["connected"], true);
+    pair.stop(n2);
+    pair.stop(n1);
+}
+
+/// Bytes as `nixmesh` prints them for a person.
+fn human(bytes: u64) -> String {
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let units = ["KiB", "MiB", "GiB"];
+    let (mut value, mut unit) = (bytes as f64 / 1024.0, 0);
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", units[unit])
+}
+
+#[test]
+fn why_says_what_would_be_served_and_why_not() {
+    if !nix_available() {
+        return;
+    }
+    let pair = Pair::new();
+    let signed = pair.s1.build_closure(&test_closure_expr(&unique_marker()));
+    pair.s1.sign_closure(&pair.key.secret_file, &signed.top);
+    let unsigned = pair.s1.build_closure(&test_closure_expr(&unique_marker()));
+    let added = pair.s1.add_file("added", unique_marker().as_bytes());
+    let (n1, n2) = pair.start_both();
+    let url = format!("http://{}", n2.http_address());
+    let why = |path: &str| -> serde_json::Value {
+        serde_json::from_str(&nixmesh(&["why", path, "--json", "--node", &url])).unwrap()
+    };
+    wait_until(DEADLINE, "node 2 to index node 1's paths", || why(&signed.top)["served"] == true);
+    let name = nixmesh_node::peer_name::local().expect("this machine has a hostname");
+
+    // A signed path: served, and why.
+    let report = why(&signed.top);
+    assert_eq!(report["verdict"], "served");
+    assert_eq!(report["advertisers"], 1);
+    let holder = &report["holders"][0];
+    assert_eq!(holder["peer"]["id"], n1.peer_id().to_string().as_str());
+    assert_eq!(holder["narinfo"]["store_path"], signed.top.as_str());
+    assert_eq!(holder["narinfo"]["signatures"], serde_json::json!(["loopback-1"]));
+    assert_eq!(holder["accepted_by"], "signed by loopback-1");
+    let text = nixmesh(&["why", &signed.top, "--node", &url]);
+    let head = format!(
+        "{}\nserved:   yes\nwhy:      this node would serve it to Nix (signed by loopback-1)\ntrusting: loopback-1\nholders:  1 advertise it\n  {name} (",
+        signed.top
+    );
+    assert!(text.starts_with(&head), "{text}");
+    assert!(
+        text.contains("    signed by: loopback-1\n    accepted (signed by loopback-1)\n"),
+        "{text}"
+    );
+
+    // Unsigned and input-addressed: held, but no key vouches for it.
+    let report = why(&unsigned.top);
+    assert_eq!(
+        (report["served"].clone(), report["verdict"].clone()),
+        (false.into(), "untrusted_key".into())
+    );
+    assert_eq!(report["holders"][0]["narinfo"]["signatures"], serde_json::json!([]));
+    let text = nixmesh(&["why", &unsigned.top, "--node", &url]);
+    assert!(text.contains("served:   no\n") && text.contains("signed by nobody"), "{text}");
+    assert!(
+        text.contains("    signed by: nobody\n    not used: the narinfo has no signature"),
+        "{text}"
+    );
+
+    // Content-addressed: served with no signature, by the hash alone.
+    let base = added.strip_prefix("/nix/store/").unwrap();
+    let report = why(&base[..32]);
+    assert_eq!(report["verdict"], "served");
+    assert_eq!(report["holders"][0]["accepted_by"], "content-addressed");
+    assert!(report["holders"][0]["narinfo"]["ca"].as_str().unwrap().starts_with("fixed:"));
+
+    // Nobody has it.
+    let nobody = "/nix/store/00000000000000000000000000000000-nothing";
+    let report = why(nobody);
+    assert_eq!(
+        (report["verdict"].clone(), report["advertisers"].clone()),
+        ("no_holder".into(), 0.into())
+    );
+    let text = nixmesh(&["why", nobody, "--node", &url]);
+    assert!(
+        text.starts_with(&format!(
+            "{nobody}\nserved:   no\nwhy:      not served: no peer advertises it"
+        )),
+        "{text}"
+    );
+
+    // Its holder gone (the index keeps what it advertised until it is forgotten).
+    pair.stop(n1);
+    wait_until(DEADLINE, "node 2 to see node 1 gone", || {
+        why(&signed.top)["verdict"] == "holder_unreachable"
+    });
+    let text = nixmesh(&["why", &signed.top, "--node", &url]);
+    assert!(
+        text.contains("served:   no\n") && text.contains("offline)\n    not used: not connected\n"),
+        "{text}"
+    );
+    pair.stop(n2);
+}

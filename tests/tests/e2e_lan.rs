@@ -556,15 +556,27 @@ fn nixmesh_peers_lists_the_other_hosts_found_by_mdns() {
     let own = nodes[1].peer_id();
     assert!(!peers.as_array().unwrap().iter().any(|p| p["id"] == own.as_str()), "lists itself");
 
-    // The table a person reads: a line a peer, with its state and path count.
+    // The table a person reads: a header, then a line a peer (named by the hostname it
+    // announced, ending in the tail of its id), with its state and path count.
     let mut cli = nodes[1].host().command(nixmesh_bin());
     cli.args(["peers", "--node", NODE_URL]);
     let table = String::from_utf8(cli.stdout_within(DISCOVERY_LIMIT)).expect("UTF-8 output");
+    let columns = |line: &str| -> Vec<String> {
+        line.split("  ").map(str::trim).filter(|c| !c.is_empty()).map(str::to_owned).collect()
+    };
+    let header = table.lines().next().map(columns).unwrap_or_default();
+    assert_eq!(
+        header,
+        ["NAME", "STATE", "PATHS", "RTT", "RECEIVED", "SERVED", "LAST SEEN", "PEER"]
+    );
     for (node, id, held) in &others {
-        let line = table.lines().find(|l| l.starts_with(id.as_str()));
+        let tail = &id[id.len() - 8..];
+        let line = table.lines().find(|l| l.ends_with(tail));
         let line = line.unwrap_or_else(|| panic!("no line for {id} in:\n{table}"));
-        let expected = format!("connected  {held} paths");
-        assert!(line.contains(&expected), "{}'s line: {line}", node.host().name());
+        let row = columns(line);
+        let name = entry(&peers, id)["name"].as_str().map(str::to_owned);
+        assert_eq!(Some(&row[0]), name.as_ref(), "{}'s line: {line}", node.host().name());
+        assert_eq!((row[1].as_str(), row[2].as_str()), ("connected", held.to_string().as_str()));
     }
 }
 

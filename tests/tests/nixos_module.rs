@@ -128,6 +128,11 @@ fn the_module_renders_the_unit_the_socket_the_firewall_and_nix_settings() {
     assert_eq!(package["cargoBuildFlags"], json!(["-p", "nixmesh-node"]));
     assert_eq!(package["lockFile"], workspace_dir().join("Cargo.lock").to_str().unwrap());
     assert_eq!(package["mainProgram"], "nixmesh");
+    // The man page and completions come from the binary's own subcommands.
+    let post_install = package["postInstall"].as_str().unwrap();
+    for line in ["nixmesh man > nixmesh.1", "installManPage *.1", "nixmesh completions zsh"] {
+        assert!(post_install.contains(line), "no {line:?} in {post_install}");
+    }
     assert_eq!(package["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(eval["flake"]["packageFlags"], json!(["-p", "nixmesh-node"]));
     let flake_exec = eval["flake"]["moduleExecStart"].as_str().unwrap();

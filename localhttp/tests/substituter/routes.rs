@@ -136,6 +136,7 @@ async fn serve_stops_on_the_shutdown_signal() {
             TestSource::honest(&fixture),
             Default::default(),
             test_config(&fixture),
+            Default::default(),
         ),
         test_config(&fixture).client_stall_timeout,
         async move {

@@ -231,7 +231,7 @@ impl NodeView for TestSource {
                 connected: true,
                 last_seen_secs_ago: Some(3),
                 rtt: Some(Duration::from_millis(2)),
-                demoted: None,
+                ..PeerSummary::default()
             })
             .collect()
     }
@@ -247,7 +247,12 @@ impl NodeView for TestSource {
             indexed_paths: self.peers.len() as u64,
             trusted_keys: vec!["cache-a-1:...".to_owned()],
             signing_key: None,
+            ..NodeStatus::default()
         }
+    }
+
+    fn advertisers(&self, _: &StorePathHash) -> Vec<PeerSummary> {
+        Vec::new()
     }
 }
 
@@ -282,7 +287,7 @@ pub async fn start(source: Arc<TestSource>, config: Config) -> SocketAddr {
     let stall = config.client_stall_timeout;
     tokio::spawn(serve(
         listener,
-        router(source.clone(), source, Default::default(), config),
+        router(source.clone(), source, Default::default(), config, Default::default()),
         stall,
         std::future::pending(),
     ));

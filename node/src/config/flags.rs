@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::file::ConfigPath;
-use super::{ConfigError, DEFAULT_CONFIG_PATH, EffectiveConfig, ServeConfig};
+use super::{ConfigError, DEFAULT_CONFIG_PATH, EffectiveConfig, LogFormat, ServeConfig};
 
 /// For clap's `default_value_t`, read when the command's help is built.
 fn defaults() -> ServeConfig {
@@ -75,6 +75,9 @@ struct FlagValues {
         default_value_t = defaults().forget_peers_after.as_secs_f64()
     )]
     forget_peers_after: f64,
+    /// How to write logs: plain text, or one JSON object a line.
+    #[arg(long, value_name = "FORMAT", default_value_t = defaults().log_format)]
+    log_format: LogFormat,
 }
 
 /// The flags as given: their values, and which of them were on the command line.
@@ -195,6 +198,7 @@ mod tests {
             "--priority=1",
             "--real-store-dir=/r",
             "--forget-peers-after=1",
+            "--log-format=json",
         ];
         let settings = given(&every);
         let default_keys = match serde_json::to_value(ServeConfig::default()).unwrap() {

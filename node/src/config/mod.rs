@@ -67,6 +67,28 @@ pub struct ServeConfig {
     /// A peer unseen for this long is forgotten: what it advertised leaves the index.
     #[serde(with = "secs")]
     pub forget_peers_after: Duration,
+    /// How the node writes its logs (to stderr): `plain` text, or `json`, one object a line.
+    pub log_format: LogFormat,
+}
+
+/// How the node writes its logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Text, one event a line; coloured only when stderr is a terminal.
+    #[default]
+    Plain,
+    /// One JSON object a line, for log collectors.
+    Json,
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogFormat::Plain => "plain",
+            LogFormat::Json => "json",
+        })
+    }
 }
 
 impl ServeConfig {
@@ -108,6 +130,7 @@ impl Default for ServeConfig {
             priority: 10,
             real_store_dir: None,
             forget_peers_after: Duration::from_secs(7 * 24 * 3600),
+            log_format: LogFormat::Plain,
         }
     }
 }

@@ -28,6 +28,7 @@ use crate::mesh::framed::{FrameError, FrameLimits, FramedStream, MeshStream};
 use crate::mesh::{Mesh, StreamLimits, TurnLimits, Turns, serve_streams};
 use crate::shutdown::Shutdown;
 use crate::store::{PathInfo, Store, StoreError, dump};
+use crate::traffic::Traffic;
 
 /// How long a peer may take to send its first request on a new stream, and any request once
 /// it has begun.
@@ -67,6 +68,8 @@ pub struct Provider {
     recent: Arc<RecentPathInfo>,
     /// Where the store's files are on disk, to make NARs from directly.
     real_store_dir: Option<Arc<Path>>,
+    /// Where the NAR bytes sent are counted.
+    traffic: Arc<Traffic>,
 }
 
 impl Provider {
@@ -83,7 +86,13 @@ impl Provider {
             nar_transfers: Arc::new(Semaphore::new(MAX_NAR_TRANSFERS)),
             recent: Arc::new(RecentPathInfo::default()),
             real_store_dir: real_store_dir.map(Arc::from),
+            traffic: Arc::default(),
         }
+    }
+
+    /// The provider, counting the NAR bytes it sends in `traffic`.
+    pub fn counting(self, traffic: Arc<Traffic>) -> Self {
+        Provider { traffic, ..self }
     }
 
     /// The NAR of `info`'s path: from its files if they are where the store keeps them, else
@@ -185,6 +194,7 @@ impl Provider {
                 Ok(Plan::Nar { nar, nar_size, offset, slot }) => {
                     stream.write(&FetchResponse::Nar { nar_size, offset }).await?;
                     send_nar(&mut stream, nar, nar_size, offset).await?;
+                    self.traffic.served(peer, nar_size - offset);
                     drop(slot);
                 }
             }

@@ -144,10 +144,10 @@ impl Mesh {
                 ping: ping::Behaviour::new(
                     ping::Config::new().with_interval(PING_INTERVAL).with_timeout(PING_TIMEOUT),
                 ),
-                identify: identify::Behaviour::new(identify::Config::new(
-                    IDENTIFY_PROTOCOL.to_owned(),
-                    key.public(),
-                )),
+                identify: identify::Behaviour::new(
+                    identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
+                        .with_agent_version(crate::peer_name::agent_version()),
+                ),
                 stream: libp2p_stream::Behaviour::new(),
             })
             .map_err(|e| transport_err(&e))?
@@ -406,6 +406,8 @@ impl SwarmDriver {
             })) => {
                 let usable = info.listen_addrs.into_iter().filter(is_reachable_address);
                 self.peers.learned_addresses(peer_id, usable);
+                let name = crate::peer_name::from_agent_version(&info.agent_version);
+                self.peers.named(peer_id, name);
             }
             _ => {}
         }

@@ -19,6 +19,8 @@ pub struct PeerState {
     pub connections: u32,
     pub last_seen: Option<Instant>,
     pub rtt: Option<Duration>,
+    /// The name it gives itself (see [`crate::peer_name`]), sanitised.
+    pub name: Option<String>,
 }
 
 /// The live state of every peer the node has seen since it started.
@@ -77,6 +79,11 @@ impl PeerTable {
                 state.addresses.insert(a);
             }
         })
+    }
+
+    /// Records the name the peer gives itself.
+    pub fn named(&self, peer: PeerId, name: Option<String>) {
+        self.with(|peers| peers.entry(peer).or_default().name = name)
     }
 
     /// Whether a connection to `peer` is open.

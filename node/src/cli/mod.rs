@@ -1,7 +1,12 @@
-//! The client side of the CLI: `peers` and `status` ask a running node over its HTTP
-//! listener; `keygen` writes a key pair in Nix's format.
+//! The client side of the CLI: `peers`, `status` and `why` ask a running node over its HTTP
+//! listener (one file each, with its human output); `keygen` writes a key pair in Nix's
+//! format; `docs` prints shell completions and the man page.
 
-use std::fmt::Write as _;
+mod docs;
+mod peers;
+mod status;
+mod why;
+
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -12,12 +17,16 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper::header::{ACCEPT, HOST};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use nixmesh_localhttp::{NodeStatus, PeerSummary};
 use nixmesh_protocol::signature::SigningKey;
 use rand::RngCore;
 use thiserror::Error;
 
-/// How long `peers` and `status` wait for the node.
+pub use docs::{completions, man};
+pub use peers::peers;
+pub use status::status;
+pub use why::why;
+
+/// How long `peers`, `status` and `why` wait for the node.
 const NODE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most a node's answer may be.
 const MAX_RESPONSE: usize = 16 << 20;
@@ -37,10 +46,17 @@ pub enum CliError {
     Write { path: String, source: std::io::Error },
     #[error("{0}")]
     Key(#[from] nixmesh_protocol::signature::KeyError),
+    #[error("no subcommand {name:?} (there are: {known})")]
+    NoSuchSubcommand { name: String, known: String },
+    #[error("{0:?} is not a store path or its hash (/nix/store/HASH-NAME, HASH-NAME or HASH)")]
+    NotAStorePath(String),
 }
 
 /// Gets `path` from the node at `url` (`http://host:port`) and decodes its JSON.
-async fn get_json<T: serde::de::DeserializeOwned>(url: &str, path: &str) -> Result<T, CliError> {
+pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
+    url: &str,
+    path: &str,
+) -> Result<T, CliError> {
     let authority = url
         .strip_prefix("http://")
         .map(|rest| rest.trim_end_matches('/'))
@@ -78,50 +94,51 @@ async fn get_json<T: serde::de::DeserializeOwned>(url: &str, path: &str) -> Resu
     serde_json::from_slice(&body).map_err(|e| bad(e.to_string()))
 }
 
-/// `nixmesh peers`.
-pub async fn peers(node: &str, json: bool) -> Result<String, CliError> {
-    let peers: Vec<PeerSummary> = get_json(node, "/_nixmesh/peers").await?;
-    if json {
-        return Ok(serde_json::to_string_pretty(&peers).expect("serialisable"));
+/// `bytes` as a person reads them: `0 B`, `512 B`, `1.5 KiB`, `20.0 MiB`, `3.1 GiB`.
+pub(crate) fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
     }
-    let mut out = String::new();
-    if peers.is_empty() {
-        out.push_str("no peers known yet\n");
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
     }
-    for p in &peers {
-        let seen = p.last_seen_secs_ago.map_or("never".to_owned(), |s| format!("{s} s ago"));
-        let rtt = p.rtt.map_or("-".to_owned(), |d| format!("{:.1} ms", d.as_secs_f64() * 1000.0));
-        let state = if p.connected { "connected" } else { "offline" };
-        let _ = writeln!(out, "{}  {state}  {} paths  seen {seen}  rtt {rtt}", p.id, p.paths);
-        if let Some(why) = &p.demoted {
-            let _ = writeln!(out, "    DEMOTED: {why}");
-        }
-        for a in &p.addresses {
-            let _ = writeln!(out, "    {a}");
-        }
-    }
-    Ok(out)
+    format!("{value:.1} {}", UNITS[unit])
 }
 
-/// `nixmesh status`.
-pub async fn status(node: &str, json: bool) -> Result<String, CliError> {
-    let s: NodeStatus = get_json(node, "/_nixmesh/status").await?;
-    if json {
-        return Ok(serde_json::to_string_pretty(&s).expect("serialisable"));
-    }
+/// A peer id short enough for a table: its last 8 characters (every ed25519 id starts
+/// alike), after an ellipsis.
+pub(crate) fn short_id(id: &str) -> String {
+    let tail = id.char_indices().rev().nth(7).map_or(id, |(at, _)| &id[at..]);
+    format!("…{tail}")
+}
+
+/// `rows` as columns, each as wide as its widest cell, two spaces apart; the last column
+/// unpadded.
+pub(crate) fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+        .collect();
     let mut out = String::new();
-    let _ = writeln!(out, "peer id:        {}", s.peer_id);
-    let _ = writeln!(out, "listening on:   {}", s.listen_addresses.join(" "));
-    let _ = writeln!(out, "local paths:    {}", s.local_paths);
-    let _ =
-        writeln!(out, "peers:          {} connected, {} known", s.peers_connected, s.peers_known);
-    let _ = writeln!(out, "indexed paths:  {}", s.indexed_paths);
-    let _ = writeln!(out, "trusted keys:   {}", s.trusted_keys.join(" "));
-    let _ = writeln!(out, "signing key:    {}", s.signing_key.as_deref().unwrap_or("none"));
-    if let Some(why) = &s.degraded {
-        let _ = writeln!(out, "DEGRADED:       {why}");
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let pad = widths[c] - cell.chars().count();
+                line.push_str(cell);
+                line.extend(std::iter::repeat_n(' ', pad + 2));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
     }
-    Ok(out)
+    out
 }
 
 /// `nixmesh keygen`: writes a new secret key to `out` (never over an existing file) and
@@ -139,4 +156,25 @@ pub fn keygen(name: &str, out: &Path) -> Result<String, CliError> {
         .map_err(write_err)?;
     file.write_all(key.to_secret_string().as_bytes()).map_err(write_err)?;
     Ok(key.verifying_key().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_ids_and_tables_for_people() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(20 << 20), "20.0 MiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+        assert_eq!(short_id("12D3KooWAbCdEfGh12345678"), "…12345678");
+        assert_eq!(short_id("abc"), "…abc");
+        let rows = vec![
+            vec!["NAME".into(), "STATE".into(), "X".into()],
+            vec!["laptop".into(), "on".into(), "1".into()],
+        ];
+        assert_eq!(table(&rows), "NAME    STATE  X\nlaptop  on     1\n");
+    }
 }

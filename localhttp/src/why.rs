@@ -1,0 +1,249 @@
+//! `GET /_nixmesh/why/<hash>`: why this node would, or would not, serve a store path to Nix,
+//! for `nixmesh why`.
+//!
+//! It asks every connected peer that advertises the path for its narinfo, at once, each within
+//! the narinfo time limit, and judges each with the same trust rule the narinfo route uses
+//! ([`crate::substituter::accept`]). Read-only: nothing is cached, nothing is fetched but
+//! narinfos, and the route has the time limit of every route but NARs. At most
+//! [`MAX_HOLDERS`] peers are shown and asked.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::response::Response;
+use futures::future::join_all;
+use nixmesh_protocol::{NarInfo, StorePathHash};
+use serde::{Deserialize, Serialize};
+use tokio::time::timeout;
+
+use crate::node_view::{NodeView, PeerSummary};
+use crate::routes::{json, malformed};
+use crate::source::PathSource;
+use crate::substituter::{Accepted, Rejection, Substituter, accept};
+use crate::target::RequestPathError;
+
+/// The most advertisers a report shows (and asks), connected ones first.
+pub const MAX_HOLDERS: usize = 16;
+
+/// What the route answers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WhyReport {
+    /// The store path's hash, as asked.
+    pub hash: String,
+    /// Whether Nix asking this node now would get the path.
+    pub served: bool,
+    pub verdict: Verdict,
+    /// The verdict as a sentence, with what to do about it.
+    pub reason: String,
+    /// The peers that advertise the path, connected first (at most [`MAX_HOLDERS`]).
+    pub holders: Vec<HolderReport>,
+    /// How many advertise it in all.
+    pub advertisers: usize,
+    /// The keys this node trusts, `name:base64`.
+    pub trusted_keys: Vec<String>,
+}
+
+/// The verdict, most useful first when holders disagree.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// A holder gave a narinfo Nix may be given.
+    Served,
+    /// Narinfos came, signed by no trusted key and not content-addressed.
+    UntrustedKey,
+    /// Unsigned narinfos with a CA field that does not give the path (or its NarHash).
+    NotSelfCertifying,
+    /// Narinfos came that are not usable at all (do not parse, or name another path).
+    BadNarinfo,
+    /// Holders are known but none answered: not connected, failed or timed out, or they say
+    /// they no longer have it.
+    HolderUnreachable,
+    /// No peer advertises the path.
+    NoHolder,
+}
+
+/// One advertiser and what its narinfo says.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HolderReport {
+    pub peer: PeerSummary,
+    /// Its narinfo, if it gave one.
+    pub narinfo: Option<NarInfoSummary>,
+    /// Whether its narinfo may be given to Nix.
+    pub accepted: bool,
+    /// Why it may: `signed by KEY` or `content-addressed`.
+    pub accepted_by: Option<String>,
+    /// Why it may not, or why it gave none.
+    pub problem: Option<String>,
+}
+
+/// What `nixmesh why` shows of a narinfo.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NarInfoSummary {
+    pub store_path: String,
+    /// The names of the keys it is signed with.
+    pub signatures: Vec<String>,
+    /// Its `CA:` field.
+    pub ca: Option<String>,
+    pub nar_size: u64,
+}
+
+/// What the route reads: the substituter (its source and trust rule) and the node's view.
+pub(crate) type WhyState<S> = (Arc<Substituter<S>>, Arc<dyn NodeView>);
+
+pub(crate) async fn why<S: PathSource>(
+    State((sub, view)): State<WhyState<S>>,
+    Path(hash): Path<String>,
+) -> Response {
+    // A store path's base name (`<hash>-<name>`) is taken for its hash.
+    let hash_part = hash.split_once('-').map_or(hash.as_str(), |(h, _)| h);
+    let Ok(hash) = StorePathHash::parse(hash_part) else {
+        let reason = "the store hash is not 32 nixbase32 characters";
+        return malformed(RequestPathError::Malformed { kind: "why", reason });
+    };
+    json(&report(&sub, view.as_ref(), hash).await)
+}
+
+async fn report<S: PathSource>(
+    sub: &Substituter<S>,
+    view: &dyn NodeView,
+    hash: StorePathHash,
+) -> WhyReport {
+    let connected = sub.source.holders(&hash);
+    let mut advertisers = view.advertisers(&hash);
+    let total = advertisers.len();
+    advertisers.sort_by_key(|p| !p.connected);
+    advertisers.truncate(MAX_HOLDERS);
+    let asks = advertisers.into_iter().map(|summary| {
+        let peer = connected.iter().find(|p| p.to_string() == summary.id).cloned();
+        async move {
+            match peer {
+                Some(peer) => judge(sub, &peer, hash, summary).await,
+                None => {
+                    let problem = Some("not connected".to_owned());
+                    let held = HolderReport {
+                        peer: summary,
+                        narinfo: None,
+                        accepted: false,
+                        accepted_by: None,
+                        problem,
+                    };
+                    (held, Verdict::HolderUnreachable)
+                }
+            }
+        }
+    });
+    let judged = join_all(asks).await;
+    let verdict = judged.iter().map(|(_, v)| *v).min().unwrap_or(Verdict::NoHolder);
+    let holders: Vec<HolderReport> = judged.into_iter().map(|(h, _)| h).collect();
+    let trusted_keys: Vec<String> =
+        sub.config.trusted_keys.keys().iter().map(|k| k.to_string()).collect();
+    WhyReport {
+        hash: hash.to_string(),
+        served: verdict == Verdict::Served,
+        verdict,
+        reason: explain(verdict, &holders, &trusted_keys),
+        holders,
+        advertisers: total,
+        trusted_keys,
+    }
+}
+
+/// Asks `peer` for its narinfo of `hash` and judges it.
+async fn judge<S: PathSource>(
+    sub: &Substituter<S>,
+    peer: &S::Peer,
+    hash: StorePathHash,
+    summary: PeerSummary,
+) -> (HolderReport, Verdict) {
+    let mut held = HolderReport {
+        peer: summary,
+        narinfo: None,
+        accepted: false,
+        accepted_by: None,
+        problem: None,
+    };
+    let limit = sub.config.narinfo_peer_timeout;
+    let text = match timeout(limit, sub.source.fetch_narinfo(peer, hash)).await {
+        Ok(Ok(Some(text))) => text,
+        Ok(Ok(None)) => {
+            held.problem = Some("it says it has no narinfo for it".to_owned());
+            return (held, Verdict::HolderUnreachable);
+        }
+        Ok(Err(e)) => {
+            held.problem = Some(e.to_string());
+            return (held, Verdict::HolderUnreachable);
+        }
+        Err(_) => {
+            held.problem = Some(format!("no narinfo within {limit:?}"));
+            return (held, Verdict::HolderUnreachable);
+        }
+    };
+    held.narinfo = NarInfo::parse(&text).ok().map(|n| NarInfoSummary {
+        store_path: n.store_path.to_string(),
+        signatures: n.signatures.iter().map(|s| s.name().to_owned()).collect(),
+        ca: n.ca.clone(),
+        nar_size: n.nar_size,
+    });
+    let keys = &sub.config.trusted_keys;
+    match accept(&text, hash, keys) {
+        Ok(Accepted { narinfo, .. }) => {
+            held.accepted = true;
+            held.accepted_by = Some(match narinfo.verify(keys) {
+                Some(key) => format!("signed by {}", key.name()),
+                None => "content-addressed".to_owned(),
+            });
+            (held, Verdict::Served)
+        }
+        Err(rejection) => {
+            let verdict = match &rejection {
+                Rejection::Untrusted(_) => Verdict::UntrustedKey,
+                Rejection::BadContentAddress(_)
+                | Rejection::NotSelfCertifying(_)
+                | Rejection::NarHashNotCa => Verdict::NotSelfCertifying,
+                Rejection::Malformed(_) | Rejection::OtherPath(_) => Verdict::BadNarinfo,
+                Rejection::Source(_) | Rejection::NotHeld => Verdict::HolderUnreachable,
+            };
+            held.problem = Some(rejection.to_string());
+            (held, verdict)
+        }
+    }
+}
+
+fn explain(verdict: Verdict, holders: &[HolderReport], trusted: &[String]) -> String {
+    let names: Vec<&str> = trusted.iter().map(|k| k.split(':').next().unwrap_or(k)).collect();
+    let trusted = if names.is_empty() { "none".to_owned() } else { names.join(", ") };
+    match verdict {
+        Verdict::Served => {
+            let by = holders.iter().find_map(|h| h.accepted_by.as_deref()).unwrap_or("trusted");
+            format!("this node would serve it to Nix ({by})")
+        }
+        Verdict::UntrustedKey => {
+            let mut signers: Vec<&str> = holders
+                .iter()
+                .filter_map(|h| h.narinfo.as_ref())
+                .flat_map(|n| n.signatures.iter().map(String::as_str))
+                .collect();
+            signers.sort_unstable();
+            signers.dedup();
+            let signers = if signers.is_empty() { "nobody".to_owned() } else { signers.join(", ") };
+            format!(
+                "not served: its narinfos are signed by {signers}, and this node trusts {trusted}; \
+                 trust the key that signs it (trusted_public_keys), or sign it on its holder \
+                 (sign_key_file)"
+            )
+        }
+        Verdict::NotSelfCertifying => "not served: its narinfos are unsigned and their CA field \
+             does not give this store path, so only a trusted signature could vouch for it"
+            .to_owned(),
+        Verdict::BadNarinfo => {
+            "not served: its holders sent narinfos that do not parse or name another path"
+                .to_owned()
+        }
+        Verdict::HolderUnreachable => "not served: peers advertise it, but none connected gave \
+             its narinfo (see each holder's problem)"
+            .to_owned(),
+        Verdict::NoHolder => "not served: no peer advertises it (Nix goes on to its next \
+             substituter)"
+            .to_owned(),
+    }
+}
