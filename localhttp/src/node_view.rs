@@ -49,6 +49,9 @@ pub struct NodeStatus {
     /// Why the node is not fully working, if it is not (say, its index cannot be written).
     #[serde(default)]
     pub degraded: Option<String>,
+    /// Whether only some nodes may connect: those with the mesh key, or those allowed by id.
+    #[serde(default)]
+    pub private_mesh: bool,
 }
 
 mod opt_millis {

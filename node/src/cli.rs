@@ -1,5 +1,5 @@
 //! The client side of the CLI: `peers` and `status` ask a running node over its HTTP
-//! listener; `keygen` writes a key pair in Nix's format.
+//! listener; `keygen` writes a key pair in Nix's format; `mesh-key` a private mesh's key.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -37,6 +37,8 @@ pub enum CliError {
     Write { path: String, source: std::io::Error },
     #[error("{0}")]
     Key(#[from] nixmesh_protocol::signature::KeyError),
+    #[error(transparent)]
+    MeshKey(#[from] crate::mesh::key::MeshKeyError),
 }
 
 /// Gets `path` from the node at `url` (`http://host:port`) and decodes its JSON.
@@ -115,10 +117,25 @@ pub async fn status(node: &str, json: bool) -> Result<String, CliError> {
     let _ = writeln!(out, "indexed paths:  {}", s.indexed_paths);
     let _ = writeln!(out, "trusted keys:   {}", s.trusted_keys.join(" "));
     let _ = writeln!(out, "signing key:    {}", s.signing_key.as_deref().unwrap_or("none"));
+    let private = if s.private_mesh { "yes" } else { "no (any node on the network may join)" };
+    let _ = writeln!(out, "private mesh:   {private}");
     if let Some(why) = &s.degraded {
         let _ = writeln!(out, "DEGRADED:       {why}");
     }
     Ok(out)
+}
+
+/// `nixmesh mesh-key`: writes a new mesh key to `out` (never over an existing file, mode
+/// 0600) and returns a line to print: where it went and its fingerprint.
+pub fn mesh_key(out: &Path) -> Result<String, CliError> {
+    let key = crate::mesh::key::MeshKey::generate();
+    key.write_new(out)?;
+    Ok(format!(
+        "wrote a new mesh key to {} (fingerprint {}); copy it to every node of the mesh and give it \
+         with --mesh-key-file",
+        out.display(),
+        key.fingerprint()
+    ))
 }
 
 /// `nixmesh keygen`: writes a new secret key to `out` (never over an existing file) and

@@ -54,6 +54,13 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Make a mesh key for a private mesh (libp2p's pnet key file): only nodes given the same
+    /// key with --mesh-key-file can connect to each other.
+    MeshKey {
+        /// Where to write the key; never overwritten.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -113,6 +120,9 @@ fn main() -> ExitCode {
                 cli::keygen(&name, &out)
                     .map(|public| format!("{public}\n"))
                     .map_err(|e| e.to_string())
+            }
+            Command::MeshKey { out } => {
+                cli::mesh_key(&out).map(|line| format!("{line}\n")).map_err(|e| e.to_string())
             }
         }
     });

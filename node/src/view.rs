@@ -80,6 +80,7 @@ impl NodeView for MeshView {
             indexed_paths: self.index.total_entries(),
             trusted_keys: self.trusted_keys.clone(),
             signing_key: self.signing_key.clone(),
+            private_mesh: self.mesh.is_private(),
         }
     }
 }

@@ -236,6 +236,7 @@ impl NodeView for TestSource {
             indexed_paths: self.peers.len() as u64,
             trusted_keys: vec!["cache-a-1:...".to_owned()],
             signing_key: None,
+            private_mesh: false,
         }
     }
 }
