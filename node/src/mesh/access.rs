@@ -1,8 +1,8 @@
 //! Who the node let in: the private mesh's access rules, and the log of connections refused.
 //!
-//! A refusal is logged once a minute at most per remote host (a keyless node redials every
-//! few seconds, and a hostile one as fast as it likes); the line says how many were held back
-//! since. The hosts remembered are bounded.
+//! A refusal is logged once a minute at most per remote host and reason (a keyless node
+//! redials every few seconds, and a hostile one as fast as it likes); the line says how many
+//! were held back since. The hosts remembered are bounded.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -47,10 +47,10 @@ struct Recent {
 }
 
 impl RefusalLog {
-    /// Whether to log a refusal of `remote` now: `Some(n)`, `n` the refusals of its host held
-    /// back since its last line; `None` to hold this one back.
-    pub(super) fn admit(&mut self, remote: &Multiaddr, now: Instant) -> Option<u32> {
-        let host = host_of(remote);
+    /// Whether to log a refusal of `remote` for `why` now: `Some(n)`, `n` the refusals of its
+    /// host for the same reason held back since its last line; `None` to hold this one back.
+    pub(super) fn admit(&mut self, remote: &Multiaddr, why: &str, now: Instant) -> Option<u32> {
+        let host = format!("{} {why}", host_of(remote));
         if let Some(recent) = self.hosts.get_mut(&host) {
             if now.duration_since(recent.logged_at) < LOG_EVERY {
                 recent.held_back = recent.held_back.saturating_add(1);
@@ -99,14 +99,22 @@ mod tests {
     fn one_line_a_minute_per_host_counting_the_rest() {
         let mut log = RefusalLog::default();
         let t0 = Instant::now();
-        assert_eq!(log.admit(&at("/ip4/192.0.2.1/tcp/40000"), t0), Some(0));
+        assert_eq!(log.admit(&at("/ip4/192.0.2.1/tcp/40000"), "k", t0), Some(0));
         // Another port of the same host is the same host.
-        assert_eq!(log.admit(&at("/ip4/192.0.2.1/tcp/40001"), t0 + Duration::from_secs(1)), None);
-        assert_eq!(log.admit(&at("/ip4/192.0.2.1/tcp/40002"), t0 + Duration::from_secs(2)), None);
+        assert_eq!(
+            log.admit(&at("/ip4/192.0.2.1/tcp/40001"), "k", t0 + Duration::from_secs(1)),
+            None
+        );
+        assert_eq!(
+            log.admit(&at("/ip4/192.0.2.1/tcp/40002"), "k", t0 + Duration::from_secs(2)),
+            None
+        );
         // Another host is not held back.
-        assert_eq!(log.admit(&at("/ip4/192.0.2.2/tcp/40000"), t0), Some(0));
-        assert_eq!(log.admit(&at("/ip4/192.0.2.1/tcp/40003"), t0 + LOG_EVERY), Some(2));
-        assert_eq!(log.admit(&at("/ip4/192.0.2.1/tcp/40004"), t0 + LOG_EVERY), None);
+        assert_eq!(log.admit(&at("/ip4/192.0.2.2/tcp/40000"), "k", t0), Some(0));
+        assert_eq!(log.admit(&at("/ip4/192.0.2.1/tcp/40003"), "k", t0 + LOG_EVERY), Some(2));
+        assert_eq!(log.admit(&at("/ip4/192.0.2.1/tcp/40004"), "k", t0 + LOG_EVERY), None);
+        // Another reason from the same host is news.
+        assert_eq!(log.admit(&at("/ip4/192.0.2.1/tcp/40005"), "j", t0 + LOG_EVERY), Some(0));
     }
 
     #[test]
@@ -116,7 +124,7 @@ mod tests {
         for i in 0..(MAX_HOSTS as u32 * 3) {
             let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i);
             let address = Multiaddr::from(ip).with(Protocol::Tcp(1));
-            assert_eq!(log.admit(&address, t0), Some(0));
+            assert_eq!(log.admit(&address, "k", t0), Some(0));
             assert!(log.hosts.len() <= MAX_HOSTS);
         }
     }

@@ -446,15 +446,22 @@ impl SwarmDriver {
                 }
                 let _ = self.events.send(MeshEvent::Disconnected(peer_id)).await;
             }
-            SwarmEvent::IncomingConnectionError { send_back_addr, error, peer_id, .. } => {
-                match refused_incoming(&error) {
-                    Some(why) => self.log_refusal(&send_back_addr, peer_id, &why),
-                    None => debug!(remote = %send_back_addr, "incoming connection failed: {error}"),
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                local_addr,
+                error,
+                peer_id,
+                ..
+            } => match refused_incoming(&error) {
+                Some(why) => {
+                    let what = format!("from {send_back_addr} on {local_addr}");
+                    self.log_refusal(&send_back_addr, &what, peer_id, &why);
                 }
-            }
+                None => debug!(remote = %send_back_addr, "incoming connection failed: {error}"),
+            },
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 if let Some((address, why)) = refused_outgoing(&error, peer_id) {
-                    self.log_refusal(&address, peer_id, &why);
+                    self.log_refusal(&address, &format!("to {address}"), peer_id, &why);
                     if let Some(w) = peer_id.and_then(|p| self.wanted.get_mut(&p)) {
                         w.failures += 1;
                     }
@@ -499,12 +506,13 @@ impl SwarmDriver {
 
 impl SwarmDriver {
     /// Logs a connection refused by the private mesh's rules, at most once a minute per host.
-    fn log_refusal(&mut self, remote: &Multiaddr, peer: Option<PeerId>, why: &str) {
-        let Some(held_back) = self.refusals.admit(remote, Instant::now()) else {
+    /// `what` says which connection: `from ADDRESS on OUR ADDRESS`, or `to ADDRESS`.
+    fn log_refusal(&mut self, remote: &Multiaddr, what: &str, peer: Option<PeerId>, why: &str) {
+        let Some(held_back) = self.refusals.admit(remote, why, Instant::now()) else {
             return;
         };
-        let peer = peer.map_or_else(|| "unknown".to_owned(), |p| p.to_string());
-        warn!(%remote, %peer, held_back, "refused a connection with {remote}: {why}");
+        let peer = peer.map_or_else(|| "not known yet".to_owned(), |p| p.to_string());
+        warn!(%peer, held_back, "refused a connection {what}: {why}");
     }
 }
 
