@@ -39,6 +39,9 @@ let
     // lib.optionalAttrs (cfg.signingKeyFile != null) {
       sign_key_file = "${credentialsDir}/signing-key";
     }
+    // lib.optionalAttrs (cfg.meshKeyFile != null) {
+      mesh_key_file = "${credentialsDir}/mesh-key";
+    }
   );
   configFile = settingsFormat.generate "nixmesh.toml" finalSettings;
 
@@ -130,6 +133,18 @@ in
       '';
     };
 
+    meshKeyFile = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = "/var/keys/nixmesh-mesh.key";
+      description = ''
+        A mesh key (`nixmesh mesh-key --out FILE`), the same on every machine of the mesh:
+        only nodes with it can connect, and mDNS announces this node only to them. Read by
+        systemd (LoadCredential), so it may stay readable by root only; never copied to the
+        Nix store.
+      '';
+    };
+
     trustedPublicKeys = mkOption {
       type = types.listOf types.str;
       default = config.nix.settings.trusted-public-keys;
@@ -179,7 +194,9 @@ in
         Restart = "always";
         RestartSec = "2s";
         LimitNOFILE = 65536;
-        LoadCredential = lib.optional (cfg.signingKeyFile != null) "signing-key:${cfg.signingKeyFile}";
+        LoadCredential =
+          lib.optional (cfg.signingKeyFile != null) "signing-key:${cfg.signingKeyFile}"
+          ++ lib.optional (cfg.meshKeyFile != null) "mesh-key:${cfg.meshKeyFile}";
 
         # Its own dynamic user: it reaches the store only as any user may, through the
         # daemon's socket (world-connectable on NixOS) and by reading /nix/store and, for

@@ -83,6 +83,9 @@ pub struct NodeStatus {
     /// The substituter's answers to Nix since the start.
     #[serde(default)]
     pub requests: RequestCounts,
+    /// Whether only some nodes may connect: those with the mesh key, or those allowed by id.
+    #[serde(default)]
+    pub private_mesh: bool,
 }
 
 mod opt_millis {

@@ -61,6 +61,13 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Make a mesh key for a private mesh (libp2p's pnet key file): only nodes given the same
+    /// key with --mesh-key-file can connect to each other.
+    MeshKey {
+        /// Where to write the key; never overwritten.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print a shell completion script, e.g. `nixmesh completions bash >
     /// /etc/bash_completion.d/nixmesh`.
     Completions {

@@ -63,6 +63,9 @@ fn main() -> ExitCode {
                     .map(|public| format!("{public}\n"))
                     .map_err(|e| e.to_string())
             }
+            Command::MeshKey { out } => {
+                cli::mesh_key(&out).map(|line| format!("{line}\n")).map_err(|e| e.to_string())
+            }
         }
     });
     match result {

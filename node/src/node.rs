@@ -21,7 +21,8 @@ use crate::adverts::{AdvertLog, forget, publish};
 use crate::config::ServeConfig;
 use crate::fetch::Provider;
 use crate::index::{Index, IndexError};
-use crate::mesh::{DialTarget, Mesh, MeshError, MeshEvent};
+use crate::mesh::key::{MeshKey, MeshKeyError};
+use crate::mesh::{Access, DialTarget, Mesh, MeshError, MeshEvent};
 use crate::shutdown::Shutdown;
 use crate::source::MeshSource;
 use crate::store::{Store, StoreAddress, StoreError};
@@ -51,6 +52,8 @@ pub enum NodeError {
     Index(#[from] IndexError),
     #[error(transparent)]
     Mesh(#[from] MeshError),
+    #[error(transparent)]
+    MeshKey(#[from] MeshKeyError),
     #[error("cannot listen for HTTP on {address}: {source}")]
     HttpListen { address: std::net::SocketAddr, source: std::io::Error },
     #[error(transparent)]
@@ -99,6 +102,11 @@ impl RunningNode {
         let signing_key =
             config.sign_key_file.as_deref().map(trust::signing_key).transpose()?.map(Arc::new);
 
+        let access = Access {
+            key: config.mesh_key_file.as_deref().map(MeshKey::load).transpose()?,
+            allow_peers: config.allow_peers.iter().copied().collect(),
+        };
+
         let store_err = |source| NodeError::Store { store: config.store.clone(), source };
         let address = StoreAddress::parse(&config.store).map_err(store_err)?;
         let store = Store::connect(address).await.map_err(store_err)?;
@@ -115,7 +123,8 @@ impl RunningNode {
         let shutdown = Shutdown::new();
         let guard = StopOnDrop(Some(shutdown.clone()));
         let (events_tx, mut events) = mpsc::channel(256);
-        let mesh = Mesh::start(keypair, &config.p2p_listen, events_tx, shutdown.clone())?;
+        let mesh =
+            Mesh::start_with(keypair, &config.p2p_listen, access, events_tx, shutdown.clone())?;
         info!(peer_id = %mesh.local_peer_id(), "node identity");
         for peer in &config.peers {
             mesh.want(DialTarget::from_multiaddr(peer.clone())).await;

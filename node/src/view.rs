@@ -115,6 +115,7 @@ impl NodeView for MeshView {
             signing_key: self.signing_key.clone(),
             bytes_received: traffic.received,
             bytes_served: traffic.served,
+            private_mesh: self.mesh.is_private(),
             ..NodeStatus::default()
         }
     }

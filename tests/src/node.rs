@@ -79,6 +79,14 @@ pub fn keygen(name: &str, out: &Path) -> String {
     public
 }
 
+/// `nixmesh mesh-key --out FILE`: writes a new mesh key to `out` and returns what it printed
+/// (where the key went and its fingerprint).
+pub fn mesh_key(out: &Path) -> String {
+    let printed =
+        Command::new(nixmesh_bin()).args(["mesh-key", "--out"]).arg(out).stdout_within(CALL_LIMIT);
+    String::from_utf8(printed).expect("UTF-8 output")
+}
+
 /// How to run a node, beyond what every node gets (its store, listeners and state
 /// directory).
 #[derive(Clone, Debug)]
@@ -91,6 +99,8 @@ pub struct NodeOptions {
     pub peers: Vec<String>,
     /// mDNS discovery; off gives `--no-mdns`.
     pub mdns: bool,
+    /// `--mesh-key-file`: a private mesh.
+    pub mesh_key_file: Option<PathBuf>,
     /// `RUST_LOG` for the node.
     pub log_filter: String,
 }
@@ -104,6 +114,7 @@ impl Default for NodeOptions {
             sign_key_file: None,
             peers: Vec::new(),
             mdns: true,
+            mesh_key_file: None,
             log_filter: "nixmesh=debug,info".to_owned(),
         }
     }
@@ -151,6 +162,9 @@ impl Node {
         }
         if !opts.mdns {
             cmd.arg("--no-mdns");
+        }
+        if let Some(file) = &opts.mesh_key_file {
+            cmd.arg("--mesh-key-file").arg(file);
         }
         cmd.env("RUST_LOG", &opts.log_filter)
             .stdin(Stdio::null())

@@ -74,6 +74,7 @@ fn the_module_renders_the_unit_the_socket_the_firewall_and_nix_settings() {
         "settings": { "priority": 17 },
         "peers": ["/ip4/192.0.2.7/tcp/7374/p2p/12D3KooWPjceQrSwdWXPyLLeABRXmuqt69Rg3sBYbU1Nft9HyQ6X"],
         "signingKeyFile": "/var/keys/nixmesh.secret",
+        "meshKeyFile": "/var/keys/nixmesh-mesh.key",
         "openFirewall": true,
     });
     let eval = eval_module(&lib, &options, None);
@@ -96,7 +97,10 @@ fn the_module_renders_the_unit_the_socket_the_firewall_and_nix_settings() {
         ("SystemCallFilter", json!(["@system-service", "~@privileged"])),
         ("LimitNOFILE", json!(65536)),
         ("Restart", json!("always")),
-        ("LoadCredential", json!(["signing-key:/var/keys/nixmesh.secret"])),
+        (
+            "LoadCredential",
+            json!(["signing-key:/var/keys/nixmesh.secret", "mesh-key:/var/keys/nixmesh-mesh.key"]),
+        ),
     ] {
         assert_eq!(service[key], value, "serviceConfig.{key}");
     }

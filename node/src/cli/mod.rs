@@ -1,6 +1,6 @@
 //! The client side of the CLI: `peers`, `status` and `why` ask a running node over its HTTP
 //! listener (one file each, with its human output); `keygen` writes a key pair in Nix's
-//! format; `docs` prints shell completions and the man page.
+//! format, `mesh-key` a private mesh's key; `docs` prints shell completions and the man page.
 
 mod docs;
 mod peers;
@@ -50,6 +50,8 @@ pub enum CliError {
     NoSuchSubcommand { name: String, known: String },
     #[error("{0:?} is not a store path or its hash (/nix/store/HASH-NAME, HASH-NAME or HASH)")]
     NotAStorePath(String),
+    #[error(transparent)]
+    MeshKey(#[from] crate::mesh::key::MeshKeyError),
 }
 
 /// Gets `path` from the node at `url` (`http://host:port`) and decodes its JSON.
@@ -139,6 +141,19 @@ pub(crate) fn table(rows: &[Vec<String>]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// `nixmesh mesh-key`: writes a new mesh key to `out` (never over an existing file, mode
+/// 0600) and returns a line to print: where it went and its fingerprint.
+pub fn mesh_key(out: &Path) -> Result<String, CliError> {
+    let key = crate::mesh::key::MeshKey::generate();
+    key.write_new(out)?;
+    Ok(format!(
+        "wrote a new mesh key to {} (fingerprint {}); copy it to every node of the mesh and give it \
+         with --mesh-key-file",
+        out.display(),
+        key.fingerprint()
+    ))
 }
 
 /// `nixmesh keygen`: writes a new secret key to `out` (never over an existing file) and

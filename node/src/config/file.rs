@@ -75,6 +75,16 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_peer_id_in_allow_peers_is_named() {
+        let message = parse_err("allow_peers = [\"12D3KooNotAPeer\"]\n");
+        assert!(message.contains("allow_peers"), "{message}");
+        assert!(message.contains("\"12D3KooNotAPeer\" is not a peer id"), "{message}");
+        let keys =
+            parse_ok("allow_peers = [\"12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA\"]\n");
+        assert_eq!(keys.len(), 1);
+    }
+
+    #[test]
     fn an_unknown_key_is_named_with_the_file_and_its_line() {
         let message = parse_err("priority = 5\nhttp_lisen = \"127.0.0.1:1\"\n");
         assert!(message.starts_with("config file /etc/nixmesh/config.toml: "), "{message}");

@@ -53,6 +53,13 @@ struct FlagValues {
     /// Do not announce or discover peers with mDNS (the key `mdns = false`).
     #[arg(long = "no-mdns", action = ArgAction::SetFalse)]
     mdns: bool,
+    /// A mesh key file (made by `nixmesh mesh-key`): only nodes with the same key connect.
+    #[arg(long, value_name = "FILE")]
+    mesh_key_file: Option<PathBuf>,
+    /// The only peer to connect with and serve (repeatable); none given means any.
+    #[arg(long = "allow-peer", value_name = "PEER_ID")]
+    #[serde(serialize_with = "super::peer_ids::serialize")]
+    allow_peers: Vec<libp2p::PeerId>,
     /// Seconds between rescans of the local store where its database cannot be watched.
     #[arg(
         long,
@@ -194,6 +201,8 @@ mod tests {
             "--sign-key-file=/k",
             "--peer=/ip4/127.0.0.1/tcp/1",
             "--no-mdns",
+            "--mesh-key-file=/m",
+            "--allow-peer=12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA",
             "--rescan-interval=1",
             "--priority=1",
             "--real-store-dir=/r",
@@ -209,6 +218,11 @@ mod tests {
         let config: ServeConfig = serde_json::from_value(Value::Object(settings)).unwrap();
         assert_eq!(config.priority, 1);
         assert_eq!(config.sign_key_file, Some(PathBuf::from("/k")));
+        assert_eq!(config.mesh_key_file, Some(PathBuf::from("/m")));
+        assert_eq!(
+            config.allow_peers[0].to_string(),
+            "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use libp2p::Multiaddr;
+use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -54,6 +54,12 @@ pub struct ServeConfig {
     pub peers: Vec<Multiaddr>,
     /// Discover peers on the local link with mDNS.
     pub mdns: bool,
+    /// A pre-shared mesh key (libp2p's pnet key file, made by `nixmesh mesh-key`): only nodes
+    /// with the same key can connect, and mDNS announces the node only to them.
+    pub mesh_key_file: Option<PathBuf>,
+    /// When not empty, the only peers (by peer id) the node connects with and serves.
+    #[serde(with = "peer_ids")]
+    pub allow_peers: Vec<PeerId>,
     /// How often the local store is rescanned for new and removed paths where its database
     /// cannot be watched (see `real_store_dir`); a watched store is rescanned on each change.
     #[serde(with = "secs")]
@@ -126,6 +132,8 @@ impl Default for ServeConfig {
             sign_key_file: None,
             peers: Vec::new(),
             mdns: true,
+            mesh_key_file: None,
+            allow_peers: Vec::new(),
             rescan_interval: Duration::from_secs(2),
             priority: 10,
             real_store_dir: None,
@@ -196,5 +204,26 @@ mod secs {
                 "{secs} is not a number of seconds (0 or more, finite)"
             ))
         })
+    }
+}
+
+/// Peer ids as the strings libp2p prints (`12D3Koo…`).
+pub(crate) mod peer_ids {
+    use libp2p::PeerId;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(peers: &[PeerId], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(peers.iter().map(PeerId::to_string))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PeerId>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .into_iter()
+            .map(|text| {
+                text.parse().map_err(|e| {
+                    serde::de::Error::custom(format!("{text:?} is not a peer id ({e})"))
+                })
+            })
+            .collect()
     }
 }

@@ -4,9 +4,15 @@
 //! coming and going on [`MeshEvent`]s. Everything else talks to peers through
 //! [`libp2p_stream::Control`], which opens streams from any task, so a slow NAR transfer
 //! never stalls the swarm loop.
+//!
+//! A private mesh ([`Access`]) runs on pnet with the mesh key ([`private`]); with an allow-list
+//! of peer ids, connections with any other peer are denied as soon as noise names the peer.
 
+mod access;
 pub mod framed;
+pub mod key;
 pub mod peers;
+pub mod private;
 mod serve;
 pub mod share;
 
@@ -15,8 +21,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use libp2p::allow_block_list::{self, AllowedPeers, NotAllowed};
+use libp2p::core::transport::TransportError;
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::swarm::{ConnectionDenied, DialError, ListenError, NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, connection_limits, identify, identity, noise, ping,
     tcp, yamux,
@@ -28,6 +37,8 @@ use tracing::{debug, info, warn};
 
 use crate::shutdown::Shutdown;
 
+pub use access::Access;
+use access::RefusalLog;
 use peers::MAX_ADDRESSES;
 pub use peers::{PeerState, PeerTable};
 pub use serve::{StreamLimits, TurnLimits, Turns, serve_streams};
@@ -100,6 +111,8 @@ enum Command {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    /// On only with an allow-list.
+    allow: Toggle<allow_block_list::Behaviour<AllowedPeers>>,
     limits: connection_limits::Behaviour,
     ping: ping::Behaviour,
     identify: identify::Behaviour,
@@ -114,45 +127,85 @@ pub struct Mesh {
     peers: Arc<PeerTable>,
     commands: mpsc::Sender<Command>,
     listen_addresses: watch::Receiver<Vec<Multiaddr>>,
+    access: Arc<Access>,
 }
 
 impl Mesh {
-    /// Starts the swarm on `listen` addresses. Peer events go to `events`; the swarm stops
-    /// at `shutdown`'s signal.
+    /// Starts the swarm on `listen` addresses, open to any peer. Peer events go to `events`;
+    /// the swarm stops at `shutdown`'s signal.
     pub fn start(
         keypair: identity::Keypair,
         listen: &[Multiaddr],
         events: mpsc::Sender<MeshEvent>,
         shutdown: Shutdown,
     ) -> Result<Mesh, MeshError> {
+        Mesh::start_with(keypair, listen, Access::default(), events, shutdown)
+    }
+
+    /// [`Mesh::start`], open only to the peers `access` lets in.
+    pub fn start_with(
+        keypair: identity::Keypair,
+        listen: &[Multiaddr],
+        access: Access,
+        events: mpsc::Sender<MeshEvent>,
+        shutdown: Shutdown,
+    ) -> Result<Mesh, MeshError> {
         let transport_err = |e: &dyn std::fmt::Display| MeshError::Transport(e.to_string());
-        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .map_err(|e| transport_err(&e))?
-            .with_behaviour(|key| Behaviour {
-                limits: connection_limits::Behaviour::new(
-                    connection_limits::ConnectionLimits::default()
-                        .with_max_established(Some(MAX_CONNECTIONS))
-                        .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
-                        .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER)),
-                ),
-                ping: ping::Behaviour::new(
-                    ping::Config::new().with_interval(PING_INTERVAL).with_timeout(PING_TIMEOUT),
-                ),
-                identify: identify::Behaviour::new(
-                    identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
-                        .with_agent_version(crate::peer_name::agent_version()),
-                ),
-                stream: libp2p_stream::Behaviour::new(),
-            })
-            .map_err(|e| transport_err(&e))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-            .build();
+        let tcp_config = tcp::Config::default().nodelay(true);
+        let allow = (!access.allow_peers.is_empty()).then(|| {
+            let mut allow = allow_block_list::Behaviour::<AllowedPeers>::default();
+            for peer in &access.allow_peers {
+                allow.allow_peer(*peer);
+            }
+            allow
+        });
+        let behaviour = |key: &identity::Keypair| Behaviour {
+            allow: allow.into(),
+            limits: connection_limits::Behaviour::new(
+                connection_limits::ConnectionLimits::default()
+                    .with_max_established(Some(MAX_CONNECTIONS))
+                    .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+                    .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER)),
+            ),
+            ping: ping::Behaviour::new(
+                ping::Config::new().with_interval(PING_INTERVAL).with_timeout(PING_TIMEOUT),
+            ),
+            identify: identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
+                    .with_agent_version(crate::peer_name::agent_version()),
+            ),
+            stream: libp2p_stream::Behaviour::new(),
+        };
+        let swarm_config =
+            |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(60));
+        let private_transport = match &access.key {
+            Some(key) => {
+                info!(fingerprint = key.fingerprint(), "private mesh: only peers with this key");
+                let psk = key.pre_shared_key();
+                Some(
+                    private::transport(&keypair, psk, tcp_config.clone())
+                        .map_err(|e| transport_err(&e))?,
+                )
+            }
+            None => None,
+        };
+        let builder = libp2p::SwarmBuilder::with_existing_identity(keypair).with_tokio();
+        let mut swarm = match private_transport {
+            None => builder
+                .with_tcp(tcp_config, noise::Config::new, yamux::Config::default)
+                .map_err(|e| transport_err(&e))?
+                .with_behaviour(behaviour)
+                .map_err(|e| transport_err(&e))?
+                .with_swarm_config(swarm_config)
+                .build(),
+            Some(transport) => builder
+                .with_other_transport(|_| transport)
+                .map_err(|e| transport_err(&e))?
+                .with_behaviour(behaviour)
+                .map_err(|e| transport_err(&e))?
+                .with_swarm_config(swarm_config)
+                .build(),
+        };
         for address in listen {
             swarm.listen_on(address.clone()).map_err(|e| MeshError::Listen {
                 address: address.clone(),
@@ -164,6 +217,7 @@ impl Mesh {
         let peers = Arc::new(PeerTable::default());
         let (commands, command_rx) = mpsc::channel(64);
         let (listen_tx, listen_addresses) = watch::channel(Vec::new());
+        let access = Arc::new(access);
         let driver = SwarmDriver {
             swarm,
             peers: peers.clone(),
@@ -171,9 +225,21 @@ impl Mesh {
             listen_tx,
             wanted: HashMap::new(),
             anonymous: Vec::new(),
+            access: access.clone(),
+            refusals: RefusalLog::default(),
         };
         shutdown.spawn(driver.run(command_rx, shutdown.clone()));
-        Ok(Mesh { local_peer_id, control, peers, commands, listen_addresses })
+        Ok(Mesh { local_peer_id, control, peers, commands, listen_addresses, access })
+    }
+
+    /// The mesh key, in a private mesh.
+    pub fn mesh_key(&self) -> Option<&key::MeshKey> {
+        self.access.key.as_ref()
+    }
+
+    /// Whether the mesh is private: a mesh key, or an allow-list of peers.
+    pub fn is_private(&self) -> bool {
+        self.access.key.is_some() || !self.access.allow_peers.is_empty()
     }
 
     pub fn local_peer_id(&self) -> PeerId {
@@ -245,6 +311,8 @@ struct SwarmDriver {
     wanted: HashMap<PeerId, Wanted>,
     /// Static peers given without `/p2p/<id>`, dialled by address until one answers.
     anonymous: Vec<Wanted>,
+    access: Arc<Access>,
+    refusals: RefusalLog,
 }
 
 impl SwarmDriver {
@@ -269,6 +337,10 @@ impl SwarmDriver {
         match command {
             Command::Want(DialTarget { peer: Some(peer), addresses }) => {
                 if peer == *self.swarm.local_peer_id() {
+                    return;
+                }
+                if !self.access.allows(&peer) {
+                    debug!(%peer, "not dialling: not in allow_peers");
                     return;
                 }
                 if !self.wanted.contains_key(&peer) && self.wanted.len() >= MAX_WANTED_PEERS {
@@ -374,7 +446,27 @@ impl SwarmDriver {
                 }
                 let _ = self.events.send(MeshEvent::Disconnected(peer_id)).await;
             }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                local_addr,
+                error,
+                peer_id,
+                ..
+            } => match refused_incoming(&error) {
+                Some(why) => {
+                    let what = format!("from {send_back_addr} on {local_addr}");
+                    self.log_refusal(&send_back_addr, &what, peer_id, &why);
+                }
+                None => debug!(remote = %send_back_addr, "incoming connection failed: {error}"),
+            },
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                if let Some((address, why)) = refused_outgoing(&error, peer_id) {
+                    self.log_refusal(&address, &format!("to {address}"), peer_id, &why);
+                    if let Some(w) = peer_id.and_then(|p| self.wanted.get_mut(&p)) {
+                        w.failures += 1;
+                    }
+                    return;
+                }
                 let failures = match peer_id.and_then(|p| self.wanted.get_mut(&p)) {
                     Some(w) => {
                         w.failures += 1;
@@ -412,6 +504,52 @@ impl SwarmDriver {
             _ => {}
         }
     }
+}
+
+impl SwarmDriver {
+    /// Logs a connection refused by the private mesh's rules, at most once a minute per host.
+    /// `what` says which connection: `from ADDRESS on OUR ADDRESS`, or `to ADDRESS`.
+    fn log_refusal(&mut self, remote: &Multiaddr, what: &str, peer: Option<PeerId>, why: &str) {
+        let Some(held_back) = self.refusals.admit(remote, why, Instant::now()) else {
+            return;
+        };
+        let peer = peer.map_or_else(|| "not known yet".to_owned(), |p| p.to_string());
+        warn!(%peer, held_back, "refused a connection {what}: {why}");
+    }
+}
+
+/// Why an incoming connection was refused by the private mesh's rules, if it was.
+fn refused_incoming(error: &ListenError) -> Option<String> {
+    match error {
+        ListenError::Transport(TransportError::Other(e)) => private::refusal_in(e)
+            .map(|r| format!("it failed the private mesh's pnet handshake: {r}")),
+        ListenError::Denied { cause } => not_allowed(cause),
+        _ => None,
+    }
+}
+
+/// The address and the reason an outgoing connection was refused by the private mesh's rules,
+/// if it was.
+fn refused_outgoing(error: &DialError, peer: Option<PeerId>) -> Option<(Multiaddr, String)> {
+    use libp2p::multiaddr::Protocol::P2p;
+    match error {
+        DialError::Transport(attempts) => attempts.iter().find_map(|(address, e)| match e {
+            TransportError::Other(e) => private::refusal_in(e).map(|r| {
+                (address.clone(), format!("it failed the private mesh's pnet handshake: {r}"))
+            }),
+            TransportError::MultiaddrNotSupported(_) => None,
+        }),
+        // The address is not told; the peer stands for it.
+        DialError::Denied { cause } => {
+            let address = peer.map_or_else(Multiaddr::empty, |p| Multiaddr::empty().with(P2p(p)));
+            not_allowed(cause).map(|why| (address, why))
+        }
+        _ => None,
+    }
+}
+
+fn not_allowed(cause: &ConnectionDenied) -> Option<String> {
+    cause.downcast_ref::<NotAllowed>().map(|e| format!("{e} (allow_peers)"))
 }
 
 /// Whether another host could dial `address` (not loopback, not unspecified).

@@ -1,10 +1,16 @@
 //! Finding peers with no configuration: mDNS (DNS-SD) on the local link, with mdns-sd.
 //!
-//! Each node registers one instance of [`SERVICE_TYPE`], named by its peer id, with its TCP
-//! port in the SRV record, its addresses in A/AAAA records and its peer id (`id=`) in TXT.
-//! Every resolved instance becomes a dial target for the mesh. Loopback interfaces are left
-//! out both ways: a node never announces or dials 127.0.0.1 for a peer.
+//! Each node registers one instance of its mesh's service type, with its TCP port in the SRV
+//! record, its addresses in A/AAAA records and its peer id (`id=`) in TXT. In an open mesh
+//! these are `_nixmesh._tcp` and the peer id in the clear; in a private mesh, names derived
+//! from the mesh key and the peer id sealed with it ([`records`]), so only nodes with the key
+//! find each other. Every resolved instance of the mesh becomes a dial target for the mesh.
+//! Loopback interfaces are left out both ways: a node never announces or dials 127.0.0.1 for a
+//! peer.
 
+pub mod records;
+
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -16,9 +22,10 @@ use tracing::{debug, info, warn};
 
 use crate::mesh::{DialTarget, Mesh};
 use crate::shutdown::Shutdown;
+use records::{ID_KEY, Records};
 
-/// nixmesh's DNS-SD service type.
-pub const SERVICE_TYPE: &str = "_nixmesh._tcp.local.";
+/// The most instances remembered (to forget their peers when they leave).
+const MAX_INSTANCES: usize = 1024;
 
 /// mDNS could not start.
 #[derive(Debug, Error)]
@@ -35,14 +42,18 @@ pub async fn run_mdns(mesh: Mesh, shutdown: Shutdown) -> Result<(), DiscoveryErr
     let daemon = ServiceDaemon::new()?;
     daemon.disable_interface(vec![IfKind::LoopbackV4, IfKind::LoopbackV6])?;
     let me = mesh.local_peer_id();
-    let id = me.to_string();
-    // Host names are per node so that two nodes' A records never merge.
-    let host = format!("nixmesh-{}.local.", &id[id.len() - 12..]);
-    let service = ServiceInfo::new(SERVICE_TYPE, &id, &host, "", port, &[("id", id.as_str())][..])?
+    let records = Records::new(mesh.mesh_key());
+    let service_type = records.service_type();
+    let ours = records.announcement(&me);
+    let txt = [(ID_KEY, ours.id.as_str())];
+    let service = ServiceInfo::new(service_type, &ours.instance, &ours.host, "", port, &txt[..])?
         .enable_addr_auto();
     daemon.register(service)?;
-    let events = daemon.browse(SERVICE_TYPE)?;
-    info!(port, "mDNS: announcing {SERVICE_TYPE}");
+    let events = daemon.browse(service_type)?;
+    info!(port, "mDNS: announcing {service_type}");
+    // Full names of resolved instances and their peers, to forget a peer when it leaves (a
+    // private mesh's names do not show the peer id).
+    let mut instances: HashMap<String, PeerId> = HashMap::new();
     loop {
         let event = tokio::select! {
             () = shutdown.signalled() => break,
@@ -53,14 +64,19 @@ pub async fn run_mdns(mesh: Mesh, shutdown: Shutdown) -> Result<(), DiscoveryErr
         };
         match event {
             ServiceEvent::ServiceResolved(service) => {
-                let Some(peer) =
-                    service.get_property_val_str("id").and_then(|s| s.parse::<PeerId>().ok())
-                else {
-                    debug!(name = service.get_fullname(), "mDNS: instance without a valid id");
+                let fullname = service.get_fullname();
+                let instance = fullname.strip_suffix(service_type).unwrap_or(fullname);
+                let instance = instance.strip_suffix('.').unwrap_or(instance);
+                let id = service.get_property_val_str(ID_KEY).unwrap_or_default();
+                let Some(peer) = records.peer_of(instance, id) else {
+                    debug!(name = fullname, "mDNS: instance without a valid id");
                     continue;
                 };
                 if peer == me {
                     continue;
+                }
+                if instances.len() < MAX_INSTANCES || instances.contains_key(fullname) {
+                    instances.insert(fullname.to_owned(), peer);
                 }
                 let addresses: Vec<Multiaddr> = service
                     .get_addresses()
@@ -76,9 +92,7 @@ pub async fn run_mdns(mesh: Mesh, shutdown: Shutdown) -> Result<(), DiscoveryErr
                 mesh.want(DialTarget { peer: Some(peer), addresses }).await;
             }
             ServiceEvent::ServiceRemoved(_, fullname) => {
-                if let Some(peer) =
-                    fullname.split('.').next().and_then(|s| s.parse::<PeerId>().ok())
-                {
+                if let Some(peer) = instances.remove(&fullname) {
                     debug!(%peer, "mDNS: gone");
                     mesh.forget(peer).await;
                 }
