@@ -40,7 +40,7 @@ rustPlatform.buildRustPackage {
   nativeBuildInputs = [ installShellFiles ];
   postInstall = lib.optionalString (stdenv.buildPlatform.canExecute stdenv.hostPlatform) ''
     $out/bin/nixmesh man > nixmesh.1
-    for sub in serve config peers status why keygen completions man; do
+    for sub in serve config peers status why keygen mesh-key completions man; do
       $out/bin/nixmesh man $sub > nixmesh-$sub.1
     done
     installManPage *.1
