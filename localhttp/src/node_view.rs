@@ -83,6 +83,10 @@ pub struct NodeStatus {
     /// The substituter's answers to Nix since the start.
     #[serde(default)]
     pub requests: RequestCounts,
+    /// The latest paths this node would not serve to a peer that asked, and why (newest
+    /// last).
+    #[serde(default)]
+    pub not_served: Vec<String>,
     /// Whether only some nodes may connect: those with the mesh key, or those allowed by id.
     #[serde(default)]
     pub private_mesh: bool,

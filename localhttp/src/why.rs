@@ -55,6 +55,9 @@ pub enum Verdict {
     NotSelfCertifying,
     /// Narinfos came that are not usable at all (do not parse, or name another path).
     BadNarinfo,
+    /// Holders answered that they do not serve it: their serving policy keeps it (unsigned and
+    /// not content-addressed there, or excluded), or they no longer have it.
+    HolderDeclines,
     /// Holders are known but none answered: not connected, failed or timed out, or they say
     /// they no longer have it.
     HolderUnreachable,
@@ -166,8 +169,9 @@ async fn judge<S: PathSource>(
     let text = match timeout(limit, sub.source.fetch_narinfo(peer, hash)).await {
         Ok(Ok(Some(text))) => text,
         Ok(Ok(None)) => {
-            held.problem = Some("it says it has no narinfo for it".to_owned());
-            return (held, Verdict::HolderUnreachable);
+            held.problem =
+                Some("it does not serve it to peers (see its `nixmesh status`)".to_owned());
+            return (held, Verdict::HolderDeclines);
         }
         Ok(Err(e)) => {
             held.problem = Some(e.to_string());
@@ -239,6 +243,11 @@ fn explain(verdict: Verdict, holders: &[HolderReport], trusted: &[String]) -> St
             "not served: its holders sent narinfos that do not parse or name another path"
                 .to_owned()
         }
+        Verdict::HolderDeclines => "not served: its holders do not serve it to peers: unsigned \
+             and not content-addressed there (give that node a sign_key_file, or serve_unsigned), \
+             excluded by its serve_exclude, or no longer held; its `nixmesh status` lists what it \
+             did not serve and why"
+            .to_owned(),
         Verdict::HolderUnreachable => "not served: peers advertise it, but none connected gave \
              its narinfo (see each holder's problem)"
             .to_owned(),

@@ -20,6 +20,7 @@ use crate::adverts::subscribe::Subscriptions;
 use crate::adverts::{AdvertLog, forget, publish};
 use crate::config::ServeConfig;
 use crate::fetch::Provider;
+use crate::fetch::policy::{NamePattern, Refusals, ServingPolicy};
 use crate::index::{Index, IndexError};
 use crate::mesh::key::{MeshKey, MeshKeyError};
 use crate::mesh::{Access, DialTarget, Mesh, MeshError, MeshEvent};
@@ -154,8 +155,16 @@ impl RunningNode {
         let traffic = Arc::new(Traffic::default());
         let metrics = Arc::new(nixmesh_localhttp::Metrics::new());
         traffic.register(&metrics);
+        let policy = ServingPolicy {
+            trusted: trusted.clone(),
+            signs: signing_key.is_some(),
+            serve_unsigned: config.serve_unsigned,
+            exclude: config.serve_exclude.iter().map(NamePattern::new).collect(),
+        };
+        let refusals = Arc::new(Refusals::default());
         let provider = Provider::new(store.clone(), signing_key.clone(), real_store_dir)
-            .counting(traffic.clone());
+            .counting(traffic.clone())
+            .serving(policy, refusals.clone());
         shutdown.spawn(provider.serve(mesh.clone(), shutdown.clone()));
 
         shutdown.spawn(forget::forget_departed(
@@ -186,6 +195,7 @@ impl RunningNode {
         let health = Arc::new(PeerHealth::default());
         let view = Arc::new(MeshView {
             health: health.clone(),
+            refusals,
             mesh: mesh.clone(),
             index: index.clone(),
             log,

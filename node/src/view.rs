@@ -13,6 +13,7 @@ use nixmesh_protocol::StorePathHash;
 use tracing::warn;
 
 use crate::adverts::AdvertLog;
+use crate::fetch::policy::Refusals;
 use crate::index::Index;
 use crate::mesh::Mesh;
 use crate::traffic::Traffic;
@@ -29,6 +30,8 @@ pub struct MeshView {
     pub trusted_keys: Vec<String>,
     /// The public half of the node's signing key, if it signs.
     pub signing_key: Option<String>,
+    /// The latest paths not served to peers, and why.
+    pub refusals: Arc<Refusals>,
     /// Faults of peers, as the substituter counts them.
     pub health: Arc<PeerHealth<PeerId>>,
 }
@@ -116,6 +119,7 @@ impl NodeView for MeshView {
             bytes_received: traffic.received,
             bytes_served: traffic.served,
             private_mesh: self.mesh.is_private(),
+            not_served: self.refusals.latest(),
             ..NodeStatus::default()
         }
     }

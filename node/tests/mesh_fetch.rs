@@ -37,6 +37,11 @@ struct Setup {
 
 impl Setup {
     fn new() -> Setup {
+        Setup::with(|_, _| {})
+    }
+
+    /// [`Setup::new`], with `adjust` given the store and the node's settings before it starts.
+    fn with(adjust: impl FnOnce(&HostStore, &mut ServeConfig)) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let store = HostStore::start(&Host::local(&dir.path().join("host")));
         let contents: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
@@ -50,7 +55,7 @@ impl Setup {
             .build()
             .unwrap();
         let unused_key = SigningKey::from_seed("unused-1", [1; 32]).verifying_key().to_string();
-        let config = ServeConfig {
+        let mut config = ServeConfig {
             store: store.daemon_url(),
             state_dir: dir.path().join("state"),
             http_listen: "127.0.0.1:0".parse().unwrap(),
@@ -59,6 +64,7 @@ impl Setup {
             mdns: false,
             ..ServeConfig::default()
         };
+        adjust(&store, &mut config);
         let node = runtime.block_on(RunningNode::start(config)).unwrap();
         let server = node.peer_id();
         let address = runtime.block_on(node.p2p_addresses())[0].clone();
@@ -134,6 +140,57 @@ impl Drop for Setup {
             let _ = self.runtime.block_on(node.stop());
         }
     }
+}
+
+/// The narinfo answer for `path`, and the NAR answer for its NarHash (from the store).
+fn narinfo_and_nar(setup: &Setup, path: &str) -> (FetchResponse, FetchResponse) {
+    let hash = StorePath::parse(path).unwrap().hash();
+    let nar_hash = Sha256::digest(&setup.store.dump(path));
+    let (narinfo, _) = setup.ask(&FetchRequest::NarInfo { hash });
+    let (nar, _) = setup.ask(&FetchRequest::Nar { hash, nar_hash, offset: 0 });
+    (narinfo, nar)
+}
+
+#[test]
+fn the_default_policy_serves_signed_and_content_addressed_paths_only() {
+    if !nix_available() {
+        return;
+    }
+    let key_dir = tempfile::tempdir().unwrap();
+    let key = nixmesh_tests::CacheKey::generate(key_dir.path(), "trusted-1");
+    let paths = std::cell::RefCell::new(Vec::new());
+    let setup = Setup::with(|store, config| {
+        let built = |name: &str| {
+            let expr = nixmesh_tests::test_closure_expr(&format!("{name}-{}", unique_marker()));
+            store.build_closure(&expr).top
+        };
+        let (unsigned, signed) = (built("unsigned"), built("signed"));
+        store.sign_closure(&key.secret_file, &signed);
+        let excluded = store.add_file("nixmesh-excluded-secret", unique_marker().as_bytes());
+        paths.borrow_mut().extend([unsigned, signed, excluded]);
+        config.trusted_public_keys = vec![key.public.clone()];
+        config.serve_exclude = vec!["*-excluded-*".to_owned()];
+    });
+    let [unsigned, signed, excluded] = paths.into_inner().try_into().unwrap();
+    let not_served = |path: &str| {
+        let (narinfo, nar) = narinfo_and_nar(&setup, path);
+        (narinfo, nar) == (FetchResponse::NotFound, FetchResponse::NotFound)
+    };
+    let served = |path: &str| {
+        let (narinfo, nar) = narinfo_and_nar(&setup, path);
+        matches!(narinfo, FetchResponse::NarInfo { .. }) && matches!(nar, FetchResponse::Nar { .. })
+    };
+    assert!(not_served(&unsigned), "a local build, unsigned, with no key: not served");
+    assert!(served(&signed), "signed by a trusted key: served");
+    assert!(served(&setup.path), "content-addressed (nix-store --add): served");
+    assert!(not_served(&excluded), "an excluded name, though content-addressed: not served");
+    // The status page says why.
+    let status = setup.node.as_ref().unwrap().http_address();
+    let status = nixmesh_tests::http::get_all(status, &["/_nixmesh/status".to_owned()], 1);
+    let status: serde_json::Value = serde_json::from_slice(&status[0].body).unwrap();
+    let lines = status["not_served"].to_string();
+    assert!(lines.contains(&unsigned) && lines.contains("no signature from a key"), "{lines}");
+    assert!(lines.contains(&excluded) && lines.contains("--serve-exclude *-excluded-*"), "{lines}");
 }
 
 fn nix_available() -> bool {

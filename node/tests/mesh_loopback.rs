@@ -612,19 +612,17 @@ fn why_says_what_would_be_served_and_why_not() {
         "{text}"
     );
 
-    // Unsigned and input-addressed: held, but no key vouches for it.
+    // Unsigned and input-addressed: held, but its holder does not serve it to peers (no key
+    // vouches for it, and the holder has no signing key).
     let report = why(&unsigned.top);
     assert_eq!(
         (report["served"].clone(), report["verdict"].clone()),
-        (false.into(), "untrusted_key".into())
+        (false.into(), "holder_declines".into())
     );
-    assert_eq!(report["holders"][0]["narinfo"]["signatures"], serde_json::json!([]));
+    assert_eq!(report["holders"][0]["narinfo"], serde_json::Value::Null);
     let text = nixmesh(&["why", &unsigned.top, "--node", &url]);
-    assert!(text.contains("served:   no\n") && text.contains("signed by nobody"), "{text}");
-    assert!(
-        text.contains("    signed by: nobody\n    not used: the narinfo has no signature"),
-        "{text}"
-    );
+    assert!(text.contains("served:   no\n") && text.contains("do not serve it"), "{text}");
+    assert!(text.contains("    not used: it does not serve it to peers"), "{text}");
 
     // Content-addressed: served with no signature, by the hash alone.
     let base = added.strip_prefix("/nix/store/").unwrap();

@@ -255,10 +255,12 @@ fn a_node_signs_its_own_unsigned_paths_and_unsigned_paths_of_a_keyless_node_are_
     }
     let statuses = nodes[1].narinfo_statuses(&unsigned.paths);
     assert!(statuses.iter().all(|&s| s == 404), "narinfos of unsigned paths: {statuses:?}");
-    let refusal = "no signature from a trusted key";
+    // Host 3's node, with no signing key, does not serve its unsigned builds to peers at all
+    // (the default serving policy), and says so.
+    let refusal = "not served: it has no signature from a key this node trusts";
     assert!(
-        std::fs::read_to_string(nodes[1].log_path()).unwrap_or_default().contains(refusal),
-        "host 2's node did not log a refused narinfo ({refusal:?})"
+        std::fs::read_to_string(nodes[2].log_path()).unwrap_or_default().contains(refusal),
+        "host 3's node did not log that it would not serve its unsigned paths ({refusal:?})"
     );
 }
 

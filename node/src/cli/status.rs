@@ -43,6 +43,9 @@ pub fn render(s: &NodeStatus) -> String {
     line("served", format!("{} to peers", human_bytes(s.bytes_served)));
     line("trusted keys", s.trusted_keys.join(" "));
     line("signing key", s.signing_key.clone().unwrap_or_else(|| "none".to_owned()));
+    if let Some(last) = s.not_served.last() {
+        line("not served", format!("{} lately; the last: {last}", s.not_served.len()));
+    }
     let private = if s.private_mesh { "yes" } else { "no (any node on the network may join)" };
     line("private mesh", private.to_owned());
     if let Some(why) = &s.degraded {

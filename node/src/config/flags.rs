@@ -53,6 +53,14 @@ struct FlagValues {
     /// Do not announce or discover peers with mDNS (the key `mdns = false`).
     #[arg(long = "no-mdns", action = ArgAction::SetFalse)]
     mdns: bool,
+    /// Serve peers paths no trusted key signed and that are not content-addressed (local
+    /// builds): off by default, since any host of an open mesh may ask.
+    #[arg(long)]
+    serve_unsigned: bool,
+    /// A store-path name pattern (`*` and `?`) never served to peers, e.g. `*-secrets*`
+    /// (repeatable).
+    #[arg(long = "serve-exclude", value_name = "PATTERN")]
+    serve_exclude: Vec<String>,
     /// A mesh key file (made by `nixmesh mesh-key`): only nodes with the same key connect.
     #[arg(long, value_name = "FILE")]
     mesh_key_file: Option<PathBuf>,
@@ -208,6 +216,8 @@ mod tests {
             "--real-store-dir=/r",
             "--forget-peers-after=1",
             "--log-format=json",
+            "--serve-unsigned",
+            "--serve-exclude=*-secret*",
         ];
         let settings = given(&every);
         let default_keys = match serde_json::to_value(ServeConfig::default()).unwrap() {

@@ -57,6 +57,11 @@ pub struct ServeConfig {
     /// A pre-shared mesh key (libp2p's pnet key file, made by `nixmesh mesh-key`): only nodes
     /// with the same key can connect, and mDNS announces the node only to them.
     pub mesh_key_file: Option<PathBuf>,
+    /// Serve peers every path, not only those signed by a trusted key, signed by this node,
+    /// or content-addressed (see `fetch::policy`).
+    pub serve_unsigned: bool,
+    /// Store-path name patterns (`*`, `?`) never served to peers, signed or not.
+    pub serve_exclude: Vec<String>,
     /// When not empty, the only peers (by peer id) the node connects with and serves.
     #[serde(with = "peer_ids")]
     pub allow_peers: Vec<PeerId>,
@@ -132,6 +137,8 @@ impl Default for ServeConfig {
             sign_key_file: None,
             peers: Vec::new(),
             mdns: true,
+            serve_unsigned: false,
+            serve_exclude: Vec::new(),
             mesh_key_file: None,
             allow_peers: Vec::new(),
             rescan_interval: Duration::from_secs(2),

@@ -10,6 +10,7 @@
 //! only read, so asking twice is harmless.
 
 pub mod client;
+pub mod policy;
 pub mod server;
 
 use std::time::Duration;

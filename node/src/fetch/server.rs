@@ -21,8 +21,9 @@ use nixmesh_protocol::wire::{FETCH_PROTOCOL, FetchRequest, FetchResponse, MAX_RE
 use nixmesh_protocol::{NarInfo, StorePathHash};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tracing::{debug, info_span, warn};
+use tracing::{debug, info, info_span, warn};
 
+use super::policy::{Refusals, ServingPolicy};
 use super::{FRAME_TIMEOUT, SESSION_IDLE};
 use crate::mesh::framed::{FrameError, FrameLimits, FramedStream, MeshStream};
 use crate::mesh::{Mesh, StreamLimits, TurnLimits, Turns, serve_streams};
@@ -70,6 +71,10 @@ pub struct Provider {
     real_store_dir: Option<Arc<Path>>,
     /// Where the NAR bytes sent are counted.
     traffic: Arc<Traffic>,
+    /// What may be served at all.
+    policy: Arc<ServingPolicy>,
+    /// The latest paths not served, and why.
+    refusals: Arc<Refusals>,
 }
 
 impl Provider {
@@ -82,12 +87,20 @@ impl Provider {
     ) -> Self {
         Provider {
             store,
-            signing_key,
             nar_transfers: Arc::new(Semaphore::new(MAX_NAR_TRANSFERS)),
             recent: Arc::new(RecentPathInfo::default()),
             real_store_dir: real_store_dir.map(Arc::from),
             traffic: Arc::default(),
+            policy: Arc::new(ServingPolicy { signs: signing_key.is_some(), ..Default::default() }),
+            refusals: Arc::default(),
+            signing_key,
         }
+    }
+
+    /// The provider, serving only what `policy` allows (by default: what its own signing key
+    /// covers, and content-addressed paths), and listing refusals in `refusals`.
+    pub fn serving(self, policy: ServingPolicy, refusals: Arc<Refusals>) -> Self {
+        Provider { policy: Arc::new(policy), refusals, ..self }
     }
 
     /// The provider, counting the NAR bytes it sends in `traffic`.
@@ -117,8 +130,25 @@ impl Provider {
         self.store.query_path_info(&path).await.map_err(|e| e.to_string())
     }
 
-    /// The narinfo for `info`, with the signatures the store holds and ours.
-    fn narinfo_for(&self, info: PathInfo) -> NarInfo {
+    /// The narinfo for `info` with the signatures the store holds and ours, if the policy lets
+    /// it be served to `peer`; else the refusal, logged and listed.
+    fn servable(&self, peer: PeerId, info: PathInfo) -> Result<NarInfo, FetchResponse> {
+        let mut narinfo = self.narinfo_of(info);
+        if let Err(why) = self.policy.decide(&narinfo) {
+            info!(%peer, path = %narinfo.store_path, "not served: {why}");
+            self.refusals.record(format!("{} (asked by {peer}): {why}", narinfo.store_path));
+            return Err(FetchResponse::NotFound);
+        }
+        // Signing every path, not only unsigned ones: a path signed by a key the peers do not
+        // trust is as unusable to them as an unsigned one.
+        if let Some(key) = &self.signing_key {
+            narinfo.sign(key);
+        }
+        Ok(narinfo)
+    }
+
+    /// The narinfo for `info`, with the signatures the store holds.
+    fn narinfo_of(&self, info: PathInfo) -> NarInfo {
         let signatures = info
             .signatures
             .iter()
@@ -130,7 +160,7 @@ impl Provider {
                 }
             })
             .collect();
-        let mut narinfo = NarInfo {
+        NarInfo {
             url: format!("nar/{}.nar", info.nar_hash.to_nixbase32()),
             store_path: info.path,
             compression: Some("none".to_owned()),
@@ -144,13 +174,7 @@ impl Provider {
             signatures,
             ca: info.ca,
             extra: Vec::new(),
-        };
-        // Signing every path, not only unsigned ones: a path signed by a key the peers do not
-        // trust is as unusable to them as an unsigned one.
-        if let Some(key) = &self.signing_key {
-            narinfo.sign(key);
         }
-        narinfo
     }
 
     /// Answers fetch sessions until `shutdown`.
@@ -188,7 +212,7 @@ impl Provider {
                 stream.write(&FetchResponse::Failed { message }).await?;
                 continue;
             };
-            match self.plan(&request).await {
+            match self.plan(peer, &request).await {
                 Err(answer) => stream.write(&answer).await?,
                 Ok(Plan::NarInfo(text)) => stream.write(&FetchResponse::NarInfo { text }).await?,
                 Ok(Plan::Nar { nar, nar_size, offset, slot }) => {
@@ -202,7 +226,7 @@ impl Provider {
     }
 
     /// What to answer `request` with: a plan to carry out, or an answer that says no.
-    async fn plan(&self, request: &FetchRequest) -> Result<Plan, FetchResponse> {
+    async fn plan(&self, peer: PeerId, request: &FetchRequest) -> Result<Plan, FetchResponse> {
         let failed = |message: String| FetchResponse::Failed { message };
         match *request {
             FetchRequest::NarInfo { hash } => {
@@ -212,7 +236,7 @@ impl Provider {
                     self.recent.insert(hash, info.clone());
                 }
                 let info = info.ok_or(FetchResponse::NotFound)?;
-                Ok(Plan::NarInfo(self.narinfo_for(info).to_string()))
+                Ok(Plan::NarInfo(self.servable(peer, info)?.to_string()))
             }
             FetchRequest::Nar { hash, nar_hash, offset } => {
                 // Nix asks for a NAR right after its narinfo: the path info from then saves two
@@ -228,6 +252,9 @@ impl Provider {
                     debug!(path = %info.path, "asked for another NAR hash than ours");
                     return Err(FetchResponse::NotFound);
                 }
+                // The same rule as for its narinfo: a NAR URL guessed or passed around gets
+                // nothing the narinfo would not have.
+                self.servable(peer, info.clone())?;
                 if offset > info.nar_size {
                     let size = info.nar_size;
                     return Err(failed(format!("offset {offset} is past the NAR's end ({size})")));
