@@ -29,8 +29,8 @@ pub mod verified_nar;
 pub mod why;
 
 pub use config::Config;
-pub use metrics::{Metrics, RequestCounts};
-pub use node_view::{NodeStatus, NodeView, PeerSummary};
+pub use metrics::Metrics;
+pub use node_view::{NodeStatus, NodeView, PeerSummary, RequestCounts};
 pub use server::{SHUTDOWN_GRACE, router, serve};
 pub use source::{NarStream, PathSource, SourceError};
 pub use why::{HolderReport, Verdict, WhyReport};

@@ -18,9 +18,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 pub use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 pub use prometheus_client::registry::Metric;
 use prometheus_client::registry::Registry;
-use serde::{Deserialize, Serialize};
 
-use crate::node_view::NodeStatus;
+use crate::node_view::{NodeStatus, RequestCounts};
 
 /// Every series' name starts with this and `_`.
 pub const PREFIX: &str = "nixmesh";
@@ -178,27 +177,6 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut text, &registry)
             .expect("writing to a String cannot fail");
         text
-    }
-}
-
-/// The substituter's counts since the node started, as `nixmesh status` shows them.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct RequestCounts {
-    pub narinfo_hits: u64,
-    pub narinfo_misses: u64,
-    /// Narinfos with holders but none that could be served.
-    pub narinfo_refused: u64,
-    /// NARs sent to Nix whole.
-    pub nars_sent: u64,
-    /// NARs cut off after their response started.
-    pub nars_aborted: u64,
-}
-
-impl RequestCounts {
-    /// Narinfo hits among all narinfo requests answered, if there were any.
-    pub fn hit_rate(&self) -> Option<f64> {
-        let asked = self.narinfo_hits + self.narinfo_misses + self.narinfo_refused;
-        (asked > 0).then(|| self.narinfo_hits as f64 / asked as f64)
     }
 }
 

@@ -7,8 +7,6 @@ use std::time::Duration;
 use nixmesh_protocol::StorePathHash;
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::RequestCounts;
-
 /// The node, as its status pages show it. Answered from local state alone.
 pub trait NodeView: Send + Sync + 'static {
     /// The peer list, for `GET /_nixmesh/peers`.
@@ -90,6 +88,27 @@ pub struct NodeStatus {
     /// Whether only some nodes may connect: those with the mesh key, or those allowed by id.
     #[serde(default)]
     pub private_mesh: bool,
+}
+
+/// The substituter's counts since the node started, as `nixmesh status` shows them.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RequestCounts {
+    pub narinfo_hits: u64,
+    pub narinfo_misses: u64,
+    /// Narinfos with holders but none that could be served.
+    pub narinfo_refused: u64,
+    /// NARs sent to Nix whole.
+    pub nars_sent: u64,
+    /// NARs cut off after their response started.
+    pub nars_aborted: u64,
+}
+
+impl RequestCounts {
+    /// Narinfo hits among all narinfo requests answered, if there were any.
+    pub fn hit_rate(&self) -> Option<f64> {
+        let asked = self.narinfo_hits + self.narinfo_misses + self.narinfo_refused;
+        (asked > 0).then(|| self.narinfo_hits as f64 / asked as f64)
+    }
 }
 
 mod opt_millis {

@@ -11,24 +11,13 @@ use std::time::Duration;
 use common::{loopback_config as config, nix_available};
 use nixmesh_node::node::RunningNode;
 use nixmesh_protocol::{Sha256, nar};
+use nixmesh_tests::http::get_one as get;
 use nixmesh_tests::{
     CacheKey, Closure, Host, HostStore, narinfo_url_path, test_closure_expr, unique_marker,
     wait_until,
 };
 
 const DEADLINE: Duration = Duration::from_secs(30);
-
-/// A plain HTTP/1.0 GET: status and body.
-fn get(address: SocketAddr, path: &str) -> (u16, Vec<u8>) {
-    let mut stream = TcpStream::connect(address).unwrap();
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).unwrap();
-    let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP header");
-    let status = std::str::from_utf8(&response[9..12]).unwrap().parse().unwrap();
-    (status, response[split + 4..].to_vec())
-}
 
 /// Two hosts on this machine, each with its store, a signing key, and a runtime for their
 /// nodes: host 1 holds, host 2 asks.
@@ -347,6 +336,59 @@ fn content_addressed_paths_are_shared_with_no_signing_key_anywhere() {
     }
     pair.stop(n2);
     pair.stop(n1);
+}
+
+#[test]
+fn with_a_damaged_and_a_good_copy_on_the_mesh_the_client_gets_the_good_one() {
+    if !nix_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = CacheKey::generate(dir.path(), "loopback-1");
+    let stores: Vec<HostStore> = ["good", "damaged", "client"]
+        .map(|h| HostStore::start(&Host::local_in(dir.path(), h)))
+        .into();
+    let (good, damaged, client) = (&stores[0], &stores[1], &stores[2]);
+    let closure = good.build_closure(&test_closure_expr(&unique_marker()));
+    good.sign_closure(&key.secret_file, &closure.top);
+    let cache = format!("file://{}?compression=none", dir.path().join("cache").display());
+    good.copy_to(&cache, &[&closure.top]);
+    let copied = damaged.copy_from(&cache, &[&key.public], &closure.top);
+    assert!(copied.status.success(), "{}", String::from_utf8_lossy(&copied.stderr));
+    let c = closure.paths.iter().find(|p| p.ends_with("-nixmesh-test-c")).unwrap().clone();
+    damaged.damage(&c, "blob");
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let start = |name: &str, store, peers| {
+        let config = config(&dir.path().join(name), store, &key.public, peers);
+        runtime.block_on(RunningNode::start(config)).unwrap()
+    };
+    let n_good = start("n-good", good, vec![]);
+    let n_damaged = start("n-damaged", damaged, vec![]);
+    let mut peers = runtime.block_on(n_good.p2p_addresses());
+    peers.extend(runtime.block_on(n_damaged.p2p_addresses()));
+    let n_client = start("n-client", client, peers);
+    let http = n_client.http_address();
+    wait_until(DEADLINE, "the client's node to index both holders", || {
+        let peers: serde_json::Value =
+            serde_json::from_slice(&get(http, "/_nixmesh/peers").1).unwrap();
+        let indexed = |id: String| {
+            peers.as_array().unwrap().iter().any(|p| p["id"] == id.as_str() && p["paths"] != 0)
+        };
+        indexed(n_good.peer_id().to_string()) && indexed(n_damaged.peer_id().to_string())
+    });
+
+    // Whichever holder is asked first, the damaged copy of `c` is checked whole before a
+    // byte of it goes out, and the good holder gives the client the right one.
+    let copy = client.copy_from(&format!("http://{http}"), &[&key.public], &closure.top);
+    let stderr = String::from_utf8_lossy(&copy.stderr);
+    assert!(copy.status.success(), "nix copy failed with a good holder present: {stderr}");
+    for path in &closure.paths {
+        assert_eq!(client.dump(path), good.dump(path), "{path} differs");
+    }
+    for node in [n_client, n_damaged, n_good] {
+        runtime.block_on(node.stop()).unwrap();
+    }
 }
 
 #[test]

@@ -9,8 +9,8 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -26,6 +26,7 @@ use nixmesh_node::mesh::{Access, DialTarget, Mesh, MeshEvent};
 use nixmesh_node::node::RunningNode;
 use nixmesh_node::shutdown::Shutdown;
 use nixmesh_protocol::StorePathHash;
+use nixmesh_tests::http::get_one as get;
 use nixmesh_tests::{CacheKey, Host, HostStore, narinfo_url_path, wait_until};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -253,18 +254,6 @@ async fn the_allow_list_keeps_an_unlisted_peer_out_even_with_the_key() {
     for node in [holder, member, unlisted] {
         node.stop().await;
     }
-}
-
-/// A plain HTTP/1.0 GET: status and body.
-fn get(address: SocketAddr, path: &str) -> (u16, Vec<u8>) {
-    let mut stream = TcpStream::connect(address).unwrap();
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).unwrap();
-    let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP header");
-    let status = std::str::from_utf8(&response[9..12]).unwrap().parse().unwrap();
-    (status, response[split + 4..].to_vec())
 }
 
 fn status(address: SocketAddr) -> serde_json::Value {

@@ -31,6 +31,14 @@ pub struct Fetched {
     pub error: Option<String>,
 }
 
+/// One `GET` of `path` from `address`, on a connection of its own: the status and the body.
+/// Panics if no complete answer comes within the response limit.
+pub fn get_one(address: SocketAddr, path: &str) -> (u16, Vec<u8>) {
+    let fetched = get_all(address, &[path.to_owned()], 1).remove(0);
+    assert!(fetched.status != 0, "GET {path} from {address}: {:?}", fetched.error);
+    (fetched.status, fetched.body)
+}
+
 /// `GET` of every one of `paths` from `address`, over `connections` kept-alive connections at
 /// once; the answers in the order of `paths`. A connection the server closed is opened anew
 /// before the next request, as curl does; a request that fails on a fresh connection is
