@@ -24,6 +24,12 @@ pub struct Config {
     pub nar_start_deadline: Duration,
     /// How long a NAR transfer may wait for the next bytes once it has started.
     pub nar_idle_timeout: Duration,
+    /// A holder sending a NAR slower than this (bytes a second, over
+    /// [`Config::nar_rate_window`] of waiting on it) is replaced by the next holder, if there
+    /// is one; 0: never.
+    pub nar_min_rate: u64,
+    /// The stretch of waiting on a holder over which its rate is measured.
+    pub nar_rate_window: Duration,
     /// NARs up to this size are read and verified whole before the response starts, so that
     /// a holder with a damaged copy is passed over for the next one before the client has a
     /// byte; larger ones are streamed (at most this much is held per download).
@@ -55,6 +61,8 @@ impl Default for Config {
             nar_start_deadline: Duration::from_secs(20),
             nar_idle_timeout: Duration::from_secs(30),
             nar_verified_whole_up_to: 1 << 20,
+            nar_min_rate: 64 << 10,
+            nar_rate_window: Duration::from_secs(10),
             narinfo_cache_capacity: 10_000,
             max_concurrent_requests: 256,
             max_concurrent_nars: 256,
@@ -76,6 +84,8 @@ impl fmt::Debug for Config {
             .field("nar_start_deadline", &self.nar_start_deadline)
             .field("nar_idle_timeout", &self.nar_idle_timeout)
             .field("nar_verified_whole_up_to", &self.nar_verified_whole_up_to)
+            .field("nar_min_rate", &self.nar_min_rate)
+            .field("nar_rate_window", &self.nar_rate_window)
             .field("narinfo_cache_capacity", &self.narinfo_cache_capacity)
             .field("max_concurrent_requests", &self.max_concurrent_requests)
             .field("max_concurrent_nars", &self.max_concurrent_nars)

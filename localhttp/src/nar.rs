@@ -86,7 +86,8 @@ async fn open<S: PathSource>(
             let health = Some(sub.health.clone());
             let others = Others { remaining, reopen, health };
             let mut nar = VerifiedNar::new(expected, peer, stream, others, idle)
-                .verify_whole_up_to(sub.config.nar_verified_whole_up_to);
+                .verify_whole_up_to(sub.config.nar_verified_whole_up_to)
+                .min_rate(sub.config.nar_min_rate, sub.config.nar_rate_window);
             // The adapter logs its own refusals.
             nar.first_bytes().await.map_err(|_| Miss::Logged)?;
             Ok(nar)

@@ -53,6 +53,8 @@ pub enum TransferError {
     WrongHash { peer: String, got: Sha256, expected: Sha256 },
     #[error("peer {peer}: the NAR does not match the path's content address: {reason}")]
     NotContent { peer: String, reason: String },
+    #[error("peer {peer}: sends the NAR at {rate} B/s, under the {min_rate} B/s asked of a holder")]
+    TooSlow { peer: String, rate: u64, min_rate: u64 },
     #[error("peer {peer}: could not go on with the NAR: {reason}")]
     Resume { peer: String, reason: String },
 }
@@ -198,7 +200,50 @@ pub struct VerifiedNar<P> {
     /// does not count against the peer.
     idle: Pin<Box<Sleep>>,
     waiting: bool,
+    /// How fast the peer sends while we wait on it.
+    pace: Pace,
+    /// A holder found too slow with its last chunk: replaced before the next is read.
+    too_slow: Option<TransferError>,
     span: Span,
+}
+
+/// The rate a holder sends at, over the time spent waiting on it (a client that reads slowly
+/// does not count against the peer): below [`Pace::min_rate`] over a window of
+/// [`Pace::window`] of waiting, it is too slow.
+#[derive(Debug, Clone)]
+struct Pace {
+    min_rate: u64,
+    window: Duration,
+    waited: Duration,
+    bytes: u64,
+    since: Option<Instant>,
+}
+
+impl Pace {
+    fn new(min_rate: u64, window: Duration) -> Self {
+        Pace { min_rate, window, waited: Duration::ZERO, bytes: 0, since: None }
+    }
+
+    fn waiting(&mut self) {
+        self.since.get_or_insert_with(Instant::now);
+    }
+
+    fn chunk(&mut self, len: usize) {
+        if let Some(since) = self.since.take() {
+            self.waited += since.elapsed();
+        }
+        self.bytes += len as u64;
+    }
+
+    /// The rate over the window just completed, if it was under the minimum.
+    fn too_slow(&mut self) -> Option<u64> {
+        if self.min_rate == 0 || self.waited < self.window {
+            return None;
+        }
+        let rate = (self.bytes as f64 / self.waited.as_secs_f64()) as u64;
+        *self = Pace::new(self.min_rate, self.window);
+        (rate < self.min_rate).then_some(rate)
+    }
 }
 
 impl<P: std::fmt::Display + Clone + Eq + Hash> VerifiedNar<P> {
@@ -233,6 +278,8 @@ impl<P: std::fmt::Display + Clone + Eq + Hash> VerifiedNar<P> {
             verify_whole_up_to: 0,
             idle: Box::pin(sleep(idle_timeout)),
             waiting: false,
+            pace: Pace::new(0, Duration::MAX),
+            too_slow: None,
             span: Span::current(),
         }
     }
@@ -241,6 +288,13 @@ impl<P: std::fmt::Display + Clone + Eq + Hash> VerifiedNar<P> {
     /// [`VerifiedNar::first_bytes`]); none by default.
     pub fn verify_whole_up_to(mut self, size: u64) -> Self {
         self.verify_whole_up_to = size;
+        self
+    }
+
+    /// Goes on at the next holder when one sends at under `rate` bytes a second over `window`
+    /// of waiting on it (0: never).
+    pub fn min_rate(mut self, rate: u64, window: Duration) -> Self {
+        self.pace = Pace::new(rate, window);
         self
     }
 
@@ -287,6 +341,7 @@ impl<P: std::fmt::Display + Clone + Eq + Hash> VerifiedNar<P> {
                             info!(peer = %resuming.peer, offset = self.offset, "NAR transfer resumed");
                         });
                         (self.peer, self.stream, self.waiting) = (resuming.peer, stream, false);
+                        self.pace = Pace::new(self.pace.min_rate, self.pace.window);
                         continue;
                     }
                     Poll::Ready(Ok(None)) => "it says it has no NAR for it".to_owned(),
@@ -304,10 +359,25 @@ impl<P: std::fmt::Display + Clone + Eq + Hash> VerifiedNar<P> {
                     None => continue,
                 }
             }
+            if let Some(e) = self.too_slow.take() {
+                match self.fault(e) {
+                    Some(e) => return Poll::Ready(Some(Err(e))),
+                    None => continue,
+                }
+            }
             let e = match self.stream.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
                     self.waiting = false;
-                    return Poll::Ready(Some(self.take(chunk)));
+                    self.pace.chunk(chunk.len());
+                    let taken = self.take(chunk);
+                    let replaceable = self.started && !self.remaining.is_empty();
+                    if let Some(rate) =
+                        self.pace.too_slow().filter(|_| taken.is_ok() && replaceable)
+                    {
+                        let (peer, min_rate) = (self.peer.to_string(), self.pace.min_rate);
+                        self.too_slow = Some(TransferError::TooSlow { peer, rate, min_rate });
+                    }
+                    return Poll::Ready(Some(taken));
                 }
                 Poll::Ready(Some(Err(e))) => e.into(),
                 Poll::Ready(None) if self.offset == self.expected.nar_size => {
@@ -325,6 +395,7 @@ impl<P: std::fmt::Display + Clone + Eq + Hash> VerifiedNar<P> {
                     if !self.waiting {
                         self.arm_idle();
                     }
+                    self.pace.waiting();
                     if self.idle.as_mut().poll(cx).is_pending() {
                         return Poll::Pending;
                     }
@@ -409,6 +480,7 @@ impl<P: std::fmt::Display + Clone + Eq + Hash> VerifiedNar<P> {
                 | TransferError::TooLong { .. }
                 | TransferError::NotContent { .. }
                 | TransferError::Stalled { .. }
+                | TransferError::TooSlow { .. }
         );
         if let Some(health) = self.health.as_ref().filter(|_| theirs) {
             health.fault(&self.peer, e.to_string());

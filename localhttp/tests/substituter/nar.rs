@@ -130,6 +130,30 @@ async fn a_holder_failing_midway_is_replaced_by_the_next_from_the_same_offset() 
 }
 
 #[tokio::test]
+async fn a_holder_under_the_minimum_rate_is_replaced_by_the_next() {
+    let fixture = Fixture::new();
+    // 1 KiB every 20 ms: 50 KiB/s, under a minimum of 100 KiB/s measured over 200 ms.
+    let slow: Vec<Bytes> = fixture.nar.chunks(1024).map(Bytes::copy_from_slice).collect();
+    let peers = vec![
+        holder("slow", &fixture, NarReply::Trickle(slow, Duration::from_millis(20))),
+        honest_peer("fast", &fixture),
+    ];
+    let source = TestSource::new(&fixture, peers);
+    let config = Config {
+        nar_min_rate: 100 << 10,
+        nar_rate_window: Duration::from_millis(200),
+        ..test_config(&fixture)
+    };
+    let addr = start(source.clone(), config).await;
+    let reply = get(addr, &fixture.nar_url()).await;
+    assert!(reply.complete() && reply.body == fixture.nar, "one whole, right NAR");
+    let calls = source.nar_calls();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[1].0, "fast");
+    assert!(calls[1].1 > 0 && calls[1].1 < fixture.nar.len() as u64, "{calls:?}");
+}
+
+#[tokio::test]
 async fn failover_ends_when_no_holder_is_left() {
     let fixture = Fixture::new();
     let half = |n: usize| NarReply::ChunksThenFails(chunked(&fixture.nar[..n]));

@@ -101,6 +101,8 @@ pub enum NarReply {
     ChunksThenStall(Vec<Bytes>),
     /// These chunks, then an error.
     ChunksThenFails(Vec<Bytes>),
+    /// These chunks, one after each pause: a holder sending, but slowly.
+    Trickle(Vec<Bytes>, Duration),
     NeverAnswers,
 }
 
@@ -214,6 +216,10 @@ impl PathSource for TestSource {
             NarReply::ChunksThenFails(c) => {
                 Box::pin(ok(c).chain(stream::once(std::future::ready(Err(failed(peer, "nar"))))))
             }
+            NarReply::Trickle(c, pause) => Box::pin(ok(c).then(move |chunk| async move {
+                tokio::time::sleep(pause).await;
+                chunk
+            })),
             NarReply::NeverAnswers => std::future::pending().await,
         };
         Ok(Some(stream))
