@@ -232,29 +232,33 @@ impl Provider {
             FetchRequest::NarInfo { hash } => {
                 let info = self.path_info(hash).await.map_err(failed)?;
                 debug!(%hash, found = info.is_some(), "narinfo asked");
-                if let Some(info) = &info {
-                    self.recent.insert(hash, info.clone());
-                }
                 let info = info.ok_or(FetchResponse::NotFound)?;
-                Ok(Plan::NarInfo(self.servable(peer, info)?.to_string()))
+                let narinfo = self.servable(peer, info.clone())?;
+                // Only what may be served is remembered for the NAR request that follows.
+                self.recent.insert(hash, info);
+                Ok(Plan::NarInfo(narinfo.to_string()))
             }
             FetchRequest::Nar { hash, nar_hash, offset } => {
                 // Nix asks for a NAR right after its narinfo: the path info from then saves two
                 // daemon round trips. The NarHash asked for is checked against it all the same,
                 // and a path deleted since makes its NAR fail, never a wrong one.
                 let info = match self.recent.get(&hash) {
-                    Some(info) => Some(info),
-                    None => self.path_info(hash).await.map_err(failed)?,
+                    Some(info) => info,
+                    None => {
+                        let info = self.path_info(hash).await.map_err(failed)?;
+                        let info = info.ok_or(FetchResponse::NotFound)?;
+                        // The same rule as for its narinfo (a path remembered from its narinfo
+                        // passed it then): a NAR URL guessed or passed around gets nothing
+                        // the narinfo would not have.
+                        self.servable(peer, info.clone())?;
+                        info
+                    }
                 };
-                let info = info.ok_or(FetchResponse::NotFound)?;
                 if info.nar_hash != nar_hash {
                     // Another build of the path than the one asked for: as good as not held.
                     debug!(path = %info.path, "asked for another NAR hash than ours");
                     return Err(FetchResponse::NotFound);
                 }
-                // The same rule as for its narinfo: a NAR URL guessed or passed around gets
-                // nothing the narinfo would not have.
-                self.servable(peer, info.clone())?;
                 if offset > info.nar_size {
                     let size = info.nar_size;
                     return Err(failed(format!("offset {offset} is past the NAR's end ({size})")));
