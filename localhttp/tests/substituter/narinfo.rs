@@ -1,8 +1,10 @@
 //! `/<hash>.narinfo`: misses, the served narinfo, and peers whose narinfo must not be used.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use nixmesh_localhttp::health::PeerHealth;
 use nixmesh_protocol::signature::SigningKey;
 use nixmesh_protocol::{NarInfo, Sha256};
 
@@ -136,6 +138,31 @@ async fn hostile_and_failing_peers_are_skipped_for_an_honest_one() {
     assert_eq!(reply.status, 200);
     assert_eq!(source.nar_calls(), [("honest".to_owned(), 0)]);
     assert_eq!(source.narinfo_calls(), 9);
+}
+
+#[tokio::test]
+async fn a_bad_narinfo_counts_against_its_peer_only_where_another_gave_a_good_one() {
+    let fixture = Fixture::new();
+    let stranger = SigningKey::from_seed("stranger-1", [8; 32]);
+    let bad = || TestPeer {
+        name: "bad",
+        narinfo: NarInfoReply::Text(narinfo_for(PATH, &fixture.nar, &stranger).to_string()),
+        nar: NarReply::NeverAnswers,
+    };
+    // Alone, it may be the one with the right key missing here: not held against it.
+    let health = Arc::new(PeerHealth::default());
+    let alone = TestSource::new(&fixture, vec![bad()]);
+    let addr = start_with_health(alone, test_config(&fixture), health.clone()).await;
+    assert_eq!(get(addr, &fixture.narinfo_url()).await.status, 404);
+    assert_eq!(health.demotion(&"bad".to_owned()), None);
+    // Beside a peer whose narinfo is good, it is demoted, with the reason.
+    let health = Arc::new(PeerHealth::default());
+    let both = TestSource::new(&fixture, vec![bad(), honest_peer("good", &fixture)]);
+    let addr = start_with_health(both, test_config(&fixture), health.clone()).await;
+    assert_eq!(get(addr, &fixture.narinfo_url()).await.status, 200);
+    let demotion = health.demotion(&"bad".to_owned()).expect("the bad peer is demoted");
+    assert!(demotion.reason.contains("gave a bad narinfo"), "{demotion:?}");
+    assert_eq!(health.demotion(&"good".to_owned()), None);
 }
 
 #[tokio::test]

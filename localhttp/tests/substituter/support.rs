@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
+use nixmesh_localhttp::health::PeerHealth;
 use nixmesh_localhttp::{
     Config, NarStream, NodeStatus, NodeView, PathSource, PeerSummary, SourceError, router, serve,
 };
@@ -284,6 +285,15 @@ pub fn test_config(fixture: &Fixture) -> Config {
 
 /// The router over `source`, served on a fresh loopback port for the rest of the test.
 pub async fn start(source: Arc<TestSource>, config: Config) -> SocketAddr {
+    start_with_health(source, config, Default::default()).await
+}
+
+/// [`start`], counting peers' faults in `health`.
+pub async fn start_with_health(
+    source: Arc<TestSource>,
+    config: Config,
+    health: Arc<PeerHealth<String>>,
+) -> SocketAddr {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -293,7 +303,7 @@ pub async fn start(source: Arc<TestSource>, config: Config) -> SocketAddr {
     let stall = config.client_stall_timeout;
     tokio::spawn(serve(
         listener,
-        router(source.clone(), source, Default::default(), config, Default::default()),
+        router(source.clone(), source, health, config, Default::default()),
         stall,
         std::future::pending(),
     ));
