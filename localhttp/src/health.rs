@@ -67,23 +67,22 @@ impl<P: Clone + Eq + Hash> PeerHealth<P> {
     /// How `peer` stands, if demoted.
     pub fn demotion(&self, peer: &P) -> Option<Demotion> {
         let faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
-        let f = faults.get(peer)?;
-        let left = DEMOTED_FOR.checked_sub(f.since.elapsed()).filter(|d| !d.is_zero())?;
-        Some(Demotion { reason: f.reason.clone(), skipped: f.count > 1, left })
+        standing(faults.get(peer)?)
     }
 
     /// `holders` (best first) as they are to be asked: healthy ones in their order, then the
-    /// demoted ones; skipped ones only when no other is left.
+    /// demoted ones; skipped ones only when no other is left. On every request's path: one
+    /// lock, and nothing more while no peer has a fault.
     pub fn order(&self, holders: Vec<P>) -> Vec<P> {
-        let standing: Vec<Option<Demotion>> = holders.iter().map(|p| self.demotion(p)).collect();
-        if standing.iter().all(Option::is_none) {
+        let faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        if faults.is_empty() {
             return holders;
         }
         let mut healthy = Vec::new();
         let mut demoted = Vec::new();
         let mut skipped = Vec::new();
-        for (peer, standing) in holders.into_iter().zip(standing) {
-            match standing {
+        for peer in holders {
+            match faults.get(&peer).and_then(standing) {
                 None => healthy.push(peer),
                 Some(d) if d.skipped => skipped.push(peer),
                 Some(_) => demoted.push(peer),
@@ -92,6 +91,12 @@ impl<P: Clone + Eq + Hash> PeerHealth<P> {
         healthy.append(&mut demoted);
         if healthy.is_empty() { skipped } else { healthy }
     }
+}
+
+/// How a peer with `faults` stands now: `None` once they are older than [`DEMOTED_FOR`].
+fn standing(faults: &Faults) -> Option<Demotion> {
+    let left = DEMOTED_FOR.checked_sub(faults.since.elapsed()).filter(|d| !d.is_zero())?;
+    Some(Demotion { reason: faults.reason.clone(), skipped: faults.count > 1, left })
 }
 
 #[cfg(test)]
