@@ -17,6 +17,7 @@ mod connection;
 pub mod dump;
 mod error;
 mod nar;
+mod path_info;
 mod pool;
 mod wire;
 
@@ -25,13 +26,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::Stream;
-use nixmesh_protocol::{Sha256, StorePath, StorePathHash};
+use nixmesh_protocol::{StorePath, StorePathHash};
 use tracing::{Instrument, debug, debug_span, info};
 
 pub use address::{DEFAULT_SOCKET, SOCKET_ENV, StoreAddress};
 pub use error::StoreError;
 pub use nar::CHUNK_SIZE;
 pub use nixmesh_protocol::nix_wire::daemon::{MAX_MINOR, MIN_MINOR};
+pub use path_info::PathInfo;
 pub use pool::{MAX_ACTIVE, MAX_IDLE};
 
 use pool::Pool;
@@ -63,27 +65,6 @@ macro_rules! leased {
             Err(e) => return Err(e),
         }
     }};
-}
-
-/// What the daemon knows about a valid store path (its `ValidPathInfo`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PathInfo {
-    pub path: StorePath,
-    /// The derivation that built it, if the store remembers one.
-    pub deriver: Option<StorePath>,
-    /// The SHA-256 of the path's NAR serialisation.
-    pub nar_hash: Sha256,
-    pub references: Vec<StorePath>,
-    /// Seconds since the epoch at which the path became valid.
-    pub registration_time: u64,
-    /// The size of the NAR in bytes.
-    pub nar_size: u64,
-    /// Whether this store built the path itself (rather than receiving it).
-    pub ultimate: bool,
-    /// Signatures as Nix stores them, `name:base64`, unverified.
-    pub signatures: Vec<String>,
-    /// The content address (`fixed:r:sha256:…`, `text:sha256:…`), for content-addressed paths.
-    pub ca: Option<String>,
 }
 
 /// A nix-daemon, shared by clones: a handle on a small connection pool.
