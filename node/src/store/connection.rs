@@ -5,6 +5,9 @@
 //! The protocol's constants, version gates, bounds and requests are
 //! [`nixmesh_protocol::nix_wire::daemon`]'s; this is the I/O: sending requests and reading
 //! the answers, each length bounded before anything is allocated.
+//!
+//! The `daemon` fuzz target (`fuzz/src/daemon.rs`) compiles this file, with `wire.rs`,
+//! `error.rs` and `path_info.rs`, on its own: it may use nothing else of the node.
 
 use std::io;
 use std::path::Path;
