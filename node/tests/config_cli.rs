@@ -142,7 +142,7 @@ fn a_bad_value_names_its_key_and_source() {
 #[test]
 fn serve_logs_json_lines_with_log_format_json_and_plain_text_otherwise() {
     let dir = tempfile::tempdir().unwrap();
-    let file = config_file(dir.path(), "mdns = false\n");
+    let file = config_file(dir.path(), "mdns = false\nupstreams = []\n");
     let state = dir.path().join("state");
     let store = format!("unix://{}", dir.path().join("no-daemon.sock").display());
     let serve = |extra: &[&str]| -> String {
