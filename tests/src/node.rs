@@ -105,6 +105,9 @@ pub struct NodeOptions {
     /// default (nix.conf's substituters, cache.nixos.org): its upstreams are local stand-ins
     /// or none, always said.
     pub upstreams: Vec<String>,
+    /// `--upstream-timeout`: what asking the upstreams for a narinfo may take in all; unset,
+    /// the node's default.
+    pub upstream_timeout: Option<Duration>,
     /// `RUST_LOG` for the node.
     pub log_filter: String,
 }
@@ -120,6 +123,7 @@ impl Default for NodeOptions {
             mdns: true,
             mesh_key_file: None,
             upstreams: Vec::new(),
+            upstream_timeout: None,
             log_filter: "nixmesh=debug,info".to_owned(),
         }
     }
@@ -176,6 +180,9 @@ impl Node {
         }
         if opts.upstreams.is_empty() {
             cmd.arg("--no-upstream");
+        }
+        if let Some(timeout) = opts.upstream_timeout {
+            cmd.args(["--upstream-timeout", &timeout.as_secs_f64().to_string()]);
         }
         cmd.env("RUST_LOG", &opts.log_filter)
             .stdin(Stdio::null())
