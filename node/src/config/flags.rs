@@ -108,6 +108,9 @@ struct FlagValues {
         default_value_t = defaults().upstream_timeout.as_secs_f64()
     )]
     upstream_timeout: f64,
+    /// The most disk, in bytes, the NARs downloaded from upstream take while shared.
+    #[arg(long, value_name = "BYTES", default_value_t = defaults().spool_max_bytes)]
+    spool_max_bytes: u64,
 }
 
 /// The flags as given: their values, and which of them were on the command line.
@@ -238,6 +241,7 @@ mod tests {
             "--serve-exclude=*-secret*",
             "--upstream=http://192.0.2.1:8080",
             "--upstream-timeout=1.5",
+            "--spool-max-bytes=1000",
         ];
         let settings = given(&every);
         let default_keys = match serde_json::to_value(ServeConfig::default()).unwrap() {

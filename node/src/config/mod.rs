@@ -89,6 +89,9 @@ pub struct ServeConfig {
     /// upstream costs a path no peer holds.
     #[serde(with = "secs")]
     pub upstream_timeout: Duration,
+    /// The most disk the NARs being downloaded from upstream (and kept a while for the
+    /// mesh) take under `state_dir/spool`; a larger NAR is not shared as it arrives.
+    pub spool_max_bytes: u64,
 }
 
 /// How the node writes its logs.
@@ -164,6 +167,7 @@ impl Default for ServeConfig {
             log_format: LogFormat::Plain,
             upstreams: None,
             upstream_timeout: Duration::from_secs(2),
+            spool_max_bytes: 4 << 30,
         }
     }
 }

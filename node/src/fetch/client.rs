@@ -138,9 +138,35 @@ impl FetchClient {
         nar_hash: Sha256,
         offset: u64,
     ) -> Result<Option<NarBody>, FetchError> {
-        let operation = "NAR";
+        self.nar_answer(peer, FetchRequest::Nar { hash, nar_hash, offset }, "NAR").await
+    }
+
+    /// The NAR with `nar_hash` of `hash` from an upstream cache by way of `peer`, its
+    /// claimer (see [`crate::upstream::flight`]), from byte `offset` on; `None` when `peer`
+    /// has no upstream with it.
+    pub async fn upstream_nar(
+        &self,
+        peer: PeerId,
+        hash: StorePathHash,
+        nar_hash: Sha256,
+        offset: u64,
+    ) -> Result<Option<NarBody>, FetchError> {
+        let request = FetchRequest::UpstreamNar { hash, nar_hash, offset };
+        self.nar_answer(peer, request, "NAR from upstream").await
+    }
+
+    /// Asks `request` (a NAR request from `offset`) and reads the NAR that answers it.
+    async fn nar_answer(
+        &self,
+        peer: PeerId,
+        request: FetchRequest,
+        operation: &'static str,
+    ) -> Result<Option<NarBody>, FetchError> {
         let failed = |reason: String| FetchError { peer, operation, reason };
-        let request = FetchRequest::Nar { hash, nar_hash, offset };
+        let offset = match request {
+            FetchRequest::Nar { offset, .. } | FetchRequest::UpstreamNar { offset, .. } => offset,
+            FetchRequest::NarInfo { .. } => unreachable!("a NAR request"),
+        };
         let (session, response) = self.exchange(peer, request, operation).await?;
         match response {
             FetchResponse::Nar { nar_size, offset: sent_from }
