@@ -95,14 +95,7 @@ impl PathSource for MeshSource {
             Holder::Peer(peer) => Ok(self.fetch.narinfo(*peer, hash).await?),
             Holder::Upstream => {
                 let Some(flights) = &self.flights else { return Ok(None) };
-                match flights.upstreams().narinfo(hash).await {
-                    Ok(found) => Ok(found.map(|f| f.text)),
-                    Err(e) => Err(SourceError::Failed {
-                        peer: "upstream".into(),
-                        operation: "narinfo",
-                        reason: e.to_string(),
-                    }),
-                }
+                flights.narinfo(hash).await
             }
         }
     }

@@ -48,17 +48,28 @@ impl Upstream {
 
     /// How many times each NAR file was asked for.
     fn nar_requests(&self) -> BTreeMap<String, usize> {
+        self.requests("/nar/")
+    }
+
+    /// How many times each URL starting with `prefix` was asked for.
+    fn requests(&self, prefix: &str) -> BTreeMap<String, usize> {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let mut counts = BTreeMap::new();
         for line in text.lines() {
             if let Some(url) = line.split('"').nth(1).and_then(|r| r.split(' ').nth(1))
-                && url.starts_with("/nar/")
+                && url.starts_with(prefix)
             {
                 *counts.entry(url.to_owned()).or_insert(0) += 1;
             }
         }
         counts
     }
+}
+
+/// Logs to the test's output, as `RUST_LOG` says (nothing unless set).
+fn log_as_rust_log_says() {
+    let filter = tracing_subscriber::EnvFilter::from_default_env();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
 }
 
 fn status(address: SocketAddr) -> serde_json::Value {
@@ -70,6 +81,7 @@ fn three_nodes_copying_at_once_download_each_nar_from_upstream_once() {
     if !nix_available() || !require_tool("nginx") {
         return;
     }
+    log_as_rust_log_says();
     let dir = tempfile::tempdir().unwrap();
     let key = CacheKey::generate(dir.path(), "upstream-1");
     let source = HostStore::start(&Host::local_in(dir.path(), "source"));
@@ -130,6 +142,12 @@ fn three_nodes_copying_at_once_download_each_nar_from_upstream_once() {
     let files = std::fs::read_dir(cache.join("nar")).unwrap().count();
     assert_eq!(requests.len(), files, "every NAR file was needed: {requests:#?}");
     assert!(requests.values().all(|&n| n == 1), "NARs fetched more than once: {requests:#?}");
+    // And each narinfo was asked once, by the path's claimer, for the whole mesh.
+    for path in closure.paths.iter().chain(&many.paths) {
+        let url = narinfo_url_path(path);
+        let asked = upstream.requests(&url).get(&url).copied().unwrap_or(0);
+        assert_eq!(asked, 1, "{url} asked upstream {asked} times");
+    }
     let statuses: Vec<serde_json::Value> = nodes.iter().map(|n| status(n.http_address())).collect();
     let downloaded: u64 = statuses.iter().map(|s| s["bytes_from_upstream"].as_u64().unwrap()).sum();
     let relayed: u64 = statuses.iter().map(|s| s["bytes_relayed"].as_u64().unwrap()).sum();

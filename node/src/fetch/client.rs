@@ -110,10 +110,29 @@ impl FetchClient {
         peer: PeerId,
         hash: StorePathHash,
     ) -> Result<Option<String>, FetchError> {
-        let operation = "narinfo";
+        self.narinfo_answer(peer, FetchRequest::NarInfo { hash }, "narinfo").await
+    }
+
+    /// The narinfo of `hash` from the upstreams of `peer`, the path's claimer (see
+    /// [`crate::upstream::flight`]); `None` when they do not have it.
+    pub async fn upstream_narinfo(
+        &self,
+        peer: PeerId,
+        hash: StorePathHash,
+    ) -> Result<Option<String>, FetchError> {
+        let request = FetchRequest::UpstreamNarInfo { hash };
+        self.narinfo_answer(peer, request, "narinfo from upstream").await
+    }
+
+    /// Asks `request` (a narinfo request) and reads the narinfo that answers it.
+    async fn narinfo_answer(
+        &self,
+        peer: PeerId,
+        request: FetchRequest,
+        operation: &'static str,
+    ) -> Result<Option<String>, FetchError> {
         let failed = |reason: String| FetchError { peer, operation, reason };
-        let (session, response) =
-            self.exchange(peer, FetchRequest::NarInfo { hash }, operation).await?;
+        let (session, response) = self.exchange(peer, request, operation).await?;
         let answer = match response {
             FetchResponse::NarInfo { text } if text.len() <= MAX_NARINFO_LEN => Ok(Some(text)),
             FetchResponse::NarInfo { text } => {
@@ -165,7 +184,9 @@ impl FetchClient {
         let failed = |reason: String| FetchError { peer, operation, reason };
         let offset = match request {
             FetchRequest::Nar { offset, .. } | FetchRequest::UpstreamNar { offset, .. } => offset,
-            FetchRequest::NarInfo { .. } => unreachable!("a NAR request"),
+            FetchRequest::NarInfo { .. } | FetchRequest::UpstreamNarInfo { .. } => {
+                unreachable!("a NAR request")
+            }
         };
         let (session, response) = self.exchange(peer, request, operation).await?;
         match response {

@@ -288,6 +288,14 @@ impl Provider {
                 debug!(path = %info.path, offset, size = info.nar_size, "sending NAR");
                 Ok(Plan::Nar { nar, nar_size: info.nar_size, offset, slot })
             }
+            FetchRequest::UpstreamNarInfo { hash } => {
+                let flights = self.flights.clone().ok_or(FetchResponse::NotFound)?;
+                match flights.upstreams().narinfo(hash).await {
+                    Ok(Some(found)) => Ok(Plan::NarInfo(found.text)),
+                    Ok(None) => Err(FetchResponse::NotFound),
+                    Err(e) => Err(failed(e.to_string())),
+                }
+            }
             FetchRequest::UpstreamNar { hash, nar_hash, offset } => {
                 let flights = self.flights.clone().ok_or(FetchResponse::NotFound)?;
                 match flights.relay(hash, nar_hash, offset).await {

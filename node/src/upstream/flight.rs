@@ -1,8 +1,9 @@
 //! LAN-wide single flight: one node of the mesh downloads each NAR from upstream, and every
 //! other node that wants it streams it from that node as it arrives (see docs/upstream.md).
 //!
-//! Who downloads a NAR is decided without asking anyone: rendezvous hashing of its
-//! `NarHash` over the live nodes (this one and its connected peers). Every node with the same
+//! Who downloads a NAR is decided without asking anyone: rendezvous hashing of its `NarHash`
+//! over the live nodes (this one and its connected peers). (Keyed by the NAR, not the path:
+//! two paths with the same contents share one NAR file upstream.) Every node with the same
 //! view of the mesh picks the same one, the *claimer*; when the claimer leaves, the next in
 //! the order takes over, and so on. A node asks the claimer with the fetch protocol's
 //! `UpstreamNar` request; the claimer answers from its [`Spool`], starting the download if it
@@ -11,6 +12,12 @@
 //! client's NAR goes on (its hash running on in the substituter). A claimer with no upstream
 //! (or whose upstreams lack the path) says so, and the next is asked; this node comes in its
 //! turn, like any other.
+//!
+//! Narinfos have claimers too, by the same hashing of the store path's hash: the path's
+//! claimer asks its upstreams for the narinfo for the whole mesh (`UpstreamNarInfo`) and
+//! remembers it, so the mesh asks upstream for each narinfo once and shares a "not here",
+//! which the asker remembers as if its own upstreams had said it. The narinfo comes with its
+//! `URL` made absolute, so that the NAR's claimer can download it from the text alone.
 //!
 //! Views of the mesh differ for a moment when a node joins or leaves, and two nodes may then
 //! download the same NAR: a cost, never a fault. The bounds: one download per claimer asked,
@@ -67,12 +74,52 @@ impl Flights {
         &self.upstreams
     }
 
-    /// The live nodes in the order they claim `nar_hash`: highest rendezvous score first.
-    fn claimers(&self, nar_hash: &Sha256) -> Vec<PeerId> {
+    /// The live nodes in the order they claim `key` (a NarHash for a NAR, a store path's
+    /// hash for its narinfo): highest rendezvous score first.
+    fn claimers(&self, key: &[u8]) -> Vec<PeerId> {
         let mut nodes = self.mesh.peers().connected_ids();
         nodes.push(self.mesh.local_peer_id());
-        nodes.sort_by_cached_key(|node| std::cmp::Reverse(score(node, nar_hash)));
+        nodes.sort_by_cached_key(|node| std::cmp::Reverse(score(node, key)));
         nodes
+    }
+
+    /// For this node's substituter: the narinfo of `hash` from upstream, asked by way of the
+    /// path's claimer, so that the mesh asks its upstreams once and shares the answer, a "not
+    /// here" included; within the upstream deadline in all. A claimer that does not answer in
+    /// three quarters of it is passed over for this node's own upstreams.
+    pub async fn narinfo(&self, hash: StorePathHash) -> Result<Option<String>, SourceError> {
+        let failed = |reason: String| SourceError::Failed {
+            peer: "upstream".into(),
+            operation: "narinfo",
+            reason,
+        };
+        let local = self.mesh.local_peer_id();
+        let claimer = self.claimers(hash.as_bytes())[0];
+        if claimer != local {
+            let limit = self.upstreams.deadline() * 3 / 4;
+            let asked = self.fetch.upstream_narinfo(claimer, hash);
+            match tokio::time::timeout(limit, asked).await {
+                Ok(Ok(Some(text))) => return Ok(Some(text)),
+                Ok(Ok(None)) => {
+                    self.upstreams.absent(hash);
+                    return Ok(None);
+                }
+                Ok(Err(e)) => {
+                    debug!(%hash, %claimer, "narinfo from upstream by way of the claimer: {e}")
+                }
+                Err(_) => debug!(%hash, %claimer, "the claimer did not answer within {limit:?}"),
+            }
+            let left = self.upstreams.deadline() - limit;
+            return match tokio::time::timeout(left, self.upstreams.narinfo(hash)).await {
+                Ok(Ok(found)) => Ok(found.map(|f| f.text)),
+                Ok(Err(e)) => Err(failed(e.to_string())),
+                Err(_) => Err(failed(format!("no answer within {:?}", self.upstreams.deadline()))),
+            };
+        }
+        match self.upstreams.narinfo(hash).await {
+            Ok(found) => Ok(found.map(|f| f.text)),
+            Err(e) => Err(failed(e.to_string())),
+        }
     }
 
     /// For this node's substituter: the NAR with `nar_hash` of the path `hash`, from byte
@@ -132,7 +179,7 @@ impl Flights {
     ) -> Result<Option<NarStream>, SourceError> {
         let local = self.mesh.local_peer_id();
         let mut last_error = None;
-        for claimer in self.claimers(&nar_hash) {
+        for claimer in self.claimers(&nar_hash.0) {
             if tried.len() >= MAX_CLAIMERS {
                 break;
             }
@@ -192,7 +239,10 @@ impl Flights {
         if self.upstreams.is_empty() {
             return Ok(None);
         }
-        let Some(found) = self.upstreams.narinfo(hash).await.map_err(|e| e.to_string())? else {
+        // The narinfo by way of its own claimer, which remembers it: the mesh asks upstream
+        // for each narinfo once.
+        let text = self.narinfo(hash).await.map_err(|e| e.to_string())?;
+        let Some(found) = text.and_then(Found::from_claimer) else {
             return Ok(None);
         };
         if found.narinfo.nar_hash != nar_hash {
@@ -242,11 +292,11 @@ impl Flights {
     }
 }
 
-/// `node`'s rendezvous score for `nar_hash`: the first 8 bytes of SHA-256(peer id, NarHash).
-fn score(node: &PeerId, nar_hash: &Sha256) -> u64 {
+/// `node`'s rendezvous score for `key`: the first 8 bytes of SHA-256(peer id, key).
+fn score(node: &PeerId, key: &[u8]) -> u64 {
     let mut hasher = sha2::Sha256::new();
     hasher.update(node.to_bytes());
-    hasher.update(nar_hash.0);
+    hasher.update(key);
     let digest = hasher.finalize();
     u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
@@ -258,8 +308,8 @@ mod tests {
     #[test]
     fn every_node_ranks_the_claimers_alike_and_a_departure_moves_only_its_own_nars() {
         let nodes: Vec<PeerId> = (0..5).map(|_| PeerId::random()).collect();
-        let nars: Vec<Sha256> = (0..200u32).map(|i| Sha256::digest(&i.to_le_bytes())).collect();
-        let first = |among: &[PeerId], nar: &Sha256| {
+        let nars: Vec<[u8; 4]> = (0..200u32).map(u32::to_le_bytes).collect();
+        let first = |among: &[PeerId], nar: &[u8; 4]| {
             *among.iter().max_by_key(|n| score(n, nar)).expect("some node")
         };
         let mut counts = std::collections::HashMap::new();

@@ -20,10 +20,11 @@ pub mod flight;
 pub mod spool;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::{Stream, StreamExt, TryStreamExt};
 use http_body_util::{BodyExt, Empty};
 use hyper::StatusCode;
@@ -127,24 +128,32 @@ fn base_url(url: &str) -> Result<String, UpstreamConfigError> {
     Ok(base.to_owned())
 }
 
-/// A narinfo an upstream has, and which upstream.
+/// A narinfo an upstream has, its `URL` made absolute (the cache's URL before it), so that
+/// any node of the mesh can download the NAR from it alone; the signature does not cover
+/// the URL.
 #[derive(Debug, Clone)]
 pub struct Found {
-    /// The cache's base URL.
-    pub cache: String,
     pub narinfo: NarInfo,
+    /// The narinfo as it is passed on: the upstream's, with the absolute URL.
     pub text: String,
 }
 
 impl Found {
-    /// Where the NAR file is: the narinfo's `URL`, relative to the cache unless absolute.
-    fn nar_url(&self) -> String {
-        let url = &self.narinfo.url;
-        if url.starts_with("http://") || url.starts_with("https://") {
-            url.clone()
-        } else {
-            format!("{}/{}", self.cache, url.trim_start_matches('/'))
+    /// `narinfo` from the cache at `cache`, its URL made absolute.
+    fn new(cache: &str, mut narinfo: NarInfo) -> Found {
+        let url = &narinfo.url;
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            narinfo.url = format!("{cache}/{}", url.trim_start_matches('/'));
         }
+        let text = narinfo.to_string();
+        Found { narinfo, text }
+    }
+
+    /// A narinfo passed on by the path's claimer; `None` unless its URL is absolute.
+    pub fn from_claimer(text: String) -> Option<Found> {
+        let narinfo = NarInfo::parse(&text).ok()?;
+        let absolute = narinfo.url.starts_with("http://") || narinfo.url.starts_with("https://");
+        absolute.then_some(Found { narinfo, text })
     }
 }
 
@@ -198,6 +207,9 @@ pub struct CacheStatus {
     pub skipped: bool,
 }
 
+/// A narinfo lookup under way, awaited by every request for its path.
+type Lookup = Shared<BoxFuture<'static, Result<Option<Found>, UpstreamError>>>;
+
 type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 /// The upstream caches, and what they were last seen to have.
@@ -207,6 +219,8 @@ pub struct Upstreams {
     /// What asking for one narinfo may take, over every cache.
     deadline: Duration,
     found: Mutex<HashMap<StorePathHash, (Found, Instant)>>,
+    /// Lookups under way, shared by the requests for the same path.
+    in_flight: Mutex<HashMap<StorePathHash, Lookup>>,
     absent: Mutex<HashMap<StorePathHash, Instant>>,
     /// Bytes downloaded, as sent.
     downloaded: Counter,
@@ -235,6 +249,7 @@ impl Upstreams {
             client,
             deadline,
             found: Mutex::default(),
+            in_flight: Mutex::default(),
             absent: Mutex::default(),
             downloaded,
         }
@@ -256,14 +271,50 @@ impl Upstreams {
     }
 
     /// The narinfo the first cache that has `hash` has, or `None` when every cache asked said
-    /// it has none; all within the deadline.
-    pub async fn narinfo(&self, hash: StorePathHash) -> Result<Option<Found>, UpstreamError> {
+    /// it has none; all within the deadline. Requests for the same path at the same time
+    /// share one lookup, which runs to its end even if they all go away.
+    pub async fn narinfo(
+        self: &Arc<Self>,
+        hash: StorePathHash,
+    ) -> Result<Option<Found>, UpstreamError> {
         if let Some(found) = self.remembered(&hash) {
             return Ok(Some(found));
         }
+        if !self.may_have(&hash) && self.caches.iter().any(Cache::available) {
+            return Ok(None);
+        }
+        let lookup = {
+            let mut in_flight = self.in_flight.lock().expect("in-flight lock poisoned");
+            let lookup = in_flight.entry(hash).or_insert_with(|| {
+                let this = self.clone();
+                let task = tokio::spawn(async move {
+                    let answer = this.lookup(hash).await;
+                    this.in_flight.lock().expect("in-flight lock poisoned").remove(&hash);
+                    answer
+                });
+                let url = self.caches.first().map_or_else(String::new, |c| c.url.clone());
+                let joined = async move {
+                    task.await.unwrap_or_else(|e| {
+                        Err(UpstreamError::Failed { url, reason: format!("lookup failed: {e}") })
+                    })
+                };
+                joined.boxed().shared()
+            });
+            lookup.clone()
+        };
+        lookup.await
+    }
+
+    async fn lookup(&self, hash: StorePathHash) -> Result<Option<Found>, UpstreamError> {
         let end = tokio::time::Instant::now() + self.deadline;
         let mut failure = None;
-        for cache in self.caches.iter().filter(|c| c.available()) {
+        let available: Vec<&Cache> = self.caches.iter().filter(|c| c.available()).collect();
+        if available.is_empty() {
+            let url = self.caches.first().map_or_else(String::new, |c| c.url.clone());
+            let reason = "every upstream is being skipped after failing to answer".to_owned();
+            return Err(UpstreamError::Failed { url, reason });
+        }
+        for cache in available {
             let url = format!("{}/{hash}.narinfo", cache.url);
             let left = end.saturating_duration_since(tokio::time::Instant::now());
             let answer = match tokio::time::timeout(left, self.get_narinfo(&url, hash)).await {
@@ -271,9 +322,9 @@ impl Upstreams {
                 Err(_) => Err(UpstreamError::TimedOut { url, limit: self.deadline }),
             };
             match answer {
-                Ok(Some((narinfo, text))) => {
+                Ok(Some(narinfo)) => {
                     cache.answered();
-                    let found = Found { cache: cache.url.clone(), narinfo, text };
+                    let found = Found::new(&cache.url, narinfo);
                     remember(&self.found, hash, (found.clone(), Instant::now()));
                     return Ok(Some(found));
                 }
@@ -296,6 +347,17 @@ impl Upstreams {
         }
     }
 
+    /// Remembers that the upstreams lack `hash`, as the path's claimer found (see
+    /// [`flight`]): a "not here" shared by the mesh.
+    pub fn absent(&self, hash: StorePathHash) {
+        remember(&self.absent, hash, Instant::now());
+    }
+
+    /// The deadline for one narinfo over every cache.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
     fn remembered(&self, hash: &StorePathHash) -> Option<Found> {
         let found = self.found.lock().expect("found lock poisoned");
         found.get(hash).filter(|(_, at)| at.elapsed() < FOUND_FOR).map(|(f, _)| f.clone())
@@ -306,7 +368,7 @@ impl Upstreams {
         &self,
         url: &str,
         hash: StorePathHash,
-    ) -> Result<Option<(NarInfo, String)>, UpstreamError> {
+    ) -> Result<Option<NarInfo>, UpstreamError> {
         let failed = |reason: String| UpstreamError::Failed { url: url.to_owned(), reason };
         let response = self.get(url).await?;
         match response.status() {
@@ -324,7 +386,7 @@ impl Upstreams {
             return Err(failed(format!("the narinfo is for {}", narinfo.store_path)));
         }
         debug!(url, "narinfo found upstream");
-        Ok(Some((narinfo, text)))
+        Ok(Some(narinfo))
     }
 
     async fn get(
@@ -342,7 +404,7 @@ impl Upstreams {
 
     /// `found`'s NAR, decompressed, from its start.
     pub async fn nar(&self, found: &Found) -> Result<NarBytes, UpstreamError> {
-        let url = found.nar_url();
+        let url = found.narinfo.url.clone();
         let failed = |reason: String| UpstreamError::Failed { url: url.clone(), reason };
         let compression = Compression::of(&found.narinfo).map_err(|e| failed(e.to_string()))?;
         let limit = NAR_START_LIMIT;
@@ -465,7 +527,7 @@ mod tests {
         // A port nothing listens on, on loopback: refused at once.
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let urls = vec![format!("http://{closed}")];
-        let upstreams = Upstreams::new(urls, Duration::from_secs(2), Counter::default());
+        let upstreams = Arc::new(Upstreams::new(urls, Duration::from_secs(2), Counter::default()));
         let hash = StorePathHash::parse("0c7xm5qh4dvzd6k7ncqgzrz1ybs2vzqj").unwrap();
         assert!(upstreams.may_have(&hash));
         assert!(upstreams.narinfo(hash).await.is_err());
