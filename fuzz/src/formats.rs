@@ -1,6 +1,7 @@
 //! The small parsers of text from outside: content addresses (a narinfo's `CA:`), public and
 //! secret keys (config files, `nix.conf`), signatures (`Sig:`), store paths and their hashes,
-//! hashes in Nix's three encodings, nixbase32, and the key settings of a nix.conf.
+//! hashes in Nix's three encodings, nixbase32, and the list settings of a nix.conf (trusted
+//! keys, substituters).
 //!
 //! The first byte picks the parser, the rest is its text. What parses renders back as text
 //! that parses to the same value.
@@ -52,13 +53,14 @@ pub fn check(data: &[u8]) {
             }
         }
         _ => {
-            // The lines, applied in order to an empty list, give the keys found.
-            let found = nixconf::trusted_public_keys(text);
-            let mut keys = Vec::new();
-            for line in nixconf::key_lines(text) {
-                line.apply(&mut keys);
+            // Both list settings: the lines, applied in order to the default, give the list.
+            for setting in [nixconf::TRUSTED_PUBLIC_KEYS, nixconf::SUBSTITUTERS] {
+                let mut list: Vec<String> = setting.default.iter().map(|v| v.to_string()).collect();
+                for line in nixconf::list_lines(text, &setting) {
+                    line.apply(&mut list);
+                }
+                assert_eq!(list, nixconf::list_in(text, &setting));
             }
-            assert_eq!(keys, found.keys);
         }
     }
 }

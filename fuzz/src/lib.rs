@@ -12,7 +12,7 @@
 //! - [`wire`]: the mesh's frames and every message type on the fetch and adverts streams.
 //! - [`daemon`]: the node's nix-daemon client reading the daemon's replies.
 //! - [`formats`]: the small parsers: content addresses, keys, signatures, store paths,
-//!   hashes, nixbase32 and the nix.conf key settings.
+//!   hashes, nixbase32 and the list settings of nix.conf (trusted keys, substituters).
 //!
 //! `docs/fuzzing.md` says how to run them.
 

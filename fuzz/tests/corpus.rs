@@ -248,7 +248,9 @@ const NIX_CONF: &str = "# a nix.conf\n\
     extra-trusted-public-keys = a:b # comment\n\
     !include /etc/nix/extra.conf\n\
     include nix.local.conf\n\
-    binary-cache-public-keys=x\n";
+    binary-cache-public-keys=x\n\
+    substituters = http://127.0.0.1:7373 https://cache.nixos.org/\n\
+    extra-substituters = http://[::1]:8080\n";
 
 /// The daemon's side of conversations, as Nix 2.8's `daemon.cc` writes it, after the two
 /// bytes of the plan (which operations) and the read size.
