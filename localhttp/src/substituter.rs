@@ -17,6 +17,7 @@ use tracing::{debug, warn};
 
 use crate::cache::{NarInfoCache, Verified};
 use crate::config::Config;
+use crate::connection::RateLimitedLog;
 use crate::health::PeerHealth;
 use crate::holders::{Miss, first_of};
 use crate::nar_slots::NarSlots;
@@ -34,6 +35,8 @@ pub struct Substituter<S: PathSource> {
     asking: Arc<Semaphore>,
     /// NAR downloads under way (`max_concurrent_nars`).
     pub nar_slots: Arc<NarSlots>,
+    /// Narinfos that found no permit in time, logged once a second at most.
+    no_turn: RateLimitedLog,
 }
 
 /// Why a peer's answer to a narinfo request was not used.
@@ -78,7 +81,8 @@ impl<S: PathSource> Substituter<S> {
         let cache = NarInfoCache::new(config.narinfo_cache_capacity);
         let asking = Arc::new(Semaphore::new(config.max_concurrent_requests));
         let nar_slots = NarSlots::new(config.max_concurrent_nars, config.nar_client_stall_timeout);
-        Substituter { source, config, cache, health, asking, nar_slots }
+        let no_turn = RateLimitedLog::default();
+        Substituter { source, config, cache, health, asking, nar_slots, no_turn }
     }
 
     /// The connected holders of `hash`, in the order to ask them: the source's (best first),
@@ -107,7 +111,11 @@ impl<S: PathSource> Substituter<S> {
         let started = tokio::time::Instant::now();
         let deadline = self.config.narinfo_deadline;
         let Ok(Ok(_turn)) = tokio::time::timeout(deadline, self.asking.acquire()).await else {
-            warn!(%hash, ?deadline, "narinfo: no turn to ask peers within the deadline");
+            if let Some(held_back) = self.no_turn.admit() {
+                let most = self.config.max_concurrent_requests;
+                warn!(%hash, ?deadline, held_back,
+                    "narinfo: all {most} permits to ask peers busy past the deadline; a miss");
+            }
             return None;
         };
         let deadline = deadline.saturating_sub(started.elapsed());
