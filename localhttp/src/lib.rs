@@ -32,7 +32,7 @@ pub mod why;
 
 pub use config::Config;
 pub use metrics::Metrics;
-pub use node_view::{NodeStatus, NodeView, PeerSummary, RequestCounts};
+pub use node_view::{NodeStatus, NodeView, PeerSummary, RequestCounts, UpstreamSummary};
 pub use server::{SHUTDOWN_GRACE, router, serve};
 pub use source::{NarStream, PathSource, SourceError};
 pub use why::{HolderReport, Verdict, WhyReport};

@@ -88,6 +88,24 @@ pub struct NodeStatus {
     /// Whether only some nodes may connect: those with the mesh key, or those allowed by id.
     #[serde(default)]
     pub private_mesh: bool,
+    /// The upstream caches the node fetches from what no peer holds.
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamSummary>,
+    /// Bytes this node downloaded from upstream caches since the start (as sent, compressed).
+    #[serde(default)]
+    pub bytes_from_upstream: u64,
+    /// NAR bytes of this node's upstream downloads sent on to peers that would otherwise have
+    /// downloaded them themselves.
+    #[serde(default)]
+    pub bytes_relayed: u64,
+}
+
+/// An upstream cache, as the status page shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UpstreamSummary {
+    pub url: String,
+    /// Not asked for now: it failed to answer in time lately (see the node's logs).
+    pub skipped: bool,
 }
 
 /// The substituter's counts since the node started, as `nixmesh status` shows them.

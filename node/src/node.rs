@@ -19,8 +19,8 @@ use crate::adverts::store_watch::StoreWatch;
 use crate::adverts::subscribe::Subscriptions;
 use crate::adverts::{AdvertLog, forget, publish};
 use crate::config::ServeConfig;
-use crate::fetch::Provider;
 use crate::fetch::policy::{NamePattern, Refusals, ServingPolicy};
+use crate::fetch::{FetchClient, Provider};
 use crate::index::{Index, IndexError};
 use crate::mesh::key::{MeshKey, MeshKeyError};
 use crate::mesh::{Access, DialTarget, Mesh, MeshError, MeshEvent};
@@ -29,12 +29,17 @@ use crate::source::MeshSource;
 use crate::store::{Store, StoreAddress, StoreError};
 use crate::traffic::Traffic;
 use crate::trust::{self, TrustError};
+use crate::upstream::flight::Flights;
+use crate::upstream::spool::{Spool, SpoolError};
+use crate::upstream::{UpstreamConfigError, Upstreams};
 use crate::view::MeshView;
 use crate::{discovery, identity, socket_activation};
 use nixmesh_localhttp::health::PeerHealth;
 
 /// The file name of the index in the state dir.
 pub const INDEX_FILE: &str = "index.redb";
+/// The directory of NARs downloaded from upstream, in the state dir.
+pub const SPOOL_DIR: &str = "spool";
 /// How long the node's tasks may take to end once the substituter has drained.
 const TASKS_STOP_LIMIT: Duration = Duration::from_secs(5);
 
@@ -59,6 +64,10 @@ pub enum NodeError {
     HttpListen { address: std::net::SocketAddr, source: std::io::Error },
     #[error(transparent)]
     SocketActivation(#[from] socket_activation::ActivationError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamConfigError),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
     #[error("the HTTP server failed: {0}")]
     Http(std::io::Error),
     #[error("{0} tasks still running {TASKS_STOP_LIMIT:?} after the stop signal")]
@@ -96,7 +105,8 @@ impl RunningNode {
             .map_err(state_err)?;
         let keypair = identity::load_or_create(state_dir)?;
 
-        let trusted = trust::trusted_keys(&config.trusted_public_keys, &trust::default_nix_conf())?;
+        let trusted =
+            trust::trusted_keys(&config.trusted_public_keys, &crate::nix_conf::default_path())?;
         if trusted.is_empty() {
             warn!("no trusted public keys: every narinfo from peers will be refused");
         }
@@ -162,9 +172,28 @@ impl RunningNode {
             exclude: config.serve_exclude.iter().map(NamePattern::new).collect(),
         };
         let refusals = Arc::new(Refusals::default());
-        let provider = Provider::new(store.clone(), signing_key.clone(), real_store_dir)
+        let fetch = FetchClient::new(mesh.clone());
+        let upstream_urls =
+            crate::upstream::resolve(config.upstreams.as_deref(), config.http_listen)?;
+        let flights = if upstream_urls.is_empty() {
+            info!("no upstream caches: serving what peers hold");
+            None
+        } else {
+            info!(upstreams = ?upstream_urls, "fetching what no peer holds from upstream");
+            let downloaded = traffic.upstream.clone();
+            let upstreams =
+                Arc::new(Upstreams::new(upstream_urls, config.upstream_timeout, downloaded));
+            let spool_dir = state_dir.join(SPOOL_DIR);
+            let spool = Spool::new(&spool_dir, config.spool_max_bytes, shutdown.clone())?;
+            let traffic = traffic.clone();
+            Some(Arc::new(Flights::new(mesh.clone(), fetch.clone(), upstreams, spool, traffic)))
+        };
+        let mut provider = Provider::new(store.clone(), signing_key.clone(), real_store_dir)
             .counting(traffic.clone())
             .serving(policy, refusals.clone());
+        if let Some(flights) = &flights {
+            provider = provider.relaying(flights.clone());
+        }
         shutdown.spawn(provider.serve(mesh.clone(), shutdown.clone()));
 
         shutdown.spawn(forget::forget_departed(
@@ -203,8 +232,9 @@ impl RunningNode {
             name: crate::peer_name::local(),
             trusted_keys: trusted.keys().iter().map(|k| k.to_string()).collect(),
             signing_key: signing_key.as_ref().map(|k| k.verifying_key().to_string()),
+            flights: flights.clone(),
         });
-        let source = Arc::new(MeshSource::new(mesh.clone(), index, traffic));
+        let source = Arc::new(MeshSource::new(mesh.clone(), fetch, index, traffic, flights));
         let http_config = nixmesh_localhttp::Config {
             trusted_keys: trusted,
             priority: config.priority,

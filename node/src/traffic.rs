@@ -1,6 +1,8 @@
 //! NAR bytes exchanged with each peer, both ways: received by the fetch client for the local
-//! substituter, served by the provider to peers. The totals are Prometheus counters the node
-//! registers in the substituter's [`Metrics`]; the per-peer counts are for `nixmesh peers`.
+//! substituter, served by the provider to peers; and what came from upstream caches:
+//! downloaded by this node, and relayed to peers from its downloads. The totals are
+//! Prometheus counters the node registers in the substituter's [`Metrics`]; the per-peer
+//! counts are for `nixmesh peers`.
 //!
 //! Received bytes are counted as they arrive; served ones as each NAR transfer completes.
 //! Kept in memory since the start; at most [`MAX_PEERS`] peers are counted one by one (the
@@ -28,6 +30,10 @@ pub struct PeerTraffic {
 pub struct Traffic {
     received: Counter,
     served: Counter,
+    /// Bytes downloaded from upstream caches, as sent (compressed).
+    pub upstream: Counter,
+    /// NAR bytes of this node's upstream downloads sent to peers.
+    relayed: Counter,
     peers: Mutex<HashMap<PeerId, PeerTraffic>>,
 }
 
@@ -39,6 +45,21 @@ impl Traffic {
         metrics.register("nar_received_bytes", help, self.received.clone());
         let help = "NAR bytes served to peers (from the local store)";
         metrics.register("nar_served_bytes", help, self.served.clone());
+        let help = "Bytes downloaded from upstream caches (as sent, compressed)";
+        metrics.register("upstream_downloaded_bytes", help, self.upstream.clone());
+        let help = "NAR bytes of this node's upstream downloads relayed to peers";
+        metrics.register("upstream_relayed_bytes", help, self.relayed.clone());
+    }
+
+    /// `bytes` of a NAR downloaded from upstream went to `peer`, which would otherwise have
+    /// downloaded them itself.
+    pub fn relayed(&self, bytes: u64) {
+        self.relayed.inc_by(bytes);
+    }
+
+    /// Bytes downloaded from upstream, and the NAR bytes of them relayed to peers.
+    pub fn upstream_total(&self) -> (u64, u64) {
+        (self.upstream.get(), self.relayed.get())
     }
 
     /// `bytes` of a NAR came from `peer`.

@@ -7,12 +7,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use nixmesh_protocol::nixconf::{self, KeysLine};
+use nixmesh_protocol::nixconf::TRUSTED_PUBLIC_KEYS;
 use nixmesh_protocol::signature::{KeyError, SigningKey, TrustedKeys, VerifyingKey};
 use thiserror::Error;
 
-/// How deep `include`s in nix.conf may nest before we call it a loop.
-const MAX_INCLUDE_DEPTH: usize = 8;
+use crate::nix_conf::{self, NixConfError};
 
 /// A key that could not be loaded.
 #[derive(Debug, Error)]
@@ -21,18 +20,12 @@ pub enum TrustError {
     BadTrustedKey { key: String, source: KeyError },
     #[error("{path} (or $NIX_CONFIG): trusted public key {key:?}: {source}")]
     BadNixConfKey { path: PathBuf, key: String, source: KeyError },
+    #[error(transparent)]
+    NixConf(#[from] NixConfError),
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("{path}: includes nest deeper than {MAX_INCLUDE_DEPTH} (a loop?)")]
-    IncludeLoop { path: PathBuf },
     #[error("signing key file {path}: {source}")]
     BadSigningKey { path: PathBuf, source: KeyError },
-}
-
-/// The default nix.conf: `$NIX_CONF_DIR/nix.conf`, else `/etc/nix/nix.conf`.
-pub fn default_nix_conf() -> PathBuf {
-    let dir = std::env::var_os("NIX_CONF_DIR").map(PathBuf::from);
-    dir.unwrap_or_else(|| PathBuf::from("/etc/nix")).join("nix.conf")
 }
 
 /// The trusted keys: `flags` if any, else what Nix itself trusts: the default key, then the
@@ -45,14 +38,7 @@ pub fn trusted_keys(flags: &[String], nix_conf: &Path) -> Result<TrustedKeys, Tr
     if !flags.is_empty() {
         return Ok(TrustedKeys::new(flags.iter().map(parse_flag).collect::<Result<_, _>>()?));
     }
-    let mut keys: Vec<String> =
-        nixconf::DEFAULT_TRUSTED_PUBLIC_KEYS.iter().map(|k| (*k).to_owned()).collect();
-    apply_nix_conf(nix_conf, false, 0, &mut keys)?;
-    if let Ok(text) = std::env::var("NIX_CONFIG") {
-        for line in nixconf::key_lines(&text) {
-            line.apply(&mut keys);
-        }
-    }
+    let keys = nix_conf::read_list(nix_conf, &TRUSTED_PUBLIC_KEYS)?;
     let parsed = keys.iter().map(|key| {
         VerifyingKey::parse(key).map_err(|source| TrustError::BadNixConfKey {
             path: nix_conf.to_owned(),
@@ -61,34 +47,6 @@ pub fn trusted_keys(flags: &[String], nix_conf: &Path) -> Result<TrustedKeys, Tr
         })
     });
     Ok(TrustedKeys::new(parsed.collect::<Result<_, _>>()?))
-}
-
-/// Applies the key settings of `path`, and of the files it includes where it includes them.
-fn apply_nix_conf(
-    path: &Path,
-    required: bool,
-    depth: usize,
-    keys: &mut Vec<String>,
-) -> Result<(), TrustError> {
-    if depth > MAX_INCLUDE_DEPTH {
-        return Err(TrustError::IncludeLoop { path: path.to_owned() });
-    }
-    let text = match fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return Ok(()),
-        Err(source) => return Err(TrustError::Read { path: path.to_owned(), source }),
-    };
-    for line in nixconf::key_lines(&text) {
-        match line {
-            KeysLine::Include { path: include, required } => {
-                // Relative includes are relative to the including file, as in Nix.
-                let include = path.parent().unwrap_or(Path::new("/")).join(include);
-                apply_nix_conf(&include, required, depth + 1, keys)?;
-            }
-            line => line.apply(keys),
-        }
-    }
-    Ok(())
 }
 
 /// Reads a secret key file in Nix's format.
@@ -135,9 +93,13 @@ mod tests {
         fs::write(&conf, "!include gone.conf\n").unwrap();
         assert!(trusted_keys(&[], &conf).is_ok());
         fs::write(&conf, "include gone.conf\n").unwrap();
-        assert!(matches!(trusted_keys(&[], &conf), Err(TrustError::Read { .. })));
+        assert!(matches!(
+            trusted_keys(&[], &conf),
+            Err(TrustError::NixConf(NixConfError::Read { .. }))
+        ));
         // An include loop ends with an error, not a stack overflow.
         fs::write(&conf, "include nix.conf\n").unwrap();
-        assert!(matches!(trusted_keys(&[], &conf), Err(TrustError::IncludeLoop { .. })));
+        let looped = trusted_keys(&[], &conf);
+        assert!(matches!(looped, Err(TrustError::NixConf(NixConfError::IncludeLoop { .. }))));
     }
 }

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use libp2p::PeerId;
 use nixmesh_localhttp::health::PeerHealth;
-use nixmesh_localhttp::{NodeStatus, NodeView, PeerSummary};
+use nixmesh_localhttp::{NodeStatus, NodeView, PeerSummary, UpstreamSummary};
 use nixmesh_protocol::StorePathHash;
 use tracing::warn;
 
@@ -16,7 +16,9 @@ use crate::adverts::AdvertLog;
 use crate::fetch::policy::Refusals;
 use crate::index::Index;
 use crate::mesh::Mesh;
+use crate::source::Holder;
 use crate::traffic::Traffic;
+use crate::upstream::flight::Flights;
 
 /// The node as `nixmesh status` and `nixmesh peers` see it.
 pub struct MeshView {
@@ -33,7 +35,9 @@ pub struct MeshView {
     /// The latest paths not served to peers, and why.
     pub refusals: Arc<Refusals>,
     /// Faults of peers, as the substituter counts them.
-    pub health: Arc<PeerHealth<PeerId>>,
+    pub health: Arc<PeerHealth<Holder>>,
+    /// The upstreams and this node's downloads from them, if it has any.
+    pub flights: Option<Arc<Flights>>,
 }
 
 impl MeshView {
@@ -79,7 +83,7 @@ impl MeshView {
             summary.bytes_served = traffic.served;
         }
         for (id, summary) in summaries.iter_mut() {
-            summary.demoted = self.health.demotion(id).map(|d| {
+            summary.demoted = self.health.demotion(&Holder::Peer(*id)).map(|d| {
                 let how = if d.skipped { "skipped" } else { "asked last" };
                 format!("{how} for {} s more: {}", d.left.as_secs(), d.reason)
             });
@@ -99,6 +103,8 @@ impl NodeView for MeshView {
             self.mesh.peers().snapshot().into_iter().map(|(id, _)| id).collect();
         known.extend(self.index.peers().unwrap_or_default().into_iter().map(|p| p.id));
         let traffic = self.traffic.total();
+        let upstream = self.flights.as_ref().map(|f| f.upstreams().status()).unwrap_or_default();
+        let upstream_bytes = self.traffic.upstream_total();
         NodeStatus {
             degraded: self.index.trouble().map(|t| format!("index: {t}")),
             peer_id: self.mesh.local_peer_id().to_string(),
@@ -120,6 +126,13 @@ impl NodeView for MeshView {
             bytes_served: traffic.served,
             private_mesh: self.mesh.is_private(),
             not_served: self.refusals.latest(),
+            upstreams: upstream
+                .caches
+                .into_iter()
+                .map(|c| UpstreamSummary { url: c.url, skipped: c.skipped })
+                .collect(),
+            bytes_from_upstream: upstream_bytes.0,
+            bytes_relayed: upstream_bytes.1,
             ..NodeStatus::default()
         }
     }

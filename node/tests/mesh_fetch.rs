@@ -62,6 +62,7 @@ impl Setup {
             p2p_listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
             trusted_public_keys: vec![unused_key],
             mdns: false,
+            upstreams: Some(Vec::new()),
             ..ServeConfig::default()
         };
         adjust(&store, &mut config);

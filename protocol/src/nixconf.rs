@@ -1,103 +1,88 @@
-//! The few `nix.conf` settings nixmesh reads: the trusted public keys.
+//! The few `nix.conf` settings nixmesh reads: the trusted public keys, and the substituters
+//! (the default upstreams). Both are lists, and follow the same rules.
 //!
 //! Nix's rules (`applyConfig` in Nix's `config.cc`), which this module follows:
 //! - a `#` starts a comment, to the end of the line; blank lines are skipped;
 //! - a setting is `name = value`, with whitespace around the `=`; the value is the
 //!   whitespace-separated words after it;
-//! - `trusted-public-keys` (or its old name, `binary-cache-public-keys`) replaces the list;
-//!   `extra-trusted-public-keys` (or `extra-binary-cache-public-keys`) appends to it;
+//! - a list's name (or its old name, such as `binary-cache-public-keys`) replaces the list;
+//!   its `extra-` name appends to it;
 //! - `include PATH` reads another file at that point and fails if it is missing;
 //!   `!include PATH` skips a missing file; a relative PATH is relative to the including
 //!   file's directory;
-//! - a setting never assigned keeps its default, [`DEFAULT_TRUSTED_PUBLIC_KEYS`]; `extra-`
-//!   appends to that default.
+//! - a setting never assigned keeps its default; `extra-` appends to that default.
 //!
 //! Lines Nix would reject (no `=`, `include` with other than one path) are skipped here: this
 //! module reads, it does not validate nix.conf. It does no I/O; the caller reads included
 //! files.
 
+/// A nix.conf setting whose value is a list: the names that replace it, the names that
+/// append to it, and its value when nothing sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListSetting {
+    pub set_names: &'static [&'static str],
+    pub append_names: &'static [&'static str],
+    pub default: &'static [&'static str],
+}
+
+/// `trusted-public-keys`: whose signatures Nix accepts.
+pub const TRUSTED_PUBLIC_KEYS: ListSetting = ListSetting {
+    set_names: &["trusted-public-keys", "binary-cache-public-keys"],
+    append_names: &["extra-trusted-public-keys", "extra-binary-cache-public-keys"],
+    default: DEFAULT_TRUSTED_PUBLIC_KEYS,
+};
+
+/// `substituters`: the binary caches Nix asks, in order.
+pub const SUBSTITUTERS: ListSetting = ListSetting {
+    set_names: &["substituters", "binary-caches"],
+    append_names: &["extra-substituters", "extra-binary-caches"],
+    default: &["https://cache.nixos.org/"],
+};
+
 /// What `trusted-public-keys` is when no nix.conf sets it.
 pub const DEFAULT_TRUSTED_PUBLIC_KEYS: &[&str] =
     &["cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="];
 
-/// The names that replace the list of keys.
-const SET_NAMES: [&str; 2] = ["trusted-public-keys", "binary-cache-public-keys"];
-/// The names that append to it.
-const APPEND_NAMES: [&str; 2] = ["extra-trusted-public-keys", "extra-binary-cache-public-keys"];
-
-/// The public keys `trusted-public-keys` and `extra-trusted-public-keys` name in a nix.conf
-/// text, in order, with `include`/`!include` lines returned separately for the caller to
-/// read (this crate does no I/O).
-///
-/// `keys` is what the text's lines make of an empty list; when `replaces` is false, they add
-/// to what came before (the default, or earlier files). For the exact order of includes
-/// among the settings, use [`key_lines`].
-pub fn trusted_public_keys(text: &str) -> NixConfKeys {
-    let mut found = NixConfKeys::default();
-    for line in key_lines(text) {
-        match line {
-            KeysLine::Set(keys) => {
-                found.replaces = true;
-                found.keys = keys;
-            }
-            KeysLine::Append(keys) => found.keys.extend(keys),
-            KeysLine::Include { path, required } => found.includes.push((path, required)),
-        }
-    }
-    found
-}
-
-/// What [`trusted_public_keys`] found.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct NixConfKeys {
-    pub keys: Vec<String>,
-    /// `(path, required)`: `include` is required, `!include` is not.
-    pub includes: Vec<(String, bool)>,
-    /// True when the text assigns `trusted-public-keys` itself, so that `keys` replaces the
-    /// keys set before it (the default included) instead of adding to them.
-    pub replaces: bool,
-}
-
-/// One line of a nix.conf that bears on the trusted keys.
+/// One line of a nix.conf that bears on a list setting.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeysLine {
-    /// `trusted-public-keys = ...`: the list becomes these keys.
+pub enum ListLine {
+    /// `name = ...`: the list becomes these values.
     Set(Vec<String>),
-    /// `extra-trusted-public-keys = ...`: these keys are added to the list.
+    /// `extra-name = ...`: these values are added to the list.
     Append(Vec<String>),
     /// `include PATH` (`required`) or `!include PATH`: that file's lines go here.
     Include { path: String, required: bool },
 }
 
-impl KeysLine {
-    /// Applies a `Set` or `Append` to `keys`, as Nix does; an `Include` is the caller's to
+impl ListLine {
+    /// Applies a `Set` or `Append` to `list`, as Nix does; an `Include` is the caller's to
     /// read, and changes nothing here.
-    pub fn apply(&self, keys: &mut Vec<String>) {
+    pub fn apply(&self, list: &mut Vec<String>) {
         match self {
-            KeysLine::Set(new) => *keys = new.clone(),
-            KeysLine::Append(new) => keys.extend(new.iter().cloned()),
-            KeysLine::Include { .. } => {}
+            ListLine::Set(new) => *list = new.clone(),
+            ListLine::Append(new) => list.extend(new.iter().cloned()),
+            ListLine::Include { .. } => {}
         }
     }
 }
 
-/// The lines of `text` that set the trusted keys or include other files, in order.
-pub fn key_lines(text: &str) -> Vec<KeysLine> {
+/// The lines of `text` that set `setting` or include other files, in order.
+pub fn list_lines(text: &str, setting: &ListSetting) -> Vec<ListLine> {
     let mut lines = Vec::new();
     for line in text.split('\n') {
         let line = line.split_once('#').map_or(line, |(before, _)| before);
         let words: Vec<&str> = line.split([' ', '\t', '\r']).filter(|w| !w.is_empty()).collect();
         match words.as_slice() {
-            [include @ ("include" | "!include"), path] => lines.push(KeysLine::Include {
+            [include @ ("include" | "!include"), path] => lines.push(ListLine::Include {
                 path: (*path).to_owned(),
                 required: *include == "include",
             }),
             [name, "=", values @ ..] => {
                 let values = values.iter().map(|v| (*v).to_owned()).collect();
-                if SET_NAMES.contains(name) {
-                    lines.push(KeysLine::Set(values));
-                } else if APPEND_NAMES.contains(name) {
-                    lines.push(KeysLine::Append(values));
+                if setting.set_names.contains(name) {
+                    lines.push(ListLine::Set(values));
+                } else if setting.append_names.contains(name) {
+                    lines.push(ListLine::Append(values));
                 }
             }
             _ => {}
@@ -106,17 +91,27 @@ pub fn key_lines(text: &str) -> Vec<KeysLine> {
     lines
 }
 
+/// `setting` as `text` alone makes it from its default, includes not followed: for tests
+/// and for texts with none.
+pub fn list_in(text: &str, setting: &ListSetting) -> Vec<String> {
+    let mut list = setting.default.iter().map(|v| (*v).to_owned()).collect();
+    for line in list_lines(text, setting) {
+        line.apply(&mut list);
+    }
+    list
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn keys(list: &[&str]) -> Vec<String> {
-        list.iter().map(|k| (*k).to_owned()).collect()
+    fn list(values: &[&str]) -> Vec<String> {
+        values.iter().map(|k| (*k).to_owned()).collect()
     }
 
     #[test]
-    fn reads_keys_comments_and_includes() {
+    fn reads_values_comments_and_includes() {
         let conf = "\
 # a comment
 substituters = https://cache.nixos.org
@@ -127,13 +122,22 @@ include /etc/nix/more.conf
 extra-binary-cache-public-keys = d:DDDD
 
 ";
-        let found = trusted_public_keys(conf);
-        assert_eq!(found.keys, keys(&["a:AAAA", "b:BBBB", "c:CCCC", "d:DDDD"]));
-        assert!(found.replaces);
+        let lines = list_lines(conf, &TRUSTED_PUBLIC_KEYS);
         assert_eq!(
-            found.includes,
-            [("/etc/nix/more.conf".to_owned(), true), ("local.conf".to_owned(), false)]
+            lines,
+            [
+                ListLine::Set(list(&["a:AAAA", "b:BBBB"])),
+                ListLine::Append(list(&["c:CCCC"])),
+                ListLine::Include { path: "/etc/nix/more.conf".into(), required: true },
+                ListLine::Include { path: "local.conf".into(), required: false },
+                ListLine::Append(list(&["d:DDDD"])),
+            ]
         );
+        assert_eq!(
+            list_in(conf, &TRUSTED_PUBLIC_KEYS),
+            list(&["a:AAAA", "b:BBBB", "c:CCCC", "d:DDDD"])
+        );
+        assert_eq!(list_in(conf, &SUBSTITUTERS), list(&["https://cache.nixos.org"]));
     }
 
     #[test]
@@ -142,45 +146,26 @@ extra-binary-cache-public-keys = d:DDDD
                     binary-cache-public-keys = a:A\n\
                     trusted-public-keys = b:B\n\
                     extra-trusted-public-keys = c:C\n";
-        assert_eq!(trusted_public_keys(conf).keys, keys(&["b:B", "c:C"]));
-
-        let only_extra = trusted_public_keys("extra-trusted-public-keys = c:C");
-        assert_eq!(only_extra.keys, keys(&["c:C"]));
-        assert!(!only_extra.replaces, "adds to the default");
-
-        let emptied = trusted_public_keys("trusted-public-keys =\n");
-        assert!(emptied.keys.is_empty() && emptied.replaces);
-    }
-
-    #[test]
-    fn key_lines_keep_includes_in_place() {
-        let lines =
-            key_lines("trusted-public-keys = a:A\ninclude x\nextra-trusted-public-keys = c:C");
-        assert_eq!(
-            lines,
-            [
-                KeysLine::Set(keys(&["a:A"])),
-                KeysLine::Include { path: "x".into(), required: true },
-                KeysLine::Append(keys(&["c:C"])),
-            ]
-        );
-        let mut list = keys(DEFAULT_TRUSTED_PUBLIC_KEYS);
-        KeysLine::Append(keys(&["z:Z"])).apply(&mut list);
-        assert_eq!(list.len(), 2);
-        lines[0].apply(&mut list);
-        assert_eq!(list, keys(&["a:A"]));
+        assert_eq!(list_in(conf, &TRUSTED_PUBLIC_KEYS), list(&["b:B", "c:C"]));
+        let only_extra = list_in("extra-trusted-public-keys = c:C", &TRUSTED_PUBLIC_KEYS);
+        assert_eq!(only_extra, [DEFAULT_TRUSTED_PUBLIC_KEYS[0], "c:C"], "adds to the default");
+        assert!(list_in("trusted-public-keys =\n", &TRUSTED_PUBLIC_KEYS).is_empty());
+        let caches = "extra-substituters = http://a\nbinary-caches = http://b\n";
+        assert_eq!(list_in(caches, &SUBSTITUTERS), list(&["http://b"]));
+        let extra = list_in("extra-binary-caches = http://c", &SUBSTITUTERS);
+        assert_eq!(extra, list(&["https://cache.nixos.org/", "http://c"]));
     }
 
     #[test]
     fn skips_what_nix_would_reject() {
         let conf = "trusted-public-keys=a:A\ntrusted-public-keys\ninclude a b\n# = x:X\n";
-        assert_eq!(trusted_public_keys(conf), NixConfKeys::default());
+        assert!(list_lines(conf, &TRUSTED_PUBLIC_KEYS).is_empty());
     }
 
     proptest! {
         #[test]
         fn never_panics(s in "\\PC{0,300}") {
-            let _ = trusted_public_keys(&s);
+            let _ = list_lines(&s, &SUBSTITUTERS);
         }
     }
 }

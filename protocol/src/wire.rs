@@ -58,6 +58,15 @@ pub enum FetchRequest {
     /// of another build of the path answers `NotFound` rather than send bytes that cannot
     /// verify.
     Nar { hash: StorePathHash, nar_hash: Sha256, offset: u64 },
+    /// The NAR with `nar_hash` of the path with this hash from an upstream cache, by way of
+    /// the node asked (its claimer for the whole mesh: it downloads it once and relays it
+    /// to every asker as it arrives), from byte `offset` on. Answered like `Nar`, or with
+    /// `NotFound` when the node has no upstream with that build of the path.
+    UpstreamNar { hash: StorePathHash, nar_hash: Sha256, offset: u64 },
+    /// The narinfo of the path with this hash from the upstream caches of the node asked (the
+    /// path's claimer: the mesh asks its upstreams once, and shares the answer, a "not here"
+    /// included). Answered like `NarInfo`, with the upstream's text as it is.
+    UpstreamNarInfo { hash: StorePathHash },
 }
 
 /// The answer to one request on a fetch stream.

@@ -4,9 +4,21 @@
 //! a bridge in a namespace of its own (the switch). Nothing is created in the machine's own
 //! namespace: multicast (mDNS) sent on the LAN reaches the other hosts and nothing else. All
 //! LANs use the same subnet, [`SUBNET`]; they cannot clash because each is a separate
-//! layer-2 segment that no route leads out of.
+//! layer-2 segment that no route leads out of (but to its own router and internet host, when
+//! it has them).
 //!
 //! Each host's Nix store is a chroot store of its own (see [`crate::nixstore`]).
+//!
+//! A LAN made with [`Lan::with_internet`] also has a router, in a namespace of its own with a
+//! port on the switch, and beyond it an "internet" of one host (the stand-in for an upstream
+//! cache) on a subnet of its own, [`INTERNET_SUBNET`]. The LAN's hosts reach it only through
+//! the router, by their default route, as behind a home router; the router forwards without
+//! NAT (so the internet host sees each LAN host's own address), its link to the internet can
+//! be shaped slow ([`Internet::shape`]) and cut off ([`Internet::cut_off`]: packets dropped,
+//! not refused), and it counts what it sends out ([`Internet::packets_sent_out`]), which is
+//! how a test sees that nothing on the LAN tried to reach the outside. The router and the
+//! internet host have no IPv6, so the kernel sends nothing on that link by itself; the LAN's
+//! hosts have IPv6 link-local addresses only, so IPv6 cannot leave the LAN at all.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -21,6 +33,14 @@ use crate::wait::wait_until;
 pub const SUBNET: [u8; 3] = [10, 231, 0];
 /// The most hosts a LAN can have.
 pub const MAX_HOSTS: usize = 200;
+/// The first three octets of the internet's subnet ([`Lan::with_internet`]): the router is
+/// `10.232.0.1`, the internet host `10.232.0.2`.
+pub const INTERNET_SUBNET: [u8; 3] = [10, 232, 0];
+/// The router's last octet on the LAN (above every host's).
+const ROUTER_ON_LAN: u8 = 254;
+/// The token bucket of a shaped link: a few TSO segments, so that the rate holds over
+/// tens of milliseconds.
+const LINK_BURST: &str = "256kb";
 
 /// How long one `ip` command may take.
 const IP_LIMIT: Duration = Duration::from_secs(10);
@@ -68,14 +88,17 @@ impl Host {
         Host { number: 1, netns: netns.into(), address: Ipv4Addr::LOCALHOST, dir: dir.into() }
     }
 
-    /// The host's number on its LAN, from 1.
+    /// The host's number on its LAN, from 1; 0 for the internet host, which is on no LAN.
     pub fn number(&self) -> usize {
         self.number
     }
 
-    /// A name for messages: "host 2".
+    /// A name for messages: "host 2", or "the internet host".
     pub fn name(&self) -> String {
-        format!("host {}", self.number)
+        match self.number {
+            0 => "the internet host".to_owned(),
+            n => format!("host {n}"),
+        }
     }
 
     /// The network namespace's name (for `ip netns exec`).
@@ -123,7 +146,15 @@ pub struct Lan {
     id: String,
     switch: String,
     hosts: Vec<Host>,
+    internet: Option<Internet>,
     dir: Option<tempfile::TempDir>,
+}
+
+/// What lies beyond a LAN's router ([`Lan::with_internet`]): the router's namespace and the
+/// internet host. The LAN owns it; its namespaces go with the LAN's.
+pub struct Internet {
+    router: String,
+    host: Host,
 }
 
 impl Lan {
@@ -139,12 +170,41 @@ impl Lan {
             .tempdir()
             .expect("creating the LAN's scratch directory");
         eprintln!("LAN {id}: {hosts} hosts, scratch directory {}", dir.path().display());
-        let mut lan = Lan { switch: format!("{id}-sw"), id, hosts: Vec::new(), dir: Some(dir) };
+        let mut lan = Lan {
+            switch: format!("{id}-sw"),
+            id,
+            hosts: Vec::new(),
+            internet: None,
+            dir: Some(dir),
+        };
         lan.build_switch();
         for number in 1..=hosts {
             lan.add_host(number);
         }
         lan
+    }
+
+    /// [`Lan::new`], and a router on the switch leading to an internet of one host (see the
+    /// module docs): every host's default route goes through the router.
+    pub fn with_internet(hosts: usize) -> Lan {
+        let mut lan = Lan::new(hosts);
+        let [a, b, c] = INTERNET_SUBNET;
+        let host = Host {
+            number: 0,
+            netns: format!("{}-inet", lan.id),
+            address: Ipv4Addr::new(a, b, c, 2),
+            dir: lan.dir().join("internet"),
+        };
+        // Recorded first, so that a failing step still leaves the namespaces to the drop.
+        lan.internet = Some(Internet { router: format!("{}-rt", lan.id), host });
+        lan.build_internet();
+        lan
+    }
+
+    /// The internet beyond the router; panics unless the LAN was made
+    /// [`with_internet`](Lan::with_internet).
+    pub fn internet(&self) -> &Internet {
+        self.internet.as_ref().expect("a LAN made with Lan::with_internet")
     }
 
     /// The hosts, in order: `hosts()[0]` is host 1.
@@ -219,8 +279,111 @@ impl Lan {
         ip(&["-n", switch, "link", "set", &port, "master", "br0", "up"]);
     }
 
+    /// The router (its `lan0` a port of the switch, its `wan0` a link to the internet host's
+    /// `eth0`), forwarding between the two subnets; every host's default route via it.
+    fn build_internet(&self) {
+        let internet = self.internet.as_ref().expect("recorded before it is built");
+        let (rt, inet) = (internet.router.as_str(), internet.host.netns.as_str());
+        std::fs::create_dir_all(internet.host.store_root()).expect("creating a host's directory");
+        for ns in [rt, inet] {
+            ip(&["netns", "add", ns]);
+            // No IPv6 on this side of the LAN: the kernel would send router solicitations and
+            // multicast reports on the link by itself, which would blur the count of what
+            // leaves the LAN.
+            sysctl(
+                ns,
+                &["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"],
+            );
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        let [a, b, c] = SUBNET;
+        let on_lan = Ipv4Addr::new(a, b, c, ROUTER_ON_LAN);
+        let [a, b, c] = INTERNET_SUBNET;
+        let on_internet = Ipv4Addr::new(a, b, c, 1);
+        let switch = self.switch.as_str();
+        ip(&[
+            "-n", rt, "link", "add", "lan0", "type", "veth", "peer", "name", "prt", "netns", switch,
+        ]);
+        ip(&["-n", rt, "addr", "add", &format!("{on_lan}/24"), "dev", "lan0"]);
+        ip(&["-n", rt, "link", "set", "lan0", "up"]);
+        ip(&["-n", switch, "link", "set", "prt", "master", "br0", "up"]);
+        ip(&[
+            "-n", rt, "link", "add", "wan0", "type", "veth", "peer", "name", "eth0", "netns", inet,
+        ]);
+        ip(&["-n", rt, "addr", "add", &format!("{on_internet}/24"), "dev", "wan0"]);
+        ip(&["-n", rt, "link", "set", "wan0", "up"]);
+        let inet_address = internet.host.address;
+        ip(&["-n", inet, "addr", "add", &format!("{inet_address}/24"), "dev", "eth0"]);
+        ip(&["-n", inet, "link", "set", "eth0", "up"]);
+        sysctl(rt, &["net.ipv4.ip_forward=1"]);
+        // Everything bound for neither subnet goes on to the internet host too (which drops
+        // it): so it crosses `wan0` and is counted there.
+        ip(&["-n", rt, "route", "add", "default", "via", &inet_address.to_string()]);
+        let [a, b, c] = SUBNET;
+        let lan_subnet = format!("{}/24", Ipv4Addr::new(a, b, c, 0));
+        ip(&["-n", inet, "route", "add", &lan_subnet, "via", &on_internet.to_string()]);
+        for host in &self.hosts {
+            ip(&["-n", &host.netns, "route", "add", "default", "via", &on_lan.to_string()]);
+        }
+    }
+
     fn namespaces(&self) -> impl Iterator<Item = &str> {
-        self.hosts.iter().map(|h| h.netns.as_str()).chain([self.switch.as_str()])
+        let internet =
+            self.internet.iter().flat_map(|i| [i.router.as_str(), i.host.netns.as_str()]);
+        self.hosts.iter().map(|h| h.netns.as_str()).chain(internet).chain([self.switch.as_str()])
+    }
+}
+
+impl Internet {
+    /// The internet host: its own namespace and directory, no LAN; a [`crate::HostStore`]
+    /// and an nginx run on it as on any host.
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    /// Limits the link between the router and the internet to `mbit` Mbit/s each way (a
+    /// token bucket at both ends), the slow link of a LAN's internet connection.
+    pub fn shape(&self, mbit: u32) {
+        let rate = format!("{mbit}mbit");
+        for (ns, dev) in [(self.host.netns.as_str(), "eth0"), (self.router.as_str(), "wan0")] {
+            Command::new("tc")
+                .args(["-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf"])
+                .args(["rate", &rate, "burst", LINK_BURST, "latency", "100ms"])
+                .stdout_within(IP_LIMIT);
+        }
+    }
+
+    /// Cuts the internet off: the router drops whatever the LAN sends beyond it, silently (a
+    /// blackhole route sends no ICMP error back, so a connection attempt hangs, as when a
+    /// link is down somewhere upstream, rather than being refused at once). Connections
+    /// already open stall. [`Internet::reconnect`] undoes it.
+    pub fn cut_off(&self) {
+        let inet = format!("{}/32", self.host.address);
+        ip(&["-n", &self.router, "route", "add", "blackhole", &inet]);
+        ip(&["-n", &self.router, "route", "replace", "blackhole", "default"]);
+    }
+
+    /// Undoes [`Internet::cut_off`].
+    pub fn reconnect(&self) {
+        let inet = format!("{}/32", self.host.address);
+        ip(&["-n", &self.router, "route", "del", "blackhole", &inet]);
+        let via = self.host.address.to_string();
+        ip(&["-n", &self.router, "route", "replace", "default", "via", &via]);
+    }
+
+    /// The packets the router has sent towards the internet so far (forwarded from the LAN;
+    /// the router itself sends nothing there unprompted but the ARP that forwarding needs).
+    pub fn packets_sent_out(&self) -> u64 {
+        let text = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.router,
+                "cat",
+                "/sys/class/net/wan0/statistics/tx_packets",
+            ])
+            .stdout_within(IP_LIMIT);
+        String::from_utf8_lossy(&text).trim().parse().expect("a packet count")
     }
 }
 
@@ -291,4 +454,12 @@ fn kill_all_in(ns: &str) {
 /// Runs `ip ARGS`, panicking with its stderr if it fails.
 fn ip(args: &[&str]) {
     Command::new("ip").args(args).stdout_within(IP_LIMIT);
+}
+
+/// Sets `settings` (`key=value`) in namespace `ns`'s own network settings.
+fn sysctl(ns: &str, settings: &[&str]) {
+    Command::new("ip")
+        .args(["netns", "exec", ns, "sysctl", "-q", "-w"])
+        .args(settings)
+        .stdout_within(IP_LIMIT);
 }

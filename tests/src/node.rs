@@ -101,12 +101,19 @@ pub struct NodeOptions {
     pub mdns: bool,
     /// `--mesh-key-file`: a private mesh.
     pub mesh_key_file: Option<PathBuf>,
+    /// `--upstream`, each; none gives `--no-upstream`. A test node never falls back on the
+    /// default (nix.conf's substituters, cache.nixos.org): its upstreams are local stand-ins
+    /// or none, always said.
+    pub upstreams: Vec<String>,
+    /// `--upstream-timeout`: what asking the upstreams for a narinfo may take in all; unset,
+    /// the node's default.
+    pub upstream_timeout: Option<Duration>,
     /// `RUST_LOG` for the node.
     pub log_filter: String,
 }
 
 impl Default for NodeOptions {
-    /// mDNS on, no static peers, no keys; everything else (the store rescan interval, say)
+    /// mDNS on, no static peers, no keys, no upstream; everything else (the store rescan interval, say)
     /// as a user's node has it.
     fn default() -> Self {
         NodeOptions {
@@ -115,6 +122,8 @@ impl Default for NodeOptions {
             peers: Vec::new(),
             mdns: true,
             mesh_key_file: None,
+            upstreams: Vec::new(),
+            upstream_timeout: None,
             log_filter: "nixmesh=debug,info".to_owned(),
         }
     }
@@ -165,6 +174,15 @@ impl Node {
         }
         if let Some(file) = &opts.mesh_key_file {
             cmd.arg("--mesh-key-file").arg(file);
+        }
+        for upstream in &opts.upstreams {
+            cmd.args(["--upstream", upstream]);
+        }
+        if opts.upstreams.is_empty() {
+            cmd.arg("--no-upstream");
+        }
+        if let Some(timeout) = opts.upstream_timeout {
+            cmd.args(["--upstream-timeout", &timeout.as_secs_f64().to_string()]);
         }
         cmd.env("RUST_LOG", &opts.log_filter)
             .stdin(Stdio::null())

@@ -178,6 +178,7 @@ fn the_node_runs_as_the_rendered_unit_says() {
         "http_listen": http_listen,
         "p2p_listen": ["/ip4/127.0.0.1/tcp/0"],
         "mdns": false,
+        "upstreams": [],
         "priority": 17,
     });
     let eval = eval_module(&lib, &json!({ "settings": settings }), Some(&store));

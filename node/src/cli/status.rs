@@ -1,5 +1,6 @@
 //! `nixmesh status`: a running node's state as a person reads it: who it is, its peers, how
-//! often Nix found what it asked for, and the NAR bytes exchanged with peers.
+//! often Nix found what it asked for, the NAR bytes exchanged with peers, and what came from
+//! upstream (downloaded here, and passed on to peers that would have downloaded it too).
 
 use std::fmt::Write as _;
 
@@ -41,6 +42,26 @@ pub fn render(s: &NodeStatus) -> String {
     line("NARs to Nix", format!("{} sent, {} aborted", r.nars_sent, r.nars_aborted));
     line("received", format!("{} from peers", human_bytes(s.bytes_received)));
     line("served", format!("{} to peers", human_bytes(s.bytes_served)));
+    let upstreams: Vec<String> =
+        s.upstreams
+            .iter()
+            .map(|u| {
+                if u.skipped {
+                    format!("{} (not answering; skipped)", u.url)
+                } else {
+                    u.url.clone()
+                }
+            })
+            .collect();
+    line("upstreams", if upstreams.is_empty() { "none".to_owned() } else { upstreams.join(" ") });
+    line(
+        "from upstream",
+        format!(
+            "{} downloaded here, {} of it passed on to peers",
+            human_bytes(s.bytes_from_upstream),
+            human_bytes(s.bytes_relayed)
+        ),
+    );
     line("trusted keys", s.trusted_keys.join(" "));
     line("signing key", s.signing_key.clone().unwrap_or_else(|| "none".to_owned()));
     if let Some(last) = s.not_served.last() {
@@ -75,6 +96,12 @@ mod tests {
             },
             bytes_received: 3 << 20,
             bytes_served: 512,
+            upstreams: vec![nixmesh_localhttp::UpstreamSummary {
+                url: "http://192.0.2.1".into(),
+                skipped: true,
+            }],
+            bytes_from_upstream: 2 << 20,
+            bytes_relayed: 1 << 20,
             ..NodeStatus::default()
         };
         let text = render(&status);
@@ -88,6 +115,8 @@ mod tests {
             "received:       3.0 MiB from peers",
             "served:         512 B to peers",
             "signing key:    none",
+            "upstreams:      http://192.0.2.1 (not answering; skipped)",
+            "from upstream:  2.0 MiB downloaded here, 1.0 MiB of it passed on to peers",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
         }

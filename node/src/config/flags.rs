@@ -93,6 +93,24 @@ struct FlagValues {
     /// How to write logs: plain text, or one JSON object a line.
     #[arg(long, value_name = "FORMAT", default_value_t = defaults().log_format)]
     log_format: LogFormat,
+    /// A binary cache to fetch what no peer holds from, once for the whole mesh (repeatable,
+    /// in order). None given: nix.conf's `substituters` but this node, else cache.nixos.org.
+    #[arg(long = "upstream", value_name = "URL", conflicts_with = "no_upstream")]
+    upstreams: Vec<String>,
+    /// Fetch from no upstream cache, only from peers (the key `upstreams = []`).
+    #[arg(long = "no-upstream")]
+    #[serde(skip)]
+    no_upstream: bool,
+    /// Seconds that asking the upstreams for a narinfo may take in all.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = defaults().upstream_timeout.as_secs_f64()
+    )]
+    upstream_timeout: f64,
+    /// The most disk, in bytes, the NARs downloaded from upstream take while shared.
+    #[arg(long, value_name = "BYTES", default_value_t = defaults().spool_max_bytes)]
+    spool_max_bytes: u64,
 }
 
 /// The flags as given: their values, and which of them were on the command line.
@@ -114,6 +132,9 @@ impl ServeFlags {
             unreachable!("the flags serialise to an object");
         };
         all.retain(|key, _| self.given.contains(key));
+        if self.values.no_upstream {
+            all.insert("upstreams".to_owned(), Value::Array(Vec::new()));
+        }
         all
     }
 
@@ -218,6 +239,9 @@ mod tests {
             "--log-format=json",
             "--serve-unsigned",
             "--serve-exclude=*-secret*",
+            "--upstream=http://192.0.2.1:8080",
+            "--upstream-timeout=1.5",
+            "--spool-max-bytes=1000",
         ];
         let settings = given(&every);
         let default_keys = match serde_json::to_value(ServeConfig::default()).unwrap() {
@@ -233,6 +257,13 @@ mod tests {
             config.allow_peers[0].to_string(),
             "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
         );
+    }
+
+    #[test]
+    fn no_upstream_is_the_empty_list_and_excludes_upstream() {
+        assert_eq!(given(&["--no-upstream"])["upstreams"], serde_json::json!([]));
+        let both = ["serve", "--no-upstream", "--upstream", "http://192.0.2.1"];
+        assert!(Serve::try_parse_from(both).is_err());
     }
 
     #[test]

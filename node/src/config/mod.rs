@@ -80,6 +80,18 @@ pub struct ServeConfig {
     pub forget_peers_after: Duration,
     /// How the node writes its logs (to stderr): `plain` text, or `json`, one object a line.
     pub log_format: LogFormat,
+    /// Binary caches (`http://` or `https://`) to fetch from what no peer holds, asked in
+    /// order, trusted by the same keys as peers; the mesh downloads each NAR from them once
+    /// (see docs/upstream.md). Unset: the `substituters` of nix.conf other than this node
+    /// (else Nix's default, `https://cache.nixos.org`); empty: none.
+    pub upstreams: Option<Vec<String>>,
+    /// How long asking the upstreams for a narinfo may take, in all: what an unreachable
+    /// upstream costs a path no peer holds.
+    #[serde(with = "secs")]
+    pub upstream_timeout: Duration,
+    /// The most disk the NARs being downloaded from upstream (and kept a while for the
+    /// mesh) take under `state_dir/spool`; a larger NAR is not shared as it arrives.
+    pub spool_max_bytes: u64,
 }
 
 /// How the node writes its logs.
@@ -120,6 +132,13 @@ impl ServeConfig {
         if self.rescan_interval.is_zero() {
             return Err(("rescan_interval", "must be a positive number of seconds"));
         }
+        if self.upstream_timeout.is_zero() {
+            return Err(("upstream_timeout", "must be a positive number of seconds"));
+        }
+        let not_http = |url: &String| !(url.starts_with("http://") || url.starts_with("https://"));
+        if self.upstreams.iter().flatten().any(not_http) {
+            return Err(("upstreams", "each must be an http:// or https:// URL"));
+        }
         Ok(())
     }
 }
@@ -146,6 +165,9 @@ impl Default for ServeConfig {
             real_store_dir: None,
             forget_peers_after: Duration::from_secs(7 * 24 * 3600),
             log_format: LogFormat::Plain,
+            upstreams: None,
+            upstream_timeout: Duration::from_secs(2),
+            spool_max_bytes: 4 << 30,
         }
     }
 }

@@ -110,10 +110,29 @@ impl FetchClient {
         peer: PeerId,
         hash: StorePathHash,
     ) -> Result<Option<String>, FetchError> {
-        let operation = "narinfo";
+        self.narinfo_answer(peer, FetchRequest::NarInfo { hash }, "narinfo").await
+    }
+
+    /// The narinfo of `hash` from the upstreams of `peer`, the path's claimer (see
+    /// [`crate::upstream::flight`]); `None` when they do not have it.
+    pub async fn upstream_narinfo(
+        &self,
+        peer: PeerId,
+        hash: StorePathHash,
+    ) -> Result<Option<String>, FetchError> {
+        let request = FetchRequest::UpstreamNarInfo { hash };
+        self.narinfo_answer(peer, request, "narinfo from upstream").await
+    }
+
+    /// Asks `request` (a narinfo request) and reads the narinfo that answers it.
+    async fn narinfo_answer(
+        &self,
+        peer: PeerId,
+        request: FetchRequest,
+        operation: &'static str,
+    ) -> Result<Option<String>, FetchError> {
         let failed = |reason: String| FetchError { peer, operation, reason };
-        let (session, response) =
-            self.exchange(peer, FetchRequest::NarInfo { hash }, operation).await?;
+        let (session, response) = self.exchange(peer, request, operation).await?;
         let answer = match response {
             FetchResponse::NarInfo { text } if text.len() <= MAX_NARINFO_LEN => Ok(Some(text)),
             FetchResponse::NarInfo { text } => {
@@ -138,9 +157,37 @@ impl FetchClient {
         nar_hash: Sha256,
         offset: u64,
     ) -> Result<Option<NarBody>, FetchError> {
-        let operation = "NAR";
+        self.nar_answer(peer, FetchRequest::Nar { hash, nar_hash, offset }, "NAR").await
+    }
+
+    /// The NAR with `nar_hash` of `hash` from an upstream cache by way of `peer`, its
+    /// claimer (see [`crate::upstream::flight`]), from byte `offset` on; `None` when `peer`
+    /// has no upstream with it.
+    pub async fn upstream_nar(
+        &self,
+        peer: PeerId,
+        hash: StorePathHash,
+        nar_hash: Sha256,
+        offset: u64,
+    ) -> Result<Option<NarBody>, FetchError> {
+        let request = FetchRequest::UpstreamNar { hash, nar_hash, offset };
+        self.nar_answer(peer, request, "NAR from upstream").await
+    }
+
+    /// Asks `request` (a NAR request from `offset`) and reads the NAR that answers it.
+    async fn nar_answer(
+        &self,
+        peer: PeerId,
+        request: FetchRequest,
+        operation: &'static str,
+    ) -> Result<Option<NarBody>, FetchError> {
         let failed = |reason: String| FetchError { peer, operation, reason };
-        let request = FetchRequest::Nar { hash, nar_hash, offset };
+        let offset = match request {
+            FetchRequest::Nar { offset, .. } | FetchRequest::UpstreamNar { offset, .. } => offset,
+            FetchRequest::NarInfo { .. } | FetchRequest::UpstreamNarInfo { .. } => {
+                unreachable!("a NAR request")
+            }
+        };
         let (session, response) = self.exchange(peer, request, operation).await?;
         match response {
             FetchResponse::Nar { nar_size, offset: sent_from }

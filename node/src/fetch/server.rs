@@ -34,6 +34,7 @@ use crate::mesh::{Mesh, PeerTable, StreamLimits, Turn, TurnLimits, Turns, serve_
 use crate::shutdown::Shutdown;
 use crate::store::{PathInfo, Store, StoreError, dump};
 use crate::traffic::Traffic;
+use crate::upstream::flight::Flights;
 
 /// How long a peer may take to send its first request on a new stream, and any request once
 /// it has begun.
@@ -91,6 +92,9 @@ pub struct Provider {
     policy: Arc<ServingPolicy>,
     /// The latest paths not served, and why.
     refusals: Arc<Refusals>,
+    /// This node's downloads from upstream, relayed to the peers that ask this node as their
+    /// claimer; none without upstreams.
+    flights: Option<Arc<Flights>>,
 }
 
 impl Provider {
@@ -109,8 +113,15 @@ impl Provider {
             traffic: Arc::default(),
             policy: Arc::new(ServingPolicy { signs: signing_key.is_some(), ..Default::default() }),
             refusals: Arc::default(),
+            flights: None,
             signing_key,
         }
+    }
+
+    /// The provider, relaying NARs from this node's upstream downloads to the peers that
+    /// ask for them (`UpstreamNar`).
+    pub fn relaying(self, flights: Arc<Flights>) -> Self {
+        Provider { flights: Some(flights), ..self }
     }
 
     /// The provider, serving only what `policy` allows (by default: what its own signing key
@@ -242,6 +253,11 @@ impl Provider {
                     self.traffic.served(peer, nar_size - offset);
                     drop(slot);
                 }
+                Ok(Plan::Relay { nar, nar_size, offset, flights }) => {
+                    stream.write(&FetchResponse::Nar { nar_size, offset }).await?;
+                    send_relayed(&mut stream, nar, nar_size - offset).await?;
+                    flights.relayed(nar_size - offset);
+                }
             }
         }
     }
@@ -300,6 +316,25 @@ impl Provider {
                 debug!(path = %info.path, offset, size = info.nar_size, "sending NAR");
                 Ok(Plan::Nar { nar, nar_size: info.nar_size, offset, slot: Box::new(slot) })
             }
+            FetchRequest::UpstreamNarInfo { hash } => {
+                let flights = self.flights.clone().ok_or(FetchResponse::NotFound)?;
+                match flights.upstreams().narinfo(hash).await {
+                    Ok(Some(found)) => Ok(Plan::NarInfo(found.text)),
+                    Ok(None) => Err(FetchResponse::NotFound),
+                    Err(e) => Err(failed(e.to_string())),
+                }
+            }
+            FetchRequest::UpstreamNar { hash, nar_hash, offset } => {
+                let flights = self.flights.clone().ok_or(FetchResponse::NotFound)?;
+                match flights.relay(hash, nar_hash, offset).await {
+                    Ok(Some((nar_size, nar))) => {
+                        debug!(%hash, offset, "relaying a NAR from upstream");
+                        Ok(Plan::Relay { nar, nar_size, offset, flights })
+                    }
+                    Ok(None) => Err(FetchResponse::NotFound),
+                    Err(message) => Err(failed(message)),
+                }
+            }
         }
     }
 }
@@ -342,9 +377,41 @@ enum Plan {
         offset: u64,
         slot: Box<Turn>,
     },
+    /// A NAR from upstream, from the offset asked for on, as this node downloads it.
+    Relay {
+        nar: crate::upstream::flight::RelayedBytes,
+        nar_size: u64,
+        offset: u64,
+        flights: Arc<Flights>,
+    },
 }
 
 type NarBytes = Pin<Box<dyn Stream<Item = Result<Bytes, StoreError>> + Send>>;
+
+/// Writes the `len` bytes of a relayed NAR, exactly: more or fewer ends the session.
+async fn send_relayed<S>(
+    stream: &mut FramedStream<S>,
+    mut nar: crate::upstream::flight::RelayedBytes,
+    len: u64,
+) -> Result<(), FrameError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut sent = 0u64;
+    while let Some(chunk) = nar.next().await {
+        let chunk = chunk.map_err(FrameError::Io)?;
+        sent += chunk.len() as u64;
+        if sent > len {
+            return Err(FrameError::Io(std::io::Error::other("the relayed NAR is too long")));
+        }
+        stream.write_bytes(&chunk).await?;
+    }
+    if sent != len {
+        let message = format!("the relayed NAR ended after {sent} of {len} bytes");
+        return Err(FrameError::Io(std::io::Error::other(message)));
+    }
+    stream.flush().await
+}
 
 /// Writes the NAR's bytes from `offset` on (the NAR always comes from its start), exactly
 /// `nar_size - offset` of them: the asker reads that many and then its next answer, so a NAR

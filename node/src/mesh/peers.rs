@@ -145,6 +145,13 @@ impl PeerTable {
     }
 
     /// How many peers are connected now.
+    /// The peers with a connection.
+    pub fn connected_ids(&self) -> Vec<PeerId> {
+        self.with(|peers| {
+            peers.iter().filter(|(_, s)| s.connections > 0).map(|(peer, _)| *peer).collect()
+        })
+    }
+
     pub fn connected_count(&self) -> usize {
         self.with(|peers| peers.values().filter(|s| s.connections > 0).count())
     }

@@ -14,7 +14,8 @@ pub fn nix_available() -> bool {
 }
 
 /// A node on loopback over `store` (its NARs read from the store's files, its changes
-/// watched), state in `state`, trusting `trusted`, with `peers` as static peers and no mDNS.
+/// watched), state in `state`, trusting `trusted`, with `peers` as static peers, no mDNS and
+/// no upstream cache.
 pub fn loopback_config(
     state: &Path,
     store: &HostStore,
@@ -30,6 +31,7 @@ pub fn loopback_config(
         peers,
         mdns: false,
         real_store_dir: Some(store.real_store_dir()),
+        upstreams: Some(Vec::new()),
         ..ServeConfig::default()
     }
 }

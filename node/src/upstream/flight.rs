@@ -1,0 +1,332 @@
+//! LAN-wide single flight: one node of the mesh downloads each NAR from upstream, and every
+//! other node that wants it streams it from that node as it arrives (see docs/upstream.md).
+//!
+//! Who downloads a NAR is decided without asking anyone: rendezvous hashing of its `NarHash`
+//! over the live nodes (this one and its connected peers). (Keyed by the NAR, not the path:
+//! two paths with the same contents share one NAR file upstream.) Every node with the same
+//! view of the mesh picks the same one, the *claimer*; when the claimer leaves, the next in
+//! the order takes over, and so on. A node asks the claimer with the fetch protocol's
+//! `UpstreamNar` request; the claimer answers from its [`Spool`], starting the download if it
+//! is the first to ask, and readers follow it as it is written. A claimer that breaks off
+//! mid-NAR is replaced by the next node in the order, asked from the offset reached, so the
+//! client's NAR goes on (its hash running on in the substituter). A claimer with no upstream
+//! (or whose upstreams lack the path) says so, and the next is asked; this node comes in its
+//! turn, like any other.
+//!
+//! Narinfos have claimers too, by the same hashing of the store path's hash: the path's
+//! claimer asks its upstreams for the narinfo for the whole mesh (`UpstreamNarInfo`) and
+//! remembers it, so the mesh asks upstream for each narinfo once and shares a "not here",
+//! which the asker remembers as if its own upstreams had said it. The narinfo comes with its
+//! `URL` made absolute, so that the NAR's claimer can download it from the text alone.
+//!
+//! Views of the mesh differ for a moment when a node joins or leaves, and two nodes may then
+//! download the same NAR: a cost, never a fault. The bounds: one download per claimer asked,
+//! at most [`MAX_CLAIMERS`] claimers per NAR request.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
+use libp2p::PeerId;
+use nixmesh_localhttp::{NarStream, SourceError};
+use nixmesh_protocol::{Sha256, StorePathHash};
+use sha2::Digest;
+use tracing::{debug, info, warn};
+
+use super::spool::{Spool, SpoolError};
+use super::{Found, Upstreams};
+use crate::fetch::FetchClient;
+use crate::mesh::Mesh;
+use crate::traffic::Traffic;
+
+/// How many claimers one NAR request tries before it gives up.
+pub const MAX_CLAIMERS: usize = 6;
+
+/// A NAR's bytes as a claimer relays them, from the offset asked for.
+pub type RelayedBytes = std::pin::Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+/// What a claimer sends: the NAR's size, and its bytes from the offset asked for.
+pub type Relay = (u64, RelayedBytes);
+
+/// This node's part in the mesh's downloads from upstream.
+pub struct Flights {
+    mesh: Mesh,
+    fetch: FetchClient,
+    upstreams: Arc<Upstreams>,
+    spool: Spool,
+    /// Where the NAR bytes relayed to peers are counted.
+    traffic: Arc<Traffic>,
+}
+
+impl Flights {
+    pub fn new(
+        mesh: Mesh,
+        fetch: FetchClient,
+        upstreams: Arc<Upstreams>,
+        spool: Spool,
+        traffic: Arc<Traffic>,
+    ) -> Self {
+        Flights { mesh, fetch, upstreams, spool, traffic }
+    }
+
+    /// The upstreams this node asks.
+    pub fn upstreams(&self) -> &Arc<Upstreams> {
+        &self.upstreams
+    }
+
+    /// The live nodes in the order they claim `key` (a NarHash for a NAR, a store path's
+    /// hash for its narinfo): highest rendezvous score first.
+    fn claimers(&self, key: &[u8]) -> Vec<PeerId> {
+        let mut nodes = self.mesh.peers().connected_ids();
+        nodes.push(self.mesh.local_peer_id());
+        nodes.sort_by_cached_key(|node| std::cmp::Reverse(score(node, key)));
+        nodes
+    }
+
+    /// For this node's substituter: the narinfo of `hash` from upstream, asked by way of the
+    /// path's claimer, so that the mesh asks its upstreams once and shares the answer, a "not
+    /// here" included; within the upstream deadline in all. A claimer that does not answer in
+    /// three quarters of it is passed over for this node's own upstreams.
+    pub async fn narinfo(&self, hash: StorePathHash) -> Result<Option<String>, SourceError> {
+        let failed = |reason: String| SourceError::Failed {
+            peer: "upstream".into(),
+            operation: "narinfo",
+            reason,
+        };
+        let local = self.mesh.local_peer_id();
+        let claimer = self.claimers(hash.as_bytes())[0];
+        if claimer != local {
+            let limit = self.upstreams.deadline() * 3 / 4;
+            let asked = self.fetch.upstream_narinfo(claimer, hash);
+            match tokio::time::timeout(limit, asked).await {
+                Ok(Ok(Some(text))) => return Ok(Some(text)),
+                Ok(Ok(None)) => {
+                    self.upstreams.absent(hash);
+                    return Ok(None);
+                }
+                Ok(Err(e)) => {
+                    debug!(%hash, %claimer, "narinfo from upstream by way of the claimer: {e}")
+                }
+                Err(_) => debug!(%hash, %claimer, "the claimer did not answer within {limit:?}"),
+            }
+            let left = self.upstreams.deadline() - limit;
+            return match tokio::time::timeout(left, self.upstreams.narinfo(hash)).await {
+                Ok(Ok(found)) => Ok(found.map(|f| f.text)),
+                Ok(Err(e)) => Err(failed(e.to_string())),
+                Err(_) => Err(failed(format!("no answer within {:?}", self.upstreams.deadline()))),
+            };
+        }
+        match self.upstreams.narinfo(hash).await {
+            Ok(found) => Ok(found.map(|f| f.text)),
+            Err(e) => Err(failed(e.to_string())),
+        }
+    }
+
+    /// For this node's substituter: the NAR with `nar_hash` of the path `hash`, from byte
+    /// `offset`, by way of its claimer; `None` when no claimer (this node included) could
+    /// start it. A claimer breaking off mid-NAR is replaced by the next.
+    pub async fn nar(
+        self: &Arc<Self>,
+        hash: StorePathHash,
+        nar_hash: Sha256,
+        offset: u64,
+    ) -> Result<Option<NarStream>, SourceError> {
+        let mut tried = HashSet::new();
+        let Some(first) = self.open(hash, nar_hash, offset, &mut tried).await? else {
+            return Ok(None);
+        };
+        // On a break: the next claimer from the offset reached, until one finishes or none
+        // is left.
+        let state = (Some(first), offset, tried, self.clone());
+        let resumed = futures::stream::unfold(
+            state,
+            move |(current, at, mut tried, flights)| async move {
+                let mut current = current?;
+                match current.next().await {
+                    Some(Ok(chunk)) => {
+                        let at = at + chunk.len() as u64;
+                        Some((Ok(chunk), (Some(current), at, tried, flights)))
+                    }
+                    None => None,
+                    Some(Err(e)) => {
+                        info!(%hash, offset = at, "NAR from upstream broke off ({e}); asking the next claimer");
+                        match flights.open(hash, nar_hash, at, &mut tried).await {
+                            Ok(Some(mut next)) => match next.next().await {
+                                Some(Ok(chunk)) => {
+                                    let at = at + chunk.len() as u64;
+                                    Some((Ok(chunk), (Some(next), at, tried, flights)))
+                                }
+                                Some(Err(e)) => Some((Err(e), (None, at, tried, flights))),
+                                None => None,
+                            },
+                            Ok(None) => Some((Err(e), (None, at, tried, flights))),
+                            Err(e) => Some((Err(e), (None, at, tried, flights))),
+                        }
+                    }
+                }
+            },
+        );
+        Ok(Some(Box::pin(resumed)))
+    }
+
+    /// The first claimer not in `tried` (added to it) that starts sending the NAR.
+    async fn open(
+        &self,
+        hash: StorePathHash,
+        nar_hash: Sha256,
+        offset: u64,
+        tried: &mut HashSet<PeerId>,
+    ) -> Result<Option<NarStream>, SourceError> {
+        let local = self.mesh.local_peer_id();
+        let mut last_error = None;
+        for claimer in self.claimers(&nar_hash.0) {
+            if tried.len() >= MAX_CLAIMERS {
+                break;
+            }
+            if !tried.insert(claimer) {
+                continue;
+            }
+            if claimer == local {
+                match self.relay(hash, nar_hash, offset).await {
+                    Ok(Some((_, nar))) => {
+                        debug!(%hash, offset, "NAR from upstream, downloaded here");
+                        let failed = |e: std::io::Error| SourceError::Failed {
+                            peer: "upstream".into(),
+                            operation: "NAR",
+                            reason: e.to_string(),
+                        };
+                        return Ok(Some(Box::pin(nar.map_err(failed))));
+                    }
+                    Ok(None) => {}
+                    Err(reason) => {
+                        warn!(%hash, "NAR from upstream: {reason}");
+                        last_error = Some(SourceError::Failed {
+                            peer: "upstream".into(),
+                            operation: "NAR",
+                            reason,
+                        });
+                    }
+                }
+                continue;
+            }
+            match self.fetch.upstream_nar(claimer, hash, nar_hash, offset).await {
+                Ok(Some(body)) => {
+                    debug!(%hash, %claimer, offset, "NAR from upstream, by way of its claimer");
+                    return Ok(Some(Box::pin(body.map_err(SourceError::from))));
+                }
+                Ok(None) => debug!(%hash, %claimer, "the claimer cannot download it"),
+                Err(e) => {
+                    info!(%hash, %claimer, "claimer not used: {e}");
+                    last_error = Some(e.into());
+                }
+            }
+        }
+        match last_error {
+            Some(e) => Err(e),
+            None => Ok(None),
+        }
+    }
+
+    /// What this node sends for the NAR as its claimer: from its spool (the download started
+    /// if needed), or, for a NAR the spool cannot take, straight from upstream. `None` when
+    /// no upstream has the path, or has another build of it.
+    pub async fn relay(
+        &self,
+        hash: StorePathHash,
+        nar_hash: Sha256,
+        offset: u64,
+    ) -> Result<Option<Relay>, String> {
+        if self.upstreams.is_empty() {
+            return Ok(None);
+        }
+        // The narinfo by way of its own claimer, which remembers it: the mesh asks upstream
+        // for each narinfo once.
+        let text = self.narinfo(hash).await.map_err(|e| e.to_string())?;
+        let Some(found) = text.and_then(Found::from_claimer) else {
+            return Ok(None);
+        };
+        if found.narinfo.nar_hash != nar_hash {
+            debug!(%hash, "upstream has another build of the path");
+            return Ok(None);
+        }
+        let nar_size = found.narinfo.nar_size;
+        if offset > nar_size {
+            return Err(format!("offset {offset} is past the NAR's end ({nar_size})"));
+        }
+        let (upstreams, download_found) = (self.upstreams.clone(), found.clone());
+        let download: super::spool::Download =
+            Box::new(move || Box::pin(async move { upstreams.nar(&download_found).await }));
+        match self.spool.read(nar_hash, nar_size, offset, download) {
+            Ok(nar) => Ok(Some((nar_size, Box::pin(nar)))),
+            Err(e @ (SpoolError::TooLarge { .. } | SpoolError::Full { .. })) => {
+                info!(%hash, "not spooled ({e}): downloading it for this reader alone");
+                let nar = self.direct(&found, offset).await?;
+                Ok(Some((nar_size, nar)))
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// `found`'s NAR from `offset`, downloaded for one reader.
+    async fn direct(&self, found: &Found, offset: u64) -> Result<RelayedBytes, String> {
+        let nar = self.upstreams.nar(found).await.map_err(|e| e.to_string())?;
+        let mut to_skip = offset;
+        let skipped = nar.map_err(std::io::Error::other).filter_map(move |chunk| {
+            let out = match chunk {
+                Ok(mut chunk) if to_skip > 0 => {
+                    let skip = to_skip.min(chunk.len() as u64);
+                    to_skip -= skip;
+                    let _ = chunk.split_to(skip as usize);
+                    (!chunk.is_empty()).then_some(Ok(chunk))
+                }
+                other => Some(other),
+            };
+            futures::future::ready(out)
+        });
+        Ok(Box::pin(skipped))
+    }
+
+    /// Counts `len` NAR bytes sent to a peer.
+    pub fn relayed(&self, len: u64) {
+        self.traffic.relayed(len);
+    }
+}
+
+/// `node`'s rendezvous score for `key`: the first 8 bytes of SHA-256(peer id, key).
+fn score(node: &PeerId, key: &[u8]) -> u64 {
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(node.to_bytes());
+    hasher.update(key);
+    let digest = hasher.finalize();
+    u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_node_ranks_the_claimers_alike_and_a_departure_moves_only_its_own_nars() {
+        let nodes: Vec<PeerId> = (0..5).map(|_| PeerId::random()).collect();
+        let nars: Vec<[u8; 4]> = (0..200u32).map(u32::to_le_bytes).collect();
+        let first = |among: &[PeerId], nar: &[u8; 4]| {
+            *among.iter().max_by_key(|n| score(n, nar)).expect("some node")
+        };
+        let mut counts = std::collections::HashMap::new();
+        for nar in &nars {
+            *counts.entry(first(&nodes, nar)).or_insert(0) += 1;
+            // Without the first claimer, the others keep their order.
+            let gone = first(&nodes, nar);
+            let rest: Vec<PeerId> = nodes.iter().copied().filter(|n| *n != gone).collect();
+            let mut reversed = rest.clone();
+            reversed.reverse();
+            assert_eq!(
+                first(&rest, nar),
+                first(&reversed, nar),
+                "order of the list does not matter"
+            );
+        }
+        assert_eq!(counts.len(), 5, "every node claims some: {counts:?}");
+        assert!(counts.values().all(|&n| n > 10), "spread: {counts:?}");
+    }
+}

@@ -1,0 +1,537 @@
+//! Upstream binary caches: where a path no peer holds comes from, once for the whole mesh.
+//!
+//! [`Upstreams`] asks the configured caches (`--upstream`, in order; by default nix.conf's
+//! `substituters` other than this node) for narinfos, all of them within one deadline
+//! (`upstream_timeout`, 2 s by default), and downloads NARs, decompressing what the narinfo
+//! says (`xz`, `zstd`, `bzip2`, `none`; see [`compression`]). What it finds is remembered for
+//! the NAR request that follows; what every cache says it does not have is remembered for
+//! [`ABSENT_FOR`], so Nix's burst of narinfo requests for paths no cache has costs the
+//! upstream link nothing twice. A cache that does not answer in time, or cannot be reached,
+//! is skipped for a while (from [`FIRST_PAUSE`], doubling to [`LONGEST_PAUSE`]; then one
+//! request tries it again): an unreachable upstream costs one deadline, not one per path.
+//!
+//! Trust is not decided here: the substituter checks an upstream's narinfo against the keys
+//! it trusts, as it does a peer's, and the NAR's bytes against its `NarHash` as they pass.
+//! Which node of the mesh downloads a NAR, and how the others share it, is [`flight`]'s;
+//! where it is kept while it arrives, [`spool`]'s.
+
+pub mod compression;
+pub mod flight;
+pub mod spool;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::{Stream, StreamExt, TryStreamExt};
+use http_body_util::{BodyExt, Empty};
+use hyper::StatusCode;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use nixmesh_localhttp::metrics::Counter;
+use nixmesh_protocol::nixconf::SUBSTITUTERS;
+use nixmesh_protocol::{NarInfo, StorePathHash};
+use serde::Serialize;
+use thiserror::Error;
+use tracing::{debug, info, warn};
+
+use crate::nix_conf::{self, NixConfError};
+use compression::Compression;
+
+/// How long an upstream's "not here" is believed. Short: a path may be pushed to the cache
+/// at any time, and Nix remembers our 404 for its own negative TTL on top.
+pub const ABSENT_FOR: Duration = Duration::from_secs(30);
+/// How long a narinfo found upstream is remembered for the NAR request that follows.
+const FOUND_FOR: Duration = Duration::from_secs(600);
+/// How many of each are remembered.
+const REMEMBERED: usize = 65_536;
+/// The first pause after an upstream failed to answer, doubled at each failure after it.
+pub const FIRST_PAUSE: Duration = Duration::from_secs(5);
+pub const LONGEST_PAUSE: Duration = Duration::from_secs(60);
+/// How long a NAR download may take to its response, and then wait for its next bytes.
+const NAR_START_LIMIT: Duration = Duration::from_secs(15);
+const NAR_IDLE_LIMIT: Duration = Duration::from_secs(30);
+/// Connecting to an upstream (TCP, and TLS for https).
+const CONNECT_LIMIT: Duration = Duration::from_secs(5);
+
+/// A NAR's bytes from its start, decompressed.
+pub type NarBytes = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>;
+
+/// Why an upstream gave nothing usable. Each names the URL.
+#[derive(Debug, Clone, Error)]
+pub enum UpstreamError {
+    #[error("{url}: {reason}")]
+    Failed { url: String, reason: String },
+    #[error("{url}: no answer within {limit:?}")]
+    TimedOut { url: String, limit: Duration },
+}
+
+/// The upstreams could not be made from the settings.
+#[derive(Debug, Error)]
+pub enum UpstreamConfigError {
+    #[error("reading the default upstreams from nix.conf: {0}")]
+    NixConf(#[from] NixConfError),
+    #[error("upstream {url:?}: {reason}")]
+    BadUrl { url: String, reason: &'static str },
+}
+
+/// The upstreams from the settings: `configured` if given (empty: none), else nix.conf's
+/// substituters that are `http(s)://` and not this node's own substituter at `own_http`.
+pub fn resolve(
+    configured: Option<&[String]>,
+    own_http: std::net::SocketAddr,
+) -> Result<Vec<String>, UpstreamConfigError> {
+    let urls = match configured {
+        Some(urls) => urls.to_vec(),
+        None => {
+            let listed = nix_conf::read_list(&nix_conf::default_path(), &SUBSTITUTERS)?;
+            listed
+                .into_iter()
+                .filter(|url| {
+                    let usable = url.starts_with("http://") || url.starts_with("https://");
+                    if !usable {
+                        info!(url, "not an upstream: only http(s) substituters are");
+                    }
+                    usable && !is_own(url, own_http)
+                })
+                .collect()
+        }
+    };
+    urls.iter().map(|url| base_url(url)).collect()
+}
+
+/// Whether `url` is this node's own substituter: a loopback (or unspecified-address) host
+/// on its port.
+fn is_own(url: &str, own: std::net::SocketAddr) -> bool {
+    let Ok(uri) = url.parse::<hyper::Uri>() else { return false };
+    let local = match uri.host().map(|h| h.trim_start_matches('[').trim_end_matches(']')) {
+        Some("localhost") => true,
+        Some(host) => host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    };
+    let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
+    local && port == own.port()
+}
+
+/// `url` without its query (Nix's `?priority=…`) and trailing slashes, checked to be
+/// `http(s)://`.
+fn base_url(url: &str) -> Result<String, UpstreamConfigError> {
+    let bad = |reason| UpstreamConfigError::BadUrl { url: url.to_owned(), reason };
+    let base = url.split(['?', '#']).next().unwrap_or(url).trim_end_matches('/');
+    let uri: hyper::Uri = base.parse().map_err(|_| bad("not a URL"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        return Err(bad("must be http:// or https:// with a host"));
+    }
+    Ok(base.to_owned())
+}
+
+/// A narinfo an upstream has, its `URL` made absolute (the cache's URL before it), so that
+/// any node of the mesh can download the NAR from it alone; the signature does not cover
+/// the URL.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub narinfo: NarInfo,
+    /// The narinfo as it is passed on: the upstream's, with the absolute URL.
+    pub text: String,
+}
+
+impl Found {
+    /// `narinfo` from the cache at `cache`, its URL made absolute.
+    fn new(cache: &str, mut narinfo: NarInfo) -> Found {
+        let url = &narinfo.url;
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            narinfo.url = format!("{cache}/{}", url.trim_start_matches('/'));
+        }
+        let text = narinfo.to_string();
+        Found { narinfo, text }
+    }
+
+    /// A narinfo passed on by the path's claimer; `None` unless its URL is absolute.
+    pub fn from_claimer(text: String) -> Option<Found> {
+        let narinfo = NarInfo::parse(&text).ok()?;
+        let absolute = narinfo.url.starts_with("http://") || narinfo.url.starts_with("https://");
+        absolute.then_some(Found { narinfo, text })
+    }
+}
+
+/// One cache, and whether it is being skipped after failing to answer.
+struct Cache {
+    url: String,
+    pause: Mutex<Pause>,
+}
+
+#[derive(Default)]
+struct Pause {
+    until: Option<Instant>,
+    next: Duration,
+}
+
+impl Cache {
+    fn available(&self) -> bool {
+        let pause = self.pause.lock().expect("pause lock poisoned");
+        pause.until.is_none_or(|until| Instant::now() >= until)
+    }
+
+    fn failed(&self, why: &UpstreamError) {
+        let mut pause = self.pause.lock().expect("pause lock poisoned");
+        let length = if pause.next.is_zero() { FIRST_PAUSE } else { pause.next };
+        if pause.until.is_none_or(|until| Instant::now() >= until) {
+            warn!(upstream = %self.url, "upstream skipped for {length:?}: {why}");
+        }
+        pause.until = Some(Instant::now() + length);
+        pause.next = (length * 2).min(LONGEST_PAUSE);
+    }
+
+    fn answered(&self) {
+        let mut pause = self.pause.lock().expect("pause lock poisoned");
+        if pause.until.take().is_some() {
+            info!(upstream = %self.url, "upstream answers again");
+        }
+        pause.next = Duration::ZERO;
+    }
+}
+
+/// What the status page says of the upstreams.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct UpstreamStatus {
+    /// Each cache's URL and whether it is being skipped.
+    pub caches: Vec<CacheStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CacheStatus {
+    pub url: String,
+    pub skipped: bool,
+}
+
+/// A narinfo lookup under way, awaited by every request for its path.
+type Lookup = Shared<BoxFuture<'static, Result<Option<Found>, UpstreamError>>>;
+
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// The upstream caches, and what they were last seen to have.
+pub struct Upstreams {
+    caches: Vec<Cache>,
+    client: HttpClient,
+    /// What asking for one narinfo may take, over every cache.
+    deadline: Duration,
+    found: Mutex<HashMap<StorePathHash, (Found, Instant)>>,
+    /// Lookups under way, shared by the requests for the same path.
+    in_flight: Mutex<HashMap<StorePathHash, Lookup>>,
+    absent: Mutex<HashMap<StorePathHash, Instant>>,
+    /// Bytes downloaded, as sent.
+    downloaded: Counter,
+}
+
+impl Upstreams {
+    /// The caches at `urls` (base URLs, see [`resolve`]), each narinfo asked within
+    /// `deadline` over all of them, the bytes downloaded counted in `downloaded`.
+    pub fn new(urls: Vec<String>, deadline: Duration, downloaded: Counter) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(CONNECT_LIMIT));
+        http.set_nodelay(true);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(32)
+            .build(connector);
+        let caches = urls.into_iter().map(|url| Cache { url, pause: Mutex::default() }).collect();
+        Upstreams {
+            caches,
+            client,
+            deadline,
+            found: Mutex::default(),
+            in_flight: Mutex::default(),
+            absent: Mutex::default(),
+            downloaded,
+        }
+    }
+
+    /// Whether there are any.
+    pub fn is_empty(&self) -> bool {
+        self.caches.is_empty()
+    }
+
+    /// Whether asking the upstreams for `hash` may find it: some cache is not being skipped,
+    /// and they did not all say lately that they lack it. Never waits on the network.
+    pub fn may_have(&self, hash: &StorePathHash) -> bool {
+        if !self.caches.iter().any(Cache::available) {
+            return false;
+        }
+        let absent = self.absent.lock().expect("absent lock poisoned");
+        absent.get(hash).is_none_or(|since| since.elapsed() >= ABSENT_FOR)
+    }
+
+    /// The narinfo the first cache that has `hash` has, or `None` when every cache asked said
+    /// it has none; all within the deadline. Requests for the same path at the same time
+    /// share one lookup, which runs to its end even if they all go away.
+    pub async fn narinfo(
+        self: &Arc<Self>,
+        hash: StorePathHash,
+    ) -> Result<Option<Found>, UpstreamError> {
+        if let Some(found) = self.remembered(&hash) {
+            return Ok(Some(found));
+        }
+        if !self.may_have(&hash) && self.caches.iter().any(Cache::available) {
+            return Ok(None);
+        }
+        let lookup = {
+            let mut in_flight = self.in_flight.lock().expect("in-flight lock poisoned");
+            let lookup = in_flight.entry(hash).or_insert_with(|| {
+                let this = self.clone();
+                let task = tokio::spawn(async move {
+                    let answer = this.lookup(hash).await;
+                    this.in_flight.lock().expect("in-flight lock poisoned").remove(&hash);
+                    answer
+                });
+                let url = self.caches.first().map_or_else(String::new, |c| c.url.clone());
+                let joined = async move {
+                    task.await.unwrap_or_else(|e| {
+                        Err(UpstreamError::Failed { url, reason: format!("lookup failed: {e}") })
+                    })
+                };
+                joined.boxed().shared()
+            });
+            lookup.clone()
+        };
+        lookup.await
+    }
+
+    async fn lookup(&self, hash: StorePathHash) -> Result<Option<Found>, UpstreamError> {
+        let end = tokio::time::Instant::now() + self.deadline;
+        let mut failure = None;
+        let available: Vec<&Cache> = self.caches.iter().filter(|c| c.available()).collect();
+        if available.is_empty() {
+            let url = self.caches.first().map_or_else(String::new, |c| c.url.clone());
+            let reason = "every upstream is being skipped after failing to answer".to_owned();
+            return Err(UpstreamError::Failed { url, reason });
+        }
+        for cache in available {
+            let url = format!("{}/{hash}.narinfo", cache.url);
+            let left = end.saturating_duration_since(tokio::time::Instant::now());
+            let answer = match tokio::time::timeout(left, self.get_narinfo(&url, hash)).await {
+                Ok(answer) => answer,
+                Err(_) => Err(UpstreamError::TimedOut { url, limit: self.deadline }),
+            };
+            match answer {
+                Ok(Some(narinfo)) => {
+                    cache.answered();
+                    let found = Found::new(&cache.url, narinfo);
+                    remember(&self.found, hash, (found.clone(), Instant::now()));
+                    return Ok(Some(found));
+                }
+                Ok(None) => cache.answered(),
+                Err(e) => {
+                    if matches!(e, UpstreamError::TimedOut { .. }) || is_unreachable(&e) {
+                        cache.failed(&e);
+                    }
+                    failure = Some(e);
+                }
+            }
+        }
+        match failure {
+            // Not every cache answered: no "absent" to remember.
+            Some(e) => Err(e),
+            None => {
+                remember(&self.absent, hash, Instant::now());
+                Ok(None)
+            }
+        }
+    }
+
+    /// Remembers that the upstreams lack `hash`, as the path's claimer found (see
+    /// [`flight`]): a "not here" shared by the mesh.
+    pub fn absent(&self, hash: StorePathHash) {
+        remember(&self.absent, hash, Instant::now());
+    }
+
+    /// The deadline for one narinfo over every cache.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    fn remembered(&self, hash: &StorePathHash) -> Option<Found> {
+        let found = self.found.lock().expect("found lock poisoned");
+        found.get(hash).filter(|(_, at)| at.elapsed() < FOUND_FOR).map(|(f, _)| f.clone())
+    }
+
+    /// One cache's narinfo for `hash`: `None` for its "not here" (404, 403 or 410).
+    async fn get_narinfo(
+        &self,
+        url: &str,
+        hash: StorePathHash,
+    ) -> Result<Option<NarInfo>, UpstreamError> {
+        let failed = |reason: String| UpstreamError::Failed { url: url.to_owned(), reason };
+        let response = self.get(url).await?;
+        match response.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND | StatusCode::FORBIDDEN | StatusCode::GONE => return Ok(None),
+            status => return Err(failed(format!("answered {status}"))),
+        }
+        let limit = nixmesh_protocol::wire::MAX_NARINFO_LEN;
+        let body = http_body_util::Limited::new(response.into_body(), limit);
+        let bytes = body.collect().await.map_err(|e| failed(format!("reading: {e}")))?;
+        let text = String::from_utf8(bytes.to_bytes().to_vec())
+            .map_err(|_| failed("the narinfo is not UTF-8".into()))?;
+        let narinfo = NarInfo::parse(&text).map_err(|e| failed(format!("bad narinfo: {e}")))?;
+        if narinfo.store_path.hash() != hash {
+            return Err(failed(format!("the narinfo is for {}", narinfo.store_path)));
+        }
+        debug!(url, "narinfo found upstream");
+        Ok(Some(narinfo))
+    }
+
+    async fn get(
+        &self,
+        url: &str,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, UpstreamError> {
+        let failed = |reason: String| UpstreamError::Failed { url: url.to_owned(), reason };
+        let uri: hyper::Uri = url.parse().map_err(|e| failed(format!("not a URL: {e}")))?;
+        let request = hyper::Request::get(uri)
+            .header(hyper::header::USER_AGENT, concat!("nixmesh/", env!("CARGO_PKG_VERSION")))
+            .body(Empty::new())
+            .map_err(|e| failed(e.to_string()))?;
+        self.client.request(request).await.map_err(|e| failed(describe(&e)))
+    }
+
+    /// `found`'s NAR, decompressed, from its start.
+    pub async fn nar(&self, found: &Found) -> Result<NarBytes, UpstreamError> {
+        let url = found.narinfo.url.clone();
+        let failed = |reason: String| UpstreamError::Failed { url: url.clone(), reason };
+        let compression = Compression::of(&found.narinfo).map_err(|e| failed(e.to_string()))?;
+        let limit = NAR_START_LIMIT;
+        let response = match tokio::time::timeout(limit, self.get(&url)).await {
+            Ok(response) => response?,
+            Err(_) => return Err(UpstreamError::TimedOut { url, limit }),
+        };
+        if response.status() != StatusCode::OK {
+            return Err(failed(format!("answered {}", response.status())));
+        }
+        debug!(url, %compression, "downloading a NAR from upstream");
+        let downloaded = self.downloaded.clone();
+        let counted = response.into_body().into_data_stream().inspect_ok(move |chunk| {
+            downloaded.inc_by(chunk.len() as u64);
+        });
+        let body = counted.map_err(std::io::Error::other);
+        let decompressed = compression.decode(body);
+        let idle = idle_limited(decompressed, NAR_IDLE_LIMIT);
+        let url2 = url.clone();
+        Ok(Box::pin(
+            idle.map_err(move |e| UpstreamError::Failed {
+                url: url2.clone(),
+                reason: e.to_string(),
+            }),
+        ))
+    }
+
+    /// The upstreams' state, for the status page.
+    pub fn status(&self) -> UpstreamStatus {
+        let caches = self
+            .caches
+            .iter()
+            .map(|c| CacheStatus { url: c.url.clone(), skipped: !c.available() })
+            .collect();
+        UpstreamStatus { caches }
+    }
+}
+
+/// Whether `e` means the cache could not be reached at all (rather than answered badly).
+fn is_unreachable(e: &UpstreamError) -> bool {
+    match e {
+        UpstreamError::TimedOut { .. } => true,
+        UpstreamError::Failed { reason, .. } => reason.starts_with("cannot connect"),
+    }
+}
+
+/// A client error with its causes, `cannot connect: …` when it never reached the server.
+fn describe(e: &hyper_util::client::legacy::Error) -> String {
+    let mut text = if e.is_connect() { "cannot connect".to_owned() } else { e.to_string() };
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+/// Remembers `value` under `hash`, dropping what has expired (or, if nothing has, all) when
+/// full: a bound, not an LRU.
+fn remember<V>(map: &Mutex<HashMap<StorePathHash, V>>, hash: StorePathHash, value: V) {
+    let mut map = map.lock().expect("upstream memory lock poisoned");
+    if map.len() >= REMEMBERED {
+        map.clear();
+    }
+    map.insert(hash, value);
+}
+
+/// `stream`, failing when it gives nothing for `limit`.
+fn idle_limited<S>(stream: S, limit: Duration) -> impl Stream<Item = std::io::Result<Bytes>>
+where
+    S: Stream<Item = std::io::Result<Bytes>> + Send,
+{
+    futures::stream::unfold(Some(Box::pin(stream)), move |state| async move {
+        let mut stream = state?;
+        match tokio::time::timeout(limit, stream.next()).await {
+            Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(stream))),
+            Ok(Some(Err(e))) => Some((Err(e), None)),
+            Ok(None) => None,
+            Err(_) => {
+                let e = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no bytes for {limit:?}"),
+                );
+                Some((Err(e), None))
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls_lose_queries_and_slashes_and_must_be_http() {
+        assert_eq!(base_url("https://cache.nixos.org/").unwrap(), "https://cache.nixos.org");
+        assert_eq!(
+            base_url("http://10.0.0.1:8080/c/?priority=30").unwrap(),
+            "http://10.0.0.1:8080/c"
+        );
+        assert!(base_url("s3://bucket").is_err());
+        assert!(base_url("http://").is_err());
+    }
+
+    #[test]
+    fn the_nodes_own_substituter_is_not_its_upstream() {
+        let own: std::net::SocketAddr = "127.0.0.1:7373".parse().unwrap();
+        assert!(is_own("http://127.0.0.1:7373?priority=10", own));
+        assert!(is_own("http://localhost:7373/", own));
+        assert!(is_own("http://[::1]:7373", own));
+        assert!(!is_own("http://127.0.0.1:8080", own));
+        assert!(!is_own("https://cache.nixos.org", own));
+        let urls = vec!["http://192.0.2.1/".to_owned()];
+        assert_eq!(resolve(Some(&urls), own).unwrap(), ["http://192.0.2.1"]);
+        assert!(resolve(Some(&[]), own).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_cache_that_cannot_be_reached_is_skipped_after_one_deadline() {
+        // A port nothing listens on, on loopback: refused at once.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let urls = vec![format!("http://{closed}")];
+        let upstreams = Arc::new(Upstreams::new(urls, Duration::from_secs(2), Counter::default()));
+        let hash = StorePathHash::parse("0c7xm5qh4dvzd6k7ncqgzrz1ybs2vzqj").unwrap();
+        assert!(upstreams.may_have(&hash));
+        assert!(upstreams.narinfo(hash).await.is_err());
+        assert!(!upstreams.may_have(&hash), "skipped now");
+        assert!(upstreams.status().caches[0].skipped);
+    }
+}
