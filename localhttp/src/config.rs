@@ -36,13 +36,20 @@ pub struct Config {
     pub nar_verified_whole_up_to: u64,
     /// How many verified narinfos are remembered for the NAR requests that follow them.
     pub narinfo_cache_capacity: usize,
-    /// Requests other than NAR downloads handled at once; more wait their turn.
+    /// Narinfo requests asking peers at once (misses, remembered narinfos and the status
+    /// pages never wait for one); more wait their turn, within the narinfo deadline.
     pub max_concurrent_requests: usize,
     /// NAR downloads under way at once (each counts until its body ends); more wait their
-    /// turn, apart from the other requests.
+    /// turn, apart from the other requests, or take the place of a download whose client
+    /// stopped reading (see `nar_slots`).
     pub max_concurrent_nars: usize,
-    /// The limit on every request but NAR downloads, from arrival to the response.
+    /// The limit on every request but NAR downloads, from arrival to the response; past it,
+    /// a narinfo is a miss (`404`), never a server error.
     pub request_timeout: Duration,
+    /// How long a NAR download's client may take nothing of it before it is cut off (the
+    /// transfer from the peer lets go of its stream after a second of that already; see
+    /// `nar_slots`).
+    pub nar_client_stall_timeout: Duration,
     /// How long a client connection may go with nothing moving either way (an idle
     /// keep-alive, a client that stopped reading its NAR) before it is closed. Longer than a
     /// response may take to start: [`Config::narinfo_deadline`] plus
@@ -67,6 +74,7 @@ impl Default for Config {
             max_concurrent_requests: 256,
             max_concurrent_nars: 256,
             request_timeout: Duration::from_secs(10),
+            nar_client_stall_timeout: Duration::from_secs(20),
             client_stall_timeout: Duration::from_secs(60),
         }
     }
@@ -90,6 +98,7 @@ impl fmt::Debug for Config {
             .field("max_concurrent_requests", &self.max_concurrent_requests)
             .field("max_concurrent_nars", &self.max_concurrent_nars)
             .field("request_timeout", &self.request_timeout)
+            .field("nar_client_stall_timeout", &self.nar_client_stall_timeout)
             .field("client_stall_timeout", &self.client_stall_timeout)
             .finish()
     }

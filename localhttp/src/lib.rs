@@ -10,7 +10,8 @@
 //! narinfo trust rule; `cache` remembers verified narinfos; `routes` and `nar` are the
 //! handlers; `why` explains what would be served and why; `verified_nar` checks NAR bytes;
 //! `node_view` is what the status pages read; `metrics` holds the Prometheus registry;
-//! `server` assembles the router with its limits.
+//! `server` assembles the router with its limits; `connection` bounds each client connection
+//! in time and their number; `nar_slots` bounds the NAR downloads and what a stalled one holds.
 
 mod cache;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod health;
 mod holders;
 pub mod metrics;
 mod nar;
+pub mod nar_slots;
 pub mod node_view;
 mod routes;
 pub mod server;

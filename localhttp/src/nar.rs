@@ -1,18 +1,22 @@
 //! `GET /nar/<hash>-<narhash>.nar`: the NAR of a verified narinfo, streamed from a holder
-//! through [`VerifiedNar`].
+//! through [`VerifiedNar`], holding one of the NAR slots (taken only once the path is known
+//! to be held, so a miss never waits for one) until its body ends.
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
 use thiserror::Error;
 use tracing::debug;
 
+use crate::connection::ClientConnection;
 use crate::holders::{Miss, first_of};
 use crate::routes::{malformed, miss};
+use crate::server::Holding;
 use crate::source::{PathSource, SourceError};
 use crate::substituter::Substituter;
 use crate::target::{RequestPathError, Target};
@@ -27,7 +31,11 @@ enum Unused {
     NotHeld,
 }
 
-pub async fn nar<S: PathSource>(State(sub): State<Arc<Substituter<S>>>, uri: Uri) -> Response {
+pub async fn nar<S: PathSource>(
+    State(sub): State<Arc<Substituter<S>>>,
+    uri: Uri,
+    client: Option<Extension<ConnectInfo<ClientConnection>>>,
+) -> Response {
     let file = match Target::parse(uri.path()) {
         Ok(Target::Nar(file)) => file,
         Ok(_) | Err(RequestPathError::NotFound) => return miss("no such file"),
@@ -50,6 +58,7 @@ pub async fn nar<S: PathSource>(State(sub): State<Arc<Substituter<S>>>, uri: Uri
         check: verified.check.clone(),
     };
     let nar_size = expected.nar_size;
+    let slot = sub.nar_slots.acquire(client.map(|Extension(ConnectInfo(c))| c)).await;
     let Some(nar) =
         open(&sub, expected, sub.health.order(preferred_first(holders, &verified.peer))).await
     else {
@@ -59,7 +68,11 @@ pub async fn nar<S: PathSource>(State(sub): State<Arc<Substituter<S>>>, uri: Uri
         (CONTENT_TYPE, HeaderValue::from_static("application/x-nix-nar")),
         (CONTENT_LENGTH, HeaderValue::from(nar_size)),
     ];
-    (headers, Body::from_stream(nar)).into_response()
+    if let Some(parker) = nar.parker() {
+        slot.parks(parker);
+    }
+    let body = Holding { body: Body::from_stream(nar), _held: slot };
+    (headers, Body::new(body)).into_response()
 }
 
 /// The NAR from the first of `holders` that starts sending it within the first-byte timeout,

@@ -1,16 +1,20 @@
 //! The router with its limits, and serving it until shutdown.
 //!
 //! Limits, outermost first: request URIs over [`MAX_URI_BYTES`] get `414`; a span per request
-//! carries its method, kind and store hash; at most `max_concurrent_requests` are handled at
-//! once, and apart from them at most `max_concurrent_nars` NAR downloads, each counting until
-//! its body ends (the rest wait); every route but the NAR
-//! download answers within `request_timeout`. A NAR download starts within the narinfo
-//! deadline plus the NAR start deadline, or is a miss; once started, it ends when a chunk
-//! takes longer than the idle timeout. (A peer trickling bytes just inside that can keep one
-//! going: a minimum rate, with failover to another holder, is still to come.) Under all of
-//! these, a client connection on which nothing moves for the stall limit (an idle keep-alive,
-//! a client that stopped reading) is closed, and what it held is given back
-//! ([`crate::connection`]).
+//! carries its method, kind and store hash; each request is marked in flight on its
+//! connection until its response's body ends (so a connection is known to be quiet, see
+//! [`crate::connection`]); every route but the NAR download answers within
+//! `request_timeout`, and past it a narinfo is a `404` (Nix reads a `5xx` as a broken cache,
+//! and a request not answered in time is a path not found in time), the status pages a
+//! `503`. Nothing waits for a permit but the work that needs one: narinfo requests that ask
+//! peers (at most `max_concurrent_requests` at once, the wait counted in the narinfo
+//! deadline), and NAR downloads (`max_concurrent_nars` slots, each held until its body ends;
+//! see [`crate::nar_slots`]). Misses, remembered narinfos, `/nix-cache-info` and the status
+//! pages never queue behind either. A NAR download starts within the narinfo deadline plus
+//! the NAR start deadline, or is a miss; once started, it goes on at the next holder when
+//! one stalls or trickles (see [`crate::verified_nar`]). Under all of these, a client
+//! connection on which nothing moves for the stall limit is closed, and what it held is
+//! given back ([`crate::connection`]).
 //!
 //! Every request is counted by kind and result in [`Metrics`] (a NAR once its body has ended
 //! or been cut off), and the time to a narinfo hit or a NAR's first bytes is recorded.
@@ -24,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_LENGTH;
 use axum::middleware::{Next, from_fn, from_fn_with_state};
@@ -32,11 +36,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http_body::{Frame, SizeHint};
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, debug, field, info_span, warn};
 
 use crate::config::Config;
-use crate::connection::StallLimitedListener;
+use crate::connection::{ClientConnection, StallLimitedListener, connections_for_open_file_limit};
 use crate::health::PeerHealth;
 use crate::metrics::{Metrics, kind, result, stage};
 use crate::node_view::NodeView;
@@ -62,8 +65,6 @@ pub fn router<S: PathSource>(
     config: Config,
     metrics: Arc<Metrics>,
 ) -> Router {
-    let permits = Arc::new(Semaphore::new(config.max_concurrent_requests));
-    let nar_permits = Arc::new(Semaphore::new(config.max_concurrent_nars));
     let request_timeout = config.request_timeout;
     let substituter = Arc::new(Substituter::new(source, health, config));
     let pages = Router::new()
@@ -81,24 +82,21 @@ pub fn router<S: PathSource>(
         .with_state(substituter.clone())
         .merge(pages)
         .merge(why)
-        .layer(from_fn_with_state(request_timeout, within))
-        .layer(from_fn_with_state(permits, one_of_many));
-    // NAR downloads have permits of their own: however many are under way (or stalled until
-    // the stall limit cuts them off), misses, narinfos and the status pages never queue
-    // behind them.
-    let nars = Router::new()
-        .route("/nar/{file}", get(nar::nar::<S>))
-        .layer(from_fn_with_state(nar_permits, one_of_many))
-        .with_state(substituter);
+        .layer(from_fn_with_state(request_timeout, within));
+    // NAR downloads take a slot of their own in the handler, after the index has said the
+    // path is held: however many are under way, nothing else queues behind them.
+    let nars = Router::new().route("/nar/{file}", get(nar::nar::<S>)).with_state(substituter);
     nars.merge(answered_in_time)
         .layer(from_fn_with_state(metrics, counted))
+        .layer(from_fn(in_flight))
         .layer(from_fn(traced))
         .layer(from_fn(short_uri))
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then stops accepting and waits
 /// up to [`SHUTDOWN_GRACE`] for requests in flight. A connection on which nothing moves for
-/// `client_stall` is closed (see [`crate::connection`]).
+/// `client_stall` is closed, and at most as many are open at once as the open-file limit
+/// leaves room for (see [`crate::connection`]).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -110,8 +108,10 @@ pub async fn serve(
         shutdown.await;
         let _ = stopping.send(());
     };
-    let listener = StallLimitedListener::new(listener, client_stall);
-    let server = axum::serve(listener, router).with_graceful_shutdown(signal).into_future();
+    let max_connections = connections_for_open_file_limit();
+    let listener = StallLimitedListener::new(listener, client_stall, max_connections);
+    let service = router.into_make_service_with_connect_info::<ClientConnection>();
+    let server = axum::serve(listener, service).with_graceful_shutdown(signal).into_future();
     let grace_over = async {
         if stopped.await.is_err() {
             // The server ended without a shutdown signal; it answers for itself below.
@@ -268,36 +268,45 @@ impl HttpBody for CountedNar {
     }
 }
 
-async fn one_of_many(
-    State(permits): State<Arc<Semaphore>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let Ok(permit) = permits.acquire_owned().await else {
-        // The semaphore is never closed; answer sanely anyway.
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+/// Marks the request in flight on its connection until its response's body ends.
+async fn in_flight(request: Request, next: Next) -> Response {
+    let Some(ConnectInfo(connection)) =
+        request.extensions().get::<ConnectInfo<ClientConnection>>().cloned()
+    else {
+        return next.run(request).await;
     };
+    let guard = connection.request();
     let (parts, body) = next.run(request).await.into_parts();
-    Response::from_parts(parts, Body::new(HoldingPermit { body, _permit: permit }))
+    Response::from_parts(parts, Body::new(Holding { body, _held: guard }))
 }
 
+/// The request, answered within `limit`; past it a miss for what Nix asks (a server error
+/// would make Nix give up on the cache), a `503` for the status pages, which only people and
+/// the CLI read.
 async fn within(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    let kind = request_kind(request.uri().path());
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
+        Err(_) if kind == kind::STATUS_PAGE => {
+            warn!(?limit, "status page not ready in time");
+            (StatusCode::SERVICE_UNAVAILABLE, "not ready in time\n").into_response()
+        }
         Err(_) => {
-            warn!(?limit, "request timed out");
-            (StatusCode::GATEWAY_TIMEOUT, "timed out\n").into_response()
+            warn!(?limit, "request not answered in time: a miss");
+            let mut response = routes::miss("not found in time");
+            response.extensions_mut().insert(Outcome(result::MISS));
+            response
         }
     }
 }
 
-/// A response body that keeps its request's concurrency permit until it is dropped.
-struct HoldingPermit {
-    body: Body,
-    _permit: OwnedSemaphorePermit,
+/// A response body that keeps `G` (a slot, a request mark) until it is dropped.
+pub(crate) struct Holding<G> {
+    pub body: Body,
+    pub _held: G,
 }
 
-impl HttpBody for HoldingPermit {
+impl<G: Send + Unpin + 'static> HttpBody for Holding<G> {
     type Data = Bytes;
     type Error = axum::Error;
 

@@ -12,12 +12,15 @@ use nixmesh_protocol::narinfo::NarInfoError;
 use nixmesh_protocol::signature::TrustedKeys;
 use nixmesh_protocol::{NarInfo, StorePath, StorePathHash};
 use thiserror::Error;
+use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use crate::cache::{NarInfoCache, Verified};
 use crate::config::Config;
+use crate::connection::RateLimitedLog;
 use crate::health::PeerHealth;
 use crate::holders::{Miss, first_of};
+use crate::nar_slots::NarSlots;
 use crate::source::{PathSource, SourceError};
 use crate::target::NarFile;
 
@@ -28,6 +31,12 @@ pub struct Substituter<S: PathSource> {
     pub cache: NarInfoCache<S::Peer>,
     /// Faults of peers: the demoted are asked last (see [`crate::health`]).
     pub health: Arc<PeerHealth<S::Peer>>,
+    /// Narinfo requests that may ask peers at once (`max_concurrent_requests`).
+    asking: Arc<Semaphore>,
+    /// NAR downloads under way (`max_concurrent_nars`).
+    pub nar_slots: Arc<NarSlots>,
+    /// Narinfos that found no permit in time, logged once a second at most.
+    no_turn: RateLimitedLog,
 }
 
 /// Why a peer's answer to a narinfo request was not used.
@@ -70,7 +79,10 @@ pub struct Accepted {
 impl<S: PathSource> Substituter<S> {
     pub fn new(source: Arc<S>, health: Arc<PeerHealth<S::Peer>>, config: Config) -> Self {
         let cache = NarInfoCache::new(config.narinfo_cache_capacity);
-        Substituter { source, config, cache, health }
+        let asking = Arc::new(Semaphore::new(config.max_concurrent_requests));
+        let nar_slots = NarSlots::new(config.max_concurrent_nars, config.nar_client_stall_timeout);
+        let no_turn = RateLimitedLog::default();
+        Substituter { source, config, cache, health, asking, nar_slots, no_turn }
     }
 
     /// The connected holders of `hash`, in the order to ask them: the source's (best first),
@@ -94,6 +106,19 @@ impl<S: PathSource> Substituter<S> {
             debug!(peer = %verified.peer, "narinfo remembered from an earlier request");
             return Some(verified);
         }
+        // Only asking peers waits for a turn, and the wait counts against the deadline: a miss
+        // or a remembered narinfo never queues behind network work.
+        let started = tokio::time::Instant::now();
+        let deadline = self.config.narinfo_deadline;
+        let Ok(Ok(_turn)) = tokio::time::timeout(deadline, self.asking.acquire()).await else {
+            if let Some(held_back) = self.no_turn.admit() {
+                let most = self.config.max_concurrent_requests;
+                warn!(%hash, ?deadline, held_back,
+                    "narinfo: all {most} permits to ask peers busy past the deadline; a miss");
+            }
+            return None;
+        };
+        let deadline = deadline.saturating_sub(started.elapsed());
         // Peers whose narinfo was refused; held against them only if another's is good.
         let refused = std::sync::Mutex::new(Vec::new());
         let ask = |peer: &S::Peer, _: &[S::Peer]| {
@@ -109,15 +134,9 @@ impl<S: PathSource> Substituter<S> {
                 answer.map_err(Miss::Because)
             }
         };
-        let (peer, Accepted { narinfo, check }) = first_of(
-            holders,
-            hash,
-            "narinfo",
-            self.config.narinfo_peer_timeout,
-            self.config.narinfo_deadline,
-            ask,
-        )
-        .await?;
+        let (peer, Accepted { narinfo, check }) =
+            first_of(holders, hash, "narinfo", self.config.narinfo_peer_timeout, deadline, ask)
+                .await?;
         debug!(%peer, "narinfo verified");
         for (bad, reason) in refused.into_inner().unwrap_or_else(|e| e.into_inner()) {
             warn!(peer = %bad, %hash, "{reason}, where {peer} gave a good one");

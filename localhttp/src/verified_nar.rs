@@ -13,12 +13,18 @@
 //! Only with no holder left does the fault end the stream. Bytes that cannot match (more than
 //! `NarSize`, a wrong hash at the end) are not failed over: the client already has them, and
 //! Nix retries the download, which then goes first to a holder that did not fail.
+//!
+//! Parking: a client that stops reading must not hold a peer's stream (and with it the
+//! peer's turns and NAR slots) while it does. A [`Parker`] lets the stream go from outside
+//! (`nar_slots` does so once the client has taken nothing for a second); when the client
+//! reads again, the adapter asks the same holder for the rest from the offset reached, as in
+//! a failover, and the client sees one download. A parked transfer is no fault of the peer's.
 
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::hash::Hash;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -154,6 +160,27 @@ impl<P> Others<P> {
     }
 }
 
+/// A peer's stream that a [`Parker`] may take away while the client does not read.
+type SharedStream = Arc<Mutex<Option<NarStream>>>;
+
+/// Lets a transfer's peer stream go while its client does not read (see the module docs).
+#[derive(Clone)]
+pub struct Parker {
+    stream: Weak<Mutex<Option<NarStream>>>,
+}
+
+impl Parker {
+    /// Drops the peer's stream, if the transfer still has one; whether it did.
+    pub fn park(&self) -> bool {
+        let Some(shared) = self.stream.upgrade() else {
+            return false;
+        };
+        let stream = shared.lock().unwrap_or_else(|e| e.into_inner()).take();
+        // Dropped outside the lock: closing a stream may take a little work.
+        stream.is_some()
+    }
+}
+
 /// A request to the next holder, under way.
 struct Resuming<P> {
     peer: P,
@@ -177,7 +204,8 @@ pub struct VerifiedNar<P> {
     peer: P,
     /// Holders not tried yet, best first.
     remaining: Vec<P>,
-    stream: NarStream,
+    /// The current peer's stream; `None` once parked.
+    stream: SharedStream,
     reopen: Option<Reopen<P>>,
     health: Option<Arc<PeerHealth<P>>>,
     /// Waiting for the next holder's answer, after the current one failed.
@@ -265,7 +293,7 @@ impl<P: std::fmt::Display + Clone + Eq + Hash> VerifiedNar<P> {
             expected,
             peer,
             remaining,
-            stream,
+            stream: Arc::new(Mutex::new(Some(stream))),
             reopen,
             health,
             resuming: None,
@@ -340,7 +368,8 @@ impl<P: std::fmt::Display + Clone + Eq + Hash> VerifiedNar<P> {
                         self.span.in_scope(|| {
                             info!(peer = %resuming.peer, offset = self.offset, "NAR transfer resumed");
                         });
-                        (self.peer, self.stream, self.waiting) = (resuming.peer, stream, false);
+                        *self.stream.lock().unwrap_or_else(|e| e.into_inner()) = Some(stream);
+                        (self.peer, self.waiting) = (resuming.peer, false);
                         self.pace = Pace::new(self.pace.min_rate, self.pace.window);
                         continue;
                     }
@@ -365,7 +394,15 @@ impl<P: std::fmt::Display + Clone + Eq + Hash> VerifiedNar<P> {
                     None => continue,
                 }
             }
-            let e = match self.stream.poll_next_unpin(cx) {
+            let polled = {
+                let mut stream = self.stream.lock().unwrap_or_else(|e| e.into_inner());
+                stream.as_mut().map(|s| s.poll_next_unpin(cx))
+            };
+            let Some(polled) = polled else {
+                self.unpark();
+                continue;
+            };
+            let e = match polled {
                 Poll::Ready(Some(Ok(chunk))) => {
                     self.waiting = false;
                     self.pace.chunk(chunk.len());
@@ -410,6 +447,25 @@ impl<P: std::fmt::Display + Clone + Eq + Hash> VerifiedNar<P> {
                 return Poll::Ready(Some(Err(e)));
             }
         }
+    }
+
+    /// A handle that parks this transfer, if it can go on after being parked (it can ask a
+    /// holder for the rest).
+    pub fn parker(&self) -> Option<Parker> {
+        self.reopen.as_ref()?;
+        Some(Parker { stream: Arc::downgrade(&self.stream) })
+    }
+
+    /// The client reads again after the transfer was parked: asks the same peer for the rest.
+    fn unpark(&mut self) {
+        let reopen = self.reopen.clone().expect("only a transfer with a reopen is parked");
+        self.span.in_scope(|| {
+            debug!(peer = %self.peer, offset = self.offset, "the client reads again: resuming");
+        });
+        let answer = reopen(self.peer.clone(), self.offset);
+        self.resuming = Some(Resuming { peer: self.peer.clone(), answer });
+        self.pace = Pace::new(self.pace.min_rate, self.pace.window);
+        self.arm_idle();
     }
 
     /// Starts the idle timer: the peer has made us wait.

@@ -209,7 +209,7 @@ async fn a_remembered_narinfo_does_not_make_a_path_available() {
 }
 
 #[tokio::test]
-async fn the_request_timeout_bounds_a_narinfo_request() {
+async fn a_narinfo_past_the_request_timeout_is_a_miss_never_a_server_error() {
     let fixture = Fixture::new();
     let silent = silent_peer("silent");
     let source = TestSource::new(&fixture, vec![silent]);
@@ -221,6 +221,7 @@ async fn the_request_timeout_bounds_a_narinfo_request() {
     };
     let addr = start(source, config).await;
     let reply = get(addr, &fixture.narinfo_url()).await;
-    assert_eq!(reply.status, 504);
+    // Nix reads a 5xx as a broken cache; a path not found in time is not here.
+    assert_eq!(reply.status, 404);
     assert!(reply.elapsed < Duration::from_secs(3));
 }

@@ -209,3 +209,124 @@ async fn a_client_that_stops_reading_is_cut_off_and_its_permit_comes_back() {
     let again = get(addr, &url).await;
     assert_eq!(again.status, 200);
 }
+
+/// A NAR of 32 MiB (far more than the sockets buffer) and the path serving it.
+fn big_nar(fixture: &Fixture) -> (Vec<u8>, nixmesh_protocol::NarInfo) {
+    let big: Vec<u8> =
+        (0..32u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    let narinfo = narinfo_for(PATH, &big, &fixture.key);
+    (big, narinfo)
+}
+
+/// Sends a NAR request and reads only up to the end of the response's headers (and whatever
+/// came with them): the stream, and the body bytes already read.
+async fn start_and_stall(addr: std::net::SocketAddr, url: &str) -> (tokio::net::TcpStream, usize) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!("GET {url} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    loop {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the headers");
+        got.extend_from_slice(&buf[..n]);
+        if let Some(at) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+            return (stream, got.len() - at - 4);
+        }
+    }
+}
+
+/// Reads `stream` to its end or to `whole` body bytes (within 30 s): the body bytes,
+/// counting `already` read.
+async fn drain(stream: &mut tokio::net::TcpStream, already: usize, whole: usize) -> usize {
+    let mut received = already;
+    let mut buf = vec![0u8; 1 << 20];
+    let drained = tokio::time::timeout(Duration::from_secs(30), async {
+        while received < whole {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received += n,
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the download neither ended nor was cut off");
+    received
+}
+
+#[tokio::test]
+async fn a_download_whose_client_stops_reading_lets_go_of_the_peer_and_resumes_where_it_was() {
+    let fixture = Fixture::new();
+    let (big, narinfo) = big_nar(&fixture);
+    let peer = TestPeer {
+        name: "peer",
+        narinfo: NarInfoReply::Text(narinfo.to_string()),
+        nar: NarReply::Chunks(chunked(&big)),
+    };
+    let source = TestSource::new(&fixture, vec![peer]);
+    let addr = start(source.clone(), test_config(&fixture)).await;
+    let url = format!("/nar/{}-{}.nar", fixture.hash(), narinfo.nar_hash.to_nixbase32());
+    let (mut stalled, already) = start_and_stall(addr, &url).await;
+    // The client takes nothing for three seconds (the stimulus; parking comes after one).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(source.nar_calls().len(), 1, "one transfer so far");
+    // It reads again, and gets the whole NAR: the rest was asked for from where it stopped.
+    let received = drain(&mut stalled, already, big.len()).await;
+    assert_eq!(received, big.len(), "the whole NAR, once");
+    let calls = source.nar_calls();
+    assert!(calls.len() >= 2, "the transfer was parked and resumed: {calls:?}");
+    assert!(calls[1].1 > 0, "resumed from an offset: {calls:?}");
+}
+
+#[tokio::test]
+async fn a_download_waiting_for_a_slot_takes_that_of_a_client_that_stopped_reading() {
+    let fixture = Fixture::new();
+    let (big, narinfo) = big_nar(&fixture);
+    let peer = TestPeer {
+        name: "peer",
+        narinfo: NarInfoReply::Text(narinfo.to_string()),
+        nar: NarReply::Chunks(chunked(&big)),
+    };
+    let config = nixmesh_localhttp::Config { max_concurrent_nars: 1, ..test_config(&fixture) };
+    let source = TestSource::new(&fixture, vec![peer]);
+    let addr = start(source.clone(), config).await;
+    let url = format!("/nar/{}-{}.nar", fixture.hash(), narinfo.nar_hash.to_nixbase32());
+    let (mut stalled, already) = start_and_stall(addr, &url).await;
+    // The client takes nothing for two seconds; then a second download wants the one slot.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = std::time::Instant::now();
+    let second = get(addr, &url).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(second.body.len(), big.len());
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        drain(&mut stalled, already, big.len()).await < big.len(),
+        "the stalled one was cut off"
+    );
+}
+
+#[tokio::test]
+async fn a_download_whose_client_takes_nothing_past_the_nar_write_limit_is_cut_off() {
+    let fixture = Fixture::new();
+    let (big, narinfo) = big_nar(&fixture);
+    let peer = TestPeer {
+        name: "peer",
+        narinfo: NarInfoReply::Text(narinfo.to_string()),
+        nar: NarReply::Chunks(chunked(&big)),
+    };
+    let config = nixmesh_localhttp::Config {
+        nar_client_stall_timeout: Duration::from_millis(1500),
+        ..test_config(&fixture)
+    };
+    let source = TestSource::new(&fixture, vec![peer]);
+    let addr = start(source.clone(), config).await;
+    let url = format!("/nar/{}-{}.nar", fixture.hash(), narinfo.nar_hash.to_nixbase32());
+    let (mut stalled, already) = start_and_stall(addr, &url).await;
+    // Well past the write limit, and far short of the 60 s stall limit.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        drain(&mut stalled, already, big.len()).await < big.len(),
+        "cut off at the write limit"
+    );
+}

@@ -26,9 +26,14 @@ const LIMITS: FrameLimits = FrameLimits {
     max_frame: MAX_REQUEST_FRAME_LEN,
 };
 /// Subscribers served at once (each is a long-lived stream), two per peer (one, and the one
-/// replacing it while the old closes); none wait for a turn.
-const SUBSCRIBERS: StreamLimits =
-    StreamLimits { concurrent: 1024, waiting: 0, max_wait: Duration::ZERO, per_peer: 2 };
+/// replacing it while the old closes), 64 per origin (the peer's host); none wait for a turn.
+const SUBSCRIBERS: StreamLimits = StreamLimits {
+    concurrent: 1024,
+    waiting: 0,
+    max_wait: Duration::ZERO,
+    per_peer: 2,
+    per_origin: 64,
+};
 
 /// With a working [`StoreWatch`], the store is listed this often anyway, in case a change
 /// escaped it.

@@ -2,10 +2,14 @@
 //! path info (signed on the fly with `--sign-key-file`), and NARs made from the store's files
 //! (or, for paths not found there, streamed from the daemon).
 //!
-//! Limits: at most [`SESSIONS`] open sessions (and so many per peer); each request waits for
-//! a turn ([`TURNS`]: so many answered at once, so many for one peer, each waited for a
-//! bounded time, then a `Failed` "busy" answer); NARs also wait for a transfer slot, since
-//! each holds a reading thread or a daemon connection for its whole transfer.
+//! Limits: at most [`SESSIONS`] open sessions (and so many per peer and per origin, the
+//! peer's host: several identities on one machine share one machine's part); each request
+//! waits for a turn ([`TURNS`]: so many answered at once, so many for one peer and one
+//! origin, each waited for a bounded time, then a `Failed` "busy" answer), held only while
+//! the answer is decided, never while it is written: a peer that does not read holds no
+//! turn. NARs wait for a transfer slot ([`NAR_TRANSFERS`], shared the same way), since each
+//! holds a reading thread or a daemon connection for as long as the peer reads; a peer that
+//! stops reading loses its slot when a write has waited [`FRAME_TIMEOUT`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,13 +24,13 @@ use nixmesh_protocol::signature::{Signature, SigningKey};
 use nixmesh_protocol::wire::{FETCH_PROTOCOL, FetchRequest, FetchResponse, MAX_REQUEST_FRAME_LEN};
 use nixmesh_protocol::{NarInfo, StorePathHash};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, info_span, warn};
 
 use super::policy::{Refusals, ServingPolicy};
 use super::{FRAME_TIMEOUT, SESSION_IDLE};
 use crate::mesh::framed::{FrameError, FrameLimits, FramedStream, MeshStream};
-use crate::mesh::{Mesh, StreamLimits, TurnLimits, Turns, serve_streams};
+use crate::mesh::share::Origin;
+use crate::mesh::{Mesh, PeerTable, StreamLimits, Turn, TurnLimits, Turns, serve_streams};
 use crate::shutdown::Shutdown;
 use crate::store::{PathInfo, Store, StoreError, dump};
 use crate::traffic::Traffic;
@@ -47,26 +51,38 @@ const LIMITS: FrameLimits = FrameLimits {
 /// Sessions open at once, in all and per peer (above what a client uses per peer,
 /// [`super::client::STREAMS_PER_PEER`]). A session is cheap while idle: it waits in a
 /// read.
-const SESSIONS: StreamLimits =
-    StreamLimits { concurrent: 2048, waiting: 0, max_wait: Duration::ZERO, per_peer: 64 };
-/// Requests answered at once, in all and per peer, and how long one may wait for a turn.
+const SESSIONS: StreamLimits = StreamLimits {
+    concurrent: 2048,
+    waiting: 0,
+    max_wait: Duration::ZERO,
+    per_peer: 64,
+    per_origin: 256,
+};
+/// Requests being decided at once, in all, per peer and per origin (a quarter is always
+/// left for other machines), and how long one may wait for a turn.
 const TURNS: TurnLimits =
-    TurnLimits { concurrent: 64, per_peer: 32, max_wait: Duration::from_secs(10) };
+    TurnLimits { concurrent: 64, per_peer: 32, per_origin: 48, max_wait: Duration::from_secs(10) };
 
 /// NARs sent at once. Each holds a blocking thread reading the store, or a daemon connection
 /// for its whole transfer; they get three quarters of the daemon pool, so the rest stays free
 /// for path info and store rescans.
 const MAX_NAR_TRANSFERS: usize = crate::store::MAX_ACTIVE * 3 / 4;
-/// How long a NAR request may wait for a transfer slot before the peer is told to go
-/// elsewhere.
-const NAR_SLOT_WAIT: Duration = Duration::from_secs(10);
+/// NAR transfers at once, in all, per peer and per origin (so that a third is always left for
+/// other machines, one of which is downloading what Nix's 16 substitution jobs ask), and how
+/// long a NAR request may wait for a slot before the peer is told to go elsewhere.
+const NAR_TRANSFERS: TurnLimits = TurnLimits {
+    concurrent: MAX_NAR_TRANSFERS,
+    per_peer: 16,
+    per_origin: 16,
+    max_wait: Duration::from_secs(10),
+};
 
 /// Answers peers' fetches from the local store.
 #[derive(Clone)]
 pub struct Provider {
     store: Store,
     signing_key: Option<Arc<SigningKey>>,
-    nar_transfers: Arc<Semaphore>,
+    nar_transfers: Arc<Turns>,
     recent: Arc<RecentPathInfo>,
     /// Where the store's files are on disk, to make NARs from directly.
     real_store_dir: Option<Arc<Path>>,
@@ -91,7 +107,7 @@ impl Provider {
     ) -> Self {
         Provider {
             store,
-            nar_transfers: Arc::new(Semaphore::new(MAX_NAR_TRANSFERS)),
+            nar_transfers: Arc::new(Turns::new("a NAR transfer", NAR_TRANSFERS)),
             recent: Arc::new(RecentPathInfo::default()),
             real_store_dir: real_store_dir.map(Arc::from),
             traffic: Arc::default(),
@@ -191,11 +207,13 @@ impl Provider {
     /// Answers fetch sessions until `shutdown`.
     pub async fn serve(self, mesh: Mesh, shutdown: Shutdown) {
         let span = |peer| info_span!("fetch-from", %peer);
-        let turns = Arc::new(Turns::new(TURNS));
+        let turns = Arc::new(Turns::new("a request", TURNS));
+        let peers = mesh.peers().clone();
         serve_streams(&mesh, FETCH_PROTOCOL, SESSIONS, shutdown, span, |peer, stream| {
-            let (provider, turns) = (self.clone(), turns.clone());
+            let (provider, turns, peers) = (self.clone(), turns.clone(), peers.clone());
             async move {
-                match provider.session(peer, MeshStream::mesh(stream, LIMITS), &turns).await {
+                let stream = MeshStream::mesh(stream, LIMITS);
+                match provider.session(peer, &peers, stream, &turns).await {
                     Ok(()) | Err(FrameError::Closed) => {}
                     Err(e) => debug!("fetch session ended: {e}"),
                 }
@@ -209,6 +227,7 @@ impl Provider {
     async fn session<S>(
         &self,
         peer: PeerId,
+        peers: &PeerTable,
         mut stream: FramedStream<S>,
         turns: &Turns,
     ) -> Result<(), FrameError>
@@ -218,12 +237,14 @@ impl Provider {
         loop {
             let request: FetchRequest = stream.read().await?;
             stream.set_idle(SESSION_IDLE);
-            let Some(_turn) = turns.take(peer).await else {
+            let origin = peers.origin(&peer);
+            let Some(turn) = turns.take(peer, origin).await else {
                 let message = format!("busy: no turn within {:?}", TURNS.max_wait);
                 stream.write(&FetchResponse::Failed { message }).await?;
                 continue;
             };
-            match self.plan(peer, &request).await {
+            // The turn ends with the decision, before anything is written.
+            match self.plan(peer, origin, &request, turn).await {
                 Err(answer) => stream.write(&answer).await?,
                 Ok(Plan::NarInfo(text)) => stream.write(&FetchResponse::NarInfo { text }).await?,
                 Ok(Plan::Nar { nar, nar_size, offset, slot }) => {
@@ -241,8 +262,15 @@ impl Provider {
         }
     }
 
-    /// What to answer `request` with: a plan to carry out, or an answer that says no.
-    async fn plan(&self, peer: PeerId, request: &FetchRequest) -> Result<Plan, FetchResponse> {
+    /// What to answer `request` with: a plan to carry out, or an answer that says no. `turn`
+    /// is given back once the daemon has been asked, before waiting for a NAR slot.
+    async fn plan(
+        &self,
+        peer: PeerId,
+        origin: Origin,
+        request: &FetchRequest,
+        turn: Turn,
+    ) -> Result<Plan, FetchResponse> {
         let failed = |message: String| FetchResponse::Failed { message };
         match *request {
             FetchRequest::NarInfo { hash } => {
@@ -279,14 +307,14 @@ impl Provider {
                     let size = info.nar_size;
                     return Err(failed(format!("offset {offset} is past the NAR's end ({size})")));
                 }
-                let slot =
-                    tokio::time::timeout(NAR_SLOT_WAIT, self.nar_transfers.clone().acquire_owned());
-                let Ok(Ok(slot)) = slot.await else {
-                    return Err(failed(format!("busy: {MAX_NAR_TRANSFERS} NARs being sent")));
+                drop(turn);
+                let Some(slot) = self.nar_transfers.take(peer, origin).await else {
+                    let wait = NAR_TRANSFERS.max_wait;
+                    return Err(failed(format!("busy: no NAR slot within {wait:?}")));
                 };
                 let nar = self.nar(&info).await.map_err(|e| failed(e.to_string()))?;
                 debug!(path = %info.path, offset, size = info.nar_size, "sending NAR");
-                Ok(Plan::Nar { nar, nar_size: info.nar_size, offset, slot })
+                Ok(Plan::Nar { nar, nar_size: info.nar_size, offset, slot: Box::new(slot) })
             }
             FetchRequest::UpstreamNarInfo { hash } => {
                 let flights = self.flights.clone().ok_or(FetchResponse::NotFound)?;
@@ -347,7 +375,7 @@ enum Plan {
         nar: NarBytes,
         nar_size: u64,
         offset: u64,
-        slot: OwnedSemaphorePermit,
+        slot: Box<Turn>,
     },
     /// A NAR from upstream, from the offset asked for on, as this node downloads it.
     Relay {

@@ -10,6 +10,7 @@
 
 mod access;
 pub mod framed;
+mod handshakes;
 pub mod key;
 pub mod peers;
 pub mod private;
@@ -41,7 +42,7 @@ pub use access::Access;
 use access::RefusalLog;
 use peers::MAX_ADDRESSES;
 pub use peers::{PeerState, PeerTable};
-pub use serve::{StreamLimits, TurnLimits, Turns, serve_streams};
+pub use serve::{RefusalLines, StreamLimits, Turn, TurnLimits, Turns, serve_streams};
 
 /// Identify's protocol name; it tells peers our listen addresses.
 const IDENTIFY_PROTOCOL: &str = "/nixmesh/id/1";
@@ -52,10 +53,16 @@ const MAX_REDIAL_BACKOFF: Duration = Duration::from_secs(30);
 const FIRST_REDIAL_BACKOFF: Duration = Duration::from_secs(1);
 /// The most peers the node dials on its own (mDNS could announce any number).
 const MAX_WANTED_PEERS: usize = 1024;
-/// Connections at once: in all (a LAN of a thousand machines fits), half-open ones coming in,
-/// and per peer (one each way at most; more is a peer wasting our resources).
+/// Connections at once: in all (a LAN of a thousand machines fits), half-open ones coming in
+/// (of which one host may hold [`handshakes::PENDING_PER_HOST`], so that a host opening
+/// connections it never finishes cannot lock real peers out), and per peer (one each way at
+/// most; more is a peer wasting our resources).
 const MAX_CONNECTIONS: u32 = 2048;
-const MAX_PENDING_INCOMING: u32 = 64;
+const MAX_PENDING_INCOMING: u32 = 256;
+/// How long a connection may take from its TCP connect to a working yamux session (pnet,
+/// noise); on a LAN it takes milliseconds. A half-open connection holds its pending place at
+/// most this long.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_CONNECTIONS_PER_PEER: u32 = 2;
 /// A ping unanswered for this long fails (and the connection is closed).
 const PING_TIMEOUT: Duration = Duration::from_secs(4);
@@ -113,6 +120,7 @@ enum Command {
 struct Behaviour {
     /// On only with an allow-list.
     allow: Toggle<allow_block_list::Behaviour<AllowedPeers>>,
+    handshakes: handshakes::PendingPerHost,
     limits: connection_limits::Behaviour,
     ping: ping::Behaviour,
     identify: identify::Behaviour,
@@ -161,6 +169,7 @@ impl Mesh {
         });
         let behaviour = |key: &identity::Keypair| Behaviour {
             allow: allow.into(),
+            handshakes: handshakes::PendingPerHost::default(),
             limits: connection_limits::Behaviour::new(
                 connection_limits::ConnectionLimits::default()
                     .with_max_established(Some(MAX_CONNECTIONS))
@@ -197,6 +206,7 @@ impl Mesh {
                 .with_behaviour(behaviour)
                 .map_err(|e| transport_err(&e))?
                 .with_swarm_config(swarm_config)
+                .with_connection_timeout(HANDSHAKE_TIMEOUT)
                 .build(),
             Some(transport) => builder
                 .with_other_transport(|_| transport)
@@ -204,6 +214,7 @@ impl Mesh {
                 .with_behaviour(behaviour)
                 .map_err(|e| transport_err(&e))?
                 .with_swarm_config(swarm_config)
+                .with_connection_timeout(HANDSHAKE_TIMEOUT)
                 .build(),
         };
         for address in listen {
@@ -416,6 +427,9 @@ impl SwarmDriver {
             }
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
                 let remote = endpoint.get_remote_address().clone();
+                if let Some(host) = host_ip(&remote) {
+                    self.peers.at_host(peer_id, host);
+                }
                 // A static peer given by address alone is now known by its id: keep it
                 // connected the same way as any other.
                 if endpoint.is_dialer()
@@ -507,7 +521,8 @@ impl SwarmDriver {
 }
 
 impl SwarmDriver {
-    /// Logs a connection refused by the private mesh's rules, at most once a minute per host.
+    /// Logs a connection refused by the private mesh's rules or a limit, at most once a minute
+    /// per host and reason.
     /// `what` says which connection: `from ADDRESS on OUR ADDRESS`, or `to ADDRESS`.
     fn log_refusal(&mut self, remote: &Multiaddr, what: &str, peer: Option<PeerId>, why: &str) {
         let Some(held_back) = self.refusals.admit(remote, why, Instant::now()) else {
@@ -518,12 +533,20 @@ impl SwarmDriver {
     }
 }
 
-/// Why an incoming connection was refused by the private mesh's rules, if it was.
+/// Why an incoming connection was refused by the private mesh's rules or by a limit, if it
+/// was.
 fn refused_incoming(error: &ListenError) -> Option<String> {
     match error {
         ListenError::Transport(TransportError::Other(e)) => private::refusal_in(e)
             .map(|r| format!("it failed the private mesh's pnet handshake: {r}")),
-        ListenError::Denied { cause } => not_allowed(cause),
+        ListenError::Denied { cause } => not_allowed(cause)
+            .or_else(|| {
+                cause.downcast_ref::<handshakes::TooManyHandshakes>().map(|e| e.to_string())
+            })
+            .or_else(|| {
+                let exceeded = cause.downcast_ref::<connection_limits::Exceeded>()?;
+                Some(format!("connection limit reached: {exceeded}"))
+            }),
         _ => None,
     }
 }
@@ -550,6 +573,16 @@ fn refused_outgoing(error: &DialError, peer: Option<PeerId>) -> Option<(Multiadd
 
 fn not_allowed(cause: &ConnectionDenied) -> Option<String> {
     cause.downcast_ref::<NotAllowed>().map(|e| format!("{e} (allow_peers)"))
+}
+
+/// The IP address in `address`, if it has one.
+pub fn host_ip(address: &Multiaddr) -> Option<std::net::IpAddr> {
+    use libp2p::multiaddr::Protocol;
+    address.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(ip.into()),
+        Protocol::Ip6(ip) => Some(ip.into()),
+        _ => None,
+    })
 }
 
 /// Whether another host could dial `address` (not loopback, not unspecified).

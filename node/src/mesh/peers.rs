@@ -7,7 +7,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use std::net::IpAddr;
+
 use libp2p::{Multiaddr, PeerId};
+
+use super::share::Origin;
 
 /// The most addresses remembered, or dialled, per peer (peers choose what they tell us).
 pub(super) const MAX_ADDRESSES: usize = 16;
@@ -21,6 +25,8 @@ pub struct PeerState {
     pub rtt: Option<Duration>,
     /// The name it gives itself (see [`crate::peer_name`]), sanitised.
     pub name: Option<String>,
+    /// The host its latest connection came from (or went to).
+    pub host: Option<IpAddr>,
 }
 
 /// The live state of every peer the node has seen since it started.
@@ -79,6 +85,20 @@ impl PeerTable {
                 state.addresses.insert(a);
             }
         })
+    }
+
+    /// Records the host a connection of the peer's is with.
+    pub fn at_host(&self, peer: PeerId, host: IpAddr) {
+        self.with(|peers| peers.entry(peer).or_default().host = Some(host))
+    }
+
+    /// Where `peer` connects from, for fair shares: its host, or itself when that is not
+    /// known.
+    pub fn origin(&self, peer: &PeerId) -> Origin {
+        match self.with(|peers| peers.get(peer).and_then(|s| s.host)) {
+            Some(host) => Origin::Host(host),
+            None => Origin::Peer(*peer),
+        }
     }
 
     /// Records the name the peer gives itself.
