@@ -17,6 +17,7 @@ mod cache;
 pub mod config;
 pub mod connection;
 pub mod health;
+mod held_body;
 mod holders;
 pub mod metrics;
 mod nar;

@@ -14,9 +14,9 @@ use thiserror::Error;
 use tracing::debug;
 
 use crate::connection::ClientConnection;
+use crate::held_body::Holding;
 use crate::holders::{Miss, first_of};
 use crate::routes::{malformed, miss};
-use crate::server::Holding;
 use crate::source::{PathSource, SourceError};
 use crate::substituter::Substituter;
 use crate::target::{RequestPathError, Target};

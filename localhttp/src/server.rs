@@ -41,6 +41,7 @@ use tracing::{Instrument, debug, field, info_span, warn};
 use crate::config::Config;
 use crate::connection::{ClientConnection, StallLimitedListener, connections_for_open_file_limit};
 use crate::health::PeerHealth;
+use crate::held_body::Holding;
 use crate::metrics::{Metrics, kind, result, stage};
 use crate::node_view::NodeView;
 use crate::routes::Outcome;
@@ -297,31 +298,5 @@ async fn within(State(limit): State<Duration>, request: Request, next: Next) -> 
             response.extensions_mut().insert(Outcome(result::MISS));
             response
         }
-    }
-}
-
-/// A response body that keeps `G` (a slot, a request mark) until it is dropped.
-pub(crate) struct Holding<G> {
-    pub body: Body,
-    pub _held: G,
-}
-
-impl<G: Send + Unpin + 'static> HttpBody for Holding<G> {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }

@@ -18,11 +18,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
 use libp2p::PeerId;
 use nixmesh_protocol::signature::{Signature, SigningKey};
 use nixmesh_protocol::wire::{FETCH_PROTOCOL, FetchRequest, FetchResponse, MAX_REQUEST_FRAME_LEN};
-use nixmesh_protocol::{NarInfo, StorePathHash};
+use nixmesh_protocol::{NarInfo, Sha256, StorePathHash};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info, info_span, warn};
 
@@ -34,7 +35,6 @@ use crate::mesh::{Mesh, PeerTable, StreamLimits, Turn, TurnLimits, Turns, serve_
 use crate::shutdown::Shutdown;
 use crate::store::{PathInfo, Store, StoreError, dump};
 use crate::traffic::Traffic;
-use crate::upstream::flight::Flights;
 
 /// How long a peer may take to send its first request on a new stream, and any request once
 /// it has begun.
@@ -77,6 +77,27 @@ const NAR_TRANSFERS: TurnLimits = TurnLimits {
     max_wait: Duration::from_secs(10),
 };
 
+/// A NAR's bytes as a claimer relays them, from the offset asked for.
+pub type RelayedBytes = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+/// What answers the peers that ask this node for paths from upstream, as their claimer
+/// (`crate::upstream::flight::Flights`); the provider only carries its answers. Errors are
+/// messages for the asker.
+pub trait UpstreamRelay: Send + Sync + 'static {
+    /// The upstreams' narinfo for `hash`, its URL absolute; `None` when they lack it.
+    fn narinfo(&self, hash: StorePathHash) -> BoxFuture<'_, Result<Option<String>, String>>;
+    /// The NAR with `nar_hash` of `hash`: its size, and its bytes from `offset` as they
+    /// arrive; `None` when no upstream has that build of the path.
+    fn nar(
+        &self,
+        hash: StorePathHash,
+        nar_hash: Sha256,
+        offset: u64,
+    ) -> BoxFuture<'_, Result<Option<(u64, RelayedBytes)>, String>>;
+    /// Counts `len` NAR bytes relayed to a peer.
+    fn relayed(&self, len: u64);
+}
+
 /// Answers peers' fetches from the local store.
 #[derive(Clone)]
 pub struct Provider {
@@ -94,7 +115,7 @@ pub struct Provider {
     refusals: Arc<Refusals>,
     /// This node's downloads from upstream, relayed to the peers that ask this node as their
     /// claimer; none without upstreams.
-    flights: Option<Arc<Flights>>,
+    flights: Option<Arc<dyn UpstreamRelay>>,
 }
 
 impl Provider {
@@ -120,7 +141,7 @@ impl Provider {
 
     /// The provider, relaying NARs from this node's upstream downloads to the peers that
     /// ask for them (`UpstreamNar`).
-    pub fn relaying(self, flights: Arc<Flights>) -> Self {
+    pub fn relaying(self, flights: Arc<dyn UpstreamRelay>) -> Self {
         Provider { flights: Some(flights), ..self }
     }
 
@@ -318,15 +339,15 @@ impl Provider {
             }
             FetchRequest::UpstreamNarInfo { hash } => {
                 let flights = self.flights.clone().ok_or(FetchResponse::NotFound)?;
-                match flights.upstreams().narinfo(hash).await {
-                    Ok(Some(found)) => Ok(Plan::NarInfo(found.text)),
+                match flights.narinfo(hash).await {
+                    Ok(Some(text)) => Ok(Plan::NarInfo(text)),
                     Ok(None) => Err(FetchResponse::NotFound),
                     Err(e) => Err(failed(e.to_string())),
                 }
             }
             FetchRequest::UpstreamNar { hash, nar_hash, offset } => {
                 let flights = self.flights.clone().ok_or(FetchResponse::NotFound)?;
-                match flights.relay(hash, nar_hash, offset).await {
+                match flights.nar(hash, nar_hash, offset).await {
                     Ok(Some((nar_size, nar))) => {
                         debug!(%hash, offset, "relaying a NAR from upstream");
                         Ok(Plan::Relay { nar, nar_size, offset, flights })
@@ -379,10 +400,10 @@ enum Plan {
     },
     /// A NAR from upstream, from the offset asked for on, as this node downloads it.
     Relay {
-        nar: crate::upstream::flight::RelayedBytes,
+        nar: RelayedBytes,
         nar_size: u64,
         offset: u64,
-        flights: Arc<Flights>,
+        flights: Arc<dyn UpstreamRelay>,
     },
 }
 
@@ -391,7 +412,7 @@ type NarBytes = Pin<Box<dyn Stream<Item = Result<Bytes, StoreError>> + Send>>;
 /// Writes the `len` bytes of a relayed NAR, exactly: more or fewer ends the session.
 async fn send_relayed<S>(
     stream: &mut FramedStream<S>,
-    mut nar: crate::upstream::flight::RelayedBytes,
+    mut nar: RelayedBytes,
     len: u64,
 ) -> Result<(), FrameError>
 where

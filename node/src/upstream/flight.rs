@@ -26,8 +26,8 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::future::BoxFuture;
+use futures::{StreamExt, TryStreamExt};
 use libp2p::PeerId;
 use nixmesh_localhttp::{NarStream, SourceError};
 use nixmesh_protocol::{Sha256, StorePathHash};
@@ -37,14 +37,13 @@ use tracing::{debug, info, warn};
 use super::spool::{Spool, SpoolError};
 use super::{Found, Upstreams};
 use crate::fetch::FetchClient;
+use crate::fetch::server::{RelayedBytes, UpstreamRelay};
 use crate::mesh::Mesh;
 use crate::traffic::Traffic;
 
 /// How many claimers one NAR request tries before it gives up.
 pub const MAX_CLAIMERS: usize = 6;
 
-/// A NAR's bytes as a claimer relays them, from the offset asked for.
-pub type RelayedBytes = std::pin::Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 /// What a claimer sends: the NAR's size, and its bytes from the offset asked for.
 pub type Relay = (u64, RelayedBytes);
 
@@ -285,9 +284,28 @@ impl Flights {
         });
         Ok(Box::pin(skipped))
     }
+}
 
-    /// Counts `len` NAR bytes sent to a peer.
-    pub fn relayed(&self, len: u64) {
+impl UpstreamRelay for Flights {
+    fn narinfo(&self, hash: StorePathHash) -> BoxFuture<'_, Result<Option<String>, String>> {
+        Box::pin(async move {
+            match self.upstreams.narinfo(hash).await {
+                Ok(found) => Ok(found.map(|f| f.text)),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    }
+
+    fn nar(
+        &self,
+        hash: StorePathHash,
+        nar_hash: Sha256,
+        offset: u64,
+    ) -> BoxFuture<'_, Result<Option<Relay>, String>> {
+        Box::pin(self.relay(hash, nar_hash, offset))
+    }
+
+    fn relayed(&self, len: u64) {
         self.traffic.relayed(len);
     }
 }
