@@ -76,7 +76,9 @@ fn show_json_gives_every_key_its_value_and_source() {
     assert_eq!(settings["state_dir"], json!({ "value": "/var/lib/nixmesh", "source": "default" }));
     assert_eq!(settings["real_store_dir"], json!({ "value": null, "source": "default" }));
     let keys = settings.as_object().unwrap().len();
-    assert_eq!(keys, 17, "every setting is shown: {settings}");
+    let every = serde_json::to_value(nixmesh_node::config::ServeConfig::default()).unwrap();
+    assert_eq!(keys, every.as_object().unwrap().len(), "every setting is shown: {settings}");
+    assert_eq!(settings["index_max_paths"]["value"], 50_000_000);
 }
 
 #[test]
