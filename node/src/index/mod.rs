@@ -21,18 +21,24 @@
 //!   the stored set, so the table changes only where the peer's paths did).
 //!
 //! Why this layout (measured with `node/benches/index.rs` on the 2-core machine of
-//! `docs/benchmarks.md`, 100 peers x 50,000 disjoint paths): the first index kept every pair
-//! twice as redb keys, (hash, peer) and (peer, hash). That is 48 bytes of key a pair before
-//! redb's B-tree overhead, and random-order insertions split pages everywhere: a 1,028 MiB
-//! file (794 MiB of it free pages), 44-230 s to absorb the snapshots, lookups of 5-8 us
-//! (p99 167 us) through a read transaction. At 1,000 peers that is 10 GB on every laptop.
-//! Interning full hashes to ids does not help the worst case (50 million distinct hashes are
-//! 1 GB by themselves), and a per-peer filter makes a lookup ask 1,000 filters. A fingerprint
-//! is enough because a false positive costs one round trip to the peer named (which answers
-//! "not found"), and at 41 bits it happens for about 1 lookup in 44,000 at the full 50
-//! million entries. Figures for this layout are in the bench's table in `docs/benchmarks.md`
-//! (case 6).
-//!
+//! `docs/benchmarks.md`, shared with other builds): the first index kept every pair twice as
+//! redb keys, (hash, peer) and (peer, hash). That is 48 bytes of key a pair before redb's
+//! B-tree overhead, and random-order insertions split pages everywhere: at 100 peers x
+//! 50,000 disjoint paths a 1,028 MiB file (794 MiB of it free pages), 44-230 s to absorb the
+//! snapshots, lookups of 5-8 us (p99 167 us) through a read transaction; at 1,000 peers,
+//! 10 GB on every laptop. Interning full hashes to ids does not help the worst case (50
+//! million distinct hashes are 1 GB by themselves), and per-peer filters make a lookup ask
+//! 1,000 filters. A fingerprint is enough because a false positive costs one round trip to
+//! the peer named (which answers "not found"); at 41 bits it happens for about 1 lookup in
+//! 44,000 at 50 million entries (measured: 13-35 in 1,000,000 disjoint misses). At 1,000
+//! peers x 50,000 paths, disjoint or 80% shared: 10.5-15 s of CPU to absorb every snapshot;
+//! a miss or a path with few holders looked up in p50 0.6-0.9 us, p99 1.4-1.6 us (a path
+//! 800 peers hold in about 9 us: each `PeerId` is copied out); a 258 MiB file (160 MiB of
+//! sets; redb doubles its file while under 4 GiB); peak RSS 275-295 MiB, of which the table
+//! 216 MiB and the rest mostly the allocator's; rebuilding the table at open, 3-4 s of CPU.
+//! Insertions wait in a small buffer per shard before they are merged (see [`table`]):
+//! inserting straight into the shards moved half of each per path and cost 40 s of CPU.
+
 //! Bound: at most `max_paths` entries ([`Index::set_max_paths`], the config key
 //! `index_max_paths`, default [`DEFAULT_MAX_PATHS`]); at the bound, peers over their fair
 //! share are refused or dropped, never the others ([`bound`]), with a rate-limited log line.
@@ -61,8 +67,8 @@
 //! the HTTP path, so that a narinfo miss costs no thread hop: it hashes the path, read-locks
 //! one of 65,536 shards (a writer holds one for microseconds at a time) and reads one bucket.
 //! [`Index::path_count`], [`Index::total_entries`], [`Index::peer_position`] and
-//! [`Index::peers`] are in memory too. Opening builds the table from the file (about a
-//! second per 20 million entries).
+//! [`Index::peers`] are in memory too. Opening builds the table from the file (3-4 s of CPU
+//! at 50 million entries; see above).
 
 mod bound;
 mod error;
@@ -369,22 +375,24 @@ impl Index {
     /// lookup in 44,000 at 50 million entries) a peer that does not hold `hash` is named
     /// too: see the module docs.
     ///
-    /// From memory, never from the disk: a few hundred nanoseconds. Never fails; the
+    /// From memory, never from the disk: under a microsecond for a path with a few holders,
+    /// more for one held by hundreds of peers (each `PeerId` is copied). Never fails; the
     /// `Result` is kept for the callers that handle an index that could.
     pub fn holders(&self, hash: &StorePathHash) -> Result<Vec<PeerId>, IndexError> {
         let fingerprint = self.key.of(hash);
         Ok(self.table.with_holders(fingerprint, |found| {
-            let mut holders = Vec::new();
-            let mut slots = None;
-            for slot in found {
-                let slots = slots.get_or_insert_with(|| self.slots());
-                if let Some(Some(peer)) = slots.get(usize::from(slot))
-                    && !holders.contains(peer)
-                {
-                    holders.push(*peer);
-                }
+            let mut found: Vec<Slot> = found.collect();
+            if found.is_empty() {
+                return Vec::new();
             }
-            holders
+            // A slot twice is a peer holding two paths with this fingerprint.
+            found.sort_unstable();
+            found.dedup();
+            let slots = self.slots();
+            found
+                .iter()
+                .filter_map(|&slot| slots.get(usize::from(slot)).copied().flatten())
+                .collect()
         }))
     }
 
