@@ -413,7 +413,6 @@ impl Index {
         let new = self.key.of_distinct(paths);
         let _writer = self.lock_writer();
         let known = self.known().by_id.get(peer).copied();
-        self.make_room(peer, known.map_or(0, |k| k.record.paths), new.len() as u64)?;
         let (slot, number) = match known {
             Some(k) => (k.slot, k.record.number),
             None => {
@@ -427,6 +426,15 @@ impl Index {
                 (self.take_slot(peer)?, number)
             }
         };
+        // A new peer's slot is taken first, so no one is dropped for a peer refused anyway.
+        if let Err(refused) =
+            self.make_room(peer, known.map_or(0, |k| k.record.paths), new.len() as u64)
+        {
+            if known.is_none() {
+                self.give_back_slot(slot);
+            }
+            return Err(refused);
+        }
         let record = PeerRecord {
             number,
             epoch,
