@@ -11,17 +11,17 @@
 //! Entries form a multiset: a peer holding two paths with one fingerprint has the entry
 //! twice, and removing one path removes one copy.
 //!
-//! Insertions wait in a small sorted vector per shard (eight bytes an entry, up to a 32nd of
-//! the shard) and are merged into the shard in one pass when it fills: absorbing a snapshot
-//! touches every shard, and moving half of each shard per insertion made 1,000 snapshots
-//! cost 40 s of CPU. Lookups search both.
+//! Insertions wait, sorted, in room kept at the end of each shard's vector (eight bytes an
+//! entry, up to a 32nd of the shard) and are merged into the shard in one pass when that
+//! room is full: absorbing a snapshot touches every shard, and moving half of each shard
+//! per insertion made 1,000 snapshots cost 40 s of CPU. Lookups search both. One vector a
+//! shard, not two: small vectors of pending entries between the shards' large ones left the
+//! allocator's free space in pieces (about 60 MB of it resident at 50 million entries).
 //!
-//! Bounds: merged entries are kept in vectors of exactly their length; the pending ones take
-//! at most a quarter of that again (eight bytes each, a 32nd of the entries) and in practice
-//! about an eighth; the fixed part is about 13 MB (the shards with their locks and bucket
-//! bounds). The allocator's own overhead comes on top: absorbing 1,000 snapshots leaves
-//! about 60 MB of it beside a 216 MB table at 50 million entries (a table built at open has
-//! none); see `node/benches/index.rs`.
+//! Bounds: a shard's vector holds its merged entries and room for a 32nd as many pending
+//! ones (eight bytes each), that is about 6% over four bytes an entry (a table built at open
+//! has no room until its first insertion); the fixed part is about 12 MB (the shards with
+//! their locks and bucket bounds).
 
 use std::ops::Range;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -63,20 +63,20 @@ fn slot_of(entry: u32) -> Slot {
 #[derive(Default)]
 struct Shard {
     /// Where each bucket ends in `entries`; bucket `b` is `ends[b - 1]..ends[b]` (from 0 for
-    /// the first), so `ends[BUCKETS - 1] == entries.len()`.
+    /// the first), so `ends[BUCKETS - 1]` is where the merged entries end.
     ends: [u32; BUCKETS],
-    /// Sorted within each bucket; exactly as long as it needs to be after a merge.
+    /// The merged entries, sorted within each bucket; then the pending ones, not merged yet,
+    /// as (bucket, entry) pairs of words, sorted. One allocation a shard: the pending
+    /// entries live in room kept at its end, so an insertion moves only them, and they are
+    /// merged in once that room is full (see [`Shard::room`]).
     entries: Vec<u32>,
-    /// Entries not merged into `entries` yet, as `bucket << 32 | entry`, sorted: an insertion
-    /// moves only these, and they are merged in once they are [`PENDING_SHARE`] of the shard.
-    pending: Vec<u64>,
 }
 
-/// The fraction of a shard (1 / this) that waits in `pending` before a merge: an insertion
-/// costs a merge of the shard every `len / PENDING_SHARE` insertions, that is about
+/// The room kept for pending entries (1 / this of the merged ones): an insertion costs a
+/// merge of the shard every `len / PENDING_SHARE` insertions, that is about
 /// `PENDING_SHARE` entries moved, instead of half the shard.
 const PENDING_SHARE: usize = 32;
-/// Pending entries a shard may hold whatever its size.
+/// Pending entries a shard has room for whatever its size.
 const PENDING_MIN: usize = 16;
 
 impl Shard {
@@ -85,52 +85,79 @@ impl Shard {
         start..self.ends[bucket] as usize
     }
 
-    fn pending_limit(&self) -> usize {
-        (self.entries.len() / PENDING_SHARE).max(PENDING_MIN)
+    fn merged(&self) -> usize {
+        self.ends[BUCKETS - 1] as usize
+    }
+
+    /// Words of room for pending entries beside `merged` merged ones.
+    fn room(merged: usize) -> usize {
+        2 * (merged / PENDING_SHARE).max(PENDING_MIN)
+    }
+
+    /// The pending entries, as (bucket, entry) pairs.
+    fn pending(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.entries[self.merged()..].chunks_exact(2).map(|pair| (pair[0], pair[1]))
+    }
+
+    /// Where the first pending pair not below `key` is (as a word index).
+    fn pending_position(&self, key: (u32, u32)) -> usize {
+        let merged = self.merged();
+        let pairs = &self.entries[merged..];
+        let (mut low, mut high) = (0, pairs.len() / 2);
+        while low < high {
+            let middle = (low + high) / 2;
+            if (pairs[2 * middle], pairs[2 * middle + 1]) < key {
+                low = middle + 1;
+            } else {
+                high = middle;
+            }
+        }
+        merged + 2 * low
     }
 
     fn insert(&mut self, bucket: usize, entry: u32) {
-        let key = (bucket as u64) << 32 | u64::from(entry);
-        if self.pending.capacity() == 0 {
-            self.pending.reserve_exact(self.pending_limit());
-        }
-        let at = self.pending.partition_point(|&k| k <= key);
-        self.pending.insert(at, key);
-        if self.pending.len() >= self.pending_limit() {
+        if self.entries.len() + 2 > self.entries.capacity() {
             self.merge();
         }
+        let key = (bucket as u32, entry);
+        let at = self.pending_position(key);
+        let len = self.entries.len();
+        self.entries.extend_from_slice(&[0, 0]);
+        self.entries.copy_within(at..len, at + 2);
+        self.entries[at] = key.0;
+        self.entries[at + 1] = key.1;
     }
 
-    /// Moves the pending entries into `entries`, in one pass, into a vector of exactly the
-    /// length needed.
+    /// Moves the pending entries among the merged ones, in one pass, into a new vector with
+    /// [`Shard::room`] to spare.
     fn merge(&mut self) {
-        let mut merged = Vec::with_capacity(self.entries.len() + self.pending.len());
-        let mut pending = self.pending.iter().peekable();
+        let total = self.merged() + (self.entries.len() - self.merged()) / 2;
+        let mut merged = Vec::with_capacity(total + Shard::room(total));
+        let mut pending = self.pending().peekable();
         let mut start = 0;
-        for bucket in 0..BUCKETS {
-            let end = self.ends[bucket] as usize;
-            let mut main = self.entries[start..end].iter().peekable();
-            start = end;
-            while let Some(&&key) = pending.peek().filter(|&&&k| (k >> 32) as usize == bucket) {
-                let entry = key as u32;
-                while let Some(&&e) = main.peek().filter(|&&&e| e <= entry) {
+        let mut ends = self.ends;
+        for (bucket, end) in ends.iter_mut().enumerate() {
+            let mut main = self.entries[start..*end as usize].iter().peekable();
+            start = *end as usize;
+            while let Some((_, entry)) = pending.next_if(|&(b, _)| b as usize == bucket) {
+                while let Some(&e) = main.next_if(|&&e| e <= entry) {
                     merged.push(e);
-                    main.next();
                 }
                 merged.push(entry);
-                pending.next();
             }
             merged.extend(main);
-            self.ends[bucket] = merged.len() as u32;
+            *end = merged.len() as u32;
         }
+        drop(pending);
+        self.ends = ends;
         self.entries = merged;
-        self.pending.clear();
     }
 
     fn remove(&mut self, bucket: usize, entry: u32) -> bool {
-        let key = (bucket as u64) << 32 | u64::from(entry);
-        if let Ok(i) = self.pending.binary_search(&key) {
-            self.pending.remove(i);
+        let key = (bucket as u32, entry);
+        let at = self.pending_position(key);
+        if at < self.entries.len() && (self.entries[at], self.entries[at + 1]) == key {
+            self.entries.drain(at..at + 2);
             return true;
         }
         let range = self.bucket(bucket);
@@ -143,9 +170,9 @@ impl Shard {
     }
 
     fn shrink(&mut self) {
-        let len = self.entries.len();
-        if self.entries.capacity() > len + len / 8 + PENDING_MIN {
-            self.entries.shrink_to_fit();
+        let (len, room) = (self.entries.len(), Shard::room(self.merged()));
+        if self.entries.capacity() > len + 2 * room {
+            self.entries.shrink_to(len + room);
         }
     }
 }
@@ -185,7 +212,7 @@ impl HolderTable {
                 total += count;
                 ends[bucket] = total;
             }
-            shards.push(Shard { ends, entries: vec![0; total as usize], pending: Vec::new() });
+            shards.push(Shard { ends, entries: vec![0; total as usize] });
         }
         let mut overflow = false;
         fill(&mut |slot, fingerprint| {
@@ -225,11 +252,11 @@ impl HolderTable {
         let entries = &shard.entries[shard.bucket(bucket)];
         let first = entries.partition_point(|&e| e >> SLOT_BITS < remainder);
         let merged = entries[first..].iter().take_while(|&&e| e >> SLOT_BITS == remainder);
-        let low = (bucket as u64) << 32 | u64::from(entry(remainder, 0));
-        let first = shard.pending.partition_point(|&k| k < low);
-        let pending =
-            shard.pending[first..].iter().take_while(|&&k| k >> SLOT_BITS == low >> SLOT_BITS);
-        let mut slots = merged.map(|&e| slot_of(e)).chain(pending.map(|&k| slot_of(k as u32)));
+        let from = shard.pending_position((bucket as u32, entry(remainder, 0)));
+        let pending = shard.entries[from..]
+            .chunks_exact(2)
+            .take_while(|pair| pair[0] as usize == bucket && pair[1] >> SLOT_BITS == remainder);
+        let mut slots = merged.map(|&e| slot_of(e)).chain(pending.map(|pair| slot_of(pair[1])));
         f(&mut slots)
     }
 
@@ -270,26 +297,35 @@ impl HolderTable {
         let mut removed = 0;
         for shard in 0..SHARDS {
             let mut shard = self.write(shard);
-            let mut kept = 0u32;
-            let mut read = 0usize;
+            let old_len = shard.entries.len();
+            let (mut kept, mut read) = (0usize, 0usize);
             // Compacts bucket by bucket in place, moving each bucket's end with it.
             for bucket in 0..BUCKETS {
                 let end = shard.ends[bucket] as usize;
                 while read < end {
                     let e = shard.entries[read];
                     if slot_of(e) != slot {
-                        shard.entries[kept as usize] = e;
+                        shard.entries[kept] = e;
                         kept += 1;
                     }
                     read += 1;
                 }
-                shard.ends[bucket] = kept;
+                shard.ends[bucket] = kept as u32;
             }
-            removed += (read - kept as usize) as u64;
-            shard.entries.truncate(kept as usize);
-            let before = shard.pending.len();
-            shard.pending.retain(|&k| slot_of(k as u32) != slot);
-            removed += (before - shard.pending.len()) as u64;
+            removed += (read - kept) as u64;
+            // Then the pending pairs, moved down after the merged entries kept.
+            while read + 1 < old_len {
+                let (b, e) = (shard.entries[read], shard.entries[read + 1]);
+                if slot_of(e) != slot {
+                    shard.entries[kept] = b;
+                    shard.entries[kept + 1] = e;
+                    kept += 2;
+                } else {
+                    removed += 1;
+                }
+                read += 2;
+            }
+            shard.entries.truncate(kept);
             shard.shrink();
         }
         removed
@@ -298,12 +334,7 @@ impl HolderTable {
     /// The table's heap memory: entries with their slack, and the shards themselves.
     pub fn heap_bytes(&self) -> usize {
         let fixed = self.shards.len() * std::mem::size_of::<RwLock<Shard>>();
-        let entries: usize = (0..SHARDS)
-            .map(|s| {
-                let shard = self.read(s);
-                shard.entries.capacity() * 4 + shard.pending.capacity() * 8
-            })
-            .sum();
+        let entries: usize = (0..SHARDS).map(|s| self.read(s).entries.capacity() * 4).sum();
         fixed + entries
     }
 
@@ -373,7 +404,8 @@ mod tests {
         }
         table.insert(2, &all[..50]);
         let shard = table.read(0);
-        assert!(shard.entries.len() > 2000 && shard.pending.len() < 3050 / 32 + 1);
+        let pending = (shard.entries.len() - shard.merged()) / 2;
+        assert!(shard.merged() > 2000 && pending <= Shard::room(shard.merged()) / 2, "{pending}");
         drop(shard);
         for (i, &f) in all.iter().enumerate() {
             let copies = all.iter().filter(|&&g| g == f).count();
