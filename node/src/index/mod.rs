@@ -13,7 +13,8 @@
 //! index's own ([`fingerprint`]), and:
 //! - in memory, the holder table ([`table`]) keeps each (fingerprint, peer) pair in four
 //!   bytes, sharded so that a lookup reads one bucket of about two dozen entries: about
-//!   4.3 bytes an entry with the table's fixed 11 MB, about 215 MB at 50 million;
+//!   4.4 bytes an entry with room for insertions and the table's fixed 12 MB, 210 MiB at 50
+//!   million;
 //! - on disk, each peer's set is one blob of Rice-coded fingerprints ([`stored_set`], about
 //!   3.4 bytes a path at 50,000 paths) plus a small record per delta since (folded into the
 //!   blob every [`MAX_CHANGES`] deltas), keyed by peer in redb ([`schema`]). The file is
@@ -30,13 +31,15 @@
 //! million distinct hashes are 1 GB by themselves), and per-peer filters make a lookup ask
 //! 1,000 filters. A fingerprint is enough because a false positive costs one round trip to
 //! the peer named (which answers "not found"); at 41 bits it happens for about 1 lookup in
-//! 44,000 at 50 million entries (measured: 13-35 in 1,000,000 disjoint misses). At 1,000
-//! peers x 50,000 paths, disjoint or 80% shared: 10.5-15 s of CPU to absorb every snapshot;
-//! a miss or a path with few holders looked up in p50 0.6-0.9 us, p99 1.4-1.6 us (a path
-//! 800 peers hold in about 9 us: each `PeerId` is copied out); a 258 MiB file (160 MiB of
-//! sets; redb doubles its file while under 4 GiB); peak RSS 275-295 MiB, of which the table
-//! 216 MiB and the rest mostly the allocator's; rebuilding the table at open, 3-4 s of CPU.
-//! Insertions wait in a small buffer per shard before they are merged (see [`table`]):
+//! 44,000 at 50 million entries (measured: 11-35 in 1,000,000 disjoint misses). At 100
+//! peers x 50,000 disjoint paths: a 33 MiB file, 0.7 s of CPU to absorb every snapshot,
+//! lookups p50 0.3 us, p99 0.7 us. At 1,000 peers x 50,000 paths, disjoint or 80% shared:
+//! 11-13 s of CPU to absorb every snapshot; a miss or a path with few holders looked up in
+//! p50 0.6 us, p99 1.1-1.4 us (a path 800 peers hold in about 9 us: each `PeerId` is copied
+//! out); a 258 MiB file (160 MiB of sets; redb doubles its file while under 4 GiB); peak RSS
+//! 250-276 MiB, of which the table 210 MiB and most of the rest the allocator's; rebuilding
+//! the table at open, 3 s of CPU.
+//! Insertions wait in room at the end of each shard before they are merged (see [`table`]):
 //! inserting straight into the shards moved half of each per path and cost 40 s of CPU.
 
 //! Bound: at most `max_paths` entries ([`Index::set_max_paths`], the config key
@@ -67,8 +70,8 @@
 //! the HTTP path, so that a narinfo miss costs no thread hop: it hashes the path, read-locks
 //! one of 65,536 shards (a writer holds one for microseconds at a time) and reads one bucket.
 //! [`Index::path_count`], [`Index::total_entries`], [`Index::peer_position`] and
-//! [`Index::peers`] are in memory too. Opening builds the table from the file (3-4 s of CPU
-//! at 50 million entries; see above).
+//! [`Index::peers`] are in memory too. Opening builds the table from the file (3 s of CPU at
+//! 50 million entries; see above).
 
 mod bound;
 mod error;
