@@ -127,6 +127,7 @@ impl RunningNode {
             tokio::task::spawn_blocking(move || Index::open_or_set_aside(&index_path))
                 .await
                 .expect("opening the index catches redb's panics")?;
+        index.set_max_paths(config.index_max_paths);
         let index = Arc::new(index);
 
         // From here on every task watches `shutdown`; on an early return below, the guard

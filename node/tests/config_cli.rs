@@ -78,6 +78,7 @@ fn show_json_gives_every_key_its_value_and_source() {
     let keys = settings.as_object().unwrap().len();
     let every = serde_json::to_value(nixmesh_node::config::ServeConfig::default()).unwrap();
     assert_eq!(keys, every.as_object().unwrap().len(), "every setting is shown: {settings}");
+    assert_eq!(settings["index_max_paths"]["value"], 50_000_000);
 }
 
 #[test]

@@ -14,7 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::index::Index;
+use crate::index::{Index, IndexError};
 use crate::mesh::Mesh;
 use crate::mesh::framed::{FrameError, FrameLimits, MeshStream};
 use crate::shutdown::Shutdown;
@@ -43,6 +43,9 @@ const CONCURRENT_SNAPSHOTS: usize = 2;
 const MAX_FOLLOWED: usize = 1024;
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const MAX_RETRY: Duration = Duration::from_secs(30);
+/// How long a peer whose paths the index refused at its size bound waits before it is asked
+/// again (the index logs the refusal).
+const REFUSED_RETRY: Duration = Duration::from_secs(600);
 
 /// Why one subscription stream ended.
 #[derive(Debug, Error)]
@@ -53,6 +56,9 @@ enum SubscribeError {
     Frame(#[from] FrameError),
     #[error("index: {0}")]
     Index(String),
+    /// The index is at its size bound and this peer is over its share.
+    #[error("index: {0}")]
+    Refused(String),
     #[error("protocol violation: {0}")]
     Protocol(String),
 }
@@ -123,6 +129,11 @@ async fn follow(mesh: Mesh, index: Arc<Index>, snapshots: Arc<Semaphore>, peer: 
                 Err(SubscribeError::Index(e)) => {
                     info!("index out of step ({e}); asking for a snapshot");
                     false
+                }
+                Err(SubscribeError::Refused(e)) => {
+                    debug!("{e}; asking again in {REFUSED_RETRY:?}");
+                    tokio::time::sleep(REFUSED_RETRY).await;
+                    true
                 }
                 Err(e) => {
                     debug!("subscription ended: {e}");
@@ -227,15 +238,15 @@ async fn subscribe_once(
     }
 }
 
-/// Runs an index operation off the async threads (redb writes fsync).
-async fn blocking<T, E>(
-    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+/// Runs an index operation off the async threads (writes take milliseconds).
+async fn blocking<T>(
+    f: impl FnOnce() -> Result<T, IndexError> + Send + 'static,
 ) -> Result<T, SubscribeError>
 where
     T: Send + 'static,
-    E: std::fmt::Display + Send + 'static,
 {
     match tokio::task::spawn_blocking(f).await {
+        Ok(Err(e)) if e.is_full() => Err(SubscribeError::Refused(e.to_string())),
         Ok(result) => result.map_err(|e| SubscribeError::Index(e.to_string())),
         Err(e) => {
             warn!("index task failed: {e}");

@@ -90,6 +90,10 @@ struct FlagValues {
         default_value_t = defaults().forget_peers_after.as_secs_f64()
     )]
     forget_peers_after: f64,
+    /// The most paths the index holds, counted once per peer holding them; at the bound,
+    /// peers over their fair share get no more.
+    #[arg(long, value_name = "PATHS", default_value_t = defaults().index_max_paths)]
+    index_max_paths: u64,
     /// How to write logs: plain text, or one JSON object a line.
     #[arg(long, value_name = "FORMAT", default_value_t = defaults().log_format)]
     log_format: LogFormat,
@@ -236,6 +240,7 @@ mod tests {
             "--priority=1",
             "--real-store-dir=/r",
             "--forget-peers-after=1",
+            "--index-max-paths=1000",
             "--log-format=json",
             "--serve-unsigned",
             "--serve-exclude=*-secret*",
@@ -251,6 +256,7 @@ mod tests {
         assert_eq!(settings.keys().cloned().collect::<Vec<_>>(), default_keys);
         let config: ServeConfig = serde_json::from_value(Value::Object(settings)).unwrap();
         assert_eq!(config.priority, 1);
+        assert_eq!(config.index_max_paths, 1000);
         assert_eq!(config.sign_key_file, Some(PathBuf::from("/k")));
         assert_eq!(config.mesh_key_file, Some(PathBuf::from("/m")));
         assert_eq!(
@@ -276,6 +282,7 @@ mod tests {
             format!("[default: {}]", d.state_dir.display()),
             format!("[default: {}]", d.priority),
             format!("[default: {}]", d.forget_peers_after.as_secs()),
+            format!("[default: {}]", d.index_max_paths),
             format!("[default: {}]", d.rescan_interval.as_secs()),
             format!("[default: {DEFAULT_CONFIG_PATH}]"),
         ] {

@@ -78,6 +78,10 @@ pub struct ServeConfig {
     /// A peer unseen for this long is forgotten: what it advertised leaves the index.
     #[serde(with = "secs")]
     pub forget_peers_after: Duration,
+    /// The most paths the index holds, a path counted once per peer that holds it (about
+    /// 4.5 bytes of memory and 3.5 of disk each). At the bound, peers over their fair share
+    /// get no more (see `index::bound`), and the node logs it.
+    pub index_max_paths: u64,
     /// How the node writes its logs (to stderr): `plain` text, or `json`, one object a line.
     pub log_format: LogFormat,
     /// Binary caches (`http://` or `https://`) to fetch from what no peer holds, asked in
@@ -139,6 +143,9 @@ impl ServeConfig {
         if self.upstreams.iter().flatten().any(not_http) {
             return Err(("upstreams", "each must be an http:// or https:// URL"));
         }
+        if self.index_max_paths == 0 {
+            return Err(("index_max_paths", "must be at least 1"));
+        }
         Ok(())
     }
 }
@@ -164,6 +171,7 @@ impl Default for ServeConfig {
             priority: 10,
             real_store_dir: None,
             forget_peers_after: Duration::from_secs(7 * 24 * 3600),
+            index_max_paths: crate::index::DEFAULT_MAX_PATHS,
             log_format: LogFormat::Plain,
             upstreams: None,
             upstream_timeout: Duration::from_secs(2),

@@ -49,6 +49,19 @@ pub enum IndexError {
         /// The (epoch, generation) indexed for the peer, if any.
         stored: Option<(u64, u64)>,
     },
+    /// The index is at its size bound and `peer` would hold more than its share of it (see
+    /// `index::bound`). Nothing was changed.
+    #[error(
+        "peer {peer}: not indexing its {paths} paths: the index is at its bound of {max} \
+         (index_max_paths) and this peer would hold more than its share of {share}"
+    )]
+    Full { peer: Box<PeerId>, paths: u64, max: u64, share: u64 },
+    /// The index tells apart at most `max` peers and has no room for another.
+    #[error(
+        "peer {peer}: not indexing it: the index already holds the most peers it can tell \
+         apart ({max}); peers unseen for forget_peers_after make room"
+    )]
+    TooManyPeers { peer: Box<PeerId>, max: usize },
 }
 
 impl IndexError {
@@ -56,6 +69,12 @@ impl IndexError {
     /// the index itself failing.
     pub fn is_out_of_step(&self) -> bool {
         matches!(self, IndexError::OutOfStep { .. })
+    }
+
+    /// Whether the index refused a peer's paths for its size bound (see `index::bound`), as
+    /// opposed to failing.
+    pub fn is_full(&self) -> bool {
+        matches!(self, IndexError::Full { .. } | IndexError::TooManyPeers { .. })
     }
 
     /// Whether opening failed on what the file holds (as opposed to reaching it at all: no
@@ -71,6 +90,8 @@ impl IndexError {
             ),
             IndexError::SetAside { .. }
             | IndexError::OutOfStep { .. }
+            | IndexError::Full { .. }
+            | IndexError::TooManyPeers { .. }
             | IndexError::Unavailable { .. } => false,
         }
     }

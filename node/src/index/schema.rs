@@ -1,47 +1,51 @@
 //! The index's tables in redb and the record kept per peer.
 //!
-//! Peers are stored under a small number (`u32`, never reused) so that each (path, peer) pair
-//! costs 24 bytes of key, whatever the length of the `PeerId`. Every pair is stored twice, once
-//! per direction, with fixed-width keys and no values:
-//! - `holders` is keyed by (hash, peer number): "who holds <hash>" is one short range scan;
-//! - `held` is keyed by (peer number, hash): a peer's whole set is one contiguous range, read to
-//!   diff a new snapshot against and deleted when the peer is forgotten.
+//! One peer's paths are one blob (its last snapshot, see [`super::stored_set`], stored in
+//! pieces of [`BASE_PIECE`]) and a few
+//! small change records for the deltas applied since, so the file grows by about 3.4 bytes a
+//! path a peer holds and a delta costs one small insertion, not a rewrite of the peer's set.
+//! Peers are stored under a number (`u32`, never reused within a file) so that keys stay
+//! small whatever the length of a `PeerId`.
 //!
-//! Store path hashes are stored as `&[u8; 20]`, which redb compares with one `memcmp`.
+//! Layout version 1 (nixmesh before the holder table) kept every (path, peer) pair twice as
+//! redb keys; a file of that version is replaced by a new one at open (see
+//! [`super::Index::open_or_set_aside`]), filled again from the peers.
 
 use redb::TableDefinition;
 
 /// The layout version in `meta`; bump it when a table changes meaning or type.
-pub(super) const SCHEMA_VERSION: u64 = 1;
+pub(super) const SCHEMA_VERSION: u64 = 2;
 
 /// `PeerId` bytes -> the peer's [`PeerRecord`].
 pub(super) const PEERS: TableDefinition<&[u8], RecordTuple> = TableDefinition::new("peers");
-/// (store path hash, peer number) -> nothing.
-pub(super) const HOLDERS: TableDefinition<(&[u8; 20], u32), ()> = TableDefinition::new("holders");
-/// (peer number, store path hash) -> nothing.
-pub(super) const HELD: TableDefinition<(u32, &[u8; 20]), ()> = TableDefinition::new("held");
-/// Small named counters: [`META_SCHEMA`] and [`META_NEXT_PEER`].
+/// (peer number, piece from 0) -> a piece of its base (the fingerprints of its last
+/// snapshot), at most [`BASE_PIECE`] bytes.
+pub(super) const BASES: TableDefinition<(u32, u32), &[u8]> = TableDefinition::new("bases");
+/// The most bytes of a base stored under one key. redb gives a value larger than a page a
+/// run of pages rounded up to a power of two, so a 170 kB base alone would waste 86 kB;
+/// pieces that fill 16 KiB pages waste almost nothing.
+pub(super) const BASE_PIECE: usize = 16 * 1024 - 256;
+/// (peer number, sequence from 0) -> a change: what one delta removed and added since the base.
+pub(super) const CHANGES: TableDefinition<(u32, u32), &[u8]> = TableDefinition::new("changes");
+/// Small named numbers: [`META_SCHEMA`], [`META_NEXT_PEER`] and the fingerprint key.
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 pub(super) const META_SCHEMA: &str = "schema_version";
-/// The number the next new peer gets. Numbers are never reused, so a lookup racing with
-/// `forget_peer` can never attribute a path to the wrong peer.
+/// The number the next new peer gets.
 pub(super) const META_NEXT_PEER: &str = "next_peer_number";
-
-/// The lowest and highest hash, to bound a peer's range in `held`.
-pub(super) const HASH_MIN: [u8; 20] = [0x00; 20];
-pub(super) const HASH_MAX: [u8; 20] = [0xff; 20];
+/// The two halves of the fingerprint key, made with the file.
+pub(super) const META_KEY: [&str; 2] = ["fingerprint_key_0", "fingerprint_key_1"];
 
 /// (number, epoch, generation, paths, last_update_unix) as stored.
 pub(super) type RecordTuple = (u32, u64, u64, u64, u64);
 
-/// What the index keeps per peer, both in the `peers` table and mirrored in memory.
+/// What the index keeps per peer, both in the `peers` table and in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct PeerRecord {
     pub number: u32,
     pub epoch: u64,
     pub generation: u64,
-    /// How many entries `held` has for this peer.
+    /// How many fingerprints the peer's base and changes come to.
     pub paths: u64,
     pub last_update_unix: u64,
 }
@@ -54,27 +58,4 @@ impl PeerRecord {
     pub fn from_tuple((number, epoch, generation, paths, last_update_unix): RecordTuple) -> Self {
         PeerRecord { number, epoch, generation, paths, last_update_unix }
     }
-}
-
-/// The elements of sorted, deduplicated `a` that are not in sorted, deduplicated `b`, in order.
-pub(super) fn sorted_difference<'a>(a: &'a [[u8; 20]], b: &[[u8; 20]]) -> Vec<&'a [u8; 20]> {
-    let mut out = Vec::new();
-    let mut rest = b;
-    for item in a {
-        // Both are sorted: `rest` only ever moves forward past what is below `item`.
-        let skip = rest.partition_point(|x| x < item);
-        rest = &rest[skip..];
-        if rest.first() != Some(item) {
-            out.push(item);
-        }
-    }
-    out
-}
-
-/// `hashes` as sorted, deduplicated byte arrays.
-pub(super) fn sorted_unique(hashes: &[nixmesh_protocol::StorePathHash]) -> Vec<[u8; 20]> {
-    let mut out: Vec<[u8; 20]> = hashes.iter().map(|h| *h.as_bytes()).collect();
-    out.sort_unstable();
-    out.dedup();
-    out
 }

@@ -220,16 +220,6 @@ fn other_schema_version_is_refused() {
     assert!(e.to_string().contains("rebuilt from peers"), "{e}");
 }
 
-#[test]
-fn sorted_difference_is_set_difference() {
-    let a = [[1u8; 20], [3; 20], [5; 20], [7; 20]];
-    let b = [[0u8; 20], [3; 20], [4; 20], [7; 20], [9; 20]];
-    assert_eq!(sorted_difference(&a, &b), vec![&[1u8; 20], &[5; 20]]);
-    assert_eq!(sorted_difference(&b, &a), vec![&[0u8; 20], &[4; 20], &[9; 20]]);
-    assert!(sorted_difference(&a, &a).is_empty());
-    assert_eq!(sorted_difference(&a, &[]).len(), 4);
-}
-
 /// Random snapshots, deltas and forgets over a few peers and a small universe of paths,
 /// checked against a plain in-memory model after every step and after a reopen.
 #[test]
@@ -351,4 +341,219 @@ fn a_damaged_file_is_set_aside_and_a_new_index_made() {
     // A sound index is opened as it is.
     let (_, aside) = Index::open_or_set_aside(&path).unwrap();
     assert!(aside.is_none());
+}
+
+#[test]
+fn a_newer_layout_is_set_aside_and_an_older_one_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index.redb");
+    // A file as the first layout wrote it: every pair twice as keys.
+    {
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert(META_SCHEMA, 1).unwrap();
+        let holders: redb::TableDefinition<(&[u8; 20], u32), ()> =
+            redb::TableDefinition::new("holders");
+        let mut table = txn.open_table(holders).unwrap();
+        for n in 0..100 {
+            table.insert((hash(n).as_bytes(), 0), ()).unwrap();
+        }
+        drop(table);
+        txn.commit().unwrap();
+    }
+    let (index, aside) = Index::open_or_set_aside(&path).unwrap();
+    assert_eq!(aside, None, "an older layout is replaced, not kept");
+    assert!(index.peers().unwrap().is_empty());
+    let peer = PeerId::random();
+    index.replace_peer(&peer, 1, 1, &hashes(0..10)).unwrap();
+    assert_eq!(index.holders(&hash(3)).unwrap(), vec![peer]);
+    drop(index);
+    let names: Vec<_> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("index.redb")]);
+    assert_eq!(Index::open(&path).unwrap().path_count(&peer), 10, "the new one is kept");
+
+    // A newer layout is not ours to delete: set aside, as damage is.
+    {
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert(META_SCHEMA, SCHEMA_VERSION + 1).unwrap();
+        txn.commit().unwrap();
+    }
+    let (_, aside) = Index::open_or_set_aside(&path).unwrap();
+    assert!(aside.expect("set aside").exists());
+}
+
+/// Every stored blob is checked when read: a damaged one is found at open, and the file set
+/// aside, instead of serving wrong holders.
+#[test]
+fn a_damaged_stored_set_is_found_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index.redb");
+    let peer = PeerId::random();
+    {
+        let index = Index::open(&path).unwrap();
+        index.replace_peer(&peer, 1, 1, &hashes(0..1000)).unwrap();
+        index.apply_delta(&peer, 1, 1, 2, &hashes(1000..1010), &[]).unwrap();
+    }
+    for table in [BASES_NAME, CHANGES_NAME] {
+        let copy = dir.path().join(format!("{table}.redb"));
+        std::fs::copy(&path, &copy).unwrap();
+        {
+            let db = Database::create(&copy).unwrap();
+            let txn = db.begin_write().unwrap();
+            if table == BASES_NAME {
+                let mut bases = txn.open_table(BASES).unwrap();
+                let mut blob = bases.get((0, 0)).unwrap().unwrap().value().to_vec();
+                blob[100] ^= 0x04;
+                bases.insert((0, 0), blob.as_slice()).unwrap();
+            } else {
+                let mut changes = txn.open_table(CHANGES).unwrap();
+                let mut blob = changes.get((0, 0)).unwrap().unwrap().value().to_vec();
+                blob[20] ^= 0x04;
+                changes.insert((0, 0), blob.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let e = Index::open(&copy).unwrap_err();
+        assert!(e.is_damage(), "{table}: {e}");
+        assert!(e.to_string().contains("checksum"), "{table}: {e}");
+        let (index, aside) = Index::open_or_set_aside(&copy).unwrap();
+        assert!(aside.is_some(), "{table}");
+        assert!(index.holders(&hash(5)).unwrap().is_empty());
+    }
+}
+
+const BASES_NAME: &str = "bases";
+const CHANGES_NAME: &str = "changes";
+
+/// Many deltas: change records are folded into the base now and then, and what is stored
+/// after a reopen is what was applied, at the position last applied.
+#[test]
+fn deltas_are_folded_and_resume_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index.redb");
+    let peer = PeerId::random();
+    let mut held: BTreeSet<u32> = (0..500).collect();
+    {
+        let index = Index::open(&path).unwrap();
+        index.replace_peer(&peer, 4, 10, &hashes(0..500)).unwrap();
+        for step in 0..(2 * MAX_CHANGES + 5) {
+            let (add, remove) = (1000 + step, step);
+            let generation = 10 + u64::from(step);
+            index
+                .apply_delta(
+                    &peer,
+                    4,
+                    generation,
+                    generation + 1,
+                    &hashes(add..add + 1),
+                    &hashes(remove..remove + 1),
+                )
+                .unwrap();
+            held.insert(add);
+            held.remove(&remove);
+            let known = index.known().by_id[&peer];
+            assert!(known.changes < MAX_CHANGES, "step {step}: {} change records", known.changes);
+        }
+    }
+    let index = Index::open(&path).unwrap();
+    let last = 10 + u64::from(2 * MAX_CHANGES + 5);
+    assert_eq!(index.peer_position(&peer).unwrap(), Some((4, last)));
+    assert_eq!(index.path_count(&peer), held.len() as u64);
+    for n in 0..1200 {
+        assert_eq!(!index.holders(&hash(n)).unwrap().is_empty(), held.contains(&n), "path {n}");
+    }
+    // The stream goes on from there.
+    index.apply_delta(&peer, 4, last, last + 1, &hashes(5000..5001), &[]).unwrap();
+    assert_eq!(index.holders(&hash(5000)).unwrap(), vec![peer]);
+}
+
+#[test]
+fn at_the_bound_the_peers_with_the_most_give_way() {
+    let (_dir, index) = open_temp();
+    index.set_max_paths(100);
+    let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+    index.replace_peer(&a, 1, 1, &hashes(0..60)).unwrap();
+    index.replace_peer(&b, 1, 1, &hashes(100..130)).unwrap();
+
+    // Three peers share 100: 33 each. c asks for 40, over its share: refused, nothing changes.
+    let e = index.replace_peer(&c, 1, 1, &hashes(200..240)).unwrap_err();
+    assert!(e.is_full() && !e.is_damage(), "{e}");
+    assert!(matches!(e, IndexError::Full { share: 33, .. }), "{e}");
+    assert!(
+        e.to_string().contains(&c.to_string()) && e.to_string().contains("index_max_paths"),
+        "{e}"
+    );
+    assert_eq!(index.peer_position(&c).unwrap(), None);
+    assert!(index.holders(&hash(200)).unwrap().is_empty());
+    assert_eq!(index.total_entries(), 90);
+
+    // Within its share, c gets room: a, the one over its share, is dropped.
+    index.replace_peer(&c, 1, 1, &hashes(200..230)).unwrap();
+    assert_eq!(index.holders(&hash(200)).unwrap(), vec![c]);
+    assert_eq!(index.peer_position(&a).unwrap(), None, "a is dropped");
+    assert!(index.holders(&hash(0)).unwrap().is_empty());
+    assert_eq!(index.holders(&hash(100)).unwrap(), vec![b]);
+    assert_eq!(index.total_entries(), 60);
+
+    // Deltas: growing within the bound is fine; past it and over its share is refused.
+    index.apply_delta(&b, 1, 1, 2, &hashes(130..140), &[]).unwrap();
+    let e = index.apply_delta(&c, 1, 1, 2, &hashes(230..290), &[]).unwrap_err();
+    assert!(matches!(e, IndexError::Full { share: 50, .. }), "{e}");
+    assert_eq!(index.peer_position(&c).unwrap(), Some((1, 1)), "nothing changed");
+    assert!(index.holders(&hash(250)).unwrap().is_empty());
+    // a comes back small and fits beside them.
+    index.replace_peer(&a, 2, 1, &hashes(0..20)).unwrap();
+    assert_eq!(index.total_entries(), 90);
+    assert!(index.total_entries() <= 100);
+}
+
+#[test]
+fn the_table_tells_apart_a_bounded_number_of_peers() {
+    let (_dir, index) = open_temp();
+    let peers: Vec<PeerId> = (0..table::SLOTS).map(|_| PeerId::random()).collect();
+    for (n, peer) in (0u32..).zip(&peers) {
+        index.replace_peer(peer, 1, 1, &hashes(n..n + 1)).unwrap();
+    }
+    let one_more = PeerId::random();
+    let e = index.replace_peer(&one_more, 1, 1, &hashes(0..1)).unwrap_err();
+    assert!(matches!(e, IndexError::TooManyPeers { .. }) && e.is_full(), "{e}");
+    // A forgotten peer's slot is reused, and its paths are not attributed to the newcomer.
+    index.forget_peer(&peers[7]).unwrap();
+    index.replace_peer(&one_more, 1, 1, &hashes(100_000..100_001)).unwrap();
+    assert!(index.holders(&hash(7)).unwrap().is_empty());
+    assert_eq!(index.holders(&hash(100_000)).unwrap(), vec![one_more]);
+    assert_eq!(index.holders(&hash(8)).unwrap(), vec![peers[8]]);
+}
+
+/// Lookups run beside snapshots, deltas and forgets of other peers and never miss a path of
+/// a peer that is not changing.
+#[test]
+fn lookups_beside_writes_see_steady_peers_whole() {
+    let (_dir, index) = open_temp();
+    let steady = PeerId::random();
+    index.replace_peer(&steady, 1, 1, &hashes(0..5000)).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for round in 0..20u32 {
+                let other = PeerId::random();
+                let base = 10_000 + round * 3000;
+                index.replace_peer(&other, 1, 1, &hashes(base..base + 3000)).unwrap();
+                index
+                    .apply_delta(&other, 1, 1, 2, &hashes(0..100), &hashes(base..base + 100))
+                    .unwrap();
+                index.forget_peer(&other).unwrap();
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        let mut n = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let holders = index.holders(&hash(n % 5000)).unwrap();
+            assert!(holders.contains(&steady), "path {} lost its steady holder", n % 5000);
+            n += 1;
+        }
+    });
+    assert_eq!(index.total_entries(), 5000);
 }

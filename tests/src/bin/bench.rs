@@ -10,8 +10,12 @@
 //! cargo run --release -p nixmesh-tests --bin nixmesh-bench -- [--quick] [--no-write]
 //! ```
 //!
-//! `--only small|big|narinfo|propagation|idle` runs one group of cases. The nodes log at `warn`
+//! `--only small|big|narinfo|propagation|idle|index` runs one group of cases. The nodes log at `warn`
 //! (`NIXMESH_BENCH_LOG` sets another filter) to `target/bench-logs/`.
+//!
+//! Case 6, the index at 1,000 peers, runs in its own processes without hosts or Nix (the
+//! index bench of `nixmesh-node`, once per shape) and compares with the first layout's
+//! figures from issue 11; `--only index` runs it alone, without root.
 //!
 //! Needs root, Nix and nginx (`apt-get install nix-bin nginx-light iproute2`). The table is
 //! printed and, unless `--no-write`, written to `docs/benchmarks.md` with the machine, the
@@ -55,7 +59,7 @@ fn main() {
     if args.first().map(String::as_str) == Some("load") {
         return load(&args[1..]);
     }
-    const GROUPS: [&str; 5] = ["small", "big", "narinfo", "propagation", "idle"];
+    const GROUPS: [&str; 6] = ["small", "big", "narinfo", "propagation", "idle", "index"];
     let mut words = args.iter().map(String::as_str);
     while let Some(word) = words.next() {
         match word {
@@ -88,6 +92,11 @@ fn main() {
 }
 
 fn run(s: &Settings) -> Vec<Row> {
+    let index_wanted = s.only.as_deref().is_none_or(|o| o == "index");
+    let mut index_rows = if index_wanted { index_at_scale(s) } else { Vec::new() };
+    if s.only.as_deref() == Some("index") {
+        return index_rows;
+    }
     assert!(nixmesh_tests::require_root() && nixmesh_tests::require_tool("nginx"));
     // SAFETY: set before any thread of ours starts.
     unsafe { std::env::set_var("NIXMESH_BIN", build_nixmesh(true)) };
@@ -261,6 +270,7 @@ fn run(s: &Settings) -> Vec<Row> {
             target: "< 1 %".to_owned(),
         });
     }
+    rows.append(&mut index_rows);
     // The nodes' logs outlive the LAN, for a look at what happened.
     let logs = workspace_dir().join("target/bench-logs");
     let _ = std::fs::create_dir_all(&logs);
@@ -572,6 +582,111 @@ fn big_path(store: &HostStore, mib: usize) -> String {
     let out = store.nix_store(&["--add", &file]);
     assert!(out.status.success(), "nix-store --add: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).expect("UTF-8").trim().to_owned()
+}
+
+/// Case 6: the index under 1,000 peers' snapshots (50,000 paths each; 10,000 with
+/// `--quick`), 80% shared and disjoint, each shape in a process of its own so that its peak
+/// RSS is its own. The baseline is the first layout (every pair twice as redb keys), as
+/// issue 11 measured it at 100 peers: running it at 1,000 would write 10 GB.
+fn index_at_scale(s: &Settings) -> Vec<Row> {
+    let bench = build_index_bench();
+    let paths = if s.quick { 10_000 } else { 50_000 };
+    let mut rows = Vec::new();
+    for (shape, shared) in [("80% shared", "0.8"), ("disjoint", "0")] {
+        eprintln!("--- case 6: the index at 1,000 peers x {paths} paths, {shape}");
+        let out = Command::new(&bench)
+            .args(["--peers", "1000", "--paths", &paths.to_string(), "--shared", shared, "--json"])
+            .stdout_within(Duration::from_secs(900));
+        let r: serde_json::Value = serde_json::from_slice(&out).expect("the index bench's JSON");
+        let f = |key: &str| r[key].as_f64().unwrap_or(f64::NAN);
+        let case = |what: &str| format!("index, 1,000 peers x {paths} paths, {shape}: {what}");
+        let disk_target = if shared == "0" { "< 1 GB" } else { "< 256 MB" };
+        let mut row = |what: &str, nixmesh: String, baseline: &str, cpu: String, target: &str| {
+            rows.push(Row {
+                case: case(what),
+                nixmesh,
+                baseline: baseline.to_owned(),
+                ratio: f64::NAN,
+                cpu,
+                target: target.to_owned(),
+            })
+        };
+        row(
+            "all snapshots absorbed",
+            format!("{:.1} s", f("absorb_s")),
+            "44 s at 100 peers",
+            format!("{:.1}", f("absorb_cpu_s")),
+            "< 30 s",
+        );
+        row(
+            "lookup of a miss, p50 / p99",
+            format!("{:.2} / {:.2} us", f("miss_p50_us"), f("miss_p99_us")),
+            "p50 5 us at 100 peers",
+            String::new(),
+            "p99 < 2 us",
+        );
+        row(
+            "lookup of a held path, p50 / p99",
+            format!("{:.2} / {:.2} us", f("hit_p50_us"), f("hit_p99_us")),
+            "p50 5 us at 100 peers",
+            String::new(),
+            "p99 < 2 us",
+        );
+        row(
+            "false positives (misses named a holder)",
+            format!("{} in {}", r["false_positives"], r["lookups"]),
+            "none (exact)",
+            String::new(),
+            "< 1 in 10,000",
+        );
+        row(
+            "peak RSS",
+            format!("{:.0} MB", f("peak_rss_mib") * 1.048_576),
+            "52 MB at 100 peers",
+            String::new(),
+            "< 256 MB",
+        );
+        row(
+            "state on disk",
+            format!("{:.0} MB", f("file_mib") * 1.048_576),
+            "1,078 MB at 100 peers (10 GB at 1,000)",
+            String::new(),
+            disk_target,
+        );
+        row(
+            "restart: table built from the file",
+            format!("{:.1} s", f("reopen_s")),
+            "(opened at once, lookups from disk)",
+            format!("{:.1}", f("reopen_cpu_s")),
+            "serves from the stored index at once",
+        );
+        if shared == "0" {
+            row(
+                "a delta of 100 paths on the wire",
+                format!("{} bytes", r["delta_100_wire_bytes"]),
+                "(same wire format)",
+                String::new(),
+                "< 4 KB",
+            );
+        }
+    }
+    rows
+}
+
+/// The index bench of `nixmesh-node`, built in release; where cargo put it.
+fn build_index_bench() -> std::path::PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let messages = Command::new(cargo)
+        .current_dir(workspace_dir())
+        .args(["bench", "-p", "nixmesh-node", "--bench", "index", "--no-run"])
+        .arg("--message-format=json-render-diagnostics")
+        .stdout_within(Duration::from_secs(1800));
+    String::from_utf8_lossy(&messages)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "index")
+        .find_map(|m| m["executable"].as_str().map(std::path::PathBuf::from))
+        .expect("cargo bench reported no `index` executable")
 }
 
 fn render(rows: &[Row]) -> String {
