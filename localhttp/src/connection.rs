@@ -33,6 +33,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, warn};
 
+use crate::log_limit::RateLimitedLog;
+
 /// How long accepting pauses after an error such as running out of file descriptors with no
 /// connection to close (which would otherwise fail again at once, in a busy loop).
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(250);
@@ -61,35 +63,6 @@ pub fn connections_for_open_file_limit() -> usize {
     let known = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
     let soft = if known { limit.rlim_cur.min(usize::MAX as libc::rlim_t) as usize } else { 1024 };
     soft.saturating_sub(DESCRIPTORS_KEPT).max(MIN_CONNECTIONS)
-}
-
-/// A line at most once a second, saying how many were held back since the last.
-#[derive(Default)]
-pub(crate) struct RateLimitedLog {
-    last: Mutex<Option<(Instant, u64)>>,
-}
-
-impl RateLimitedLog {
-    /// `Some(held back since the last line)` when a line may be logged now.
-    pub(crate) fn admit(&self) -> Option<u64> {
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        match &mut *last {
-            Some((at, held)) if now.duration_since(*at) < Duration::from_secs(1) => {
-                *held += 1;
-                None
-            }
-            Some((at, held)) => {
-                let n = *held;
-                (*at, *held) = (now, 0);
-                Some(n)
-            }
-            None => {
-                *last = Some((now, 0));
-                Some(0)
-            }
-        }
-    }
 }
 
 /// One client connection as requests see it (axum's `ConnectInfo`): what it is doing, and

@@ -19,6 +19,7 @@ pub mod connection;
 pub mod health;
 mod held_body;
 mod holders;
+pub mod log_limit;
 pub mod metrics;
 mod nar;
 pub mod nar_slots;
@@ -32,6 +33,7 @@ pub mod verified_nar;
 pub mod why;
 
 pub use config::Config;
+pub use log_limit::RateLimitedLog;
 pub use metrics::Metrics;
 pub use node_view::{NodeStatus, NodeView, PeerSummary, RequestCounts, UpstreamSummary};
 pub use server::{SHUTDOWN_GRACE, router, serve};

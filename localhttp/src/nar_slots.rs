@@ -22,7 +22,8 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
-use crate::connection::{ClientConnection, RateLimitedLog, WriteLimit};
+use crate::connection::{ClientConnection, WriteLimit};
+use crate::log_limit::RateLimitedLog;
 use crate::verified_nar::Parker;
 
 /// A download whose client has taken nothing for this long lets go of its peer's stream.

@@ -17,9 +17,9 @@ use tracing::{debug, warn};
 
 use crate::cache::{NarInfoCache, Verified};
 use crate::config::Config;
-use crate::connection::RateLimitedLog;
 use crate::health::PeerHealth;
 use crate::holders::{Miss, first_of};
+use crate::log_limit::RateLimitedLog;
 use crate::nar_slots::NarSlots;
 use crate::source::{PathSource, SourceError};
 use crate::target::NarFile;

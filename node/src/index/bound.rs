@@ -16,15 +16,14 @@
 //! Refusals and drops are logged at `warn`, at most once a [`REPORT_EVERY`] per kind, with how
 //! many were not logged since.
 
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use libp2p::PeerId;
 
 /// The default bound: 1,000 peers of 50,000 paths each, about 215 MB of memory.
 pub const DEFAULT_MAX_PATHS: u64 = 50_000_000;
 
-const REPORT_EVERY: Duration = Duration::from_secs(60);
+pub(super) const REPORT_EVERY: Duration = Duration::from_secs(60);
 
 /// What the bound says of a peer going from `now` to `after` entries.
 #[derive(Debug, PartialEq, Eq)]
@@ -65,30 +64,6 @@ pub(super) fn room(max: u64, total: u64, now: u64, after: u64, others: &[(PeerId
         return Room::Refuse { share };
     }
     Room::Evict(evict)
-}
-
-/// A log line at most once a [`REPORT_EVERY`], counting what it did not log.
-#[derive(Default)]
-pub(super) struct RateLimitedLog {
-    state: Mutex<(Option<Instant>, u64)>,
-}
-
-impl RateLimitedLog {
-    /// Logs `message` at `warn` unless a line was logged less than [`REPORT_EVERY`] ago.
-    pub fn warn(&self, message: impl FnOnce() -> String) {
-        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (last, unlogged) = &mut *state;
-        if last.is_some_and(|t| t.elapsed() < REPORT_EVERY) {
-            *unlogged += 1;
-            return;
-        }
-        let since = match std::mem::take(unlogged) {
-            0 => String::new(),
-            n => format!(" ({n} more like it since the last report)"),
-        };
-        *last = Some(Instant::now());
-        tracing::warn!("{}{since}", message());
-    }
 }
 
 #[cfg(test)]

@@ -93,10 +93,11 @@ use nixmesh_protocol::StorePathHash;
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 
 pub use bound::DEFAULT_MAX_PATHS;
-use bound::{RateLimitedLog, Room};
+use bound::{REPORT_EVERY, Room};
 pub use error::IndexError;
 use error::{RedbError, StorageContext};
 use fingerprint::{Fingerprint, FingerprintKey, multiset_difference};
+use nixmesh_localhttp::RateLimitedLog;
 use schema::{
     BASE_PIECE, BASES, CHANGES, META, META_KEY, META_NEXT_PEER, META_SCHEMA, PEERS, PeerRecord,
     SCHEMA_VERSION,
@@ -354,8 +355,8 @@ impl Index {
             slots: RwLock::new(slots),
             peers: RwLock::new(peers),
             max_paths,
-            refused: RateLimitedLog::default(),
-            dropped: RateLimitedLog::default(),
+            refused: RateLimitedLog::every(REPORT_EVERY),
+            dropped: RateLimitedLog::every(REPORT_EVERY),
         })
     }
 

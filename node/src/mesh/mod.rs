@@ -42,7 +42,7 @@ pub use access::Access;
 use access::RefusalLog;
 use peers::MAX_ADDRESSES;
 pub use peers::{PeerState, PeerTable};
-pub use serve::{RefusalLines, StreamLimits, Turn, TurnLimits, Turns, serve_streams};
+pub use serve::{StreamLimits, Turn, TurnLimits, Turns, serve_streams};
 
 /// Identify's protocol name; it tells peers our listen addresses.
 const IDENTIFY_PROTOCOL: &str = "/nixmesh/id/1";

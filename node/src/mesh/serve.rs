@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::{PeerId, Stream};
+use nixmesh_localhttp::RateLimitedLog;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
 use tracing::{Instrument, Span, debug, warn};
 
 use super::Mesh;
@@ -64,35 +64,6 @@ struct PeerSlot<K: Eq + Hash + Copy> {
     peer: K,
 }
 
-/// Lines about refusals, at most one a second, counting the rest.
-#[derive(Default)]
-pub struct RefusalLines {
-    last: Mutex<Option<(Instant, u64)>>,
-}
-
-impl RefusalLines {
-    /// `Some(held back since the last line)` when a line may be logged now.
-    pub fn admit(&self) -> Option<u64> {
-        let mut last = self.last.lock().expect("refusal lines lock poisoned");
-        let now = Instant::now();
-        match &mut *last {
-            Some((at, held)) if now.duration_since(*at) < Duration::from_secs(1) => {
-                *held += 1;
-                None
-            }
-            Some((at, held)) => {
-                let n = *held;
-                (*at, *held) = (now, 0);
-                Some(n)
-            }
-            None => {
-                *last = Some((now, 0));
-                Some(0)
-            }
-        }
-    }
-}
-
 impl<K: Eq + Hash + Copy> Drop for PeerSlot<K> {
     fn drop(&mut self) {
         let mut counts = self.table.0.lock().expect("per-peer counts lock poisoned");
@@ -126,7 +97,7 @@ pub async fn serve_streams<H, F>(
     let running = Arc::new(Semaphore::new(limits.concurrent));
     let per_peer = Arc::new(PerPeer::default());
     let per_origin = Arc::new(PerPeer::default());
-    let refusals = RefusalLines::default();
+    let refusals = RateLimitedLog::default();
     let refused = |peer: PeerId, why: String| {
         if let Some(held_back) = refusals.admit() {
             warn!(%peer, protocol, held_back, "refusing a stream: {why}");
@@ -192,7 +163,7 @@ pub struct Turns {
     running: Arc<Semaphore>,
     shares: Arc<PeerShares>,
     origins: Arc<Shares<Origin>>,
-    refusals: RefusalLines,
+    refusals: RateLimitedLog,
     what: &'static str,
 }
 
@@ -211,7 +182,7 @@ impl Turns {
             running: Arc::new(Semaphore::new(limits.concurrent)),
             shares: PeerShares::new(limits.per_peer),
             origins: Shares::new(limits.per_origin),
-            refusals: RefusalLines::default(),
+            refusals: RateLimitedLog::default(),
             what,
         }
     }
