@@ -38,6 +38,9 @@ use nixmesh_localhttp::health::PeerHealth;
 
 /// The file name of the index in the state dir.
 pub const INDEX_FILE: &str = "index.redb";
+/// Connections the kernel queues for the substituter's accept loop (capped by the system's
+/// `net.core.somaxconn`, 4096 by default).
+const HTTP_BACKLOG: u32 = 4096;
 /// The directory of NARs downloaded from upstream, in the state dir.
 pub const SPOOL_DIR: &str = "spool";
 /// How long the node's tasks may take to end once the substituter has drained.
@@ -248,8 +251,7 @@ impl RunningNode {
         let from_systemd = inherited.is_some();
         let listener = match inherited {
             Some(socket) => tokio::net::TcpListener::from_std(socket).map_err(NodeError::Http)?,
-            None => tokio::net::TcpListener::bind(config.http_listen)
-                .await
+            None => bind_http(config.http_listen)
                 .map_err(|source| NodeError::HttpListen { address: config.http_listen, source })?,
         };
         let http_address = listener.local_addr().map_err(NodeError::Http)?;
@@ -305,6 +307,19 @@ impl RunningNode {
         }
         http
     }
+}
+
+/// The substituter's socket, with a backlog of [`HTTP_BACKLOG`]: a burst of connections (Nix's
+/// 25, or a local program's thousands) waits there for the accept loop instead of being
+/// dropped and retried by the kernel seconds later.
+fn bind_http(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match address {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(HTTP_BACKLOG)
 }
 
 /// Gives the stop signal when dropped while armed: a start that fails half-way stops what

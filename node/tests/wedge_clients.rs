@@ -280,13 +280,15 @@ fn stalled_downloads_and_idle_connections_hold_nothing_a_normal_client_needs() {
     let big_url = format!("/{}", big_narinfo.url);
     let big_size = big_narinfo.nar_size as usize;
 
-    // The idle connections, 5,000 on the node and 1,100 on the one under the limit.
-    let idle_since = Instant::now();
+    // The idle connections, 5,000 on the node and 1,100 on the one under the limit. (Their
+    // stall limit runs from when the node accepts them, after the last is connected at the
+    // latest: the node's backlog holds the burst.)
     let mut idle: Vec<TcpStream> =
         (0..IDLE).map(|_| TcpStream::connect(node).expect("an idle connection")).collect();
     let mut idle_limited: Vec<TcpStream> = (0..IDLE_UNDER_LIMIT)
         .map(|_| TcpStream::connect(limited_address).expect("an idle connection"))
         .collect();
+    let idle_since = Instant::now();
 
     // The stalled downloads, all at once; each reads its headers and nothing more. A
     // download refused while the burst queues (the holder sends so many NARs to one peer at
