@@ -135,7 +135,10 @@ fn hashes(n: u32) -> HashSet<StorePathHash> {
 async fn until(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + DEADLINE;
     while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        if Instant::now() >= deadline {
+            let refusals = log_lines_with(&["refused"]).join("\n");
+            panic!("timed out waiting until {what}; the refusals logged:\n{refusals}");
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

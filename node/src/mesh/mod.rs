@@ -61,8 +61,10 @@ const MAX_CONNECTIONS: u32 = 2048;
 const MAX_PENDING_INCOMING: u32 = 256;
 /// How long a connection may take from its TCP connect to a working yamux session (pnet,
 /// noise); on a LAN it takes milliseconds. A half-open connection holds its pending place at
-/// most this long.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// most this long. Longer than the pnet exchange's own limit, so that a peer without the
+/// mesh key is refused (and logged) as such, not as a time-out.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(8);
+const _: () = assert!(HANDSHAKE_TIMEOUT.as_secs() > private::HANDSHAKE_LIMIT.as_secs());
 const MAX_CONNECTIONS_PER_PEER: u32 = 2;
 /// A ping unanswered for this long fails (and the connection is closed).
 const PING_TIMEOUT: Duration = Duration::from_secs(4);
@@ -522,10 +524,14 @@ impl SwarmDriver {
 
 impl SwarmDriver {
     /// Logs a connection refused by the private mesh's rules or a limit, at most once a minute
-    /// per host and reason.
+    /// per host, direction and reason.
     /// `what` says which connection: `from ADDRESS on OUR ADDRESS`, or `to ADDRESS`.
     fn log_refusal(&mut self, remote: &Multiaddr, what: &str, peer: Option<PeerId>, why: &str) {
-        let Some(held_back) = self.refusals.admit(remote, why, Instant::now()) else {
+        // Counted apart by direction: a host refused both ways (it dials us, we dial it) gets
+        // a line for each.
+        let direction = if what.starts_with("to ") { "outgoing" } else { "incoming" };
+        let reason = format!("{direction}: {why}");
+        let Some(held_back) = self.refusals.admit(remote, &reason, Instant::now()) else {
             return;
         };
         let peer = peer.map_or_else(|| "not known yet".to_owned(), |p| p.to_string());
