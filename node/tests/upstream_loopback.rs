@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{loopback_config, nix_available};
 use nixmesh_node::node::RunningNode;
+use nixmesh_tests::free_loopback_port;
 use nixmesh_tests::http::get_one as get;
 use nixmesh_tests::nginx::Nginx;
 use nixmesh_tests::{
@@ -22,16 +23,10 @@ use nixmesh_tests::{
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// A free port on loopback (free when asked; nginx binds it right after).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// The upstream: a store holding `closure`, copied signed to a binary cache served by nginx.
 struct Upstream {
-    _nginx: Nginx,
+    nginx: Nginx,
     url: String,
-    log: std::path::PathBuf,
 }
 
 impl Upstream {
@@ -40,10 +35,8 @@ impl Upstream {
         let cache = dir.join(format!("cache-{compression}"));
         store.copy_to(&format!("file://{}?compression={compression}", cache.display()), &[top]);
         let host = Host::local_in(dir, &format!("upstream-{compression}"));
-        let port = free_port();
-        let nginx = Nginx::start(&host, &cache, port);
-        let log = host.dir().join(format!("nginx-{port}")).join("access.log");
-        Upstream { url: nginx.url().to_owned(), _nginx: nginx, log }
+        let nginx = Nginx::start(&host, &cache, free_loopback_port());
+        Upstream { url: nginx.url().to_owned(), nginx }
     }
 
     /// How many times each NAR file was asked for.
@@ -53,14 +46,9 @@ impl Upstream {
 
     /// How many times each URL starting with `prefix` was asked for.
     fn requests(&self, prefix: &str) -> BTreeMap<String, usize> {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let mut counts = BTreeMap::new();
-        for line in text.lines() {
-            if let Some(url) = line.split('"').nth(1).and_then(|r| r.split(' ').nth(1))
-                && url.starts_with(prefix)
-            {
-                *counts.entry(url.to_owned()).or_insert(0) += 1;
-            }
+        for request in self.nginx.requests().into_iter().filter(|r| r.path.starts_with(prefix)) {
+            *counts.entry(request.path).or_insert(0) += 1;
         }
         counts
     }
@@ -159,8 +147,8 @@ fn three_nodes_copying_at_once_download_each_nar_from_upstream_once() {
     // complete up to it.)
     let http = nodes[0].http_address();
     let logged = |hash: &str| {
-        let text = std::fs::read_to_string(&upstream.log).unwrap_or_default();
-        text.lines().filter(|l| l.contains(&format!("/{hash}.narinfo"))).count()
+        let path = format!("/{hash}.narinfo");
+        upstream.nginx.requests().iter().filter(|r| r.path == path).count()
     };
     let (missing, marker) =
         ("00000000000000000000000000000000", "11111111111111111111111111111111");

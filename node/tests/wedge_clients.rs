@@ -13,7 +13,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -188,11 +188,6 @@ fn normal_client_round(node: &str, address: SocketAddr, path: &str) {
     assert!(took < ANSWERED_WITHIN, "{node}: a miss took {took:?}");
 }
 
-/// A free loopback port (for a node started as its own process).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// `nixmesh serve` as its own process, under an open-file limit of [`OPEN_FILE_LIMIT`] (hard
 /// and soft, as systemd's default `LimitNOFILE`), with `holder` as its static peer.
 fn start_limited_node(
@@ -201,7 +196,7 @@ fn start_limited_node(
     key: &str,
     holder: &libp2p::Multiaddr,
 ) -> (Child, SocketAddr, std::path::PathBuf) {
-    let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let http = SocketAddr::from(([127, 0, 0, 1], nixmesh_tests::free_loopback_port()));
     let log = dir.join("limited.log");
     let mut command = Command::new(env!("CARGO_BIN_EXE_nixmesh"));
     command

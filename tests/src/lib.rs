@@ -36,6 +36,13 @@ pub use wait::{poll_every, wait_for, wait_until};
 
 use std::process::Command;
 
+/// A loopback port free when asked (the caller binds it right after: a server started as
+/// its own process, nginx).
+pub fn free_loopback_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
+    listener.local_addr().expect("a bound address").port()
+}
+
 /// True when every end-to-end test must run: in CI, or with `NIXMESH_E2E=1`.
 pub fn must_run() -> bool {
     std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")

@@ -462,8 +462,8 @@ fn describe(e: &hyper_util::client::legacy::Error) -> String {
     text
 }
 
-/// Remembers `value` under `hash`, dropping what has expired (or, if nothing has, all) when
-/// full: a bound, not an LRU.
+/// Remembers `value` under `hash`, forgetting everything first when full: a bound, not an
+/// LRU (what is remembered is cheap to ask again).
 fn remember<V>(map: &Mutex<HashMap<StorePathHash, V>>, hash: StorePathHash, value: V) {
     let mut map = map.lock().expect("upstream memory lock poisoned");
     if map.len() >= REMEMBERED {
