@@ -11,7 +11,6 @@ use futures::TryStreamExt;
 use libp2p::PeerId;
 use nixmesh_localhttp::{NarStream, PathSource, SourceError};
 use nixmesh_protocol::{Sha256, StorePathHash};
-use tracing::warn;
 
 use crate::fetch::FetchClient;
 use crate::fetch::client::FetchError;
@@ -66,19 +65,20 @@ impl From<FetchError> for SourceError {
     }
 }
 
+/// How many of a path's connected holders a request may ask, at most: enough to ride out
+/// several failing in a row, few enough that a path held by hundreds of peers is looked up
+/// as fast as one held by a few ([`Index::holders_among`]).
+const HOLDERS_ASKED: usize = 8;
+
 impl PathSource for MeshSource {
     type Peer = Holder;
 
     /// The connected peers that advertise `hash`, best first; then the upstreams, unless they
     /// said lately that they lack it or are not answering. Never waits on the network.
     fn holders(&self, hash: &StorePathHash) -> Vec<Holder> {
-        let peers = match self.index.holders(hash) {
-            Ok(holders) => self.mesh.peers().connected_by_rtt(holders),
-            Err(e) => {
-                warn!(%hash, "index lookup failed: {e}");
-                Vec::new()
-            }
-        };
+        let table = self.mesh.peers();
+        let connected = self.index.holders_among(hash, HOLDERS_ASKED, |p| table.is_connected(p));
+        let peers = table.connected_by_rtt(connected);
         let mut holders: Vec<Holder> = peers.into_iter().map(Holder::Peer).collect();
         if self.flights.as_ref().is_some_and(|f| f.upstreams().may_have(hash)) {
             holders.push(Holder::Upstream);

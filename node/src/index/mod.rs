@@ -84,7 +84,7 @@ mod tests;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -147,6 +147,8 @@ pub struct Index {
     slots: RwLock<Vec<Option<PeerId>>>,
     peers: RwLock<Peers>,
     max_paths: AtomicU64,
+    /// Where [`Index::holders_among`] starts among a path's holders, turning call by call.
+    rotation: AtomicUsize,
     refused: RateLimitedLog,
     dropped: RateLimitedLog,
 }
@@ -355,6 +357,7 @@ impl Index {
             slots: RwLock::new(slots),
             peers: RwLock::new(peers),
             max_paths,
+            rotation: AtomicUsize::new(0),
             refused: RateLimitedLog::every(REPORT_EVERY),
             dropped: RateLimitedLog::every(REPORT_EVERY),
         })
@@ -398,6 +401,47 @@ impl Index {
                 .filter_map(|&slot| slots.get(usize::from(slot)).copied().flatten())
                 .collect()
         }))
+    }
+
+    /// At most `max` distinct peers that hold `hash` and that `accept` takes (the connected
+    /// ones, say), for a request to ask: the substituter's lookup. Stops at `max`, so a path
+    /// held by hundreds of peers costs about what one held by a few does (the bench's "lookup
+    /// of a held path"). Each call starts at another place among the holders, so requests
+    /// for a widely held path spread over all of them rather than always finding the same
+    /// `max`. False positives as for [`Index::holders`].
+    pub fn holders_among(
+        &self,
+        hash: &StorePathHash,
+        max: usize,
+        mut accept: impl FnMut(&PeerId) -> bool,
+    ) -> Vec<PeerId> {
+        let fingerprint = self.key.of(hash);
+        let start = self.rotation.fetch_add(1, Ordering::Relaxed);
+        self.table.with_holders_from(fingerprint, start, |found| {
+            if max == 0 {
+                return Vec::new();
+            }
+            let mut picked: Vec<PeerId> = Vec::with_capacity(max.min(SLOTS));
+            let mut taken: Vec<Slot> = Vec::with_capacity(max.min(SLOTS));
+            let slots = self.slots();
+            for slot in found {
+                // A slot twice is a peer holding two paths with this fingerprint.
+                if taken.contains(&slot) {
+                    continue;
+                }
+                let Some(peer) = slots.get(usize::from(slot)).and_then(Option::as_ref) else {
+                    continue;
+                };
+                if accept(peer) {
+                    taken.push(slot);
+                    picked.push(*peer);
+                    if picked.len() == max {
+                        break;
+                    }
+                }
+            }
+            picked
+        })
     }
 
     /// Replaces everything known of `peer` with `paths` (a full snapshot; duplicates are

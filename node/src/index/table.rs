@@ -12,16 +12,20 @@
 //! twice, and removing one path removes one copy.
 //!
 //! Insertions wait, sorted, in room kept at the end of each shard's vector (eight bytes an
-//! entry, up to a 32nd of the shard) and are merged into the shard in one pass when that
-//! room is full: absorbing a snapshot touches every shard, and moving half of each shard
-//! per insertion made 1,000 snapshots cost 40 s of CPU. Lookups search both. One vector a
-//! shard, not two: small vectors of pending entries between the shards' large ones left the
-//! allocator's free space in pieces (about 60 MB of it resident at 50 million entries).
+//! entry, up to a 64th of the shard, at least 16) and are merged into the shard in one pass
+//! when that room is full: absorbing a snapshot touches every shard, and moving half of each
+//! shard per insertion made 1,000 snapshots cost 40 s of CPU. Lookups search both. One
+//! vector a shard, not two: small vectors of pending entries between the shards' large ones
+//! left the allocator's free space in pieces (about 60 MB of it resident at 50 million
+//! entries).
 //!
-//! Bounds: a shard's vector holds its merged entries and room for a 32nd as many pending
-//! ones (eight bytes each), that is about 6% over four bytes an entry (a table built at open
-//! has no room until its first insertion); the fixed part is about 12 MB (the shards with
-//! their locks and bucket bounds).
+//! Bounds: a shard's vector holds its merged entries and room for a 64th as many pending
+//! ones, at least 16 (eight bytes each), that is 3-4% over four bytes an entry at 50 million
+//! entries (a table built at open has no room until its first insertion); the fixed part is
+//! about 12 MB (the shards with their locks and bucket bounds). Growing the shards one merge
+//! at a time still leaves glibc's heap about 40 MB of free pieces between them at 50 million
+//! entries (`mallinfo2` after the index bench's absorption); jemalloc and mimalloc, tried as
+//! the global allocator, left more (peak RSS 317 and 332 MiB against glibc's 270).
 
 use std::ops::Range;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -56,6 +60,11 @@ fn entry(remainder: u32, slot: Slot) -> u32 {
     remainder << SLOT_BITS | u32::from(slot)
 }
 
+/// The slots of pending (bucket, entry) pairs.
+fn pending_slots(pairs: &[u32]) -> impl Iterator<Item = Slot> + '_ {
+    pairs.chunks_exact(2).map(|pair| slot_of(pair[1]))
+}
+
 fn slot_of(entry: u32) -> Slot {
     (entry & ((1 << SLOT_BITS) - 1)) as Slot
 }
@@ -75,7 +84,7 @@ struct Shard {
 /// The room kept for pending entries (1 / this of the merged ones): an insertion costs a
 /// merge of the shard every `len / PENDING_SHARE` insertions, that is about
 /// `PENDING_SHARE` entries moved, instead of half the shard.
-const PENDING_SHARE: usize = 32;
+const PENDING_SHARE: usize = 64;
 /// Pending entries a shard has room for whatever its size.
 const PENDING_MIN: usize = 16;
 
@@ -247,20 +256,54 @@ impl HolderTable {
         fingerprint: Fingerprint,
         f: impl FnOnce(&mut dyn Iterator<Item = Slot>) -> R,
     ) -> R {
+        self.with_holders_from(fingerprint, 0, f)
+    }
+
+    /// [`HolderTable::with_holders`] turned by `start`: the merged holders from a place that
+    /// `start` picks (wrapping round), the pending ones among them, so that calls with
+    /// changing `start`s find a widely held path's holders in changing order. One binary
+    /// search, as for a miss: where the holders end is found only by walking to it, and a
+    /// pick that falls past them starts at the first.
+    pub fn with_holders_from<R>(
+        &self,
+        fingerprint: Fingerprint,
+        start: usize,
+        f: impl FnOnce(&mut dyn Iterator<Item = Slot>) -> R,
+    ) -> R {
         let (shard, bucket, remainder) = split(fingerprint);
         let shard = self.read(shard);
         let entries = &shard.entries[shard.bucket(bucket)];
         let first = entries.partition_point(|&e| e >> SLOT_BITS < remainder);
-        let merged = entries[first..].iter().take_while(|&&e| e >> SLOT_BITS == remainder);
+        // The holders are the start of `rest`, sorted; so if the pick is one, all before it are.
+        let rest = &entries[first..];
+        let ours = |e: &&u32| **e >> SLOT_BITS == remainder;
         let from = shard.pending_position((bucket as u32, entry(remainder, 0)));
-        let pending = shard.entries[from..]
+        let pending_count = shard.entries[from..]
             .chunks_exact(2)
-            .take_while(|pair| pair[0] as usize == bucket && pair[1] >> SLOT_BITS == remainder);
-        let mut slots = merged.map(|&e| slot_of(e)).chain(pending.map(|pair| slot_of(pair[1])));
+            .take_while(|pair| pair[0] as usize == bucket && pair[1] >> SLOT_BITS == remainder)
+            .count();
+        let pending = &shard.entries[from..from + 2 * pending_count];
+        // A pick among the merged holders starts there, the pending ones after the merged
+        // ones to the end; a pick past the merged entries starts among the pending ones.
+        let pick = start % (rest.len() + pending_count).max(1);
+        let (turn, pending_turn) = match rest.get(pick) {
+            Some(e) if ours(&e) => (pick, 0),
+            Some(_) => (0, 0),
+            None => (0, pick - rest.len()),
+        };
+        let (pending_first, pending_then) = pending.split_at(2 * pending_turn);
+        let (pending_first, pending_then) = if pending_turn > 0 {
+            (pending_then, pending_first)
+        } else {
+            (pending_first, pending_then)
+        };
+        let mut slots = pending_slots(pending_first)
+            .chain(rest[turn..].iter().take_while(ours).map(|&e| slot_of(e)))
+            .chain(pending_slots(pending_then))
+            .chain(rest[..turn].iter().map(|&e| slot_of(e)));
         f(&mut slots)
     }
 
-    /// How many copies of `fingerprint` `slot` holds.
     pub fn count(&self, slot: Slot, fingerprint: Fingerprint) -> usize {
         self.with_holders(fingerprint, |slots| slots.filter(|&s| s == slot).count())
     }

@@ -126,6 +126,31 @@ fn two_peers_hold_one_path() {
 }
 
 #[test]
+fn holders_among_stops_at_max_takes_only_accepted_and_turns() {
+    let (_dir, index) = open_temp();
+    let peers: Vec<PeerId> = (0..40).map(|_| PeerId::random()).collect();
+    for peer in &peers {
+        index.replace_peer(peer, 1, 1, &hashes(0..5)).unwrap();
+    }
+    let all: BTreeSet<PeerId> = peers.iter().copied().collect();
+    let picked = index.holders_among(&hash(3), 8, |_| true);
+    assert_eq!(picked.len(), 8);
+    assert!(picked.iter().all(|p| all.contains(p)));
+    assert_eq!(picked.iter().collect::<BTreeSet<_>>().len(), 8, "no peer twice");
+    let odd: BTreeSet<PeerId> = peers.iter().skip(1).step_by(2).copied().collect();
+    let among_odd = index.holders_among(&hash(3), 100, |p| odd.contains(p));
+    assert_eq!(among_odd.iter().copied().collect::<BTreeSet<_>>(), odd);
+    assert!(index.holders_among(&hash(9), 8, |_| true).is_empty());
+    assert!(index.holders_among(&hash(3), 0, |_| true).is_empty());
+    // Call after call, the 8 asked change until every holder has been among them.
+    let mut seen = BTreeSet::new();
+    for _ in 0..4 * peers.len() {
+        seen.extend(index.holders_among(&hash(3), 8, |_| true));
+    }
+    assert_eq!(seen, all);
+}
+
+#[test]
 fn forget_removes_only_that_peer() {
     let (_dir, index) = open_temp();
     let (a, b) = (PeerId::random(), PeerId::random());

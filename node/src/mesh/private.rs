@@ -26,6 +26,8 @@ use libp2p::pnet::{PnetConfig, PnetOutput, PreSharedKey};
 use libp2p::{PeerId, identity, noise, tcp, yamux};
 use thiserror::Error;
 
+use super::read_ahead::ReadAhead;
+
 /// How long the nonces and the key check may take.
 pub const HANDSHAKE_LIMIT: Duration = Duration::from_secs(5);
 /// What each side sends once pnet encrypts: the other reads it back only with the same key.
@@ -65,7 +67,7 @@ pub fn transport(
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
     let noise = noise::Config::new(keypair)?;
     Ok(tcp::tokio::Transport::new(tcp_config)
-        .and_then(move |socket, _| handshake(key, socket, HANDSHAKE_LIMIT))
+        .and_then(move |socket, _| handshake(key, ReadAhead::new(socket), HANDSHAKE_LIMIT))
         .map_err(|e| e.either(PrivateTcpError::Tcp, PrivateTcpError::Refused))
         .upgrade(Version::V1Lazy)
         .authenticate(noise)

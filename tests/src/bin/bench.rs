@@ -179,6 +179,7 @@ fn run(s: &Settings) -> Vec<Row> {
     if wanted("big") {
         eprintln!("--- case 3: a {} MiB NAR", s.big_mib);
         rows.push(bench.big_nar(&big, &mesh));
+        rows.push(transport_alone(s.big_mib));
         rows.push(bench.timed(
             &format!("nix copy, one {} MiB path", s.big_mib),
             "≥ 0.8",
@@ -589,7 +590,7 @@ fn big_path(store: &HostStore, mib: usize) -> String {
 /// RSS is its own. The baseline is the first layout (every pair twice as redb keys), as
 /// issue 11 measured it at 100 peers: running it at 1,000 would write 10 GB.
 fn index_at_scale(s: &Settings) -> Vec<Row> {
-    let bench = build_index_bench();
+    let bench = build_node_bench("index");
     let paths = if s.quick { 10_000 } else { 50_000 };
     let mut rows = Vec::new();
     for (shape, shared) in [("80% shared", "0.8"), ("disjoint", "0")] {
@@ -626,7 +627,7 @@ fn index_at_scale(s: &Settings) -> Vec<Row> {
             "p99 < 2 us",
         );
         row(
-            "lookup of a held path, p50 / p99",
+            "lookup of a held path (up to 8 holders, as a request asks), p50 / p99",
             format!("{:.2} / {:.2} us", f("hit_p50_us"), f("hit_p99_us")),
             "p50 5 us at 100 peers",
             String::new(),
@@ -673,20 +674,53 @@ fn index_at_scale(s: &Settings) -> Vec<Row> {
     rows
 }
 
-/// The index bench of `nixmesh-node`, built in release; where cargo put it.
-fn build_index_bench() -> std::path::PathBuf {
+/// Beside case 3: the mesh's transport alone, one stream of `mib` MiB in one process with
+/// SHA-256 on the receiving side, against plain TCP doing the same and libp2p's own stack:
+/// the ceiling that the nodes' figure meets (`nixmesh-node`'s bench `transport`).
+fn transport_alone(mib: usize) -> Row {
+    let bench = build_node_bench("transport");
+    eprintln!("--- case 3: the mesh's transport alone, {mib} MiB");
+    let out = Command::new(&bench)
+        .args(["--mib", &mib.to_string(), "--hash", "--json"])
+        .stdout_within(Duration::from_secs(600));
+    let r: serde_json::Value = serde_json::from_slice(&out).expect("the transport bench's JSON");
+    let f = |key: &str| r[key].as_f64().unwrap_or(f64::NAN);
+    Row {
+        case: format!(
+            "the same through the mesh's transport alone: one stream, {mib} MiB, SHA-256 on, \
+             in one process (CPU s per GiB)"
+        ),
+        nixmesh: format!("{:.0} MiB/s", f("mesh_mib_s")),
+        baseline: format!(
+            "plain TCP {:.0} MiB/s; libp2p's stock TCP+noise+yamux {:.0} MiB/s",
+            f("tcp_mib_s"),
+            f("libp2p_mib_s")
+        ),
+        ratio: f("mesh_mib_s") / f("tcp_mib_s"),
+        cpu: format!(
+            "{:.2} / TCP {:.2}, stock {:.2}",
+            f("mesh_cpu_s_per_gib"),
+            f("tcp_cpu_s_per_gib"),
+            f("libp2p_cpu_s_per_gib")
+        ),
+        target: "(the ceiling for the row above)".to_owned(),
+    }
+}
+
+/// A bench of `nixmesh-node`, built in release; where cargo put it.
+fn build_node_bench(name: &str) -> std::path::PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let messages = Command::new(cargo)
         .current_dir(workspace_dir())
-        .args(["bench", "-p", "nixmesh-node", "--bench", "index", "--no-run"])
+        .args(["bench", "-p", "nixmesh-node", "--bench", name, "--no-run"])
         .arg("--message-format=json-render-diagnostics")
         .stdout_within(Duration::from_secs(1800));
     String::from_utf8_lossy(&messages)
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "index")
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == name)
         .find_map(|m| m["executable"].as_str().map(std::path::PathBuf::from))
-        .expect("cargo bench reported no `index` executable")
+        .unwrap_or_else(|| panic!("cargo bench reported no `{name}` executable"))
 }
 
 fn render(rows: &[Row]) -> String {
