@@ -11,13 +11,13 @@
 
 use std::time::{Duration, Instant};
 
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::{Transport, upgrade::Version};
 use libp2p::{Multiaddr, StreamProtocol, noise, swarm::SwarmEvent, tcp, yamux};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
 const PROTOCOL: StreamProtocol = StreamProtocol::new("/nixmesh-bench/transport/1");
 /// The chunk each side writes and reads at a time: the fetch protocol's NAR chunk.
@@ -62,19 +62,33 @@ fn cpu_time() -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
-/// Reads `total` bytes in chunks, hashing them if asked; returns how many arrived.
-struct Sink {
-    hasher: Option<Sha256>,
-    got: usize,
+/// Reads up to `total` bytes in chunks, hashing them if asked; returns how many arrived.
+async fn receive(mut from: impl AsyncRead + Unpin, total: usize, hash: bool) -> usize {
+    let mut hasher = hash.then(Sha256::new);
+    let (mut buf, mut got) = (vec![0; CHUNK], 0);
+    while got < total {
+        let n = from.read(&mut buf).await.expect("read");
+        if n == 0 {
+            break;
+        }
+        if let Some(h) = &mut hasher {
+            h.update(&buf[..n]);
+        }
+        got += n;
+    }
+    got
 }
 
-impl Sink {
-    fn take(&mut self, bytes: &[u8]) {
-        if let Some(h) = &mut self.hasher {
-            h.update(bytes);
-        }
-        self.got += bytes.len();
+/// Writes `total` bytes in chunks.
+async fn send(mut to: impl AsyncWrite + Unpin, total: usize) {
+    let chunk = vec![7u8; CHUNK];
+    let mut sent = 0;
+    while sent < total {
+        let n = CHUNK.min(total - sent);
+        to.write_all(&chunk[..n]).await.expect("write");
+        sent += n;
     }
+    to.flush().await.expect("flush");
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -130,17 +144,8 @@ async fn libp2p_run(stack: Stack, total: usize, hash: bool) -> usize {
         }
     });
     let reader = tokio::spawn(async move {
-        let (_, mut stream) = incoming.next().await.expect("a stream");
-        let mut sink = Sink { hasher: hash.then(Sha256::new), got: 0 };
-        let mut buf = vec![0; CHUNK];
-        while sink.got < total {
-            let n = stream.read(&mut buf).await.expect("read");
-            if n == 0 {
-                break;
-            }
-            sink.take(&buf[..n]);
-        }
-        sink.got
+        let (_, stream) = incoming.next().await.expect("a stream");
+        receive(stream, total, hash).await
     });
     let mut stream = None;
     for _ in 0..100 {
@@ -153,14 +158,7 @@ async fn libp2p_run(stack: Stack, total: usize, hash: bool) -> usize {
         }
     }
     let mut stream = stream.expect("a stream within 2 s");
-    let chunk = vec![7u8; CHUNK];
-    let mut sent = 0;
-    while sent < total {
-        let n = CHUNK.min(total - sent);
-        stream.write_all(&chunk[..n]).await.expect("write");
-        sent += n;
-    }
-    stream.flush().await.expect("flush");
+    send(&mut stream, total).await;
     let got = reader.await.expect("reader");
     let _ = stream.close().await;
     got
@@ -170,27 +168,12 @@ async fn tcp_run(total: usize, hash: bool) -> usize {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
     let reader = tokio::spawn(async move {
-        let (mut socket, _) = listener.accept().await.expect("accept");
-        let mut sink = Sink { hasher: hash.then(Sha256::new), got: 0 };
-        let mut buf = vec![0; CHUNK];
-        while sink.got < total {
-            let n = socket.read(&mut buf).await.expect("read");
-            if n == 0 {
-                break;
-            }
-            sink.take(&buf[..n]);
-        }
-        sink.got
+        let (socket, _) = listener.accept().await.expect("accept");
+        receive(socket.compat(), total, hash).await
     });
-    let mut socket = tokio::net::TcpStream::connect(address).await.expect("connect");
+    let socket = tokio::net::TcpStream::connect(address).await.expect("connect");
     socket.set_nodelay(true).expect("nodelay");
-    let chunk = vec![7u8; CHUNK];
-    let mut sent = 0;
-    while sent < total {
-        let n = CHUNK.min(total - sent);
-        socket.write_all(&chunk[..n]).await.expect("write");
-        sent += n;
-    }
+    send(socket.compat_write(), total).await;
     reader.await.expect("reader")
 }
 
