@@ -261,9 +261,10 @@ impl HolderTable {
 
     /// [`HolderTable::with_holders`] turned by `start`: the merged holders from a place that
     /// `start` picks (wrapping round), the pending ones among them, so that calls with
-    /// changing `start`s find a widely held path's holders in changing order. One binary
-    /// search, as for a miss: where the holders end is found only by walking to it, and a
-    /// pick that falls past them starts at the first.
+    /// changing `start`s find a widely held path's holders in changing order. The searches
+    /// are a miss's (one among the merged entries, one among the pending ones): where the
+    /// holders end is found only by walking to it, and a pick that falls past them starts
+    /// at the first.
     pub fn with_holders_from<R>(
         &self,
         fingerprint: Fingerprint,
@@ -291,11 +292,11 @@ impl HolderTable {
             Some(_) => (0, 0),
             None => (0, pick - rest.len()),
         };
-        let (pending_first, pending_then) = pending.split_at(2 * pending_turn);
         let (pending_first, pending_then) = if pending_turn > 0 {
-            (pending_then, pending_first)
+            let (before, after) = pending.split_at(2 * pending_turn);
+            (after, before)
         } else {
-            (pending_first, pending_then)
+            (&pending[..0], pending)
         };
         let mut slots = pending_slots(pending_first)
             .chain(rest[turn..].iter().take_while(ours).map(|&e| slot_of(e)))
@@ -304,6 +305,7 @@ impl HolderTable {
         f(&mut slots)
     }
 
+    /// How many copies of `fingerprint` `slot` holds.
     pub fn count(&self, slot: Slot, fingerprint: Fingerprint) -> usize {
         self.with_holders(fingerprint, |slots| slots.filter(|&s| s == slot).count())
     }

@@ -530,8 +530,6 @@ impl SwarmDriver {
     }
 }
 
-/// Why an incoming connection was refused by the private mesh's rules or by a limit, if it
-/// was.
 /// TCP (read through [`read_ahead::ReadAhead`]), noise, yamux: what the swarm runs on in an
 /// open mesh. The same as libp2p's own TCP stack but for the large reads (15 % faster and
 /// 14 % less CPU on one stream; `cargo bench -p nixmesh-node --bench transport`).
@@ -549,6 +547,8 @@ pub fn open_transport(
         .boxed())
 }
 
+/// Why an incoming connection was refused by the private mesh's rules or by a limit, if it
+/// was.
 fn refused_incoming(error: &ListenError) -> Option<String> {
     match error {
         ListenError::Transport(TransportError::Other(e)) => private::refusal_in(e)
