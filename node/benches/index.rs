@@ -246,6 +246,7 @@ fn main() {
     note("peak_rss_mib", json!(mib(peak_kb * 1024)));
     note("start_rss_mib", json!(mib(baseline_kb * 1024)));
     note("file_mib", json!(mib(file_size(&path))));
+    note("disk_mib", json!(mib(disk_usage(&path))));
     drop(index);
     let (fragmented, compacted, compaction) = storage(&path);
     note("fragmented_mib", json!(mib(fragmented)));
@@ -321,7 +322,12 @@ fn print_table(r: &serde_json::Map<String, Value>) {
         ),
         (
             "db file size",
-            format!("{:.1} MiB ({:.1} MiB of free pages)", f("file_mib"), f("fragmented_mib")),
+            format!(
+                "{:.1} MiB ({:.1} MiB of free pages); on disk {:.1} MiB",
+                f("file_mib"),
+                f("fragmented_mib"),
+                f("disk_mib")
+            ),
         ),
         (
             "db file size compacted",
@@ -340,6 +346,13 @@ fn print_table(r: &serde_json::Map<String, Value>) {
 
 fn file_size(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// What the file takes on disk: its allocated blocks. redb grows its file by doubling and
+/// writes only the pages it uses, so the unused end of the file is a hole that takes none.
+fn disk_usage(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
 }
 
 /// The file's free pages, its size once compacted, and how long compaction took.

@@ -648,8 +648,12 @@ fn index_at_scale(s: &Settings) -> Vec<Row> {
             "< 256 MB",
         );
         row(
-            "state on disk",
-            format!("{:.0} MB", f("file_mib") * 1.048_576),
+            "state on disk (allocated blocks; the file's length after it)",
+            format!(
+                "{:.0} MB (file {:.0} MB)",
+                f("disk_mib") * 1.048_576,
+                f("file_mib") * 1.048_576
+            ),
             "1,078 MB at 100 peers (10 GB at 1,000)",
             String::new(),
             disk_target,
@@ -753,15 +757,22 @@ fn describe_commit() -> String {
 }
 
 fn write_report(s: &Settings, commit: &str, table: &str) {
+    let mut flags: Vec<String> = Vec::new();
+    if s.quick {
+        flags.push("--quick".to_owned());
+    }
+    if let Some(only) = &s.only {
+        flags.extend(["--only".to_owned(), only.clone()]);
+    }
     let run = format!(
         "## Run of {date} ({mode})\n\n- machine: {cpu}, {cores} cores, {mem}\n- commit: {commit}\n- command: `cargo run --release -p nixmesh-tests --bin nixmesh-bench{flag}`\n- SHA-256 on one core (`openssl speed -evp sha256`, 16 KiB blocks): {sha}\n\n{table}\n",
         date = sh("date -u +%Y-%m-%dT%H:%MZ"),
-        mode = if s.quick { "--quick" } else { "full" },
+        mode = if flags.is_empty() { "full".to_owned() } else { flags.join(" ") },
         cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"),
         cores = sh("nproc"),
         mem = sh("free -g | awk '/Mem:/ {print $2 \" GiB\"}'"),
         commit = commit,
-        flag = if s.quick { " -- --quick" } else { "" },
+        flag = if flags.is_empty() { String::new() } else { format!(" -- {}", flags.join(" ")) },
         sha = sh(
             "openssl speed -evp sha256 -bytes 16384 -seconds 1 2>/dev/null | awk '/^sha256/ {print $2}'"
         ) + " bytes/s (k = 1,000)",
