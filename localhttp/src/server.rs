@@ -6,7 +6,7 @@
 //! [`crate::connection`]); every route but the NAR download answers within
 //! `request_timeout`, and past it a narinfo is a `404` (Nix reads a `5xx` as a broken cache,
 //! and a request not answered in time is a path not found in time), the status pages a
-//! `503`. Nothing waits for a permit but the work that needs one: narinfo requests that ask
+//! `503`. All of these are one layer (`front`). Nothing waits for a permit but the work that needs one: narinfo requests that ask
 //! peers (at most `max_concurrent_requests` at once, the wait counted in the narinfo
 //! deadline), and NAR downloads (`max_concurrent_nars` slots, each held until its body ends;
 //! see [`crate::nar_slots`]). Misses, remembered narinfos, `/nix-cache-info` and the status
@@ -31,7 +31,7 @@ use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_LENGTH;
-use axum::middleware::{Next, from_fn, from_fn_with_state};
+use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http_body::{Frame, SizeHint};
@@ -76,22 +76,18 @@ pub fn router<S: PathSource>(
     let why = Router::new()
         .route("/_nixmesh/why/{hash}", get(why::why::<S>))
         .with_state((substituter.clone(), view));
+    // Every route but the NAR download is answered within `request_timeout` (by `front`).
     let answered_in_time = Router::new()
         .route("/nix-cache-info", get(routes::cache_info::<S>))
         .route("/{file}", get(routes::narinfo::<S>))
         .fallback(routes::not_found)
         .with_state(substituter.clone())
         .merge(pages)
-        .merge(why)
-        .layer(from_fn_with_state(request_timeout, within));
+        .merge(why);
     // NAR downloads take a slot of their own in the handler, after the index has said the
     // path is held: however many are under way, nothing else queues behind them.
     let nars = Router::new().route("/nar/{file}", get(nar::nar::<S>)).with_state(substituter);
-    nars.merge(answered_in_time)
-        .layer(from_fn_with_state(metrics, counted))
-        .layer(from_fn(in_flight))
-        .layer(from_fn(traced))
-        .layer(from_fn(short_uri))
+    nars.merge(answered_in_time).layer(from_fn_with_state((metrics, request_timeout), front))
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then stops accepting and waits
@@ -129,37 +125,61 @@ pub async fn serve(
     }
 }
 
-async fn short_uri(request: Request, next: Next) -> Response {
+/// What every request goes through, in one layer (each layer of its own cost a clone of the
+/// router and a boxed future a request, together a fifth of a narinfo miss's time): a URI
+/// over [`MAX_URI_BYTES`] gets `414`; then a span with the method, kind and store hash; the
+/// request marked in flight on its connection until its response's body ends; answered
+/// within `limit` unless it is a NAR download ([`within`]); and counted in the metrics by
+/// kind and result ([`count`]).
+async fn front(
+    State((metrics, limit)): State<(Arc<Metrics>, Duration)>,
+    request: Request,
+    next: Next,
+) -> Response {
     let len = request.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if len > MAX_URI_BYTES {
         debug!(len, "request URI too long");
         return (StatusCode::URI_TOO_LONG, "request URI too long\n").into_response();
     }
-    next.run(request).await
-}
-
-async fn traced(request: Request, next: Next) -> Response {
-    let (kind, hash) = match Target::parse(request.uri().path()) {
+    let path = request.uri().path();
+    let target = Target::parse(path);
+    let kind = request_kind(path, &target);
+    let (span_kind, hash) = match &target {
         Ok(target) => (target.kind(), target.store_hash()),
         Err(RequestPathError::Malformed { .. }) => ("malformed", None),
         Err(RequestPathError::NotFound) => ("unknown", None),
     };
-    let span = info_span!("request", method = %request.method(), kind, hash = field::Empty);
+    let span =
+        info_span!("request", method = %request.method(), kind = span_kind, hash = field::Empty);
     if let Some(hash) = hash {
         span.record("hash", field::display(hash));
     }
+    let connection =
+        request.extensions().get::<ConnectInfo<ClientConnection>>().map(|c| c.0.clone());
     async move {
-        let response = next.run(request).await;
+        let in_flight = connection.map(|c| c.request());
+        let started = Instant::now();
+        let response = match kind {
+            kind::NAR => next.run(request).await,
+            _ => within(limit, kind, next.run(request)).await,
+        };
         debug!(status = response.status().as_u16(), "responded");
-        response
+        let response = count(&metrics, kind, started, response);
+        match in_flight {
+            Some(guard) => {
+                let (parts, body) = response.into_parts();
+                Response::from_parts(parts, Body::new(Holding { body, _held: guard }))
+            }
+            None => response,
+        }
     }
     .instrument(span)
     .await
 }
 
 /// What `path` asks for, as the metrics' `kind` label says it.
-fn request_kind(path: &str) -> &'static str {
-    match Target::parse(path) {
+fn request_kind(path: &str, target: &Result<Target, RequestPathError>) -> &'static str {
+    match target {
         Ok(Target::NarInfo(_)) | Err(RequestPathError::Malformed { kind: "narinfo", .. }) => {
             kind::NARINFO
         }
@@ -184,10 +204,12 @@ fn result_of(kind: &'static str, status: StatusCode) -> &'static str {
 
 /// Counts each request by kind and result, and times narinfo hits and NARs' first bytes. A
 /// NAR that starts is counted when its body ends ([`CountedNar`]).
-async fn counted(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
-    let kind = request_kind(request.uri().path());
-    let started = Instant::now();
-    let response = next.run(request).await;
+fn count(
+    metrics: &Arc<Metrics>,
+    kind: &'static str,
+    started: Instant,
+    response: Response,
+) -> Response {
     let status = response.status();
     let result = match response.extensions().get::<Outcome>() {
         Some(Outcome(result)) => result,
@@ -199,6 +221,7 @@ async fn counted(State(metrics): State<Arc<Metrics>>, request: Request, next: Ne
         let length = response.headers().get(CONTENT_LENGTH);
         let length = length.and_then(|l| l.to_str().ok()?.parse().ok());
         let (parts, body) = response.into_parts();
+        let metrics = metrics.clone();
         let body = CountedNar { body, metrics, length, passed: 0, counted: false };
         return Response::from_parts(parts, Body::new(body));
     }
@@ -269,24 +292,15 @@ impl HttpBody for CountedNar {
     }
 }
 
-/// Marks the request in flight on its connection until its response's body ends.
-async fn in_flight(request: Request, next: Next) -> Response {
-    let Some(ConnectInfo(connection)) =
-        request.extensions().get::<ConnectInfo<ClientConnection>>().cloned()
-    else {
-        return next.run(request).await;
-    };
-    let guard = connection.request();
-    let (parts, body) = next.run(request).await.into_parts();
-    Response::from_parts(parts, Body::new(Holding { body, _held: guard }))
-}
-
 /// The request, answered within `limit`; past it a miss for what Nix asks (a server error
 /// would make Nix give up on the cache), a `503` for the status pages, which only people and
 /// the CLI read.
-async fn within(State(limit): State<Duration>, request: Request, next: Next) -> Response {
-    let kind = request_kind(request.uri().path());
-    match tokio::time::timeout(limit, next.run(request)).await {
+async fn within(
+    limit: Duration,
+    kind: &'static str,
+    answer: impl Future<Output = Response>,
+) -> Response {
+    match tokio::time::timeout(limit, answer).await {
         Ok(response) => response,
         Err(_) if kind == kind::STATUS_PAGE => {
             warn!(?limit, "status page not ready in time");
