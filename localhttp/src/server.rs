@@ -6,15 +6,15 @@
 //! [`crate::connection`]); every route but the NAR download answers within
 //! `request_timeout`, and past it a narinfo is a `404` (Nix reads a `5xx` as a broken cache,
 //! and a request not answered in time is a path not found in time), the status pages a
-//! `503`. All of these are one layer (`front`). Nothing waits for a permit but the work that needs one: narinfo requests that ask
-//! peers (at most `max_concurrent_requests` at once, the wait counted in the narinfo
-//! deadline), and NAR downloads (`max_concurrent_nars` slots, each held until its body ends;
-//! see [`crate::nar_slots`]). Misses, remembered narinfos, `/nix-cache-info` and the status
-//! pages never queue behind either. A NAR download starts within the narinfo deadline plus
-//! the NAR start deadline, or is a miss; once started, it goes on at the next holder when
-//! one stalls or trickles (see [`crate::verified_nar`]). Under all of these, a client
-//! connection on which nothing moves for the stall limit is closed, and what it held is
-//! given back ([`crate::connection`]).
+//! `503`. All of these are one layer (`front`). Nothing waits for a permit but the work that
+//! needs one: narinfo requests that ask peers (at most `max_concurrent_requests` at once, the
+//! wait counted in the narinfo deadline), and NAR downloads (`max_concurrent_nars` slots, each
+//! held until its body ends; see [`crate::nar_slots`]). Misses, remembered narinfos,
+//! `/nix-cache-info` and the status pages never queue behind either. A NAR download starts
+//! within the narinfo deadline plus the NAR start deadline, or is a miss; once started, it
+//! goes on at the next holder when one stalls or trickles (see [`crate::verified_nar`]).
+//! Under all of these, a client connection on which nothing moves for the stall limit is
+//! closed, and what it held is given back ([`crate::connection`]).
 //!
 //! Every request is counted by kind and result in [`Metrics`] (a NAR once its body has ended
 //! or been cut off), and the time to a narinfo hit or a NAR's first bytes is recorded.

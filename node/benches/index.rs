@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use nixmesh_node::index::Index;
+// Lookups ask for the holders a request may ask, as the node's do, every peer taken as connected.
+use nixmesh_node::source::HOLDERS_ASKED;
 use nixmesh_protocol::StorePathHash;
 use nixmesh_protocol::wire::{AdvertMessage, AdvertPosition, encode_frame};
 use rand::rngs::StdRng;
@@ -73,9 +75,6 @@ const SEED: u64 = 0x6e69786d657368;
 /// Hits looked up are drawn from at most this many paths sampled while filling (the
 /// samples are the bench's own memory, counted in the peak RSS).
 const HIT_SAMPLES: usize = 100_000;
-/// Lookups ask for the holders a request may ask, as the node's do (`Index::holders_among`,
-/// `HOLDERS_ASKED` in `source.rs`), with every peer taken as connected.
-const ASKED: usize = 8;
 
 fn random_hash(rng: &mut StdRng) -> StorePathHash {
     let mut bytes = [0u8; 20];
@@ -207,7 +206,7 @@ fn main() {
     for i in 0..options.lookups {
         let hash = &hits[i % hits.len()];
         let start = Instant::now();
-        let holders = index.holders_among(hash, ASKED, |_| true);
+        let holders = index.holders_among(hash, HOLDERS_ASKED, |_| true);
         hit_times.push(nanos(start.elapsed()));
         assert!(!holders.is_empty(), "a path indexed is found: {hash}");
     }
@@ -220,7 +219,7 @@ fn main() {
     for _ in 0..options.lookups {
         let hash = random_hash(&mut rng);
         let start = Instant::now();
-        let holders = index.holders_among(&hash, ASKED, |_| true);
+        let holders = index.holders_among(&hash, HOLDERS_ASKED, |_| true);
         miss_times.push(nanos(start.elapsed()));
         false_positives += u64::from(!holders.is_empty());
     }

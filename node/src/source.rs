@@ -68,7 +68,7 @@ impl From<FetchError> for SourceError {
 /// How many of a path's connected holders a request may ask, at most: enough to ride out
 /// several failing in a row, few enough that a path held by hundreds of peers is looked up
 /// as fast as one held by a few ([`Index::holders_among`]).
-const HOLDERS_ASKED: usize = 8;
+pub const HOLDERS_ASKED: usize = 8;
 
 impl PathSource for MeshSource {
     type Peer = Holder;

@@ -421,26 +421,24 @@ impl Index {
             if max == 0 {
                 return Vec::new();
             }
-            let mut picked: Vec<PeerId> = Vec::with_capacity(max.min(SLOTS));
-            let mut taken: Vec<Slot> = Vec::with_capacity(max.min(SLOTS));
+            let mut picked: Vec<(Slot, PeerId)> = Vec::with_capacity(max.min(SLOTS));
             let slots = self.slots();
             for slot in found {
                 // A slot twice is a peer holding two paths with this fingerprint.
-                if taken.contains(&slot) {
+                if picked.iter().any(|&(s, _)| s == slot) {
                     continue;
                 }
                 let Some(peer) = slots.get(usize::from(slot)).and_then(Option::as_ref) else {
                     continue;
                 };
                 if accept(peer) {
-                    taken.push(slot);
-                    picked.push(*peer);
+                    picked.push((slot, *peer));
                     if picked.len() == max {
                         break;
                     }
                 }
             }
-            picked
+            picked.into_iter().map(|(_, peer)| peer).collect()
         })
     }
 
