@@ -12,9 +12,9 @@
 //! per peer that holds it. A store path hash becomes a 41-bit fingerprint under a key of the
 //! index's own ([`fingerprint`]), and:
 //! - in memory, the holder table ([`table`]) keeps each (fingerprint, peer) pair in four
-//!   bytes, sharded so that a lookup reads one bucket of about two dozen entries: about
-//!   4.4 bytes an entry with room for insertions and the table's fixed 12 MB, 210 MiB at 50
-//!   million;
+//!   bytes, sharded so that a lookup reads one bucket of about two dozen entries, each shard
+//!   in a mapping of its own ([`words`]): about 4.3 bytes an entry with the room for
+//!   insertions and the bucket bounds, 205 MiB at 50 million;
 //! - on disk, each peer's set is one blob of Rice-coded fingerprints ([`stored_set`], about
 //!   3.4 bytes a path at 50,000 paths) plus a small record per delta since (folded into the
 //!   blob every [`MAX_CHANGES`] deltas), keyed by peer in redb ([`schema`]). The file is
@@ -37,8 +37,10 @@
 //! 11-13 s of CPU to absorb every snapshot; a miss or a path with few holders looked up in
 //! p50 0.6 us, p99 1.1-1.4 us (a path 800 peers hold in about 9 us: each `PeerId` is copied
 //! out); a 258 MiB file (160 MiB of sets; redb doubles its file while under 4 GiB); peak RSS
-//! 250-276 MiB, of which the table 210 MiB and most of the rest the allocator's; rebuilding
-//! the table at open, 3 s of CPU.
+//! 250-276 MiB, of which the table 210 MiB and most of the rest free pieces in glibc's heap
+//! between 65,536 shard vectors; rebuilding the table at open, 3 s of CPU. With 1,024 shards
+//! each in a mapping of its own, merged in place: peak RSS 224-228 MiB (the table 205 MiB),
+//! 10 s of CPU to absorb every snapshot.
 //! Insertions wait in room at the end of each shard before they are merged (see [`table`]):
 //! inserting straight into the shards moved half of each per path and cost 40 s of CPU.
 
@@ -68,7 +70,8 @@
 //! by a lock and may block for milliseconds (a snapshot is diffed, encoded and committed):
 //! call them from `tokio::task::spawn_blocking`. [`Index::holders`] is called straight from
 //! the HTTP path, so that a narinfo miss costs no thread hop: it hashes the path, read-locks
-//! one of 65,536 shards (a writer holds one for microseconds at a time) and reads one bucket.
+//! one of 1,024 shards (a writer holds one for tens of microseconds at most, a merge of its
+//! 50,000 entries) and reads one bucket.
 //! [`Index::path_count`], [`Index::total_entries`], [`Index::peer_position`] and
 //! [`Index::peers`] are in memory too. Opening builds the table from the file (3 s of CPU at
 //! 50 million entries; see above).
@@ -81,6 +84,7 @@ mod stored_set;
 mod table;
 #[cfg(test)]
 mod tests;
+mod words;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -421,24 +425,28 @@ impl Index {
             if max == 0 {
                 return Vec::new();
             }
-            let mut picked: Vec<(Slot, PeerId)> = Vec::with_capacity(max.min(SLOTS));
+            let mut picked: Vec<PeerId> = Vec::with_capacity(max.min(SLOTS));
+            // The slots seen, one bit each: a slot twice is a peer holding two paths with
+            // this fingerprint.
+            let mut seen = [0u64; SLOTS.div_ceil(64)];
             let slots = self.slots();
             for slot in found {
-                // A slot twice is a peer holding two paths with this fingerprint.
-                if picked.iter().any(|&(s, _)| s == slot) {
+                let (word, bit) = (usize::from(slot) / 64, 1u64 << (slot % 64));
+                if seen[word] & bit != 0 {
                     continue;
                 }
+                seen[word] |= bit;
                 let Some(peer) = slots.get(usize::from(slot)).and_then(Option::as_ref) else {
                     continue;
                 };
                 if accept(peer) {
-                    picked.push((slot, *peer));
+                    picked.push(*peer);
                     if picked.len() == max {
                         break;
                     }
                 }
             }
-            picked.into_iter().map(|(_, peer)| peer).collect()
+            picked
         })
     }
 
@@ -677,7 +685,7 @@ impl Index {
 
     /// The holder table's memory (its entries with their slack, and its fixed part).
     pub fn memory_bytes(&self) -> usize {
-        self.table.heap_bytes()
+        self.table.memory_bytes()
     }
 
     /// [`Index::forget_peer`] with the write lock held.

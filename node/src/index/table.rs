@@ -1,43 +1,52 @@
 //! The holder table: every (fingerprint, peer slot) pair the index holds, in memory, four
 //! bytes each, laid out so that "who holds this fingerprint" reads one short run of entries.
 //!
-//! A fingerprint's top [`SHARD_BITS`] pick one of 65,536 shards, each behind its own lock;
-//! the next [`BUCKET_BITS`] pick one of 32 buckets in the shard, whose bounds the shard keeps;
-//! the remaining [`REMAINDER_BITS`] are stored in the entry beside the peer's slot
+//! A fingerprint's top [`SHARD_BITS`] pick one of 1,024 shards, each behind its own lock;
+//! the next [`BUCKET_BITS`] pick one of 2,048 buckets in the shard, whose bounds the shard
+//! keeps; the remaining [`REMAINDER_BITS`] are stored in the entry beside the peer's slot
 //! (`remainder << SLOT_BITS | slot`). The shard and bucket bits cost no space, which is how a
-//! 41-bit fingerprint and a 12-bit slot fit in a `u32`. Entries are sorted within a bucket;
-//! at 50 million entries a bucket holds about 24 (two cache lines).
+//! 41-bit fingerprint and a 12-bit slot fit in a `u32`. Within a bucket, entries are sorted
+//! by remainder (the slots of one remainder in any order); at 50 million entries a bucket
+//! holds about 24 (two cache lines).
 //!
 //! Entries form a multiset: a peer holding two paths with one fingerprint has the entry
 //! twice, and removing one path removes one copy.
 //!
-//! Insertions wait, sorted, in room kept at the end of each shard's vector (eight bytes an
-//! entry, up to a 64th of the shard, at least 16) and are merged into the shard in one pass
-//! when that room is full: absorbing a snapshot touches every shard, and moving half of each
-//! shard per insertion made 1,000 snapshots cost 40 s of CPU. Lookups search both. One
-//! vector a shard, not two: small vectors of pending entries between the shards' large ones
-//! left the allocator's free space in pieces (about 60 MB of it resident at 50 million
-//! entries).
+//! Memory: each shard's entries live in a mapping of their own ([`Words`]), grown and shrunk
+//! by the kernel. The first table had 65,536 shards in `Vec`s: growing in step, they left
+//! glibc's heap 19-42 MiB of free pieces between them at 50 million entries, which no
+//! allocator tried (jemalloc, mimalloc) avoided; a mapping wastes at most a page. With 1,024
+//! shards of about 49,000 entries each, that is at most 4 MiB.
 //!
-//! Bounds: a shard's vector holds its merged entries and room for a 64th as many pending
-//! ones, at least 16 (eight bytes each), that is 3-4% over four bytes an entry at 50 million
-//! entries (a table built at open has no room until its first insertion); the fixed part is
-//! about 12 MB (the shards with their locks and bucket bounds). Growing the shards one merge
-//! at a time still leaves glibc's heap about 40 MB of free pieces between them at 50 million
-//! entries (`mallinfo2` after the index bench's absorption); jemalloc and mimalloc, tried as
-//! the global allocator, left more (peak RSS 317 and 332 MiB against glibc's 270).
+//! Insertions wait, sorted, in room kept at the end of each shard's mapping (eight bytes an
+//! entry, up to a 64th of the shard, at least 16) and are merged in, in place from the end,
+//! when that room is full: absorbing a snapshot touches every shard, and moving half of a
+//! shard per insertion made 1,000 snapshots cost 40 s of CPU. A snapshot's insertions into
+//! one shard go in together, one pass over the room. Lookups search both.
+//!
+//! Removals mark the entry dead where it is (its slot becomes [`DEAD`], its remainder stays,
+//! so the bucket stays sorted) instead of moving the rest of the shard; a shard drops its dead
+//! entries in one pass once they are a 64th of it, and at its next merge.
+//!
+//! Bounds: four bytes an entry, plus the room for pending entries (under 3 %, and only what
+//! has been written of it is resident), the bucket bounds (8 MiB) and at most a page a shard
+//! (4 MiB); dead entries until they are dropped, under 2 %.
 
 use std::ops::Range;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::fingerprint::{FINGERPRINT_BITS, Fingerprint};
+use super::words::Words;
 
-pub(super) const SHARD_BITS: u32 = 16;
-pub(super) const BUCKET_BITS: u32 = 5;
+pub(super) const SHARD_BITS: u32 = 10;
+pub(super) const BUCKET_BITS: u32 = 11;
 pub(super) const REMAINDER_BITS: u32 = 20;
 pub(super) const SLOT_BITS: u32 = 12;
-/// How many peers the table can tell apart: a peer's slot is its number in the table.
-pub(super) const SLOTS: usize = 1 << SLOT_BITS;
+/// The slot of a dead entry: removed, not dropped yet.
+const DEAD: Slot = (1 << SLOT_BITS) - 1;
+/// How many peers the table can tell apart: a peer's slot is its number in the table, any
+/// slot but [`DEAD`].
+pub(super) const SLOTS: usize = DEAD as usize;
 
 const SHARDS: usize = 1 << SHARD_BITS;
 const BUCKETS: usize = 1 << BUCKET_BITS;
@@ -60,33 +69,44 @@ fn entry(remainder: u32, slot: Slot) -> u32 {
     remainder << SLOT_BITS | u32::from(slot)
 }
 
-/// The slots of pending (bucket, entry) pairs.
-fn pending_slots(pairs: &[u32]) -> impl Iterator<Item = Slot> + '_ {
-    pairs.chunks_exact(2).map(|pair| slot_of(pair[1]))
+fn remainder_of(entry: u32) -> u32 {
+    entry >> SLOT_BITS
 }
 
 fn slot_of(entry: u32) -> Slot {
     (entry & ((1 << SLOT_BITS) - 1)) as Slot
 }
 
-#[derive(Default)]
-struct Shard {
-    /// Where each bucket ends in `entries`; bucket `b` is `ends[b - 1]..ends[b]` (from 0 for
-    /// the first), so `ends[BUCKETS - 1]` is where the merged entries end.
-    ends: [u32; BUCKETS],
-    /// The merged entries, sorted within each bucket; then the pending ones, not merged yet,
-    /// as (bucket, entry) pairs of words, sorted. One allocation a shard: the pending
-    /// entries live in room kept at its end, so an insertion moves only them, and they are
-    /// merged in once that room is full (see [`Shard::room`]).
-    entries: Vec<u32>,
+/// The slots of pending (bucket, entry) pairs.
+fn pending_slots(pairs: &[u32]) -> impl Iterator<Item = Slot> + '_ {
+    pairs.chunks_exact(2).map(|pair| slot_of(pair[1]))
 }
 
 /// The room kept for pending entries (1 / this of the merged ones): an insertion costs a
 /// merge of the shard every `len / PENDING_SHARE` insertions, that is about
-/// `PENDING_SHARE` entries moved, instead of half the shard.
+/// `PENDING_SHARE` entries moved, instead of half the shard. Dead entries are dropped once
+/// they are as many.
 const PENDING_SHARE: usize = 64;
 /// Pending entries a shard has room for whatever its size.
 const PENDING_MIN: usize = 16;
+
+struct Shard {
+    /// Where each bucket ends in `entries`; bucket `b` is `ends[b - 1]..ends[b]` (from 0 for
+    /// the first), so `ends[BUCKETS - 1]` is where the merged entries end.
+    ends: Box<[u32]>,
+    /// The merged entries, sorted by remainder within each bucket; then the pending ones, not
+    /// merged yet, as (bucket, entry) pairs of words, sorted. The pending entries live in
+    /// room kept at the end, so an insertion moves only them (see [`Shard::room`]).
+    entries: Words,
+    /// Dead entries among the merged ones.
+    dead: usize,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard { ends: vec![0; BUCKETS].into_boxed_slice(), entries: Words::new(), dead: 0 }
+    }
+}
 
 impl Shard {
     fn bucket(&self, bucket: usize) -> Range<usize> {
@@ -96,6 +116,10 @@ impl Shard {
 
     fn merged(&self) -> usize {
         self.ends[BUCKETS - 1] as usize
+    }
+
+    fn pending_count(&self) -> usize {
+        (self.entries.len() - self.merged()) / 2
     }
 
     /// Words of room for pending entries beside `merged` merged ones.
@@ -124,60 +148,143 @@ impl Shard {
         merged + 2 * low
     }
 
-    fn insert(&mut self, bucket: usize, entry: u32) {
-        if self.entries.len() + 2 > self.entries.capacity() {
-            self.merge();
+    /// Adds `pairs` ((bucket, entry), sorted) to the pending ones, or merges them in with the
+    /// pending ones when the room would overflow.
+    fn insert(&mut self, pairs: &[(u32, u32)]) {
+        if self.pending_count() + pairs.len() > Shard::room(self.merged()) / 2 {
+            self.merge(pairs);
+            return;
         }
-        let key = (bucket as u32, entry);
-        let at = self.pending_position(key);
-        let len = self.entries.len();
-        self.entries.extend_from_slice(&[0, 0]);
-        self.entries.copy_within(at..len, at + 2);
-        self.entries[at] = key.0;
-        self.entries[at + 1] = key.1;
-    }
-
-    /// Moves the pending entries among the merged ones, in one pass, into a new vector with
-    /// [`Shard::room`] to spare.
-    fn merge(&mut self) {
-        let total = self.merged() + (self.entries.len() - self.merged()) / 2;
-        let mut merged = Vec::with_capacity(total + Shard::room(total));
-        let mut pending = self.pending().peekable();
-        let mut start = 0;
-        let mut ends = self.ends;
-        for (bucket, end) in ends.iter_mut().enumerate() {
-            let mut main = self.entries[start..*end as usize].iter().peekable();
-            start = *end as usize;
-            while let Some((_, entry)) = pending.next_if(|&(b, _)| b as usize == bucket) {
-                while let Some(&e) = main.next_if(|&&e| e <= entry) {
-                    merged.push(e);
-                }
-                merged.push(entry);
+        // Merged in among the pending pairs from the end, each pair moved once.
+        let (merged, old_len) = (self.merged(), self.entries.len());
+        let len = old_len + 2 * pairs.len();
+        self.entries.reserve_total(len);
+        self.entries.set_len(len);
+        let entries = &mut *self.entries;
+        let (mut read, mut write) = (old_len, len);
+        for &(bucket, entry) in pairs.iter().rev() {
+            while read > merged && (entries[read - 2], entries[read - 1]) > (bucket, entry) {
+                entries.copy_within(read - 2..read, write - 2);
+                (read, write) = (read - 2, write - 2);
             }
-            merged.extend(main);
-            *end = merged.len() as u32;
+            entries[write - 2] = bucket;
+            entries[write - 1] = entry;
+            write -= 2;
         }
-        drop(pending);
-        self.ends = ends;
-        self.entries = merged;
     }
 
-    fn remove(&mut self, bucket: usize, entry: u32) -> bool {
-        let key = (bucket as u32, entry);
-        let at = self.pending_position(key);
-        if at < self.entries.len() && (self.entries[at], self.entries[at + 1]) == key {
-            self.entries.drain(at..at + 2);
-            return true;
+    /// Merges the pending entries and `extra` ((bucket, entry) pairs, sorted) among the
+    /// merged ones, dropping the dead, and keeps [`Shard::room`] to spare.
+    fn merge(&mut self, extra: &[(u32, u32)]) {
+        let mut adding: Vec<(u32, u32)> = Vec::with_capacity(self.pending_count() + extra.len());
+        let mut pending = self.pending().peekable();
+        for &pair in extra {
+            while let Some(p) = pending.next_if(|&p| p <= pair) {
+                adding.push(p);
+            }
+            adding.push(pair);
         }
-        let range = self.bucket(bucket);
-        let Ok(i) = self.entries[range.clone()].binary_search(&entry) else { return false };
-        self.entries.remove(range.start + i);
-        for end in &mut self.ends[bucket..] {
-            *end -= 1;
+        adding.extend(pending);
+        self.entries.set_len(self.merged());
+        if self.dead > 0 {
+            self.drop_dead(|_| true);
         }
-        true
+        let merged = self.merged();
+        let total = merged + adding.len();
+        self.entries.reserve_total(total + Shard::room(total));
+        self.entries.set_len(total);
+        // From the last bucket down, each bucket's merged entries move up by the number of
+        // additions at or below it, with that bucket's additions placed among them: every
+        // word is written at or above where it is read, so nothing is overwritten unread.
+        let entries = &mut *self.entries;
+        let (mut write, mut next) = (total, adding.len());
+        for bucket in (0..BUCKETS).rev() {
+            if next == 0 {
+                break;
+            }
+            let start = if bucket == 0 { 0 } else { self.ends[bucket - 1] as usize };
+            let mut read = self.ends[bucket] as usize;
+            self.ends[bucket] = write as u32;
+            while next > 0 && adding[next - 1].0 as usize == bucket {
+                let add = adding[next - 1].1;
+                let above = entries[start..read]
+                    .iter()
+                    .rev()
+                    .take_while(|&&e| remainder_of(e) > remainder_of(add))
+                    .count();
+                entries.copy_within(read - above..read, write - above);
+                (read, write) = (read - above, write - above);
+                entries[write - 1] = add;
+                (write, next) = (write - 1, next - 1);
+            }
+            entries.copy_within(start..read, write - (read - start));
+            write -= read - start;
+        }
+        self.shrink();
     }
 
+    /// Keeps the merged entries `keep` accepts and that are not dead, moving the kept ones
+    /// down and the pending pairs after them; returns how many live entries were dropped.
+    fn drop_dead(&mut self, keep: impl Fn(Slot) -> bool) -> usize {
+        let (mut kept, mut read, mut dropped) = (0usize, 0usize, 0usize);
+        for bucket in 0..BUCKETS {
+            let end = self.ends[bucket] as usize;
+            while read < end {
+                let e = self.entries[read];
+                let slot = slot_of(e);
+                if slot != DEAD && keep(slot) {
+                    self.entries[kept] = e;
+                    kept += 1;
+                } else if slot != DEAD {
+                    dropped += 1;
+                }
+                read += 1;
+            }
+            self.ends[bucket] = kept as u32;
+        }
+        let len = self.entries.len();
+        self.entries.copy_within(read..len, kept);
+        self.entries.set_len(kept + len - read);
+        self.dead = 0;
+        dropped
+    }
+
+    /// Removes one copy of each of `pairs` ((bucket, entry), sorted): from the pending ones
+    /// if there, else marked dead among the merged ones. Returns how many were there.
+    fn remove(&mut self, pairs: &[(u32, u32)]) -> usize {
+        let mut removed = 0;
+        for &(bucket, entry) in pairs {
+            let at = self.pending_position((bucket, entry));
+            if at < self.entries.len()
+                && (self.entries[at], self.entries[at + 1]) == (bucket, entry)
+            {
+                let len = self.entries.len();
+                self.entries.copy_within(at + 2..len, at);
+                self.entries.set_len(len - 2);
+                removed += 1;
+                continue;
+            }
+            let range = self.bucket(bucket as usize);
+            let run = &self.entries[range.clone()];
+            let first = run.partition_point(|&e| remainder_of(e) < remainder_of(entry));
+            let found = run[first..]
+                .iter()
+                .take_while(|&&e| remainder_of(e) == remainder_of(entry))
+                .position(|&e| e == entry);
+            if let Some(i) = found {
+                self.entries[range.start + first + i] = entry | u32::from(DEAD);
+                self.dead += 1;
+                removed += 1;
+            }
+        }
+        if self.dead * PENDING_SHARE > self.merged().max(PENDING_SHARE) {
+            self.drop_dead(|_| true);
+        }
+        self.shrink();
+        removed
+    }
+
+    /// Gives back what is mapped beyond twice the room the shard keeps.
     fn shrink(&mut self) {
         let (len, room) = (self.entries.len(), Shard::room(self.merged()));
         if self.entries.capacity() > len + 2 * room {
@@ -199,7 +306,7 @@ impl HolderTable {
 
     /// Builds the table from everything `fill` gives (a slot and a fingerprint at a time).
     /// `fill` is called twice and must give the same pairs both times: once to count the
-    /// entries of each bucket, then to place them, so that every vector has its exact size
+    /// entries of each bucket, then to place them, so that every shard has its exact size
     /// and nothing is moved twice. Returns `fill`'s error, or `Err(None)` if the second call
     /// gave more to some bucket than the first.
     pub fn build<E>(
@@ -213,7 +320,7 @@ impl HolderTable {
         .map_err(Some)?;
         let mut shards: Vec<Shard> = Vec::with_capacity(SHARDS);
         for shard in 0..SHARDS {
-            let mut ends = [0u32; BUCKETS];
+            let mut ends = vec![0u32; BUCKETS].into_boxed_slice();
             let mut total = 0u32;
             for bucket in 0..BUCKETS {
                 // Each bucket's count becomes its next free position.
@@ -221,7 +328,7 @@ impl HolderTable {
                 total += count;
                 ends[bucket] = total;
             }
-            shards.push(Shard { ends, entries: vec![0; total as usize] });
+            shards.push(Shard { ends, entries: Words::zeroed(total as usize), dead: 0 });
         }
         let mut overflow = false;
         fill(&mut |slot, fingerprint| {
@@ -274,14 +381,15 @@ impl HolderTable {
         let (shard, bucket, remainder) = split(fingerprint);
         let shard = self.read(shard);
         let entries = &shard.entries[shard.bucket(bucket)];
-        let first = entries.partition_point(|&e| e >> SLOT_BITS < remainder);
-        // The holders are the start of `rest`, sorted; so if the pick is one, all before it are.
+        let first = entries.partition_point(|&e| remainder_of(e) < remainder);
+        // The holders are the start of `rest`; so if the pick is one, all before it are.
         let rest = &entries[first..];
-        let ours = |e: &&u32| **e >> SLOT_BITS == remainder;
+        let ours = |e: &&u32| remainder_of(**e) == remainder;
+        let live = |&slot: &Slot| slot != DEAD;
         let from = shard.pending_position((bucket as u32, entry(remainder, 0)));
         let pending_count = shard.entries[from..]
             .chunks_exact(2)
-            .take_while(|pair| pair[0] as usize == bucket && pair[1] >> SLOT_BITS == remainder)
+            .take_while(|pair| pair[0] as usize == bucket && remainder_of(pair[1]) == remainder)
             .count();
         let pending = &shard.entries[from..from + 2 * pending_count];
         // A pick among the merged holders starts there, the pending ones after the merged
@@ -299,9 +407,9 @@ impl HolderTable {
             (&pending[..0], pending)
         };
         let mut slots = pending_slots(pending_first)
-            .chain(rest[turn..].iter().take_while(ours).map(|&e| slot_of(e)))
+            .chain(rest[turn..].iter().take_while(ours).map(|&e| slot_of(e)).filter(live))
             .chain(pending_slots(pending_then))
-            .chain(rest[..turn].iter().map(|&e| slot_of(e)));
+            .chain(rest[..turn].iter().map(|&e| slot_of(e)).filter(live));
         f(&mut slots)
     }
 
@@ -310,29 +418,35 @@ impl HolderTable {
         self.with_holders(fingerprint, |slots| slots.filter(|&s| s == slot).count())
     }
 
+    /// Calls `f` with each shard that `fingerprints` (sorted) fall in, locked for writing,
+    /// and their (bucket, entry) pairs for `slot` there, sorted.
+    fn for_each_run(
+        &self,
+        slot: Slot,
+        fingerprints: &[Fingerprint],
+        mut f: impl FnMut(&mut Shard, &[(u32, u32)]),
+    ) {
+        let mut pairs = Vec::new();
+        for run in fingerprints.chunk_by(|a, b| split(*a).0 == split(*b).0) {
+            pairs.clear();
+            pairs.extend(run.iter().map(|&fingerprint| {
+                let (_, bucket, remainder) = split(fingerprint);
+                (bucket as u32, entry(remainder, slot))
+            }));
+            f(&mut self.write(split(run[0]).0), &pairs);
+        }
+    }
+
     /// Adds one entry per element of `fingerprints` (sorted) for `slot`.
     pub fn insert(&self, slot: Slot, fingerprints: &[Fingerprint]) {
-        for run in fingerprints.chunk_by(|a, b| split(*a).0 == split(*b).0) {
-            let mut shard = self.write(split(run[0]).0);
-            for &fingerprint in run {
-                let (_, bucket, remainder) = split(fingerprint);
-                shard.insert(bucket, entry(remainder, slot));
-            }
-        }
+        self.for_each_run(slot, fingerprints, |shard, pairs| shard.insert(pairs));
     }
 
     /// Removes one entry of `slot` per element of `fingerprints` (sorted); returns how many
     /// were there to remove.
     pub fn remove(&self, slot: Slot, fingerprints: &[Fingerprint]) -> usize {
         let mut removed = 0;
-        for run in fingerprints.chunk_by(|a, b| split(*a).0 == split(*b).0) {
-            let mut shard = self.write(split(run[0]).0);
-            for &fingerprint in run {
-                let (_, bucket, remainder) = split(fingerprint);
-                removed += usize::from(shard.remove(bucket, entry(remainder, slot)));
-            }
-            shard.shrink();
-        }
+        self.for_each_run(slot, fingerprints, |shard, pairs| removed += shard.remove(pairs));
         removed
     }
 
@@ -342,24 +456,11 @@ impl HolderTable {
         let mut removed = 0;
         for shard in 0..SHARDS {
             let mut shard = self.write(shard);
-            let old_len = shard.entries.len();
-            let (mut kept, mut read) = (0usize, 0usize);
-            // Compacts bucket by bucket in place, moving each bucket's end with it.
-            for bucket in 0..BUCKETS {
-                let end = shard.ends[bucket] as usize;
-                while read < end {
-                    let e = shard.entries[read];
-                    if slot_of(e) != slot {
-                        shard.entries[kept] = e;
-                        kept += 1;
-                    }
-                    read += 1;
-                }
-                shard.ends[bucket] = kept as u32;
-            }
-            removed += (read - kept) as u64;
-            // Then the pending pairs, moved down after the merged entries kept.
-            while read + 1 < old_len {
+            removed += shard.drop_dead(|s| s != slot) as u64;
+            // Then the pending pairs, kept in order.
+            let merged = shard.merged();
+            let (mut kept, len) = (merged, shard.entries.len());
+            for read in (merged..len).step_by(2) {
                 let (b, e) = (shard.entries[read], shard.entries[read + 1]);
                 if slot_of(e) != slot {
                     shard.entries[kept] = b;
@@ -368,17 +469,16 @@ impl HolderTable {
                 } else {
                     removed += 1;
                 }
-                read += 2;
             }
-            shard.entries.truncate(kept);
+            shard.entries.set_len(kept);
             shard.shrink();
         }
         removed
     }
 
-    /// The table's heap memory: entries with their slack, and the shards themselves.
-    pub fn heap_bytes(&self) -> usize {
-        let fixed = self.shards.len() * std::mem::size_of::<RwLock<Shard>>();
+    /// The table's memory: the shards with their bucket bounds, and what their entries map.
+    pub fn memory_bytes(&self) -> usize {
+        let fixed = self.shards.len() * (std::mem::size_of::<RwLock<Shard>>() + BUCKETS * 4);
         let entries: usize = (0..SHARDS).map(|s| self.read(s).entries.capacity() * 4).sum();
         fixed + entries
     }
@@ -461,6 +561,76 @@ mod tests {
         assert_eq!(table.remove_slot(1), 2000);
         assert_eq!(table.remove_slot(2), 50);
         assert!(all.iter().all(|&f| holders(&table, f).is_empty()));
+    }
+
+    /// Random insertions, removals (of entries held or not) and whole slots going, in two
+    /// shards dense enough to merge, mark dead and drop the dead many times, against a
+    /// multiset kept beside; every start of a turned lookup sees the same holders.
+    #[test]
+    fn random_operations_match_a_multiset() {
+        use std::collections::BTreeMap;
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |below: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % below
+        };
+        // 600 fingerprints in two shards, a few buckets, some remainders shared.
+        let universe: Vec<Fingerprint> = (0..600u64)
+            .map(|i| {
+                let shard = (i % 2) << (BUCKET_BITS + REMAINDER_BITS);
+                shard | (i % 5) << REMAINDER_BITS | (i * 37 % 97)
+            })
+            .collect();
+        let table = HolderTable::new();
+        let mut model: BTreeMap<(Fingerprint, Slot), usize> = BTreeMap::new();
+        for round in 0..400 {
+            let slot = next(40) as Slot;
+            let mut some: Vec<Fingerprint> =
+                (0..next(200)).map(|_| universe[next(600) as usize]).collect();
+            some.sort_unstable();
+            match next(10) {
+                0..=4 => {
+                    table.insert(slot, &some);
+                    for &f in &some {
+                        *model.entry((f, slot)).or_default() += 1;
+                    }
+                }
+                5..=8 => {
+                    let mut expected = 0;
+                    for &f in &some {
+                        if let Some(n) = model.get_mut(&(f, slot)).filter(|n| **n > 0) {
+                            *n -= 1;
+                            expected += 1;
+                        }
+                    }
+                    assert_eq!(table.remove(slot, &some), expected, "round {round}");
+                }
+                _ => {
+                    let expected: usize =
+                        model.iter().filter(|((_, s), _)| *s == slot).map(|(_, n)| n).sum();
+                    model.retain(|(_, s), _| *s != slot);
+                    assert_eq!(table.remove_slot(slot), expected as u64, "round {round}");
+                }
+            }
+            if round % 20 == 19 {
+                for &f in &universe {
+                    let mut expected: Vec<Slot> = model
+                        .range((f, 0)..=(f, Slot::MAX))
+                        .flat_map(|((_, s), n)| std::iter::repeat_n(*s, *n))
+                        .collect();
+                    expected.sort_unstable();
+                    for start in [0, 1, 7, 1000] {
+                        let mut got: Vec<Slot> = table.with_holders_from(f, start, |s| s.collect());
+                        got.sort_unstable();
+                        assert_eq!(got, expected, "round {round}, fingerprint {f}, start {start}");
+                    }
+                }
+            }
+        }
+        let shard = table.read(0);
+        assert!(shard.dead * PENDING_SHARE <= shard.merged().max(PENDING_SHARE));
     }
 
     #[test]
