@@ -1,6 +1,6 @@
 //! What the mesh's transport carries on this machine with none of the rest of nixmesh in the
-//! way: one stream between two swarms in this process over loopback, through libp2p-stream as
-//! the fetch protocol uses it, on libp2p's own TCP + noise + yamux stack (`libp2p`) and on the
+//! way: one stream between two swarms in this process over loopback, through the mesh's
+//! stream behaviour as the fetch protocol uses it ([`nixmesh_node::mesh::streams`]), on libp2p's own TCP + noise + yamux stack (`libp2p`) and on the
 //! mesh's (`mesh`: the same with large socket reads, [`nixmesh_node::mesh::open_transport`]),
 //! beside a plain TCP connection (`tcp`). The large-NAR case of the bench suite runs it.
 //!
@@ -15,6 +15,7 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::{Transport, upgrade::Version};
 use libp2p::{Multiaddr, StreamProtocol, noise, swarm::SwarmEvent, tcp, yamux};
+use nixmesh_node::mesh::streams;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
@@ -99,7 +100,7 @@ enum Stack {
 }
 
 /// The swarm of one end, on `stack` (not [`Stack::Tcp`]).
-fn swarm(stack: Stack) -> libp2p::Swarm<libp2p_stream::Behaviour> {
+fn swarm(stack: Stack) -> libp2p::Swarm<streams::Behaviour> {
     let tcp_config = tcp::Config::default().nodelay(true);
     libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
@@ -114,7 +115,7 @@ fn swarm(stack: Stack) -> libp2p::Swarm<libp2p_stream::Behaviour> {
                 .boxed(),
         })
         .expect("transport")
-        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .with_behaviour(|_| streams::Behaviour::default())
         .expect("behaviour")
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build()
@@ -131,7 +132,7 @@ async fn libp2p_run(stack: Stack, total: usize, hash: bool) -> usize {
     };
     let server_id = *server.local_peer_id();
     let mut incoming = server.behaviour().new_control().accept(PROTOCOL).expect("accept");
-    let mut control = client.behaviour().new_control();
+    let control = client.behaviour().new_control();
     client.dial(address).expect("dial");
     tokio::spawn(async move {
         loop {

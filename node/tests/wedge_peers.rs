@@ -130,7 +130,7 @@ async fn hold_streams(mesh: &Mesh, holder: PeerId, request: FetchRequest) -> Vec
     };
     let mut held = Vec::new();
     for _ in 0..STREAMS_PER_IDENTITY {
-        let mut control = mesh.control();
+        let control = mesh.control();
         let opening = control.open_stream(holder, Mesh::protocol(FETCH_PROTOCOL));
         let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(5), opening).await else {
             continue;

@@ -8,8 +8,8 @@
 //!
 //! A request whose stream closes before any answer arrives is asked again on a new stream:
 //! right away when the stream was a reused one (the holder closed it while idle), after a
-//! short back-off when it was new (the holder's libp2p-stream queue was full and dropped it),
-//! up to [`NEW_STREAM_ATTEMPTS`] times. A time-out or a malformed answer is not retried: the
+//! short back-off when it was new (the holder's queue of inbound streams was full and closed
+//! it, [`crate::mesh::streams`]), up to [`NEW_STREAM_ATTEMPTS`] times. A time-out or a malformed answer is not retried: the
 //! peer is there but slow or broken, and the caller goes on to another holder.
 
 use std::collections::HashMap;
@@ -19,7 +19,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::Stream;
 use libp2p::PeerId;
-use libp2p_stream::OpenStreamError;
 use nixmesh_protocol::wire::{
     FETCH_PROTOCOL, FetchRequest, FetchResponse, MAX_FRAME_LEN, MAX_NARINFO_LEN, WireError,
 };
@@ -32,6 +31,7 @@ use super::{FRAME_TIMEOUT, NAR_CHUNK, REUSE_WITHIN};
 use crate::mesh::Mesh;
 use crate::mesh::framed::{FrameError, FrameLimits, MeshStream};
 use crate::mesh::share::{PeerShare, PeerShares};
+use crate::mesh::streams::OpenStreamError;
 
 /// Streams to one peer in use at once (the holder allows more sessions than this per peer).
 pub const STREAMS_PER_PEER: usize = 48;
@@ -274,7 +274,7 @@ impl FetchClient {
 
     async fn open(&self, peer: PeerId) -> Result<MeshStream, FrameError> {
         let protocol = Mesh::protocol(FETCH_PROTOCOL);
-        let mut control = self.mesh.control();
+        let control = self.mesh.control();
         let opening = control.open_stream(peer, protocol);
         match tokio::time::timeout(FRAME_TIMEOUT, opening).await {
             Ok(Ok(stream)) => Ok(MeshStream::mesh(stream, LIMITS)),

@@ -4,8 +4,7 @@
 //! A fetch stream is a session: the asker sends a request, reads the whole answer (a NAR's
 //! bytes included), and may then send the next request on the same stream. Streams are kept
 //! per peer and reused, so the per-path cost is one request frame and one answer, not a new
-//! stream with its protocol negotiation; and new inbound streams, which libp2p-stream drops
-//! when its accept queue is full, become rare. A request that finds its stream closed before
+//! stream with its protocol negotiation. A request that finds its stream closed before
 //! any answer arrived was not answered, so the client asks again on a new stream: requests
 //! only read, so asking twice is harmless.
 

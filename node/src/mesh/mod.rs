@@ -2,8 +2,8 @@
 //!
 //! One task owns the [`Swarm`]: it dials, tracks connections and pings, and reports peers
 //! coming and going on [`MeshEvent`]s. Everything else talks to peers through
-//! [`libp2p_stream::Control`], which opens streams from any task, so a slow NAR transfer
-//! never stalls the swarm loop.
+//! [`streams::Control`], which opens streams from any task, so a slow NAR transfer never
+//! stalls the swarm loop, and hands each protocol's inbound streams to its accept loop.
 //!
 //! A private mesh ([`Access`]) runs on pnet with the mesh key ([`private`]); with an allow-list
 //! of peer ids, connections with any other peer are denied as soon as noise names the peer.
@@ -17,6 +17,7 @@ pub mod private;
 mod read_ahead;
 mod serve;
 pub mod share;
+pub mod streams;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -130,14 +131,14 @@ struct Behaviour {
     limits: connection_limits::Behaviour,
     ping: ping::Behaviour,
     identify: identify::Behaviour,
-    stream: libp2p_stream::Behaviour,
+    stream: streams::Behaviour,
 }
 
 /// A handle on the running mesh. Cheap to clone.
 #[derive(Clone)]
 pub struct Mesh {
     local_peer_id: PeerId,
-    control: libp2p_stream::Control,
+    control: streams::Control,
     peers: Arc<PeerTable>,
     commands: mpsc::Sender<Command>,
     listen_addresses: watch::Receiver<Vec<Multiaddr>>,
@@ -189,7 +190,7 @@ impl Mesh {
                 identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
                     .with_agent_version(crate::peer_name::agent_version()),
             ),
-            stream: libp2p_stream::Behaviour::new(),
+            stream: streams::Behaviour::default(),
         };
         let swarm_config =
             |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(60));
@@ -256,7 +257,7 @@ impl Mesh {
     }
 
     /// A stream-opening handle; clone one per concurrent stream.
-    pub fn control(&self) -> libp2p_stream::Control {
+    pub fn control(&self) -> streams::Control {
         self.control.clone()
     }
 
