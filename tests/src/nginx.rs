@@ -66,6 +66,21 @@ impl Nginx {
     /// Starts nginx on `host`, serving `root` on the host's address at `port`, with its
     /// configuration, pid file and error log in a new directory under the host's.
     pub fn start(host: &Host, root: &Path, port: u16) -> Nginx {
+        Nginx::launch(host, port, "", &format!("root {};", root.display()))
+    }
+
+    /// Starts nginx on `host` at `port` as a reverse proxy to `upstream` (`http://IP:PORT`),
+    /// keeping connections to it alive: two hops through nginx, the shape of a request
+    /// through two nodes.
+    pub fn proxy(host: &Host, upstream: &str, port: u16) -> Nginx {
+        let upstream = upstream.trim_start_matches("http://");
+        let http = format!("upstream next {{ server {upstream}; keepalive 64; }}");
+        let server = "location / { proxy_pass http://next; proxy_http_version 1.1; \
+                      proxy_set_header Connection \"\"; }";
+        Nginx::launch(host, port, &http, server)
+    }
+
+    fn launch(host: &Host, port: u16, http: &str, server: &str) -> Nginx {
         let dir = host.dir().join(format!("nginx-{port}"));
         std::fs::create_dir_all(dir.join("tmp")).expect("creating nginx's directory");
         let access_log = dir.join("access.log");
@@ -89,14 +104,14 @@ http {{
   tcp_nopush on;
   keepalive_requests 100000;
   types {{ text/x-nix-narinfo narinfo; application/x-nix-nar nar; }}
+  {http}
   server {{
     listen {listen};
-    root {root};
+    {server}
   }}
 }}
 "#,
             dir = dir.display(),
-            root = root.display(),
             access_log = access_log.display(),
         );
         let conf_path = dir.join("nginx.conf");

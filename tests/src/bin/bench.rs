@@ -32,6 +32,8 @@ use nixmesh_tests::{
 };
 
 const NGINX_PORT: u16 = 8080;
+/// Host 2's nginx, proxying to host 1's: two hops, as through two nodes.
+const PROXY_PORT: u16 = 8081;
 
 struct Settings {
     quick: bool,
@@ -113,6 +115,7 @@ fn run(s: &Settings) -> Vec<Row> {
     let cache = h1.dir().join("cache-files");
     s1.copy_to(&format!("file://{}?compression=none", cache.display()), &[&closure.top, &big]);
     let nginx = Nginx::start(h1, &cache, NGINX_PORT);
+    let proxy = Nginx::proxy(h2, nginx.url(), PROXY_PORT);
 
     let quiet = |peers: Vec<String>| NodeOptions {
         trusted_keys: vec![key.public.clone()],
@@ -130,7 +133,7 @@ fn run(s: &Settings) -> Vec<Row> {
     });
     let nodes = [n1.pid().unwrap(), n2.pid().unwrap()];
     let mesh = "http://127.0.0.1:7373".to_owned();
-    let bench = Bench { s, h2, s2: &s2, nodes, nginx: &nginx };
+    let bench = Bench { s, h2, s2: &s2, nodes, nginx: &nginx, proxy: &proxy };
 
     let mut rows = Vec::new();
     let wanted = |group: &str| s.only.as_deref().is_none_or(|o| o == group);
@@ -287,6 +290,7 @@ struct Bench<'a> {
     s2: &'a HostStore,
     nodes: [u32; 2],
     nginx: &'a Nginx,
+    proxy: &'a Nginx,
 }
 
 impl Bench<'_> {
@@ -371,6 +375,31 @@ impl Bench<'_> {
         if let Some(last) = rows.last_mut() {
             last.cpu = format!("{:.2} / {:.2}", ours.2, theirs.2);
         }
+        // The same burst through two hops of nginx: what a request through two servers
+        // costs on this machine, as a measure for the row above.
+        let pids = [self.proxy.pids(), self.nginx.pids()].concat();
+        let cpu0 = cpu_seconds(&pids);
+        let info = self.load(self.proxy.url(), 25, &narinfos);
+        let nar = self.load(self.proxy.url(), 16, &info.bodies_urls);
+        let cpu = cpu_seconds(&pids) - cpu0;
+        let (o, t) = (&ours.1, &nar);
+        rows.push(Row {
+            case: format!(
+                "the same {} small NARs through two nginx (host 2's proxying to host 1's, kept \
+                 alive): p50 / p99, non-200",
+                t.count
+            ),
+            nixmesh: format!("{:.2} / {:.2} ms", o.p50_us as f64 / 1e3, o.p99_us as f64 / 1e3),
+            baseline: format!(
+                "{:.2} / {:.2} ms, {}",
+                t.p50_us as f64 / 1e3,
+                t.p99_us as f64 / 1e3,
+                t.count - t.ok
+            ),
+            ratio: t.seconds / o.seconds,
+            cpu: format!("{:.2} / {cpu:.2}", ours.2),
+            target: "(two hops, for the row above)".to_owned(),
+        });
         rows
     }
 
