@@ -41,7 +41,7 @@ pub async fn nar<S: PathSource>(
         Ok(_) | Err(RequestPathError::NotFound) => return miss("no such file"),
         Err(e) => return malformed(e),
     };
-    let holders = sub.holders(&file.store_hash);
+    let holders = sub.holders_or_reconnecting(&file.store_hash).await;
     if holders.is_empty() {
         return miss("no connected peer has this path");
     }

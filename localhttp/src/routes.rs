@@ -25,14 +25,16 @@ pub async fn cache_info<S: PathSource>(State(sub): State<Arc<Substituter<S>>>) -
     ([(CONTENT_TYPE, HeaderValue::from_static("text/x-nix-cache-info"))], body).into_response()
 }
 
-/// A narinfo miss is answered from the source's local state alone, before any network wait.
+/// A narinfo miss is answered from the source's local state alone, before any network wait,
+/// except while a peer that holds the path is expected back (see
+/// [`PathSource::holders_reconnecting`]).
 pub async fn narinfo<S: PathSource>(State(sub): State<Arc<Substituter<S>>>, uri: Uri) -> Response {
     let hash = match Target::parse(uri.path()) {
         Ok(Target::NarInfo(hash)) => hash,
         Ok(_) | Err(RequestPathError::NotFound) => return miss("no such file"),
         Err(e) => return malformed(e),
     };
-    let holders = sub.holders(&hash);
+    let holders = sub.holders_or_reconnecting(&hash).await;
     if holders.is_empty() {
         return miss("no connected peer has this path");
     }

@@ -34,6 +34,18 @@ pub trait PathSource: Send + Sync + 'static {
     /// Connected peers that advertise `hash`, best first. Never waits on the network.
     fn holders(&self, hash: &StorePathHash) -> Vec<Self::Peer>;
 
+    /// Asked when [`PathSource::holders`] found none, before the substituter answers a miss
+    /// (which Nix remembers for an hour): the holders that connect within a short while, if
+    /// some peer that advertised `hash` is expected back soon (the node has just started and
+    /// its peers are reconnecting), else none at once. The default expects no one.
+    fn holders_reconnecting(
+        &self,
+        hash: &StorePathHash,
+    ) -> impl Future<Output = Vec<Self::Peer>> + Send {
+        let _ = hash;
+        std::future::ready(Vec::new())
+    }
+
     /// The narinfo text `peer` has for `hash`, or `None` when it says it has none.
     fn fetch_narinfo(
         &self,

@@ -91,6 +91,17 @@ impl<S: PathSource> Substituter<S> {
         self.health.order(self.source.holders(hash))
     }
 
+    /// [`Substituter::holders`], or when there are none, those that reconnect within the
+    /// source's short wait ([`PathSource::holders_reconnecting`]): what the narinfo and NAR
+    /// routes ask before answering a miss.
+    pub async fn holders_or_reconnecting(&self, hash: &StorePathHash) -> Vec<S::Peer> {
+        let holders = self.holders(hash);
+        if !holders.is_empty() {
+            return holders;
+        }
+        self.health.order(self.source.holders_reconnecting(hash).await)
+    }
+
     /// The verified narinfo for `hash`: remembered from an earlier request, or else the first
     /// one of `holders` (asked in order) gives. `None` when none gives one in time; each
     /// refusal is logged with the peer and the reason.

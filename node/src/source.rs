@@ -6,11 +6,14 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::TryStreamExt;
 use libp2p::PeerId;
 use nixmesh_localhttp::{NarStream, PathSource, SourceError};
 use nixmesh_protocol::{Sha256, StorePathHash};
+use tokio::time::Instant;
+use tracing::debug;
 
 use crate::fetch::FetchClient;
 use crate::fetch::client::FetchError;
@@ -45,7 +48,21 @@ pub struct MeshSource {
     traffic: Arc<Traffic>,
     /// The upstream caches; `None` without any.
     flights: Option<Arc<Flights>>,
+    /// Until when a path whose holders are all away waits for one to reconnect
+    /// ([`STARTUP_GRACE`] after the node started).
+    settling_until: Instant,
 }
+
+/// How long after the node starts a request for a path that only absent peers hold waits
+/// for one of them to connect, instead of a miss that Nix would remember for an hour: a
+/// restarted node serves from its stored index at once, but its peers take a moment to
+/// reconnect (a static peer within milliseconds, one found by mDNS within a couple of
+/// seconds). Below the substituter's request time limit (10 s), so the wait ends in an
+/// answer; and only for paths the index names a holder of that has not connected since the
+/// start (one that came and went is gone, and its paths are misses at once).
+pub const STARTUP_GRACE: Duration = Duration::from_secs(8);
+/// How often a waiting request looks again.
+const RECONNECT_POLL: Duration = Duration::from_millis(25);
 
 impl MeshSource {
     pub fn new(
@@ -55,7 +72,8 @@ impl MeshSource {
         traffic: Arc<Traffic>,
         flights: Option<Arc<Flights>>,
     ) -> Self {
-        MeshSource { mesh, fetch, index, traffic, flights }
+        let settling_until = Instant::now() + STARTUP_GRACE;
+        MeshSource { mesh, fetch, index, traffic, flights, settling_until }
     }
 }
 
@@ -84,6 +102,28 @@ impl PathSource for MeshSource {
             holders.push(Holder::Upstream);
         }
         holders
+    }
+
+    /// Within [`STARTUP_GRACE`] of the start, when the index names a holder of `hash` that
+    /// has not connected since: waits (looking every 25 ms) until a holder is connected or
+    /// the grace is over. Otherwise (a holder that came and went since is gone, not coming
+    /// back) none, at once.
+    async fn holders_reconnecting(&self, hash: &StorePathHash) -> Vec<Holder> {
+        let table = self.mesh.peers();
+        if Instant::now() >= self.settling_until
+            || self.index.holders_among(hash, 1, |p| !table.ever_connected(p)).is_empty()
+        {
+            return Vec::new();
+        }
+        debug!(%hash, "only absent peers hold this path; waiting for one to reconnect");
+        loop {
+            tokio::time::sleep(RECONNECT_POLL).await;
+            let holders = self.holders(hash);
+            let peers = holders.iter().any(|h| matches!(h, Holder::Peer(_)));
+            if peers || Instant::now() >= self.settling_until {
+                return holders;
+            }
+        }
     }
 
     async fn fetch_narinfo(

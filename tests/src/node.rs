@@ -110,6 +110,9 @@ pub struct NodeOptions {
     pub upstream_timeout: Option<Duration>,
     /// `RUST_LOG` for the node.
     pub log_filter: String,
+    /// The state directory of a node that ran before ([`Node::state_dir`]), to start it again
+    /// as the same node with what it stored; unset, a new one.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for NodeOptions {
@@ -125,6 +128,7 @@ impl Default for NodeOptions {
             upstreams: Vec::new(),
             upstream_timeout: None,
             log_filter: "nixmesh=debug,info".to_owned(),
+            state_dir: None,
         }
     }
 }
@@ -135,12 +139,13 @@ pub struct Node {
     host: Host,
     child: Option<Child>,
     log: PathBuf,
+    state: PathBuf,
 }
 
 impl Node {
     /// Starts `nixmesh serve` on `host` against `store` and waits until it answers
-    /// `/nix-cache-info`. Its log (`RUST_LOG` from the options) and state go to a new
-    /// directory under the host's.
+    /// `/nix-cache-info`. Its log (`RUST_LOG` from the options) and state (unless the
+    /// options name an earlier node's) go to a new directory under the host's.
     pub fn start(host: &Host, store: &HostStore, opts: &NodeOptions) -> Node {
         assert_eq!(store.host().netns(), host.netns(), "a node uses its own host's store");
         let bin = nixmesh_bin();
@@ -148,7 +153,8 @@ impl Node {
             .map(|n| host.dir().join(format!("node-{n}")))
             .find(|d| !d.exists())
             .expect("a free directory name");
-        let state = dir.join("state");
+        std::fs::create_dir_all(&dir).expect("creating the node's directory");
+        let state = opts.state_dir.clone().unwrap_or_else(|| dir.join("state"));
         std::fs::create_dir_all(&state).expect("creating the node's state directory");
         let log = dir.join("nixmesh.log");
         let log_file = std::fs::File::create(&log).expect("creating the node's log");
@@ -191,7 +197,7 @@ impl Node {
         eprintln!("{}: {}\n  log: {}", host.name(), crate::command::describe(&cmd), log.display());
         let child = cmd.spawn().expect("starting nixmesh serve");
 
-        let mut node = Node { host: host.clone(), child: Some(child), log };
+        let mut node = Node { host: host.clone(), child: Some(child), log, state };
         let what = format!("{}'s node to answer /nix-cache-info", host.name());
         wait_until(START_LIMIT, &what, || {
             if let Some(exit) = node.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
@@ -205,6 +211,11 @@ impl Node {
     /// The node's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
+    }
+
+    /// The node's state directory (its identity and index).
+    pub fn state_dir(&self) -> &Path {
+        &self.state
     }
 
     /// The host the node runs on.

@@ -290,6 +290,45 @@ fn narinfo_misses_and_paths_of_a_killed_holder_answer_404_within_a_second() {
 }
 
 #[test]
+fn a_restarted_node_waits_for_a_holder_still_reconnecting_instead_of_a_false_miss() {
+    if !e2e_ready() {
+        return;
+    }
+    let SignedLan { lan: _lan, closure, key, stores, mut nodes } =
+        SignedLan::new(2, &test_closure_expr(&unique_marker()));
+    let holder = format!("/ip4/{}/tcp/7374/p2p/{}", stores[0].host().address(), nodes[0].peer_id());
+    // Host 2's node restarts while host 1's is frozen: its stored index names host 1 as the
+    // holder at once, but host 1 cannot finish a handshake until it thaws, a second later.
+    let state = nodes[1].state_dir().to_owned();
+    nodes[1].stop();
+    nodes[0].freeze();
+    let options = NodeOptions {
+        trusted_keys: vec![key.public.clone()],
+        peers: vec![holder],
+        state_dir: Some(state),
+        ..Default::default()
+    };
+    nodes[1] = Node::start(stores[1].host(), &stores[1], &options);
+    let (statuses, took) = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(Duration::from_secs(1));
+            nodes[0].thaw();
+        });
+        let asked = Instant::now();
+        // One request at a time, each allowed 10 s (Nix allows more): the first waits.
+        let statuses: Vec<u16> =
+            closure.paths.iter().map(|p| nodes[1].http_get(&narinfo_url_path(p)).0).collect();
+        (statuses, asked.elapsed())
+    });
+    assert!(statuses.iter().all(|&s| s == 200), "while the holder reconnected: {statuses:?}");
+    eprintln!("every narinfo answered 200 in {took:?}, the holder thawed after 1 s");
+    // Within the same grace, a path nobody holds is still a miss at once.
+    let asked = Instant::now();
+    assert_eq!(nodes[1].http_get(&format!("/{}.narinfo", random_hash())).0, 404);
+    assert!(asked.elapsed() < DEPARTURE_LIMIT, "a miss took {:?}", asked.elapsed());
+}
+
+#[test]
 fn paths_of_a_frozen_holder_answer_404_within_the_liveness_limit() {
     if !e2e_ready() {
         return;

@@ -100,11 +100,20 @@ struct Shard {
     entries: Words,
     /// Dead entries among the merged ones.
     dead: usize,
+    /// The buckets that may have pending entries, a bit each: a lookup in any other skips
+    /// the search among the pending ones (pages away from the bucket). Set as entries wait,
+    /// cleared when they are merged.
+    pending_buckets: [u64; BUCKETS / 64],
 }
 
 impl Default for Shard {
     fn default() -> Self {
-        Shard { ends: vec![0; BUCKETS].into_boxed_slice(), entries: Words::new(), dead: 0 }
+        Shard {
+            ends: vec![0; BUCKETS].into_boxed_slice(),
+            entries: Words::new(),
+            dead: 0,
+            pending_buckets: [0; BUCKETS / 64],
+        }
     }
 }
 
@@ -116,6 +125,10 @@ impl Shard {
 
     fn merged(&self) -> usize {
         self.ends[BUCKETS - 1] as usize
+    }
+
+    fn may_have_pending(&self, bucket: usize) -> bool {
+        self.pending_buckets[bucket / 64] & (1 << (bucket % 64)) != 0
     }
 
     fn pending_count(&self) -> usize {
@@ -160,6 +173,9 @@ impl Shard {
         let len = old_len + 2 * pairs.len();
         self.entries.reserve_total(len);
         self.entries.set_len(len);
+        for &(bucket, _) in pairs {
+            self.pending_buckets[bucket as usize / 64] |= 1 << (bucket % 64);
+        }
         let entries = &mut *self.entries;
         let (mut read, mut write) = (old_len, len);
         for &(bucket, entry) in pairs.iter().rev() {
@@ -186,6 +202,7 @@ impl Shard {
         }
         adding.extend(pending);
         self.entries.set_len(self.merged());
+        self.pending_buckets = [0; BUCKETS / 64];
         if self.dead > 0 {
             self.drop_dead(|_| true);
         }
@@ -254,7 +271,11 @@ impl Shard {
     fn remove(&mut self, pairs: &[(u32, u32)]) -> usize {
         let mut removed = 0;
         for &(bucket, entry) in pairs {
-            let at = self.pending_position((bucket, entry));
+            let at = if self.may_have_pending(bucket as usize) {
+                self.pending_position((bucket, entry))
+            } else {
+                self.entries.len()
+            };
             if at < self.entries.len()
                 && (self.entries[at], self.entries[at + 1]) == (bucket, entry)
             {
@@ -328,7 +349,8 @@ impl HolderTable {
                 total += count;
                 ends[bucket] = total;
             }
-            shards.push(Shard { ends, entries: Words::zeroed(total as usize), dead: 0 });
+            let entries = Words::zeroed(total as usize);
+            shards.push(Shard { ends, entries, ..Shard::default() });
         }
         let mut overflow = false;
         fill(&mut |slot, fingerprint| {
@@ -386,11 +408,16 @@ impl HolderTable {
         let rest = &entries[first..];
         let ours = |e: &&u32| remainder_of(**e) == remainder;
         let live = |&slot: &Slot| slot != DEAD;
-        let from = shard.pending_position((bucket as u32, entry(remainder, 0)));
-        let pending_count = shard.entries[from..]
-            .chunks_exact(2)
-            .take_while(|pair| pair[0] as usize == bucket && remainder_of(pair[1]) == remainder)
-            .count();
+        let (from, pending_count) = if shard.may_have_pending(bucket) {
+            let from = shard.pending_position((bucket as u32, entry(remainder, 0)));
+            let count = shard.entries[from..]
+                .chunks_exact(2)
+                .take_while(|pair| pair[0] as usize == bucket && remainder_of(pair[1]) == remainder)
+                .count();
+            (from, count)
+        } else {
+            (shard.entries.len(), 0)
+        };
         let pending = &shard.entries[from..from + 2 * pending_count];
         // A pick among the merged holders starts there, the pending ones after the merged
         // ones to the end; a pick past the merged entries starts among the pending ones.

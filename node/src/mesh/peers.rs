@@ -56,6 +56,11 @@ impl PeerTable {
         })
     }
 
+    /// Whether `peer` has been connected at some time since the node started.
+    pub fn ever_connected(&self, peer: &PeerId) -> bool {
+        self.with(|peers| peers.get(peer).is_some_and(|p| p.last_seen.is_some()))
+    }
+
     /// Records a closed connection; returns true if the peer has none left.
     pub fn disconnected(&self, peer: PeerId, remaining: u32) -> bool {
         self.with(|peers| {

@@ -355,18 +355,8 @@ impl Bench<'_> {
                     o.count,
                     if kind == "narinfo" { 25 } else { 16 }
                 ),
-                nixmesh: format!(
-                    "{:.2} / {:.2} ms, {}",
-                    o.p50_us as f64 / 1e3,
-                    o.p99_us as f64 / 1e3,
-                    o.count - o.ok
-                ),
-                baseline: format!(
-                    "{:.2} / {:.2} ms, {}",
-                    t.p50_us as f64 / 1e3,
-                    t.p99_us as f64 / 1e3,
-                    t.count - t.ok
-                ),
+                nixmesh: o.latencies(),
+                baseline: t.latencies(),
                 ratio: t.seconds / o.seconds,
                 cpu: String::new(),
                 target: "0 non-200; p99 < 5 ms".to_owned(),
@@ -389,13 +379,8 @@ impl Bench<'_> {
                  alive): p50 / p99, non-200",
                 t.count
             ),
-            nixmesh: format!("{:.2} / {:.2} ms", o.p50_us as f64 / 1e3, o.p99_us as f64 / 1e3),
-            baseline: format!(
-                "{:.2} / {:.2} ms, {}",
-                t.p50_us as f64 / 1e3,
-                t.p99_us as f64 / 1e3,
-                t.count - t.ok
-            ),
+            nixmesh: o.latencies(),
+            baseline: t.latencies(),
             ratio: t.seconds / o.seconds,
             cpu: format!("{:.2} / {cpu:.2}", ours.2),
             target: "(two hops, for the row above)".to_owned(),
@@ -524,6 +509,14 @@ struct LoadResult {
     bytes: u64,
     /// For narinfo answers: the NAR URL each names, as `/nar/...`.
     bodies_urls: Vec<String>,
+}
+
+impl LoadResult {
+    /// `p50 / p99 ms, non-200s`, as the table gives them.
+    fn latencies(&self) -> String {
+        let ms = |us: u64| us as f64 / 1e3;
+        format!("{:.2} / {:.2} ms, {}", ms(self.p50_us), ms(self.p99_us), self.count - self.ok)
+    }
 }
 
 /// `nixmesh-bench load once BASE CONNECTIONS FILE` and `load hammer BASE PATH STATUS
