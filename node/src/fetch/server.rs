@@ -363,10 +363,17 @@ impl Provider {
 /// Path infos of the narinfos answered in the last [`RECENT_FOR`], for the NAR requests that
 /// follow them; at most [`RECENT_MAX`]. Narinfo requests always ask the daemon, so a path
 /// signed since is served with its new signatures.
+///
+/// Ten minutes, not seconds: the asker remembers a verified narinfo far longer and then asks
+/// for the NAR alone, and a NAR request that misses here costs two daemon round trips, a
+/// burst of them new daemon connections (a fork each; at 10 s, the first NARs of the bench's
+/// burst, asked 5-15 s after their narinfos, waited up to 75 ms for them). A path rebuilt
+/// since with other contents fails the asker's hash check and is fetched elsewhere; one
+/// deleted since fails its dump.
 #[derive(Default)]
 struct RecentPathInfo(Mutex<HashMap<StorePathHash, (PathInfo, Instant)>>);
 
-const RECENT_FOR: Duration = Duration::from_secs(10);
+const RECENT_FOR: Duration = Duration::from_secs(600);
 const RECENT_MAX: usize = 16_384;
 
 impl RecentPathInfo {

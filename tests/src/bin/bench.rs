@@ -151,6 +151,13 @@ fn run(s: &Settings) -> Vec<Row> {
         ));
 
         eprintln!("--- case 2: the client's concurrency");
+        // The copies before filled host 2's store: its node lists the store and advertises
+        // the new paths, and host 1's indexes them, for a second or two after. The burst
+        // starts once that is done, from the state nginx starts from too.
+        let settled = s2.path_count() as u64;
+        wait_until(Duration::from_secs(60), "the nodes to settle after the copies", || {
+            n2.status()["local_paths"] == settled && n1.status()["indexed_paths"] == settled
+        });
         rows.extend(bench.concurrency(&closure.paths, &mesh));
         rows.push(bench.timed(
             &format!("nix-store -r, {} small paths", s.paths + 1),
