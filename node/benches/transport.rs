@@ -1,8 +1,9 @@
 //! What the mesh's transport carries on this machine with none of the rest of nixmesh in the
 //! way: one stream between two swarms in this process over loopback, through the mesh's
-//! stream behaviour as the fetch protocol uses it ([`nixmesh_node::mesh::streams`]), on libp2p's own TCP + noise + yamux stack (`libp2p`) and on the
-//! mesh's (`mesh`: the same with large socket reads, [`nixmesh_node::mesh::open_transport`]),
-//! beside a plain TCP connection (`tcp`). The large-NAR case of the bench suite runs it.
+//! stream behaviour as the fetch protocol uses it ([`nixmesh_node::mesh::streams`]), on
+//! libp2p's own TCP + noise + yamux stack (`libp2p`) and on the mesh's (`mesh`: the same with
+//! large socket reads, [`nixmesh_node::mesh::open_transport`]), beside a plain TCP connection
+//! (`tcp`). The large-NAR case of the bench suite runs it.
 //!
 //! `cargo bench -p nixmesh-node --bench transport -- [--mib 1024] [--hash] [--json]`
 //!

@@ -9,8 +9,9 @@
 //! A request whose stream closes before any answer arrives is asked again on a new stream:
 //! right away when the stream was a reused one (the holder closed it while idle), after a
 //! short back-off when it was new (the holder's queue of inbound streams was full and closed
-//! it, [`crate::mesh::streams`]), up to [`NEW_STREAM_ATTEMPTS`] times. A time-out or a malformed answer is not retried: the
-//! peer is there but slow or broken, and the caller goes on to another holder.
+//! it, [`crate::mesh::streams`]), up to [`NEW_STREAM_ATTEMPTS`] times. A time-out or a
+//! malformed answer is not retried: the peer is there but slow or broken, and the caller goes
+//! on to another holder.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
