@@ -121,6 +121,21 @@ impl RunningNode {
             allow_peers: config.allow_peers.iter().copied().collect(),
         };
 
+        // The port listens before anything slow (the daemon's handshake, building the index
+        // table from its file: seconds at 1,000 peers): Nix's requests wait in the backlog
+        // and are answered once the node serves, where a closed port is a refused connection
+        // that Nix retries and then fails on. A socket passed by systemd keeps the port open
+        // across restarts too (see the module).
+        let inherited = socket_activation::inherited_listener()?;
+        let from_systemd = inherited.is_some();
+        let listener = match inherited {
+            Some(socket) => tokio::net::TcpListener::from_std(socket).map_err(NodeError::Http)?,
+            None => bind_http(config.http_listen)
+                .map_err(|source| NodeError::HttpListen { address: config.http_listen, source })?,
+        };
+        let http_address = listener.local_addr().map_err(NodeError::Http)?;
+        info!(address = %http_address, from_systemd, "substituter listening; serving once started");
+
         let store_err = |source| NodeError::Store { store: config.store.clone(), source };
         let address = StoreAddress::parse(&config.store).map_err(store_err)?;
         let store = Store::connect(address).await.map_err(store_err)?;
@@ -246,17 +261,8 @@ impl RunningNode {
         };
         let client_stall = http_config.client_stall_timeout;
         let router = nixmesh_localhttp::router(source, view, health, http_config, metrics);
-        // A socket passed by systemd keeps the port open across restarts (see the module).
-        let inherited = socket_activation::inherited_listener()?;
-        let from_systemd = inherited.is_some();
-        let listener = match inherited {
-            Some(socket) => tokio::net::TcpListener::from_std(socket).map_err(NodeError::Http)?,
-            None => bind_http(config.http_listen)
-                .map_err(|source| NodeError::HttpListen { address: config.http_listen, source })?,
-        };
-        let http_address = listener.local_addr().map_err(NodeError::Http)?;
-        info!(address = %http_address, from_systemd, "substituter listening");
 
+        info!(address = %http_address, "substituter serving");
         let stop_http = CancellationToken::new();
         let http = tokio::spawn(nixmesh_localhttp::serve(
             listener,

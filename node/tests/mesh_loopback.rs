@@ -228,6 +228,71 @@ fn a_node_with_a_damaged_index_starts_and_serves_again() {
     pair.stop(n1);
 }
 
+/// A stand-in for a slow daemon: a socket that accepts the node's daemon connections and
+/// joins them to the real daemon's only once `release` has been sent; `first` gets a message
+/// when the first one is held.
+fn held_daemon(
+    at: &std::path::Path,
+    daemon: std::path::PathBuf,
+) -> (std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<()>) {
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let listener = UnixListener::bind(at).unwrap();
+    let (first_tx, first) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let mut waiting = Some((first_tx, released));
+        // Bounded: the node opens a few daemon connections; the thread ends with the test.
+        for client in listener.incoming().take(64) {
+            let Ok(client) = client else { return };
+            if let Some((first_tx, released)) = waiting.take() {
+                let _ = first_tx.send(());
+                if released.recv_timeout(DEADLINE).is_err() {
+                    return;
+                }
+            }
+            let Ok(daemon) = UnixStream::connect(&daemon) else { return };
+            let (mut c2, mut d2) = (client.try_clone().unwrap(), daemon.try_clone().unwrap());
+            let (mut c, mut d) = (client, daemon);
+            std::thread::spawn(move || std::io::copy(&mut c, &mut d));
+            std::thread::spawn(move || std::io::copy(&mut d2, &mut c2));
+        }
+    });
+    (first, release)
+}
+
+#[test]
+fn the_port_takes_connections_while_the_node_starts_and_answers_them_once_it_serves() {
+    if !nix_available() {
+        return;
+    }
+    let pair = Pair::new();
+    let held = pair.dir.path().join("held-daemon.sock");
+    let (first, release) = held_daemon(&held, pair.s1.socket());
+    let mut config = config(&pair.dir.path().join("n1"), &pair.s1, &pair.key.public, vec![]);
+    config.store = format!("unix://{}", held.display());
+    // A free port, known before the node starts.
+    config.http_listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let starting = pair.runtime.spawn(RunningNode::start(config.clone()));
+
+    // The node waits for the daemon's handshake: the port must take a request all the same.
+    first.recv_timeout(DEADLINE).expect("the node to connect to its daemon");
+    let mut client = TcpStream::connect(config.http_listen)
+        .expect("the port takes connections while the node starts");
+    client.set_read_timeout(Some(DEADLINE)).unwrap();
+    client
+        .write_all(b"GET /nix-cache-info HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    assert!(!starting.is_finished(), "the node is still starting while its daemon is held");
+
+    release.send(()).unwrap();
+    let node = pair.runtime.block_on(starting).unwrap().unwrap();
+    let mut answer = String::new();
+    client.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "the request waited and got: {answer}");
+    assert!(answer.contains("StoreDir: /nix/store"), "{answer}");
+    pair.stop(node);
+}
+
 #[test]
 fn a_peer_that_left_is_forgotten_after_the_configured_time() {
     if !nix_available() {
