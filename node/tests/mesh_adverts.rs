@@ -2,7 +2,6 @@
 //! paths, the other follows them into its index, through a snapshot, deltas, a disconnect and
 //! a restart of the follower that resumes from its index.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,7 +65,7 @@ impl TestNode {
     }
 }
 
-fn hashes(range: std::ops::Range<u32>) -> HashSet<StorePathHash> {
+fn hashes(range: std::ops::Range<u32>) -> Vec<StorePathHash> {
     range
         .map(|n| {
             let mut h = [0u8; 20];
@@ -95,16 +94,16 @@ async fn advertisements_reach_the_follower_and_survive_its_restart() {
 
     let follower = TestNode::start(dirs.1.path()).await;
     follower.mesh.want(DialTarget::from_multiaddr(holder.address().await)).await;
-    let probe = *first.iter().next().unwrap();
+    let probe = first[0];
     until("the snapshot is indexed", || follower.index.path_count(&holder_id) == 70_000).await;
     assert_eq!(follower.holders(&probe), vec![holder_id]);
     assert!(follower.mesh.peers().is_connected(&holder_id));
 
     // A change travels as a delta.
-    let second: HashSet<_> = hashes(1..70_001);
+    let second = hashes(1..70_001);
     holder.log.update(second);
-    let added = *hashes(70_000..70_001).iter().next().unwrap();
-    let removed = *hashes(0..1).iter().next().unwrap();
+    let added = hashes(70_000..70_001)[0];
+    let removed = hashes(0..1)[0];
     until("the delta is indexed", || follower.holders(&added) == vec![holder_id]).await;
     assert!(follower.holders(&removed).is_empty());
     assert_eq!(follower.index.path_count(&holder_id), 70_000);
@@ -118,7 +117,7 @@ async fn advertisements_reach_the_follower_and_survive_its_restart() {
     let follower = TestNode::start(dirs.1.path()).await;
     assert_eq!(follower.index.path_count(&holder_id), 70_000, "the index survived the restart");
     follower.mesh.want(DialTarget::from_multiaddr(holder.address().await)).await;
-    let newest = *hashes(70_001..70_002).iter().next().unwrap();
+    let newest = hashes(70_001..70_002)[0];
     until("the change made while away is indexed", || follower.holders(&newest) == vec![holder_id])
         .await;
     assert_eq!(follower.index.peer_position(&holder_id).unwrap().unwrap().1, 3);

@@ -122,7 +122,7 @@ fn keyed(key: &MeshKey) -> Access {
     Access { key: Some(key.clone()), ..Access::default() }
 }
 
-fn hashes(n: u32) -> HashSet<StorePathHash> {
+fn hashes(n: u32) -> Vec<StorePathHash> {
     (0..n)
         .map(|i| {
             let mut h = [0u8; 20];
@@ -205,7 +205,7 @@ async fn nodes_without_the_mesh_key_never_connect_and_are_logged_as_refused() {
         assert!(!node.mesh.peers().is_connected(&holder_id));
         assert_eq!(node.mesh.peers().connected_count(), 0);
         assert_eq!(node.index.path_count(&holder_id), 0);
-        assert!(node.index.holders(hashes(1).iter().next().unwrap()).unwrap().is_empty());
+        assert!(node.index.holders(&hashes(1)[0]).unwrap().is_empty());
     }
     assert!(!holder.mesh.peers().is_connected(&keyless.id()));
     assert!(!holder.mesh.peers().is_connected(&other_key.id()));

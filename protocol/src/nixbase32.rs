@@ -43,12 +43,24 @@ pub fn encode(input: &[u8]) -> String {
     out
 }
 
+/// Each byte's digit, or [`NOT_A_DIGIT`]: a node decodes every path of its store each time it
+/// lists it, and searching the alphabet for each character was most of that listing's time.
+const DIGITS: [u8; 256] = {
+    let mut digits = [NOT_A_DIGIT; 256];
+    let mut i = 0;
+    while i < ALPHABET.len() {
+        digits[ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    digits
+};
+const NOT_A_DIGIT: u8 = 0xff;
+
 fn digit(c: u8) -> Result<u8, DecodeError> {
-    ALPHABET
-        .iter()
-        .position(|&a| a == c)
-        .map(|p| p as u8)
-        .ok_or(DecodeError::InvalidCharacter(c as char))
+    match DIGITS[usize::from(c)] {
+        NOT_A_DIGIT => Err(DecodeError::InvalidCharacter(c as char)),
+        d => Ok(d),
+    }
 }
 
 /// Decodes nixbase32 text of any length.

@@ -11,7 +11,7 @@ pub mod publish;
 pub mod store_watch;
 pub mod subscribe;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use nixmesh_protocol::StorePathHash;
@@ -43,7 +43,8 @@ pub enum CatchUp {
 
 struct LogState {
     position: AdvertPosition,
-    paths: HashSet<StorePathHash>,
+    /// Sorted, each once.
+    paths: Vec<StorePathHash>,
     changes: VecDeque<Change>,
 }
 
@@ -59,11 +60,7 @@ impl AdvertLog {
     pub fn new(epoch: u64) -> Self {
         let position = AdvertPosition { epoch, generation: 0 };
         AdvertLog {
-            state: Mutex::new(LogState {
-                position,
-                paths: HashSet::new(),
-                changes: VecDeque::new(),
-            }),
+            state: Mutex::new(LogState { position, paths: Vec::new(), changes: VecDeque::new() }),
             generation: watch::channel(0).0,
         }
     }
@@ -72,16 +69,17 @@ impl AdvertLog {
         f(&mut self.state.lock().expect("advert log lock poisoned"))
     }
 
-    /// Replaces the advertised set with `current`; records the change if there is one.
-    pub fn update(&self, current: HashSet<StorePathHash>) -> Option<Change> {
+    /// Replaces the advertised set with `current` (any order, duplicates ignored); records
+    /// the change if there is one. The two sets are compared as sorted lists, one walk
+    /// through both: a node does this for its whole store each time the store changes.
+    pub fn update(&self, mut current: Vec<StorePathHash>) -> Option<Change> {
+        current.sort_unstable();
+        current.dedup();
         let change = self.with(|state| {
-            let mut added: Vec<_> = current.difference(&state.paths).copied().collect();
-            let mut removed: Vec<_> = state.paths.difference(&current).copied().collect();
+            let (added, removed) = differences(&current, &state.paths);
             if added.is_empty() && removed.is_empty() {
                 return None;
             }
-            added.sort_unstable();
-            removed.sort_unstable();
             let from = state.position.generation;
             state.position.generation += 1;
             let change = Change { from, to: state.position.generation, added, removed };
@@ -113,10 +111,8 @@ impl AdvertLog {
     /// What a subscriber at `known` needs to become current.
     pub fn catch_up(&self, known: Option<AdvertPosition>) -> CatchUp {
         self.with(|state| {
-            let snapshot = || CatchUp::Snapshot {
-                position: state.position,
-                hashes: state.paths.iter().copied().collect(),
-            };
+            let snapshot =
+                || CatchUp::Snapshot { position: state.position, hashes: state.paths.clone() };
             let Some(known) = known.filter(|k| k.epoch == state.position.epoch) else {
                 return snapshot();
             };
@@ -139,12 +135,62 @@ impl AdvertLog {
     }
 }
 
+/// What `new` has that `old` lacks, and what `old` has that `new` lacks; both sorted and
+/// without duplicates, and so are the answers.
+fn differences(
+    new: &[StorePathHash],
+    old: &[StorePathHash],
+) -> (Vec<StorePathHash>, Vec<StorePathHash>) {
+    let (mut added, mut removed) = (Vec::new(), Vec::new());
+    let (mut n, mut o) = (new.iter().peekable(), old.iter().peekable());
+    loop {
+        match (n.peek(), o.peek()) {
+            (Some(a), Some(b)) if a == b => {
+                n.next();
+                o.next();
+            }
+            (Some(a), Some(b)) if a < b => added.extend(n.next()),
+            (Some(_), Some(_)) => removed.extend(o.next()),
+            (Some(_), None) => added.extend(n.by_ref()),
+            (None, Some(_)) => removed.extend(o.by_ref()),
+            (None, None) => return (added, removed),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn set(ns: &[u8]) -> HashSet<StorePathHash> {
+    fn set(ns: &[u8]) -> Vec<StorePathHash> {
         ns.iter().map(|&n| StorePathHash([n; 20])).collect()
+    }
+
+    #[test]
+    fn the_difference_of_sorted_lists_is_the_difference_of_sets() {
+        use std::collections::BTreeSet;
+        let mut seed = 7u64;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 59) as u8
+        };
+        for _ in 0..500 {
+            let a: BTreeSet<u8> = (0..next()).map(|_| next()).collect();
+            let b: BTreeSet<u8> = (0..next()).map(|_| next()).collect();
+            let list = |s: &BTreeSet<u8>| set(&s.iter().copied().collect::<Vec<_>>());
+            let (added, removed) = differences(&list(&a), &list(&b));
+            assert_eq!(added, list(&a.difference(&b).copied().collect()));
+            assert_eq!(removed, list(&b.difference(&a).copied().collect()));
+        }
+    }
+
+    #[test]
+    fn an_update_in_any_order_with_duplicates_is_the_set() {
+        let log = AdvertLog::new(1);
+        let c = log.update(set(&[3, 1, 3, 2])).unwrap();
+        assert_eq!(c.added, set(&[1, 2, 3]));
+        assert!(log.update(set(&[2, 1, 3, 1])).is_none());
+        assert_eq!(log.len(), 3);
     }
 
     #[test]
@@ -176,7 +222,7 @@ mod tests {
         for n in 0..LOG_CAPACITY + 2 {
             let mut hash = [0u8; 20];
             hash[..8].copy_from_slice(&(n as u64).to_be_bytes());
-            log.update(HashSet::from([StorePathHash(hash)]));
+            log.update(vec![StorePathHash(hash)]);
         }
         let old = Some(AdvertPosition { epoch: 1, generation: 0 });
         match log.catch_up(old) {

@@ -1,6 +1,5 @@
 //! This node's side of advertising: rescan the local store, answer subscribers.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +40,19 @@ const WATCHED_RESCAN: Duration = Duration::from_secs(60);
 /// The least time between two listings, so that a store being written all the time (a
 /// large build, a `nix copy`) is listed a few times a second, not after every write.
 const MIN_RESCAN_GAP: Duration = Duration::from_millis(250);
+/// The gap is also at least this many times the last listing's time (the daemon's answer
+/// and the comparison), so that a large store being written all the time (a rebuild) is
+/// not listed without pause: 50,000 paths take 25-30 ms of the node's CPU and 25-100 ms to
+/// list, which at the least gap was a fifth of a core for as long as the rebuild ran.
+const RESCAN_GAP_PER_LISTING: u32 = 10;
+/// ... but never more than this, so that a new path reaches peers in a few seconds from any
+/// store.
+const MAX_RESCAN_GAP: Duration = Duration::from_secs(5);
+
+/// The time to leave between a listing that took `took` and the next.
+fn rescan_gap(took: Duration) -> Duration {
+    (took * RESCAN_GAP_PER_LISTING).clamp(MIN_RESCAN_GAP, MAX_RESCAN_GAP)
+}
 
 /// Rescans the local store and records what changed, until `shutdown`: whenever `watch` says
 /// the database changed, and every [`WATCHED_RESCAN`]; without a watch (or once it breaks),
@@ -55,7 +67,7 @@ pub async fn rescan_loop(
     let period = if watch.is_some() { WATCHED_RESCAN } else { interval };
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last = tokio::time::Instant::now();
+    let (mut last, mut gap) = (tokio::time::Instant::now(), MIN_RESCAN_GAP);
     loop {
         tokio::select! {
             () = shutdown.signalled() => return,
@@ -69,12 +81,12 @@ pub async fn rescan_loop(
         }
         tokio::select! {
             () = shutdown.signalled() => return,
-            () = tokio::time::sleep_until(last + MIN_RESCAN_GAP) => {}
+            () = tokio::time::sleep_until(last + gap) => {}
         }
         last = tokio::time::Instant::now();
         match store.query_all_valid_paths().await {
             Ok(paths) => {
-                let current: HashSet<_> = paths.iter().map(|p| p.hash()).collect();
+                let current = paths.iter().map(|p| p.hash()).collect();
                 if let Some(change) = log.update(current) {
                     info!(
                         generation = change.to,
@@ -86,6 +98,7 @@ pub async fn rescan_loop(
             }
             Err(e) => warn!("cannot list the local store: {e}"),
         }
+        gap = rescan_gap(last.elapsed());
     }
 }
 
@@ -175,4 +188,16 @@ async fn send_snapshot(
 
 fn too_large_for_a_frame(change: &super::Change) -> bool {
     change.added.len() + change.removed.len() > MAX_HASHES_PER_FRAME
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gap_between_listings_grows_with_their_cost_within_bounds() {
+        assert_eq!(rescan_gap(Duration::from_millis(1)), MIN_RESCAN_GAP);
+        assert_eq!(rescan_gap(Duration::from_millis(100)), Duration::from_secs(1));
+        assert_eq!(rescan_gap(Duration::from_secs(1)), MAX_RESCAN_GAP);
+    }
 }

@@ -280,6 +280,28 @@ fn run(s: &Settings) -> Vec<Row> {
             cpu: format!("{cpu:.2} in {} s", window.as_secs()),
             target: "< 1 %".to_owned(),
         });
+        // The same holder while its store changes all the time, as in a rebuild: every
+        // change makes it list the store again.
+        let window = Duration::from_secs(if s.quick { 3 } else { 10 });
+        let mut added = 0;
+        let (took, cpu) = measure(&pids, || {
+            let until = Instant::now() + window;
+            while Instant::now() < until && added < 1_000 {
+                s1.add_file(&format!("busy-{added}"), format!("busy {added}").as_bytes());
+                added += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        rows.push(Row {
+            case: format!(
+                "the same holder while a path is added every 100 ms ({added} in {took:.1} s): CPU"
+            ),
+            nixmesh: format!("{:.2} % of a core", cpu / took * 100.0),
+            baseline: "(no counterpart)".to_owned(),
+            ratio: f64::NAN,
+            cpu: format!("{cpu:.2} in {took:.1} s"),
+            target: "(a rebuild's cost; no target)".to_owned(),
+        });
     }
     rows.append(&mut index_rows);
     // The nodes' logs outlive the LAN, for a look at what happened.
