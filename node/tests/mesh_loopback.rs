@@ -239,11 +239,23 @@ fn held_daemon(
     let listener = UnixListener::bind(at).unwrap();
     let (first_tx, first) = std::sync::mpsc::channel();
     let (release, released) = std::sync::mpsc::channel::<()>();
+    listener.set_nonblocking(true).unwrap();
     std::thread::spawn(move || {
         let mut waiting = Some((first_tx, released));
-        // Bounded: the node opens a few daemon connections; the thread ends with the test.
-        for client in listener.incoming().take(64) {
-            let Ok(client) = client else { return };
+        // The node opens a few daemon connections, all within the test's first seconds.
+        let until = std::time::Instant::now() + DEADLINE;
+        let mut joined = 0;
+        while std::time::Instant::now() < until && joined < 64 {
+            let client = match listener.accept() {
+                Ok((client, _)) => client,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+                Err(_) => return,
+            };
+            joined += 1;
+            client.set_nonblocking(false).unwrap();
             if let Some((first_tx, released)) = waiting.take() {
                 let _ = first_tx.send(());
                 if released.recv_timeout(DEADLINE).is_err() {
