@@ -85,11 +85,7 @@ pub struct StorePath {
 impl StorePath {
     /// Parses a full path, `/nix/store/<hash>-<name>`.
     pub fn parse(path: &str) -> Result<Self, StorePathError> {
-        let base = path
-            .strip_prefix(STORE_DIR)
-            .and_then(|rest| rest.strip_prefix('/'))
-            .ok_or_else(|| StorePathError::NotInStore(excerpt(path)))?;
-        Self::from_base_name(base)
+        Self::from_base_name(base_name_of(path)?)
     }
 
     /// The path with this hash and name; the name is checked as [`StorePath::parse`] checks it.
@@ -100,14 +96,14 @@ impl StorePath {
 
     /// Parses the last component alone, `<hash>-<name>`, as narinfo `References` list it.
     pub fn from_base_name(base: &str) -> Result<Self, StorePathError> {
-        let hash_text =
-            base.get(..HASH_CHARS).ok_or_else(|| StorePathError::InvalidHash(excerpt(base)))?;
-        let hash = StorePathHash::parse(hash_text)?;
-        let name = base[HASH_CHARS..]
-            .strip_prefix('-')
-            .ok_or_else(|| StorePathError::MissingDash(excerpt(base)))?;
-        validate_name(name)?;
+        let (hash, name) = split_base_name(base)?;
         Ok(StorePath { hash, name: name.to_owned() })
+    }
+
+    /// The hash of the full path `path`, checked as [`StorePath::parse`] checks it all, with
+    /// no copy of its name: for reading a whole store's list of paths.
+    pub fn hash_of(path: &str) -> Result<StorePathHash, StorePathError> {
+        split_base_name(base_name_of(path)?).map(|(hash, _)| hash)
     }
 
     /// The digest part.
@@ -180,6 +176,25 @@ pub fn make_store_path_hash(
 }
 
 /// Nix's rule for names: 1 to 211 characters of `A-Za-z0-9+-._?=`.
+/// `<hash>-<name>` of a full path in [`STORE_DIR`].
+fn base_name_of(path: &str) -> Result<&str, StorePathError> {
+    path.strip_prefix(STORE_DIR)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .ok_or_else(|| StorePathError::NotInStore(excerpt(path)))
+}
+
+/// The hash and the checked name of `<hash>-<name>`.
+fn split_base_name(base: &str) -> Result<(StorePathHash, &str), StorePathError> {
+    let hash_text =
+        base.get(..HASH_CHARS).ok_or_else(|| StorePathError::InvalidHash(excerpt(base)))?;
+    let hash = StorePathHash::parse(hash_text)?;
+    let name = base[HASH_CHARS..]
+        .strip_prefix('-')
+        .ok_or_else(|| StorePathError::MissingDash(excerpt(base)))?;
+    validate_name(name)?;
+    Ok((hash, name))
+}
+
 fn validate_name(name: &str) -> Result<(), StorePathError> {
     if name.is_empty() {
         return Err(StorePathError::EmptyName);
@@ -255,6 +270,13 @@ mod tests {
         fn parse_never_panics(s in "\\PC{0,120}") {
             let _ = StorePath::parse(&s);
             let _ = StorePath::from_base_name(&s);
+        }
+
+        #[test]
+        fn the_hash_of_a_path_is_what_parsing_it_gives(
+            s in "(/nix/store/)?[0-9a-z]{30,33}(-[a-zA-Z0-9+._?=/ -]{0,12})?"
+        ) {
+            prop_assert_eq!(StorePath::hash_of(&s), StorePath::parse(&s).map(|p| p.hash()));
         }
     }
 }

@@ -85,9 +85,8 @@ pub async fn rescan_loop(
         }
         last = tokio::time::Instant::now();
         match store.query_all_valid_paths().await {
-            Ok(paths) => {
-                let current = paths.iter().map(|p| p.hash()).collect();
-                if let Some(change) = log.update(current) {
+            Ok(hashes) => {
+                if let Some(change) = log.update(hashes) {
                     info!(
                         generation = change.to,
                         added = change.added.len(),

@@ -98,11 +98,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.daemon_version.as_deref()
     }
 
-    /// `QueryAllValidPaths`: every valid path in the store.
-    pub async fn query_all_valid_paths(&mut self) -> Result<Vec<StorePath>, StoreError> {
+    /// `QueryAllValidPaths`: the hash of every valid path in the store, each path checked as
+    /// a store path (the names are not kept: a node lists its whole store whenever it
+    /// changes, and only the hashes are advertised).
+    pub async fn query_all_valid_paths(&mut self) -> Result<Vec<StorePathHash>, StoreError> {
         self.send(&daemon::request(Op::QueryAllValidPaths, None)).await?;
         self.process_stderr().await?;
-        self.paths("valid paths", MAX_PATHS).await
+        let what = "valid paths";
+        let count = self.count(what, MAX_PATHS).await?;
+        let mut hashes = Vec::with_capacity(count.min(4096));
+        let mut text = Vec::new();
+        for _ in 0..count {
+            let read = wire::read_bytes_into(&mut self.io, what, MAX_STORE_PATH_LEN, &mut text);
+            read.await.map_err(|e| self.wire_err(e))?;
+            let hash = std::str::from_utf8(&text)
+                .map_err(|e| e.to_string())
+                .and_then(|path| StorePath::hash_of(path).map_err(|e| e.to_string()))
+                .map_err(|e| {
+                    let text = String::from_utf8_lossy(&text);
+                    self.protocol_err(format!(
+                        "one of the {what}, {text:?}, is not a store path: {e}"
+                    ))
+                })?;
+            hashes.push(hash);
+        }
+        Ok(hashes)
     }
 
     /// `QueryPathFromHashPart`: the valid path with this hash, if any.

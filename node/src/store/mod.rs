@@ -101,8 +101,8 @@ impl Store {
         self.pool.address()
     }
 
-    /// Every valid path in the store (`QueryAllValidPaths`), in the daemon's order.
-    pub async fn query_all_valid_paths(&self) -> Result<Vec<StorePath>, StoreError> {
+    /// The hash of every valid path in the store (`QueryAllValidPaths`), in the daemon's order.
+    pub async fn query_all_valid_paths(&self) -> Result<Vec<StorePathHash>, StoreError> {
         let span = debug_span!("nix_daemon", op = "query_all_valid_paths");
         async {
             let (lease, paths) = leased!(self, conn => conn.query_all_valid_paths());

@@ -41,14 +41,28 @@ pub async fn read_bytes<R: AsyncRead + Unpin>(
     what: &'static str,
     max: usize,
 ) -> Result<Vec<u8>, ReadError> {
+    let mut bytes = Vec::new();
+    read_bytes_into(r, what, max, &mut bytes).await?;
+    Ok(bytes)
+}
+
+/// [`read_bytes`] into `bytes` (cleared first), so that a list of many strings is read
+/// through one buffer.
+pub async fn read_bytes_into<R: AsyncRead + Unpin>(
+    r: &mut R,
+    what: &'static str,
+    max: usize,
+    bytes: &mut Vec<u8>,
+) -> Result<(), ReadError> {
     let len = nix_wire::check_len(read_u64(r).await?, what, max)?;
-    let mut bytes = vec![0u8; len];
-    r.read_exact(&mut bytes).await?;
+    bytes.clear();
+    bytes.resize(len, 0);
+    r.read_exact(bytes).await?;
     let mut pad = [0u8; 8];
     let pad = &mut pad[..nix_wire::padding_len(len as u64)];
     r.read_exact(pad).await?;
     nix_wire::check_padding(pad, what)?;
-    Ok(bytes)
+    Ok(())
 }
 
 /// Reads a UTF-8 string of at most `max` bytes.
