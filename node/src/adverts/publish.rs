@@ -42,7 +42,7 @@ const WATCHED_RESCAN: Duration = Duration::from_secs(60);
 const MIN_RESCAN_GAP: Duration = Duration::from_millis(250);
 /// The gap is also at least this many times the last listing's time (the daemon's answer
 /// and the comparison), so that a large store being written all the time (a rebuild) is
-/// not listed without pause: 50,000 paths take 25-30 ms of the node's CPU and 25-100 ms to
+/// not listed without pause: 50,000 paths take 20-30 ms of the node's CPU and 25-100 ms to
 /// list, which at the least gap was a fifth of a core for as long as the rebuild ran.
 const RESCAN_GAP_PER_LISTING: u32 = 10;
 /// ... but never more than this, so that a new path reaches peers in a few seconds from any

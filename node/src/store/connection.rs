@@ -14,10 +14,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use nixmesh_protocol::nar::format::NAR_HEADER;
+use nixmesh_protocol::nix_wire::NixWireError;
 use nixmesh_protocol::nix_wire::daemon::{
     self, DAEMON_MAGIC, MAX_FIELDS, MAX_MINOR, MAX_PATHS, MAX_REFERENCES, MAX_SHORT_LEN,
     MAX_SIGNATURES, MAX_STORE_PATH_LEN, MAX_TEXT_LEN, MIN_MINOR, Op, PROTOCOL_MAJOR, since, stderr,
 };
+use nixmesh_protocol::store_path::StorePathError;
 use nixmesh_protocol::{Sha256, StorePath, StorePathHash};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tracing::{debug, trace};
@@ -104,25 +106,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     pub async fn query_all_valid_paths(&mut self) -> Result<Vec<StorePathHash>, StoreError> {
         self.send(&daemon::request(Op::QueryAllValidPaths, None)).await?;
         self.process_stderr().await?;
-        let what = "valid paths";
-        let count = self.count(what, MAX_PATHS).await?;
-        let mut hashes = Vec::with_capacity(count.min(4096));
-        let mut text = Vec::new();
-        for _ in 0..count {
-            let read = wire::read_bytes_into(&mut self.io, what, MAX_STORE_PATH_LEN, &mut text);
-            read.await.map_err(|e| self.wire_err(e))?;
-            let hash = std::str::from_utf8(&text)
-                .map_err(|e| e.to_string())
-                .and_then(|path| StorePath::hash_of(path).map_err(|e| e.to_string()))
-                .map_err(|e| {
-                    let text = String::from_utf8_lossy(&text);
-                    self.protocol_err(format!(
-                        "one of the {what}, {text:?}, is not a store path: {e}"
-                    ))
-                })?;
-            hashes.push(hash);
-        }
-        Ok(hashes)
+        self.path_list("valid paths", MAX_PATHS, StorePath::hash_of).await
     }
 
     /// `QueryPathFromHashPart`: the valid path with this hash, if any.
@@ -358,16 +342,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         what: &'static str,
         max: usize,
     ) -> Result<Vec<StorePath>, StoreError> {
+        self.path_list(what, max, StorePath::parse).await
+    }
+
+    /// A list of at most `max` store paths, each read through one buffer and turned into a
+    /// `T` by `parse` (a whole path, or its hash alone when a store's every path is read).
+    async fn path_list<T>(
+        &mut self,
+        what: &'static str,
+        max: usize,
+        parse: fn(&str) -> Result<T, StorePathError>,
+    ) -> Result<Vec<T>, StoreError> {
         let count = self.count(what, max).await?;
-        let mut paths = Vec::with_capacity(count.min(4096));
+        let mut out = Vec::with_capacity(count.min(4096));
+        let mut bytes = Vec::new();
         for _ in 0..count {
-            let text = self.string(what, MAX_STORE_PATH_LEN).await?;
-            let path = StorePath::parse(&text).map_err(|e| {
+            let read = wire::read_bytes_into(&mut self.io, what, MAX_STORE_PATH_LEN, &mut bytes);
+            read.await.map_err(|e| self.wire_err(e))?;
+            let text = std::str::from_utf8(&bytes)
+                .map_err(|_| self.wire_err(NixWireError::NotUtf8 { what }.into()))?;
+            let parsed = parse(text).map_err(|e| {
                 self.protocol_err(format!("one of the {what}, {text:?}, is not a store path: {e}"))
             })?;
-            paths.push(path);
+            out.push(parsed);
         }
-        Ok(paths)
+        Ok(out)
     }
 
     fn wire_err(&self, error: ReadError) -> StoreError {
