@@ -38,4 +38,5 @@ pub use metrics::Metrics;
 pub use node_view::{NodeStatus, NodeView, PeerSummary, RequestCounts, UpstreamSummary};
 pub use server::{SHUTDOWN_GRACE, router, serve};
 pub use source::{NarStream, PathSource, SourceError};
+pub use substituter::{Accepted, Rejection, accept};
 pub use why::{HolderReport, Verdict, WhyReport};

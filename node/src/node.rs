@@ -29,7 +29,7 @@ use crate::source::MeshSource;
 use crate::store::{Store, StoreAddress, StoreError};
 use crate::traffic::Traffic;
 use crate::trust::{self, TrustError};
-use crate::upstream::flight::Flights;
+use crate::upstream::flight::{Flights, FlightsConfig};
 use crate::upstream::spool::{Spool, SpoolError};
 use crate::upstream::{UpstreamConfigError, Upstreams};
 use crate::view::MeshView;
@@ -192,6 +192,8 @@ impl RunningNode {
         };
         let refusals = Arc::new(Refusals::default());
         let fetch = FetchClient::new(mesh.clone());
+        // Faults of peers: the substituter's, and the claimers' that passed on bad narinfos.
+        let health = Arc::new(PeerHealth::default());
         let upstream_urls =
             crate::upstream::resolve(config.upstreams.as_deref(), config.http_listen)?;
         let flights = if upstream_urls.is_empty() {
@@ -204,8 +206,15 @@ impl RunningNode {
                 Arc::new(Upstreams::new(upstream_urls, config.upstream_timeout, downloaded));
             let spool_dir = state_dir.join(SPOOL_DIR);
             let spool = Spool::new(&spool_dir, config.spool_max_bytes, shutdown.clone())?;
-            let traffic = traffic.clone();
-            Some(Arc::new(Flights::new(mesh.clone(), fetch.clone(), upstreams, spool, traffic)))
+            Some(Arc::new(Flights::new(FlightsConfig {
+                mesh: mesh.clone(),
+                fetch: fetch.clone(),
+                upstreams,
+                spool,
+                traffic: traffic.clone(),
+                trusted: trusted.clone(),
+                health: health.clone(),
+            })))
         };
         let mut provider = Provider::new(store.clone(), signing_key.clone(), real_store_dir)
             .counting(traffic.clone())
@@ -240,7 +249,6 @@ impl RunningNode {
             });
         }
 
-        let health = Arc::new(PeerHealth::default());
         let view = Arc::new(MeshView {
             health: health.clone(),
             refusals,

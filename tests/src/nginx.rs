@@ -69,6 +69,12 @@ impl Nginx {
         Nginx::launch(host, port, "", &format!("root {};", root.display()))
     }
 
+    /// [`Nginx::start`], sending each response at `rate` (nginx's `limit_rate`: `512k` is
+    /// 512 KiB a second): a slow link to an upstream cache.
+    pub fn start_rate_limited(host: &Host, root: &Path, port: u16, rate: &str) -> Nginx {
+        Nginx::launch(host, port, "", &format!("root {}; limit_rate {rate};", root.display()))
+    }
+
     /// Starts nginx on `host` at `port` as a reverse proxy to `upstream` (`http://IP:PORT`),
     /// keeping connections to it alive: two hops through nginx, the shape of a request
     /// through two nodes.

@@ -274,10 +274,11 @@ impl Provider {
                     self.traffic.served(peer, nar_size - offset);
                     drop(slot);
                 }
-                Ok(Plan::Relay { nar, nar_size, offset, flights }) => {
+                Ok(Plan::Relay { nar, nar_size, offset, flights, slot }) => {
                     stream.write(&FetchResponse::Nar { nar_size, offset }).await?;
                     send_relayed(&mut stream, nar, nar_size - offset).await?;
                     flights.relayed(nar_size - offset);
+                    drop(slot);
                 }
             }
         }
@@ -347,10 +348,18 @@ impl Provider {
             }
             FetchRequest::UpstreamNar { hash, nar_hash, offset } => {
                 let flights = self.flights.clone().ok_or(FetchResponse::NotFound)?;
+                // A relay is a NAR transfer like any other: it takes a slot within the peer's
+                // and its host's share before anything is downloaded for it.
+                drop(turn);
+                let Some(slot) = self.nar_transfers.take(peer, origin).await else {
+                    let wait = NAR_TRANSFERS.max_wait;
+                    return Err(failed(format!("busy: no NAR slot within {wait:?}")));
+                };
                 match flights.nar(hash, nar_hash, offset).await {
                     Ok(Some((nar_size, nar))) => {
                         debug!(%hash, offset, "relaying a NAR from upstream");
-                        Ok(Plan::Relay { nar, nar_size, offset, flights })
+                        let slot = Box::new(slot);
+                        Ok(Plan::Relay { nar, nar_size, offset, flights, slot })
                     }
                     Ok(None) => Err(FetchResponse::NotFound),
                     Err(message) => Err(failed(message)),
@@ -405,12 +414,14 @@ enum Plan {
         offset: u64,
         slot: Box<Turn>,
     },
-    /// A NAR from upstream, from the offset asked for on, as this node downloads it.
+    /// A NAR from upstream, from the offset asked for on, as this node downloads it, and the
+    /// transfer slot held while it is sent.
     Relay {
         nar: RelayedBytes,
         nar_size: u64,
         offset: u64,
         flights: Arc<dyn UpstreamRelay>,
+        slot: Box<Turn>,
     },
 }
 

@@ -24,21 +24,26 @@
 //! at most [`MAX_CLAIMERS`] claimers per NAR request.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
 use libp2p::PeerId;
-use nixmesh_localhttp::{NarStream, SourceError};
+use nixmesh_localhttp::health::PeerHealth;
+use nixmesh_localhttp::{NarStream, Rejection, SourceError, accept};
+use nixmesh_protocol::signature::TrustedKeys;
 use nixmesh_protocol::{Sha256, StorePathHash};
 use sha2::Digest;
+use thiserror::Error;
 use tracing::{debug, info, warn};
 
+use super::checked::checked_from;
 use super::spool::{Spool, SpoolError};
 use super::{Found, Upstreams};
 use crate::fetch::FetchClient;
 use crate::fetch::server::{RelayedBytes, UpstreamRelay};
 use crate::mesh::Mesh;
+use crate::source::Holder;
 use crate::traffic::Traffic;
 
 /// How many claimers one NAR request tries before it gives up.
@@ -47,25 +52,65 @@ pub const MAX_CLAIMERS: usize = 6;
 /// What a claimer sends: the NAR's size, and its bytes from the offset asked for.
 pub type Relay = (u64, RelayedBytes);
 
+/// Why a narinfo from upstream (or passed on by a path's claimer) is not used to download a
+/// NAR.
+#[derive(Debug, Error)]
+pub enum Unusable {
+    /// It does not pass the trust rule every narinfo passes (see
+    /// [`nixmesh_localhttp::accept`]), or names another path.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// Its `URL` is not a file under one of this node's upstreams.
+    #[error("its URL {0} is not under any of this node's upstreams")]
+    Elsewhere(String),
+}
+
+/// What [`Flights`] is given.
+pub struct FlightsConfig {
+    pub mesh: Mesh,
+    pub fetch: FetchClient,
+    pub upstreams: Arc<Upstreams>,
+    pub spool: Spool,
+    /// Where the NAR bytes relayed to peers are counted.
+    pub traffic: Arc<Traffic>,
+    /// The keys a narinfo must be signed by (unless it certifies itself) before its NAR is
+    /// downloaded.
+    pub trusted: TrustedKeys,
+    /// Where a claimer that passed on an unusable narinfo is counted against.
+    pub health: Arc<PeerHealth<Holder>>,
+}
+
 /// This node's part in the mesh's downloads from upstream.
 pub struct Flights {
     mesh: Mesh,
     fetch: FetchClient,
     upstreams: Arc<Upstreams>,
     spool: Spool,
-    /// Where the NAR bytes relayed to peers are counted.
     traffic: Arc<Traffic>,
+    trusted: TrustedKeys,
+    health: Arc<PeerHealth<Holder>>,
+    /// NARs downloaded for one reader (too large for the spool, or the spool full) now: at
+    /// most one download of a NAR at a time.
+    direct: Arc<Mutex<HashSet<Sha256>>>,
 }
 
 impl Flights {
-    pub fn new(
-        mesh: Mesh,
-        fetch: FetchClient,
-        upstreams: Arc<Upstreams>,
-        spool: Spool,
-        traffic: Arc<Traffic>,
-    ) -> Self {
-        Flights { mesh, fetch, upstreams, spool, traffic }
+    pub fn new(config: FlightsConfig) -> Self {
+        let FlightsConfig { mesh, fetch, upstreams, spool, traffic, trusted, health } = config;
+        let direct = Arc::default();
+        Flights { mesh, fetch, upstreams, spool, traffic, trusted, health, direct }
+    }
+
+    /// `text` as a narinfo of `hash` this node may download the NAR of: it passes the trust
+    /// rule (a trusted signature, or a `CA:` that recomputes to the path), names the path
+    /// asked for, and its `URL` is a file under one of this node's upstreams.
+    fn usable(&self, text: String, hash: StorePathHash) -> Result<Found, Unusable> {
+        let accepted = accept(&text, hash, &self.trusted)?;
+        let url = &accepted.narinfo.url;
+        if !self.upstreams.serves(url) {
+            return Err(Unusable::Elsewhere(url.clone()));
+        }
+        Ok(Found { narinfo: accepted.narinfo, text })
     }
 
     /// The upstreams this node asks.
@@ -98,7 +143,15 @@ impl Flights {
             let limit = self.upstreams.deadline() * 3 / 4;
             let asked = self.fetch.upstream_narinfo(claimer, hash);
             match tokio::time::timeout(limit, asked).await {
-                Ok(Ok(Some(text))) => return Ok(Some(text)),
+                Ok(Ok(Some(text))) => match self.usable(text.clone(), hash) {
+                    Ok(_) => return Ok(Some(text)),
+                    Err(e) => {
+                        // Asked in the node's own name: its own upstreams answer instead.
+                        warn!(%hash, %claimer, "the path's claimer passed on a narinfo not used: {e}");
+                        let reason = format!("passed on an unusable upstream narinfo: {e}");
+                        self.health.fault(&Holder::Peer(claimer), reason);
+                    }
+                },
                 Ok(Ok(None)) => {
                     self.upstreams.absent(hash);
                     return Ok(None);
@@ -240,9 +293,17 @@ impl Flights {
         }
         // The narinfo by way of its own claimer, which remembers it: the mesh asks upstream
         // for each narinfo once.
-        let text = self.narinfo(hash).await.map_err(|e| e.to_string())?;
-        let Some(found) = text.and_then(Found::from_claimer) else {
+        let Some(text) = self.narinfo(hash).await.map_err(|e| e.to_string())? else {
             return Ok(None);
+        };
+        // Whoever wrote the text chose its URL: only what this node would trust, of the path
+        // asked for, from its own upstreams.
+        let found = match self.usable(text, hash) {
+            Ok(found) => found,
+            Err(e) => {
+                info!(%hash, "not downloading a NAR from upstream: the narinfo {e}");
+                return Ok(None);
+            }
         };
         if found.narinfo.nar_hash != nar_hash {
             debug!(%hash, "upstream has another build of the path");
@@ -266,23 +327,24 @@ impl Flights {
         }
     }
 
-    /// `found`'s NAR from `offset`, downloaded for one reader.
+    /// `found`'s NAR from `offset`, downloaded for one reader, checked as it passes (its last
+    /// bytes held back until its size and hash are right); refused while another reader's
+    /// download of the same NAR is under way here. The download stops when the reader
+    /// drops the stream.
     async fn direct(&self, found: &Found, offset: u64) -> Result<RelayedBytes, String> {
+        let nar_hash = found.narinfo.nar_hash;
+        let under_way = DirectDownload::start(&self.direct, nar_hash).ok_or_else(|| {
+            format!("busy: NAR {nar_hash} is being downloaded here for another reader")
+        })?;
         let nar = self.upstreams.nar(found).await.map_err(|e| e.to_string())?;
-        let mut to_skip = offset;
-        let skipped = nar.map_err(std::io::Error::other).filter_map(move |chunk| {
-            let out = match chunk {
-                Ok(mut chunk) if to_skip > 0 => {
-                    let skip = to_skip.min(chunk.len() as u64);
-                    to_skip -= skip;
-                    let _ = chunk.split_to(skip as usize);
-                    (!chunk.is_empty()).then_some(Ok(chunk))
-                }
-                other => Some(other),
-            };
-            futures::future::ready(out)
-        });
-        Ok(Box::pin(skipped))
+        let nar = nar.map_err(std::io::Error::other);
+        let checked = checked_from(nar, nar_hash, found.narinfo.nar_size, offset);
+        // The mark goes with the stream: dropped with it, when the download ends or its
+        // reader goes.
+        Ok(Box::pin(checked.map(move |chunk| {
+            let _ = &under_way;
+            chunk
+        })))
     }
 }
 
@@ -307,6 +369,26 @@ impl UpstreamRelay for Flights {
 
     fn relayed(&self, len: u64) {
         self.traffic.relayed(len);
+    }
+}
+
+/// A NAR downloaded for one reader, marked as under way until dropped.
+struct DirectDownload {
+    nar_hash: Sha256,
+    under_way: Arc<Mutex<HashSet<Sha256>>>,
+}
+
+impl DirectDownload {
+    /// The mark for `nar_hash`, unless another is under way.
+    fn start(under_way: &Arc<Mutex<HashSet<Sha256>>>, nar_hash: Sha256) -> Option<Self> {
+        let fresh = under_way.lock().unwrap_or_else(|e| e.into_inner()).insert(nar_hash);
+        fresh.then(|| DirectDownload { nar_hash, under_way: under_way.clone() })
+    }
+}
+
+impl Drop for DirectDownload {
+    fn drop(&mut self) {
+        self.under_way.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.nar_hash);
     }
 }
 

@@ -15,6 +15,7 @@
 //! Which node of the mesh downloads a NAR, and how the others share it, is [`flight`]'s;
 //! where it is kept while it arrives, [`spool`]'s.
 
+mod checked;
 pub mod compression;
 pub mod flight;
 pub mod spool;
@@ -67,6 +68,10 @@ pub enum UpstreamError {
     Failed { url: String, reason: String },
     #[error("{url}: no answer within {limit:?}")]
     TimedOut { url: String, limit: Duration },
+    /// A narinfo's `URL` outside every configured cache: never downloaded, whoever wrote it
+    /// (a signature does not cover the URL).
+    #[error("{url}: not a file under any of this node's upstreams")]
+    NotUpstream { url: String },
 }
 
 /// The upstreams could not be made from the settings.
@@ -147,13 +152,6 @@ impl Found {
         }
         let text = narinfo.to_string();
         Found { narinfo, text }
-    }
-
-    /// A narinfo passed on by the path's claimer; `None` unless its URL is absolute.
-    pub fn from_claimer(text: String) -> Option<Found> {
-        let narinfo = NarInfo::parse(&text).ok()?;
-        let absolute = narinfo.url.starts_with("http://") || narinfo.url.starts_with("https://");
-        absolute.then_some(Found { narinfo, text })
     }
 }
 
@@ -402,9 +400,18 @@ impl Upstreams {
         self.client.request(request).await.map_err(|e| failed(describe(&e)))
     }
 
-    /// `found`'s NAR, decompressed, from its start.
+    /// Whether `url` names a file under one of the caches (see [`is_under`]): the only URLs
+    /// this node downloads.
+    pub fn serves(&self, url: &str) -> bool {
+        self.caches.iter().any(|cache| is_under(&cache.url, url))
+    }
+
+    /// `found`'s NAR, decompressed, from its start; never a URL outside the caches.
     pub async fn nar(&self, found: &Found) -> Result<NarBytes, UpstreamError> {
         let url = found.narinfo.url.clone();
+        if !self.serves(&url) {
+            return Err(UpstreamError::NotUpstream { url });
+        }
         let failed = |reason: String| UpstreamError::Failed { url: url.clone(), reason };
         let compression = Compression::of(&found.narinfo).map_err(|e| failed(e.to_string()))?;
         let limit = NAR_START_LIMIT;
@@ -443,11 +450,44 @@ impl Upstreams {
     }
 }
 
+/// Whether `url` names a file under the cache at `base`: the same scheme, host and port (no
+/// user info), a path below the cache's own, no query, and no `.` or `..` segment nor a
+/// percent-encoded dot, slash or backslash that a server might resolve to a file outside it.
+/// A narinfo's `URL` is chosen by whoever wrote the text, so this is what stands between a
+/// peer and the node's HTTP client (a service on the node's loopback, say).
+fn is_under(base: &str, url: &str) -> bool {
+    let (Ok(base), Ok(file)) = (base.parse::<hyper::Uri>(), url.parse::<hyper::Uri>()) else {
+        return false;
+    };
+    let port = |uri: &hyper::Uri| match (uri.port_u16(), uri.scheme_str()) {
+        (Some(port), _) => Some(port),
+        (None, Some("http")) => Some(80),
+        (None, Some("https")) => Some(443),
+        (None, _) => None,
+    };
+    let same_origin = file.scheme().is_some()
+        && base.scheme() == file.scheme()
+        && file.authority().is_some_and(|a| !a.as_str().contains('@'))
+        && matches!((base.host(), file.host()), (Some(b), Some(f)) if b.eq_ignore_ascii_case(f))
+        && port(&base).is_some()
+        && port(&base) == port(&file);
+    let prefix = base.path().trim_end_matches('/');
+    let Some(rest) = file.path().strip_prefix(prefix).and_then(|rest| rest.strip_prefix('/'))
+    else {
+        return false;
+    };
+    let lower = rest.to_ascii_lowercase();
+    let plain_segments = rest.split('/').all(|s| !s.is_empty() && s != "." && s != "..");
+    let encoded = ["%2e", "%2f", "%5c"].iter().any(|e| lower.contains(e)) || rest.contains('\\');
+    same_origin && file.query().is_none() && plain_segments && !encoded
+}
+
 /// Whether `e` means the cache could not be reached at all (rather than answered badly).
 fn is_unreachable(e: &UpstreamError) -> bool {
     match e {
         UpstreamError::TimedOut { .. } => true,
         UpstreamError::Failed { reason, .. } => reason.starts_with("cannot connect"),
+        UpstreamError::NotUpstream { .. } => false,
     }
 }
 
@@ -507,6 +547,60 @@ mod tests {
         );
         assert!(base_url("s3://bucket").is_err());
         assert!(base_url("http://").is_err());
+    }
+
+    #[test]
+    fn only_files_under_a_configured_cache_are_upstream_files() {
+        let base = "http://127.0.0.1:8080/cache";
+        let nar = "nar/1w1fff338fvdw53sqgamddn1b2xgds473pv6y13gizdbqjv4i5p3.nar.xz";
+        assert!(is_under(base, &format!("{base}/{nar}")));
+        assert!(is_under(base, &format!("HTTP://127.0.0.1:8080/cache/{nar}")), "scheme case");
+        assert!(is_under("https://cache.nixos.org", &format!("https://CACHE.nixos.org:443/{nar}")));
+        assert!(is_under("http://[::1]:80/", &format!("http://[::1]/{nar}")));
+        for outside in [
+            format!("http://127.0.0.1:8081/cache/{nar}"),
+            format!("https://127.0.0.1:8080/cache/{nar}"),
+            format!("http://127.0.0.2:8080/cache/{nar}"),
+            format!("http://localhost:8080/cache/{nar}"),
+            format!("http://127.0.0.1:8080/cachex/{nar}"),
+            format!("http://127.0.0.1:8080/{nar}"),
+            "http://127.0.0.1:8080/cache".to_owned(),
+            "http://127.0.0.1:8080/cache/".to_owned(),
+            "http://127.0.0.1:8080/cache/../secret".to_owned(),
+            "http://127.0.0.1:8080/cache/nar/./../../secret".to_owned(),
+            "http://127.0.0.1:8080/cache/%2E%2E/secret".to_owned(),
+            "http://127.0.0.1:8080/cache/nar%2F..%2F..%2Fsecret".to_owned(),
+            "http://127.0.0.1:8080/cache/nar//x".to_owned(),
+            format!("http://127.0.0.1:8080/cache/{nar}?x=1"),
+            format!("http://user@127.0.0.1:8080/cache/{nar}"),
+            format!("/cache/{nar}"),
+            nar.to_owned(),
+            "file:///etc/passwd".to_owned(),
+            "garbage with spaces".to_owned(),
+        ] {
+            assert!(!is_under(base, &outside), "{outside} is not under {base}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_nar_outside_the_caches_is_never_asked_for() {
+        // A listener that would see the request: nothing may connect to it.
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        other.set_nonblocking(true).unwrap();
+        let cache = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let urls = vec![format!("http://{cache}")];
+        let upstreams = Upstreams::new(urls, Duration::from_secs(2), Counter::default());
+        let text = format!(
+            "StorePath: /nix/store/0c7xm5qh4dvzd6k7ncqgzrz1ybs2vzqj-hello\n\
+             URL: http://{}/big_secret.txt\nCompression: none\n\
+             NarHash: sha256:{}\nNarSize: 1\nReferences: \n",
+            other.local_addr().unwrap(),
+            "0".repeat(52)
+        );
+        let found = Found { narinfo: NarInfo::parse(&text).unwrap(), text };
+        let refused = upstreams.nar(&found).await.err().expect("refused");
+        assert!(matches!(refused, UpstreamError::NotUpstream { .. }), "{refused}");
+        assert!(other.accept().is_err(), "nothing connected to the other server");
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //! [`Progress::Failed`], and its readers with an error (the bytes they already passed on are
 //! checked again by whoever receives them, and the last ones held back there).
 //!
+//! A download nobody reads any more stops: once it has had no reader for [`UNREAD_LIMIT`]
+//! (a peer that asked and went, forty times over, costs one download of a few seconds, not
+//! forty whole NARs). Readers are never given a NAR's last byte before its hash is checked.
+//!
 //! Bounds: the files together take at most the spool's capacity; a NAR larger than that is
 //! never spooled (the caller downloads it for its one reader); room is made by removing the
 //! NARs finished longest ago, never one still arriving. A finished NAR is kept for
@@ -18,6 +22,7 @@
 use std::collections::HashMap;
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,6 +41,10 @@ use crate::shutdown::Shutdown;
 
 /// How long a finished NAR stays after it was last asked for.
 pub const KEEP_FOR: Duration = Duration::from_secs(600);
+/// How long a download goes on with no reader before it stops: long enough for a reader that
+/// broke off to come back (a failover, a parked client resumed), short enough that a peer
+/// asking and leaving costs seconds of the upstream link.
+pub const UNREAD_LIMIT: Duration = Duration::from_secs(5);
 /// Readers read in chunks of at most this size.
 const CHUNK: usize = 64 * 1024;
 
@@ -70,6 +79,7 @@ pub struct Spool {
     capacity: u64,
     entries: Mutex<HashMap<Sha256, Arc<Entry>>>,
     shutdown: Shutdown,
+    unread_limit: Duration,
 }
 
 struct Entry {
@@ -77,6 +87,47 @@ struct Entry {
     nar_size: u64,
     progress: watch::Receiver<Progress>,
     last_asked: Mutex<Instant>,
+    readers: Arc<Readers>,
+}
+
+/// The readers of one NAR, so that its download stops when it has none.
+#[derive(Debug)]
+struct Readers {
+    count: AtomicUsize,
+    /// When the count last fell to zero (or the entry was made).
+    unread_since: Mutex<Instant>,
+    /// [`UNREAD_LIMIT`], but for tests.
+    limit: Duration,
+}
+
+impl Readers {
+    fn new(limit: Duration) -> Arc<Readers> {
+        let unread_since = Mutex::new(Instant::now());
+        Arc::new(Readers { count: AtomicUsize::new(0), unread_since, limit })
+    }
+
+    fn joined(self: &Arc<Self>) -> ReaderMark {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        ReaderMark(self.clone())
+    }
+
+    /// Whether nobody has read for its limit.
+    fn abandoned(&self) -> bool {
+        let since = self.unread_since.lock().unwrap_or_else(|e| e.into_inner());
+        self.count.load(Ordering::SeqCst) == 0 && since.elapsed() >= self.limit
+    }
+}
+
+/// One reader, counted until dropped.
+struct ReaderMark(Arc<Readers>);
+
+impl Drop for ReaderMark {
+    fn drop(&mut self) {
+        let mut since = self.0.unread_since.lock().unwrap_or_else(|e| e.into_inner());
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            *since = Instant::now();
+        }
+    }
 }
 
 impl Entry {
@@ -98,7 +149,15 @@ impl Spool {
             let path = leftover.map_err(io)?.path();
             std::fs::remove_file(&path).map_err(|source| SpoolError::Io { path, source })?;
         }
-        Ok(Spool { dir: dir.to_owned(), capacity, entries: Mutex::default(), shutdown })
+        let entries = Mutex::default();
+        Ok(Spool { dir: dir.to_owned(), capacity, entries, shutdown, unread_limit: UNREAD_LIMIT })
+    }
+
+    /// The spool with downloads stopping after `limit` without a reader, not
+    /// [`UNREAD_LIMIT`]: for tests.
+    pub fn with_unread_limit(mut self, limit: Duration) -> Spool {
+        self.unread_limit = limit;
+        self
     }
 
     /// The NAR with `nar_hash` (`nar_size` bytes) from byte `offset` on: following its
@@ -159,15 +218,18 @@ impl Spool {
         let file = std::fs::File::create_new(&path)
             .map_err(|source| SpoolError::Io { path: path.clone(), source })?;
         let (progress_tx, progress) = watch::channel(Progress::Writing(0));
+        let readers = Readers::new(self.unread_limit);
         let entry = Arc::new(Entry {
             file: path.clone(),
             nar_size,
             progress,
             last_asked: Mutex::new(Instant::now()),
+            readers: readers.clone(),
         });
         entries.insert(nar_hash, entry.clone());
         self.shutdown.spawn_until_stopped(async move {
-            let result = write(file, nar_hash, nar_size, download, &progress_tx).await;
+            let nar = Expected { nar_hash, nar_size };
+            let result = write(file, nar, download, &readers, &progress_tx).await;
             match result {
                 Ok(()) => {
                     debug!(file = %path.display(), "NAR spooled whole");
@@ -189,12 +251,19 @@ impl Spool {
     }
 }
 
-/// Downloads into `file`, checking size and hash, telling readers how far it has come.
-async fn write(
-    file: std::fs::File,
+/// The NAR a download must give.
+struct Expected {
     nar_hash: Sha256,
     nar_size: u64,
+}
+
+/// Downloads into `file`, checking size and hash, telling readers how far it has come;
+/// stops once `readers` have left it for [`UNREAD_LIMIT`].
+async fn write(
+    file: std::fs::File,
+    Expected { nar_hash, nar_size }: Expected,
     download: Download,
+    readers: &Readers,
     progress: &watch::Sender<Progress>,
 ) -> Result<(), String> {
     let mut nar = download().await.map_err(|e| e.to_string())?;
@@ -212,6 +281,9 @@ async fn write(
         // Readers read the file as soon as they hear of it: the bytes must be in it.
         file.flush().await.map_err(|e| format!("writing the spool file: {e}"))?;
         progress.send_replace(Progress::Writing(written));
+        if written < nar_size && readers.abandoned() {
+            return Err(format!("nobody read it for {:?}: stopped", readers.limit));
+        }
     }
     if written != nar_size {
         return Err(format!("the NAR ended after {written} of its {nar_size} bytes"));
@@ -230,7 +302,8 @@ fn read_from(
     offset: u64,
 ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
     let progress = entry.progress.clone();
-    let reader = Reader { entry, file, pos: offset, seeked: false, progress };
+    let mark = entry.readers.joined();
+    let reader = Reader { entry, file, pos: offset, seeked: false, progress, _mark: mark };
     futures::stream::unfold(Some(reader), |state| async move {
         let mut reader = state?;
         match reader.next_chunk().await {
@@ -248,6 +321,7 @@ struct Reader {
     pos: u64,
     seeked: bool,
     progress: watch::Receiver<Progress>,
+    _mark: ReaderMark,
 }
 
 impl Reader {
@@ -262,7 +336,8 @@ impl Reader {
         loop {
             let progress = self.progress.borrow_and_update().clone();
             let available = match &progress {
-                Progress::Writing(written) => *written,
+                // The last byte waits for the hash: no reader gets a whole wrong NAR.
+                Progress::Writing(written) => (*written).min(size.saturating_sub(1)),
                 Progress::Done => size,
                 Progress::Failed(why) => return Err(std::io::Error::other(why.clone())),
             };
@@ -369,6 +444,66 @@ mod tests {
             Err(SpoolError::Full { .. })
         ));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "the finished file went");
+    }
+
+    #[tokio::test]
+    async fn a_download_nobody_reads_stops_and_one_read_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let limit = Duration::from_millis(300);
+        let spool = Spool::new(dir.path(), 1 << 30, Shutdown::new()).unwrap();
+        let spool = spool.with_unread_limit(limit);
+        // 100 chunks, one every 10 ms: a second of download.
+        let data: &'static [u8] = Box::leak(vec![7u8; 100 * 1024].into_boxed_slice());
+        let pulled = Arc::new(AtomicUsize::new(0));
+        let slow = |pulled: Arc<AtomicUsize>| -> Download {
+            Box::new(move || {
+                Box::pin(async move {
+                    let chunks = futures::stream::iter(data.chunks(1024)).then(move |c| {
+                        let pulled = pulled.clone();
+                        async move {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            pulled.fetch_add(1, Ordering::SeqCst);
+                            Ok(Bytes::from_static(c))
+                        }
+                    });
+                    Ok(Box::pin(chunks) as NarBytes)
+                })
+            })
+        };
+        let (hash, size) = (Sha256::digest(data), data.len() as u64);
+        let mut reader = Box::pin(spool.read(hash, size, 0, slow(pulled.clone())).unwrap());
+        assert_eq!(reader.next().await.unwrap().unwrap().len(), 1024);
+        drop(reader);
+        tokio::time::sleep(limit + Duration::from_millis(200)).await;
+        let stopped = pulled.load(Ordering::SeqCst);
+        assert!(stopped < 100, "the download went on to its end");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(pulled.load(Ordering::SeqCst), stopped, "and it stopped");
+        // A reader after that starts it again, and one that stays keeps it going to its end.
+        let again = Arc::new(AtomicUsize::new(0));
+        let mut reader = Box::pin(spool.read(hash, size, 0, slow(again.clone())).unwrap());
+        let mut read = 0;
+        while let Some(chunk) = reader.next().await {
+            read += chunk.unwrap().len() as u64;
+        }
+        assert_eq!((read, again.load(Ordering::SeqCst)), (size, 100));
+    }
+
+    #[tokio::test]
+    async fn the_last_byte_is_held_until_the_download_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::new(dir.path(), 1 << 20, Shutdown::new()).unwrap();
+        let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Bytes, UpstreamError>>();
+        let download: Download =
+            Box::new(move || Box::pin(async move { Ok(Box::pin(rx) as NarBytes) }));
+        let size = DATA.len() as u64;
+        let mut reader = Box::pin(spool.read(Sha256::digest(DATA), size, 0, download).unwrap());
+        tx.unbounded_send(Ok(Bytes::from_static(DATA))).unwrap();
+        let first = reader.next().await.unwrap().unwrap();
+        assert_eq!(first, &DATA[..DATA.len() - 1], "all but the last byte while it is written");
+        drop(tx);
+        assert_eq!(reader.next().await.unwrap().unwrap(), &DATA[DATA.len() - 1..]);
+        assert!(reader.next().await.is_none());
     }
 
     #[test]
