@@ -259,10 +259,13 @@ impl Upstreams {
     }
 
     /// Whether asking the upstreams for `hash` may find it: some cache is not being skipped,
-    /// and they did not all say lately that they lack it. Never waits on the network.
+    /// and they did not all say lately that they lack it; or its narinfo is remembered.
+    /// Never waits on the network.
     pub fn may_have(&self, hash: &StorePathHash) -> bool {
         if !self.caches.iter().any(Cache::available) {
-            return false;
+            // A narinfo found before the cache stopped answering is still answered from
+            // memory (its NAR may be in a spool of the mesh, or the cache back by then).
+            return self.remembered(hash).is_some();
         }
         let absent = self.absent.lock().expect("absent lock poisoned");
         absent.get(hash).is_none_or(|since| since.elapsed() >= ABSENT_FOR)
@@ -601,6 +604,73 @@ mod tests {
         let refused = upstreams.nar(&found).await.err().expect("refused");
         assert!(matches!(refused, UpstreamError::NotUpstream { .. }), "{refused}");
         assert!(other.accept().is_err(), "nothing connected to the other server");
+    }
+
+    /// A cache that takes each connection and resets it at once.
+    fn resetting_cache() -> std::net::SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for connection in listener.incoming().take(16) {
+                let Ok(mut connection) = connection else { return };
+                let mut request = [0u8; 1024];
+                let _ = std::io::Read::read(&mut connection, &mut request);
+                // SO_LINGER 0: the close is a reset.
+                let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+                // SAFETY: a valid socket and a linger struct of the size given.
+                unsafe {
+                    libc::setsockopt(
+                        std::os::fd::AsRawFd::as_raw_fd(&connection),
+                        libc::SOL_SOCKET,
+                        libc::SO_LINGER,
+                        (&raw const linger).cast(),
+                        size_of::<libc::linger>() as libc::socklen_t,
+                    );
+                }
+                drop(connection);
+            }
+        });
+        address
+    }
+
+    #[tokio::test]
+    async fn a_cache_that_resets_is_an_answer_not_a_deadline() {
+        let cache = resetting_cache();
+        let urls = vec![format!("http://{cache}")];
+        let deadline = Duration::from_secs(2);
+        let upstreams = Arc::new(Upstreams::new(urls, deadline, Counter::default()));
+        let hash = StorePathHash::parse("0c7xm5qh4dvzd6k7ncqgzrz1ybs2vzqj").unwrap();
+        let asked = tokio::time::timeout(deadline / 2, upstreams.narinfo(hash));
+        assert!(asked.await.expect("before the deadline").is_err());
+        let text = format!(
+            "StorePath: /nix/store/0c7xm5qh4dvzd6k7ncqgzrz1ybs2vzqj-hello\n\
+             URL: http://{cache}/nar/x.nar\nCompression: none\n\
+             NarHash: sha256:{}\nNarSize: 1\nReferences: \n",
+            "0".repeat(52)
+        );
+        let found = Found { narinfo: NarInfo::parse(&text).unwrap(), text };
+        let asked = tokio::time::timeout(deadline / 2, upstreams.nar(&found));
+        assert!(asked.await.expect("before the NAR's start limit").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_narinfo_found_before_a_cache_is_skipped_is_still_answered() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let urls = vec![format!("http://{closed}")];
+        let upstreams = Arc::new(Upstreams::new(urls, Duration::from_secs(2), Counter::default()));
+        let found_hash = StorePathHash::parse("0c7xm5qh4dvzd6k7ncqgzrz1ybs2vzqj").unwrap();
+        let text = format!(
+            "StorePath: /nix/store/{found_hash}-hello\nURL: http://{closed}/nar/x.nar\n\
+             Compression: none\nNarHash: sha256:{}\nNarSize: 1\nReferences: \n",
+            "0".repeat(52)
+        );
+        let found = Found { narinfo: NarInfo::parse(&text).unwrap(), text };
+        remember(&upstreams.found, found_hash, (found, Instant::now()));
+        let other = StorePathHash::parse("1b9p07z77phvv2hf6gm9f28syp39f1ag").unwrap();
+        assert!(upstreams.narinfo(other).await.is_err(), "the cache is refused");
+        assert!(!upstreams.may_have(&other), "skipped");
+        assert!(upstreams.may_have(&found_hash), "but what it gave is remembered");
+        assert!(upstreams.narinfo(found_hash).await.unwrap().is_some());
     }
 
     #[test]
