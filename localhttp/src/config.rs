@@ -55,6 +55,9 @@ pub struct Config {
     /// response may take to start: [`Config::narinfo_deadline`] plus
     /// [`Config::nar_start_deadline`].
     pub client_stall_timeout: Duration,
+    /// Whether the status pages (`/_nixmesh/*`, `/metrics`) are served: on the localhost
+    /// listener, not on the one open to the LAN, which serves the cache alone.
+    pub status_pages: bool,
 }
 
 impl Default for Config {
@@ -76,6 +79,7 @@ impl Default for Config {
             request_timeout: Duration::from_secs(10),
             nar_client_stall_timeout: Duration::from_secs(20),
             client_stall_timeout: Duration::from_secs(60),
+            status_pages: true,
         }
     }
 }
@@ -100,6 +104,7 @@ impl fmt::Debug for Config {
             .field("request_timeout", &self.request_timeout)
             .field("nar_client_stall_timeout", &self.nar_client_stall_timeout)
             .field("client_stall_timeout", &self.client_stall_timeout)
+            .field("status_pages", &self.status_pages)
             .finish()
     }
 }

@@ -14,6 +14,7 @@
 //! in time and their number; `nar_slots` bounds the NAR downloads and what a stalled one holds.
 
 mod cache;
+pub mod client_hosts;
 pub mod config;
 pub mod connection;
 pub mod health;
@@ -32,6 +33,7 @@ pub mod target;
 pub mod verified_nar;
 pub mod why;
 
+pub use axum::Router;
 pub use config::Config;
 pub use log_limit::RateLimitedLog;
 pub use metrics::Metrics;

@@ -10,7 +10,7 @@
 //! Labels take a fixed set of values (kinds and results below); nothing a client or peer
 //! sends becomes a label, so the number of series is bounded.
 
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
@@ -81,7 +81,8 @@ fn latency_histogram() -> Histogram {
 /// The registry and the substituter's series. Shared as an `Arc` between the router and the
 /// node.
 pub struct Metrics {
-    registry: RwLock<Registry>,
+    /// Shared with the LAN listener's [`Metrics::for_lan`].
+    registry: Arc<RwLock<Registry>>,
     requests: Family<RequestLabels, Counter>,
     latency: Family<StageLabels, Histogram, fn() -> Histogram>,
     peers_connected: Gauge,
@@ -100,7 +101,7 @@ impl Metrics {
     /// A registry with the substituter's series, none moved yet.
     pub fn new() -> Self {
         let metrics = Metrics {
-            registry: RwLock::new(Registry::with_prefix(PREFIX)),
+            registry: Arc::new(RwLock::new(Registry::with_prefix(PREFIX))),
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             peers_connected: Gauge::default(),
@@ -130,6 +131,33 @@ impl Metrics {
             metrics.register(name, help, gauge.clone());
         }
         metrics
+    }
+
+    /// The metrics of a second listener, the one open to the LAN (`lan_listen`): its requests
+    /// and times as series of their own, `nixmesh_lan_requests_total` and
+    /// `nixmesh_lan_fetch_seconds`, in the same registry, so `/metrics` on the localhost
+    /// listener tells the two apart; the gauges are shared.
+    pub fn for_lan(&self) -> Metrics {
+        let lan = Metrics {
+            registry: self.registry.clone(),
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            peers_connected: self.peers_connected.clone(),
+            peers_known: self.peers_known.clone(),
+            indexed_paths: self.indexed_paths.clone(),
+            local_paths: self.local_paths.clone(),
+        };
+        lan.register(
+            "lan_requests",
+            "Requests to the LAN listener, by kind and result as nixmesh_requests_total",
+            lan.requests.clone(),
+        );
+        lan.register(
+            "lan_fetch_seconds",
+            "Times to a narinfo hit and to a NAR's first bytes on the LAN listener",
+            lan.latency.clone(),
+        );
+        lan
     }
 
     /// Adds `metric` as `nixmesh_<name>` (a counter gets `_total` after that). For the node's

@@ -91,6 +91,10 @@ pub struct NodeStatus {
     /// The upstream caches the node fetches from what no peer holds.
     #[serde(default)]
     pub upstreams: Vec<UpstreamSummary>,
+    /// The LAN substituter's URLs (`lan_listen`), one for each of this machine's addresses:
+    /// what to give `nixos-install --option substituters` on a machine with no node.
+    #[serde(default)]
+    pub lan_urls: Vec<String>,
     /// Bytes this node downloaded from upstream caches since the start (as sent, compressed).
     #[serde(default)]
     pub bytes_from_upstream: u64,

@@ -66,7 +66,7 @@ pub fn router<S: PathSource>(
     config: Config,
     metrics: Arc<Metrics>,
 ) -> Router {
-    let request_timeout = config.request_timeout;
+    let (request_timeout, status_pages) = (config.request_timeout, config.status_pages);
     let substituter = Arc::new(Substituter::new(source, health, config));
     let pages = Router::new()
         .route("/_nixmesh/peers", get(routes::peers))
@@ -77,13 +77,14 @@ pub fn router<S: PathSource>(
         .route("/_nixmesh/why/{hash}", get(why::why::<S>))
         .with_state((substituter.clone(), view));
     // Every route but the NAR download is answered within `request_timeout` (by `front`).
-    let answered_in_time = Router::new()
+    let mut answered_in_time = Router::new()
         .route("/nix-cache-info", get(routes::cache_info::<S>))
         .route("/{file}", get(routes::narinfo::<S>))
         .fallback(routes::not_found)
-        .with_state(substituter.clone())
-        .merge(pages)
-        .merge(why);
+        .with_state(substituter.clone());
+    if status_pages {
+        answered_in_time = answered_in_time.merge(pages).merge(why);
+    }
     // NAR downloads take a slot of their own in the handler, after the index has said the
     // path is held: however many are under way, nothing else queues behind them.
     let nars = Router::new().route("/nar/{file}", get(nar::nar::<S>)).with_state(substituter);

@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod fetch;
 pub mod identity;
 pub mod index;
+pub mod lan;
 pub mod mesh;
 pub mod nix_conf;
 pub mod node;

@@ -22,6 +22,7 @@ use crate::config::ServeConfig;
 use crate::fetch::policy::{NamePattern, Refusals, ServingPolicy};
 use crate::fetch::{FetchClient, Provider};
 use crate::index::{Index, IndexError};
+use crate::lan::{LanListener, LanSource};
 use crate::mesh::key::{MeshKey, MeshKeyError};
 use crate::mesh::{Access, DialTarget, Mesh, MeshError, MeshEvent};
 use crate::shutdown::Shutdown;
@@ -49,6 +50,8 @@ const TASKS_STOP_LIMIT: Duration = Duration::from_secs(5);
 /// Why the node could not start. Each says what to fix.
 #[derive(Debug, Error)]
 pub enum NodeError {
+    #[error("{key}: {reason}")]
+    Config { key: &'static str, reason: &'static str },
     #[error("state dir {path}: {source}")]
     StateDir { path: std::path::PathBuf, source: std::io::Error },
     #[error(transparent)]
@@ -90,10 +93,13 @@ pub async fn serve(
 /// A started node: every part runs in tasks of the current tokio runtime.
 pub struct RunningNode {
     http_address: SocketAddr,
+    lan_address: Option<SocketAddr>,
     mesh: Mesh,
-    /// Stops the substituter first, so that NARs in flight drain while the mesh still runs.
+    /// Stops the substituters first, so that NARs in flight drain while the mesh still runs.
     stop_http: CancellationToken,
     http: JoinHandle<std::io::Result<()>>,
+    /// The LAN substituter, if there is one.
+    lan: Option<JoinHandle<std::io::Result<()>>>,
     /// Everything else.
     shutdown: Shutdown,
 }
@@ -101,6 +107,7 @@ pub struct RunningNode {
 impl RunningNode {
     /// Starts every part of the node; returns once the substituter listens.
     pub async fn start(config: ServeConfig) -> Result<RunningNode, NodeError> {
+        config.check().map_err(|(key, reason)| NodeError::Config { key, reason })?;
         let state_dir = &config.state_dir;
         let state_err = |source| NodeError::StateDir { path: state_dir.clone(), source };
         std::fs::create_dir_all(state_dir).map_err(state_err)?;
@@ -135,6 +142,17 @@ impl RunningNode {
         };
         let http_address = listener.local_addr().map_err(NodeError::Http)?;
         info!(address = %http_address, from_systemd, "substituter listening; serving once started");
+        let lan_listener = match config.lan_listen {
+            Some(address) => Some(
+                bind_http(address).map_err(|source| NodeError::HttpListen { address, source })?,
+            ),
+            None => None,
+        };
+        let lan_address = lan_listener.as_ref().map(|l| l.local_addr()).transpose();
+        let lan_address = lan_address.map_err(NodeError::Http)?;
+        if let Some(address) = lan_address {
+            info!(%address, allow = ?config.lan_allow, "LAN substituter listening");
+        }
 
         let store_err = |source| NodeError::Store { store: config.store.clone(), source };
         let address = StoreAddress::parse(&config.store).map_err(store_err)?;
@@ -216,12 +234,14 @@ impl RunningNode {
                 health: health.clone(),
             })))
         };
+        let exclude = policy.exclude.clone();
         let mut provider = Provider::new(store.clone(), signing_key.clone(), real_store_dir)
             .counting(traffic.clone())
             .serving(policy, refusals.clone());
         if let Some(flights) = &flights {
             provider = provider.relaying(flights.clone());
         }
+        let lan_provider = provider.clone();
         shutdown.spawn(provider.serve(mesh.clone(), shutdown.clone()));
 
         shutdown.spawn(forget::forget_departed(
@@ -254,12 +274,13 @@ impl RunningNode {
             refusals,
             mesh: mesh.clone(),
             index: index.clone(),
-            log,
+            log: log.clone(),
             traffic: traffic.clone(),
             name: crate::peer_name::local(),
             trusted_keys: trusted.keys().iter().map(|k| k.to_string()).collect(),
             signing_key: signing_key.as_ref().map(|k| k.verifying_key().to_string()),
             flights: flights.clone(),
+            lan_address,
         });
         let source = Arc::new(MeshSource::new(mesh.clone(), fetch, index, traffic, flights));
         let http_config = nixmesh_localhttp::Config {
@@ -268,6 +289,12 @@ impl RunningNode {
             ..Default::default()
         };
         let client_stall = http_config.client_stall_timeout;
+        let lan_router = lan_listener.map(|listener| {
+            let lan_source = LanSource::new(source.clone(), lan_provider, log.clone(), exclude);
+            let gate = LanListener { allow: config.lan_allow.clone() };
+            let router = gate.router(lan_source, view.clone(), &http_config, &metrics);
+            (listener, router)
+        });
         let router = nixmesh_localhttp::router(source, view, health, http_config, metrics);
 
         info!(address = %http_address, "substituter serving");
@@ -278,8 +305,17 @@ impl RunningNode {
             client_stall,
             stop_http.clone().cancelled_owned(),
         ));
+        let lan = lan_router.map(|(listener, router)| {
+            let stopped = stop_http.clone().cancelled_owned();
+            tokio::spawn(nixmesh_localhttp::serve(listener, router, client_stall, stopped))
+        });
         let shutdown = guard.disarm();
-        Ok(RunningNode { http_address, mesh, stop_http, http, shutdown })
+        Ok(RunningNode { http_address, lan_address, mesh, stop_http, http, lan, shutdown })
+    }
+
+    /// Where the LAN substituter listens, if it does.
+    pub fn lan_address(&self) -> Option<SocketAddr> {
+        self.lan_address
     }
 
     /// Where the substituter listens.
@@ -309,10 +345,14 @@ impl RunningNode {
     pub async fn stop(self) -> Result<(), NodeError> {
         info!("shutting down");
         self.stop_http.cancel();
-        let http = match self.http.await {
+        let joined = |result: Result<std::io::Result<()>, tokio::task::JoinError>| match result {
             Ok(result) => result.map_err(NodeError::Http),
             Err(e) => Err(NodeError::Http(std::io::Error::other(e))),
         };
+        let mut http = joined(self.http.await);
+        if let Some(lan) = self.lan {
+            http = http.and(joined(lan.await));
+        }
         if !self.shutdown.stop(TASKS_STOP_LIMIT).await {
             let running = self.shutdown.running();
             warn!(running, "tasks still running {TASKS_STOP_LIMIT:?} after the stop signal");

@@ -3,6 +3,7 @@
 //! state alone.
 
 use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -38,9 +39,32 @@ pub struct MeshView {
     pub health: Arc<PeerHealth<Holder>>,
     /// The upstreams and this node's downloads from them, if it has any.
     pub flights: Option<Arc<Flights>>,
+    /// Where the LAN substituter listens, if it does.
+    pub lan_address: Option<SocketAddr>,
 }
 
 impl MeshView {
+    /// `http://ADDRESS:PORT` for the LAN substituter: its own address, or, listening on every
+    /// address, each of this machine's that the mesh listens on but loopback.
+    fn lan_urls(&self) -> Vec<String> {
+        let Some(lan) = self.lan_address else { return Vec::new() };
+        let url = |ip: IpAddr| format!("http://{}", SocketAddr::new(ip, lan.port()));
+        if !lan.ip().is_unspecified() {
+            return vec![url(lan.ip())];
+        }
+        let mut ips: Vec<IpAddr> = self
+            .mesh
+            .listen_addresses()
+            .borrow()
+            .iter()
+            .filter_map(crate::mesh::host_ip)
+            .filter(|ip| !ip.is_loopback() && ip.is_ipv4() == lan.is_ipv4())
+            .collect();
+        ips.sort();
+        ips.dedup();
+        ips.into_iter().map(url).collect()
+    }
+
     /// Every peer the index or the connection table knows, those in `only` alone if given.
     fn summaries(&self, only: Option<&HashSet<PeerId>>) -> Vec<PeerSummary> {
         let wanted = |id: &PeerId| only.is_none_or(|only| only.contains(id));
@@ -133,6 +157,7 @@ impl NodeView for MeshView {
                 .collect(),
             bytes_from_upstream: upstream_bytes.0,
             bytes_relayed: upstream_bytes.1,
+            lan_urls: self.lan_urls(),
             ..NodeStatus::default()
         }
     }

@@ -31,7 +31,9 @@ pub use nixstore::{
     CacheKey, Closure, HostStore, TEST_CLOSURE_LEN, many_paths_expr, test_closure_expr,
     unique_marker,
 };
-pub use node::{NODE_URL, Node, NodeOptions, keygen, mesh_key, narinfo_url_path, nixmesh_bin};
+pub use node::{
+    NODE_URL, Node, NodeOptions, get_from, keygen, mesh_key, narinfo_url_path, nixmesh_bin,
+};
 pub use wait::{poll_every, wait_for, wait_until};
 
 use std::process::Command;

@@ -110,6 +110,8 @@ pub struct NodeOptions {
     pub upstream_timeout: Option<Duration>,
     /// `RUST_LOG` for the node.
     pub log_filter: String,
+    /// More arguments of `nixmesh serve`, after all of the above (`--lan-listen ADDRESS`).
+    pub extra_args: Vec<String>,
     /// The state directory of a node that ran before ([`Node::state_dir`]), to start it again
     /// as the same node with what it stored; unset, a new one.
     pub state_dir: Option<PathBuf>,
@@ -128,6 +130,7 @@ impl Default for NodeOptions {
             upstreams: Vec::new(),
             upstream_timeout: None,
             log_filter: "nixmesh=debug,info".to_owned(),
+            extra_args: Vec::new(),
             state_dir: None,
         }
     }
@@ -190,6 +193,7 @@ impl Node {
         if let Some(timeout) = opts.upstream_timeout {
             cmd.args(["--upstream-timeout", &timeout.as_secs_f64().to_string()]);
         }
+        cmd.args(&opts.extra_args);
         cmd.env("RUST_LOG", &opts.log_filter)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("duplicating a file handle"))
@@ -238,18 +242,7 @@ impl Node {
     /// `GET path` from the node, with `curl --path-as-is` on its host. Returns the status
     /// (0 when nothing answered within 10 s) and the body.
     pub fn http_get(&self, path: &str) -> (u16, Vec<u8>) {
-        let out = self
-            .host
-            .command("curl")
-            .args(["--silent", "--path-as-is", "--max-time", "10", "--output", "-"])
-            .args(["--write-out", "\n%{http_code}"])
-            .arg(format!("{NODE_URL}{path}"))
-            .output_within(CALL_LIMIT);
-        let mut body = out.stdout;
-        let newline = body.iter().rposition(|&b| b == b'\n').expect("curl wrote the status");
-        let code = String::from_utf8_lossy(&body[newline + 1..]).trim().to_owned();
-        body.truncate(newline);
-        (code.parse().unwrap_or_else(|_| panic!("curl wrote status {code:?}")), body)
+        get_from(&self.host, &format!("{NODE_URL}{path}"))
     }
 
     /// The statuses of `GET` for each of `paths`, in one `curl` run with a short time
@@ -370,6 +363,22 @@ pub fn narinfo_url_path(store_path: &str) -> String {
     let base = store_path.strip_prefix("/nix/store/").expect("a path in /nix/store");
     let hash = base.split('-').next().expect("split yields at least one piece");
     format!("/{hash}.narinfo")
+}
+
+/// `GET url` with `curl --path-as-is` on `host`. Returns the status (0 when nothing answered
+/// within 10 s) and the body.
+pub fn get_from(host: &Host, url: &str) -> (u16, Vec<u8>) {
+    let out = host
+        .command("curl")
+        .args(["--silent", "--path-as-is", "--max-time", "10", "--output", "-"])
+        .args(["--write-out", "\n%{http_code}"])
+        .arg(url)
+        .output_within(CALL_LIMIT);
+    let mut body = out.stdout;
+    let newline = body.iter().rposition(|&b| b == b'\n').expect("curl wrote the status");
+    let code = String::from_utf8_lossy(&body[newline + 1..]).trim().to_owned();
+    body.truncate(newline);
+    (code.parse().unwrap_or_else(|_| panic!("curl wrote status {code:?}")), body)
 }
 
 #[cfg(test)]

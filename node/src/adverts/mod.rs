@@ -52,6 +52,8 @@ struct LogState {
 pub struct AdvertLog {
     state: Mutex<LogState>,
     generation: watch::Sender<u64>,
+    /// Whether the store has been listed once (an empty store's listing changes nothing).
+    listed: std::sync::atomic::AtomicBool,
 }
 
 impl AdvertLog {
@@ -62,6 +64,7 @@ impl AdvertLog {
         AdvertLog {
             state: Mutex::new(LogState { position, paths: Vec::new(), changes: VecDeque::new() }),
             generation: watch::channel(0).0,
+            listed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -75,6 +78,7 @@ impl AdvertLog {
     pub fn update(&self, mut current: Vec<StorePathHash>) -> Option<Change> {
         current.sort_unstable();
         current.dedup();
+        self.listed.store(true, std::sync::atomic::Ordering::SeqCst);
         let change = self.with(|state| {
             let (added, removed) = differences(&current, &state.paths);
             if added.is_empty() && removed.is_empty() {
@@ -106,6 +110,16 @@ impl AdvertLog {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Whether the store has been listed since the start.
+    pub fn listed(&self) -> bool {
+        self.listed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether `hash` is advertised: the local store held it at the last listing.
+    pub fn contains(&self, hash: &StorePathHash) -> bool {
+        self.with(|state| state.paths.binary_search(hash).is_ok())
     }
 
     /// What a subscriber at `known` needs to become current.

@@ -69,6 +69,10 @@ pub fn render(s: &NodeStatus) -> String {
     }
     let private = if s.private_mesh { "yes" } else { "no (any node on the network may join)" };
     line("private mesh", private.to_owned());
+    if !s.lan_urls.is_empty() {
+        // What a machine with no node (an installer) is given as its substituter.
+        line("LAN cache", s.lan_urls.join(" "));
+    }
     if let Some(why) = &s.degraded {
         line("DEGRADED", why.clone());
     }
@@ -102,6 +106,7 @@ mod tests {
             }],
             bytes_from_upstream: 2 << 20,
             bytes_relayed: 1 << 20,
+            lan_urls: vec!["http://192.0.2.7:7375".into()],
             ..NodeStatus::default()
         };
         let text = render(&status);
@@ -117,6 +122,7 @@ mod tests {
             "signing key:    none",
             "upstreams:      http://192.0.2.1 (not answering; skipped)",
             "from upstream:  2.0 MiB downloaded here, 1.0 MiB of it passed on to peers",
+            "LAN cache:      http://192.0.2.7:7375",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
         }

@@ -115,6 +115,14 @@ struct FlagValues {
     /// The most disk, in bytes, the NARs downloaded from upstream take while shared.
     #[arg(long, value_name = "BYTES", default_value_t = defaults().spool_max_bytes)]
     spool_max_bytes: u64,
+    /// Also serve the substituter to the LAN at this address (e.g. 0.0.0.0:7375), for
+    /// machines that run no node: read-only, what this node would serve its peers.
+    #[arg(long, value_name = "ADDRESS")]
+    lan_listen: Option<SocketAddr>,
+    /// A network the LAN substituter answers, e.g. 192.0.2.0/24 (repeatable); none means
+    /// every host, which a private mesh refuses.
+    #[arg(long = "lan-allow", value_name = "CIDR")]
+    lan_allow: Vec<super::Cidr>,
 }
 
 /// The flags as given: their values, and which of them were on the command line.
@@ -247,6 +255,8 @@ mod tests {
             "--upstream=http://192.0.2.1:8080",
             "--upstream-timeout=1.5",
             "--spool-max-bytes=1000",
+            "--lan-listen=0.0.0.0:7375",
+            "--lan-allow=192.0.2.0/24",
         ];
         let settings = given(&every);
         let default_keys = match serde_json::to_value(ServeConfig::default()).unwrap() {

@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId};
+pub use nixmesh_localhttp::client_hosts::Cidr;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -96,6 +97,15 @@ pub struct ServeConfig {
     /// The most disk the NARs being downloaded from upstream (and kept a while for the
     /// mesh) take under `state_dir/spool`; a larger NAR is not shared as it arrives.
     pub spool_max_bytes: u64,
+    /// A second substituter, for machines of the LAN that run no node (an installer, a
+    /// container), e.g. `0.0.0.0:7375`: read-only, serving what this node would serve its
+    /// peers, with limits apart from the localhost one's and a share per client host.
+    /// Unset: none.
+    pub lan_listen: Option<SocketAddr>,
+    /// The networks (`192.0.2.0/24`, `fd00::/8`, an address) the LAN substituter answers;
+    /// others get `403`. Empty: every host, which a node with a mesh key refuses (the mesh's
+    /// paths would go to hosts the mesh keeps out).
+    pub lan_allow: Vec<Cidr>,
 }
 
 /// How the node writes its logs.
@@ -132,7 +142,7 @@ impl ServeConfig {
     }
 
     /// What no type can say: the rules a value must also follow, as (key, reason).
-    fn check(&self) -> Result<(), (&'static str, &'static str)> {
+    pub fn check(&self) -> Result<(), (&'static str, &'static str)> {
         if self.rescan_interval.is_zero() {
             return Err(("rescan_interval", "must be a positive number of seconds"));
         }
@@ -145,6 +155,14 @@ impl ServeConfig {
         }
         if self.index_max_paths == 0 {
             return Err(("index_max_paths", "must be at least 1"));
+        }
+        if self.mesh_key_file.is_some() && self.lan_listen.is_some() && self.lan_allow.is_empty() {
+            return Err((
+                "lan_allow",
+                "must name the networks the LAN substituter answers when the mesh is private \
+                 (mesh_key_file and lan_listen are set): a host that cannot join the mesh must \
+                 not get its paths over HTTP",
+            ));
         }
         Ok(())
     }
@@ -176,6 +194,8 @@ impl Default for ServeConfig {
             upstreams: None,
             upstream_timeout: Duration::from_secs(2),
             spool_max_bytes: 4 << 30,
+            lan_listen: None,
+            lan_allow: Vec::new(),
         }
     }
 }

@@ -158,7 +158,7 @@ impl Provider {
 
     /// The NAR of `info`'s path: from its files if they are where the store keeps them, else
     /// from the daemon.
-    async fn nar(&self, info: &PathInfo) -> Result<NarBytes, StoreError> {
+    pub(crate) async fn nar(&self, info: &PathInfo) -> Result<NarBytes, StoreError> {
         if let Some(dir) = &self.real_store_dir {
             let on_disk = dir.join(info.path.base_name());
             if std::fs::symlink_metadata(&on_disk).is_ok() {
@@ -169,7 +169,7 @@ impl Provider {
         Ok(Box::pin(self.store.nar_from_path(&info.path, info.nar_size).await?))
     }
 
-    async fn path_info(&self, hash: StorePathHash) -> Result<Option<PathInfo>, String> {
+    pub(crate) async fn path_info(&self, hash: StorePathHash) -> Result<Option<PathInfo>, String> {
         let Some(path) =
             self.store.query_path_from_hash_part(&hash).await.map_err(|e| e.to_string())?
         else {
@@ -181,18 +181,28 @@ impl Provider {
     /// The narinfo for `info` with the signatures the store holds and ours, if the policy lets
     /// it be served to `peer`; else the refusal, logged and listed.
     fn servable(&self, peer: PeerId, info: PathInfo) -> Result<NarInfo, FetchResponse> {
+        self.servable_to(&peer, info).ok_or(FetchResponse::NotFound)
+    }
+
+    /// [`Provider::servable`] for any asker (a peer, or a LAN client host), named in the log
+    /// and the refusals listed.
+    pub(crate) fn servable_to(
+        &self,
+        asker: &dyn std::fmt::Display,
+        info: PathInfo,
+    ) -> Option<NarInfo> {
         let mut narinfo = self.narinfo_of(info);
         if let Err(why) = self.policy.decide(&narinfo) {
-            info!(%peer, path = %narinfo.store_path, "not served: {why}");
-            self.refusals.record(format!("{} (asked by {peer}): {why}", narinfo.store_path));
-            return Err(FetchResponse::NotFound);
+            info!(%asker, path = %narinfo.store_path, "not served: {why}");
+            self.refusals.record(format!("{} (asked by {asker}): {why}", narinfo.store_path));
+            return None;
         }
         // Signing every path, not only unsigned ones: a path signed by a key the peers do not
         // trust is as unusable to them as an unsigned one.
         if let Some(key) = &self.signing_key {
             narinfo.sign(key);
         }
-        Ok(narinfo)
+        Some(narinfo)
     }
 
     /// The narinfo for `info`, with the signatures the store holds.
