@@ -42,6 +42,10 @@ let
     // lib.optionalAttrs (cfg.meshKeyFile != null) {
       mesh_key_file = "${credentialsDir}/mesh-key";
     }
+    // lib.optionalAttrs cfg.lanSubstituter.enable {
+      lan_listen = "0.0.0.0:${toString cfg.lanSubstituter.port}";
+      lan_allow = lib.unique (cfg.lanSubstituter.allow ++ cfg.settings.lan_allow or [ ]);
+    }
   );
   configFile = settingsFormat.generate "nixmesh.toml" finalSettings;
 
@@ -162,7 +166,35 @@ in
     openFirewall = mkOption {
       type = types.bool;
       default = false;
-      description = "Open the mesh's TCP ports (from `settings.p2p_listen`) and, with mDNS on, UDP 5353.";
+      description = ''
+        Open the mesh's TCP ports (from `settings.p2p_listen`), with mDNS on UDP 5353, and
+        with `lanSubstituter.enable` the LAN substituter's port.
+      '';
+    };
+
+    lanSubstituter = {
+      enable = lib.mkEnableOption ''
+        the substituter for the LAN: the node's substituter on a second port of every
+        address, read-only, for machines of the LAN that run no node (a new machine's
+        installer: `nixos-install --option substituters http://THIS-MACHINE:7375`). It serves
+        what the node would serve its peers, with limits of its own and a share per client
+        host, so the machine's own Nix keeps precedence. `nixmesh status` shows its URL
+      '';
+      port = mkOption {
+        type = types.port;
+        default = 7375;
+        description = "The LAN substituter's TCP port (on 0.0.0.0).";
+      };
+      allow = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "192.168.1.0/24" ];
+        description = ''
+          The networks (CIDR, or an address) the LAN substituter answers; others get 403.
+          Empty: every host. Required with `meshKeyFile`: a host that cannot join a private
+          mesh must not get its paths over HTTP either (the node refuses to start without).
+        '';
+      };
     };
   };
 
@@ -250,7 +282,7 @@ in
     };
 
     networking.firewall = lib.mkIf cfg.openFirewall {
-      allowedTCPPorts = meshPorts;
+      allowedTCPPorts = meshPorts ++ lib.optional cfg.lanSubstituter.enable cfg.lanSubstituter.port;
       allowedUDPPorts = lib.optional cfg.settings.mdns 5353;
     };
 

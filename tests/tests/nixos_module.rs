@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use nixmesh_tests::nixos::{eval_module, nixpkgs_lib};
 use nixmesh_tests::node::workspace_dir;
-use nixmesh_tests::{CommandExt, Host, HostStore, nixmesh_bin, require_tool, wait_until};
+use nixmesh_tests::{
+    CommandExt, Host, HostStore, free_loopback_port, nixmesh_bin, require_tool, wait_until,
+};
 use serde_json::{Value, json};
 
 /// The package path of the stand-in `pkgs.nixmesh` (nix/tests/stand-ins.nix).
@@ -121,6 +123,18 @@ fn the_module_renders_the_unit_the_socket_the_firewall_and_nix_settings() {
 
     let plain = &eval["plain"];
     assert_eq!(plain["firewall"], json!({ "allowedTCPPorts": [], "allowedUDPPorts": [] }));
+
+    // The LAN substituter: its settings, and its port opened with openFirewall alone.
+    let lan = json!({
+        "lanSubstituter": { "enable": true, "port": 7380, "allow": ["192.0.2.0/24"] },
+        "meshKeyFile": "/var/keys/nixmesh-mesh.key",
+    });
+    let closed = eval_module(&lib, &lan, None);
+    assert_eq!(closed["configured"]["firewall"]["allowedTCPPorts"], json!([]));
+    let mut lan = lan;
+    lan["openFirewall"] = json!(true);
+    let open = eval_module(&lib, &lan, None);
+    assert_eq!(open["configured"]["firewall"]["allowedTCPPorts"], json!([7374, 7380]));
     assert_eq!(plain["service"]["serviceConfig"]["LoadCredential"], json!([]));
     let off = &eval["off"];
     assert_eq!((&off["service"], &off["socket"]), (&Value::Null, &Value::Null));
@@ -181,7 +195,12 @@ fn the_node_runs_as_the_rendered_unit_says() {
         "upstreams": [],
         "priority": 17,
     });
-    let eval = eval_module(&lib, &json!({ "settings": settings }), Some(&store));
+    let lan_port = free_loopback_port();
+    let options = json!({
+        "settings": settings,
+        "lanSubstituter": { "enable": true, "port": lan_port, "allow": ["127.0.0.0/8"] },
+    });
+    let eval = eval_module(&lib, &options, Some(&store));
     let machine = &eval["configured"];
     assert_eq!(machine["socket"]["listenStreams"], json!([http_listen]));
     assert_eq!(machine["firewall"]["allowedUDPPorts"], json!([]));
@@ -231,6 +250,12 @@ fn the_node_runs_as_the_rendered_unit_says() {
         std::panic::resume_unwind(panic);
     }
     assert!(log_text.contains("from_systemd=true"), "the node took the socket:\n{log_text}");
+    // The LAN substituter the module set up: on every address at its port, answering the
+    // networks it allows.
+    assert_eq!(shown["lan_listen"]["value"], format!("0.0.0.0:{lan_port}"));
+    assert_eq!(shown["lan_allow"]["value"], json!(["127.0.0.0/8"]));
+    let lan_address = format!("127.0.0.1:{lan_port}");
+    assert!(cache_info(&lan_address).is_some_and(|body| body.contains("StoreDir: /nix/store")));
     node.stop();
 }
 
