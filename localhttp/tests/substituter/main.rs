@@ -3,5 +3,6 @@
 
 mod nar;
 mod narinfo;
+mod ranges;
 mod routes;
 mod support;
