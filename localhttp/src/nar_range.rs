@@ -19,6 +19,11 @@
 //!   bounded: such a part of at most [`MAX_HELD_PART`] bytes is held (one per NAR slot, as
 //!   `nar_verified_whole_up_to` holds a small NAR); a longer one gets the whole NAR (`200`).
 //!
+//! Since a NAR says `Accept-Ranges`, Nix resumes one cut off partway (its holders gone, or its
+//! last bytes withheld) instead of failing the path. The bytes it already has came from an
+//! earlier attempt, which this server cannot see; Nix hashes the whole NAR as it imports it,
+//! so a wrong earlier prefix still fails there.
+//!
 //! A part far into a large NAR starts only once its prefix has arrived and been hashed: on a
 //! LAN a second or so per 100 MB, during which the client receives nothing (the connection's
 //! stall limit, 60 s, bounds that wait).
