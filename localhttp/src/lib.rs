@@ -8,10 +8,11 @@
 //!
 //! Modules: `target` parses request paths; `substituter` holds the shared state and the
 //! narinfo trust rule; `cache` remembers verified narinfos; `routes` and `nar` are the
-//! handlers; `why` explains what would be served and why; `verified_nar` checks NAR bytes;
-//! `node_view` is what the status pages read; `metrics` holds the Prometheus registry;
-//! `server` assembles the router with its limits; `connection` bounds each client connection
-//! in time and their number; `nar_slots` bounds the NAR downloads and what a stalled one holds.
+//! handlers; `nar_range` serves byte ranges of a NAR under the same rule; `why` explains what
+//! would be served and why; `verified_nar` checks NAR bytes; `node_view` is what the status
+//! pages read; `metrics` holds the Prometheus registry; `server` assembles the router with its
+//! limits; `connection` bounds each client connection in time and their number; `nar_slots`
+//! bounds the NAR downloads and what a stalled one holds.
 
 mod cache;
 pub mod client_hosts;
@@ -23,6 +24,7 @@ mod holders;
 pub mod log_limit;
 pub mod metrics;
 mod nar;
+pub mod nar_range;
 pub mod nar_slots;
 pub mod node_view;
 mod routes;

@@ -1,25 +1,29 @@
 //! `GET /nar/<hash>-<narhash>.nar`: the NAR of a verified narinfo, streamed from a holder
 //! through [`VerifiedNar`], holding one of the NAR slots (taken only once the path is known
-//! to be held, so a miss never waits for one) until its body ends.
+//! to be held, so a miss never waits for one) until its body ends; or one byte range of it
+//! ([`crate::nar_range`]). `HEAD` answers from the verified narinfo, with no transfer.
 
 use std::sync::Arc;
 
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use axum::http::{HeaderValue, Uri};
+use axum::http::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use thiserror::Error;
 use tracing::debug;
 
+use crate::cache::Verified;
 use crate::connection::ClientConnection;
 use crate::held_body::Holding;
 use crate::holders::{Miss, first_of};
-use crate::routes::{malformed, miss};
+use crate::metrics::result;
+use crate::nar_range::{self, Ask, PartOf};
+use crate::routes::{Outcome, malformed, miss};
 use crate::source::{PathSource, SourceError};
 use crate::substituter::Substituter;
-use crate::target::{RequestPathError, Target};
+use crate::target::{NarFile, RequestPathError, Target};
 use crate::verified_nar::{Expected, Others, Reopen, VerifiedNar};
 
 /// Why a holder's NAR was not used before the response started.
@@ -31,26 +35,17 @@ enum Unused {
     NotHeld,
 }
 
+/// `GET`: the NAR, or the part of it a `Range` asks for (see [`crate::nar_range`]).
 pub async fn nar<S: PathSource>(
     State(sub): State<Arc<Substituter<S>>>,
     uri: Uri,
+    request_headers: HeaderMap,
     client: Option<Extension<ConnectInfo<ClientConnection>>>,
 ) -> Response {
-    let file = match Target::parse(uri.path()) {
-        Ok(Target::Nar(file)) => file,
-        Ok(_) | Err(RequestPathError::NotFound) => return miss("no such file"),
-        Err(e) => return malformed(e),
+    let (file, verified, holders) = match lookup(&sub, &uri).await {
+        Ok(found) => found,
+        Err(miss) => return miss,
     };
-    let holders = sub.holders_or_reconnecting(&file.store_hash).await;
-    if holders.is_empty() {
-        return miss("no connected peer has this path");
-    }
-    let Some(verified) = sub.narinfo(file.store_hash, &holders).await else {
-        return miss("no peer gave a narinfo with a trusted signature for this path");
-    };
-    if verified.narinfo.nar_hash != file.nar_hash {
-        return miss("this is not the NAR hash of the signed narinfo");
-    }
     let expected = Expected {
         store_hash: file.store_hash,
         nar_hash: verified.narinfo.nar_hash,
@@ -58,21 +53,79 @@ pub async fn nar<S: PathSource>(
         check: verified.check.clone(),
     };
     let nar_size = expected.nar_size;
+    let part = match Ask::of(&request_headers, nar_size) {
+        Ask::Unsatisfiable => return nar_range::unsatisfiable(nar_size),
+        Ask::Part(part) if nar_range::servable(&part, nar_size) => Some(part),
+        Ask::Part(_) | Ask::Whole => None,
+    };
     let slot = sub.nar_slots.acquire(client.map(|Extension(ConnectInfo(c))| c)).await;
     let Some(nar) =
         open(&sub, expected, sub.health.order(preferred_first(holders, &verified.peer))).await
     else {
         return miss("no holder sent the NAR");
     };
-    let headers = [
-        (CONTENT_TYPE, HeaderValue::from_static("application/x-nix-nar")),
-        (CONTENT_LENGTH, HeaderValue::from(nar_size)),
-    ];
     if let Some(parker) = nar.parker() {
         slot.parks(parker);
     }
-    let body = Holding { body: Body::from_stream(nar), _held: slot };
-    (headers, Body::new(body)).into_response()
+    let mut headers = nar_headers(nar_size);
+    let (status, body) = match part {
+        Some(part) => {
+            headers.insert(CONTENT_RANGE, nar_range::content_range(&part, nar_size));
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(part.end - part.start));
+            let body = Body::from_stream(PartOf::new(nar, part, nar_size));
+            (StatusCode::PARTIAL_CONTENT, body)
+        }
+        None => (StatusCode::OK, Body::from_stream(nar)),
+    };
+    let body = Holding { body, _held: slot };
+    (status, headers, Body::new(body)).into_response()
+}
+
+/// `HEAD`: the headers `GET` of the whole NAR would have, from the verified narinfo alone:
+/// nothing is asked of a holder but the narinfo (if not remembered), no NAR slot taken.
+pub async fn head<S: PathSource>(State(sub): State<Arc<Substituter<S>>>, uri: Uri) -> Response {
+    match lookup(&sub, &uri).await {
+        Ok((_, verified, _)) => {
+            let mut response =
+                (nar_headers(verified.narinfo.nar_size), Body::empty()).into_response();
+            response.extensions_mut().insert(Outcome(result::OK));
+            response
+        }
+        Err(miss) => miss,
+    }
+}
+
+/// The headers of the whole NAR of `nar_size` bytes, as `GET` and `HEAD` answer them.
+fn nar_headers(nar_size: u64) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-nix-nar"));
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(nar_size));
+    headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    headers
+}
+
+/// The NAR `uri` names, its verified narinfo and its holders; or the response for a miss or a
+/// malformed path. Never waits for a NAR slot.
+async fn lookup<S: PathSource>(
+    sub: &Substituter<S>,
+    uri: &Uri,
+) -> Result<(NarFile, Arc<Verified<S::Peer>>, Vec<S::Peer>), Response> {
+    let file = match Target::parse(uri.path()) {
+        Ok(Target::Nar(file)) => file,
+        Ok(_) | Err(RequestPathError::NotFound) => return Err(miss("no such file")),
+        Err(e) => return Err(malformed(e)),
+    };
+    let holders = sub.holders_or_reconnecting(&file.store_hash).await;
+    if holders.is_empty() {
+        return Err(miss("no connected peer has this path"));
+    }
+    let Some(verified) = sub.narinfo(file.store_hash, &holders).await else {
+        return Err(miss("no peer gave a narinfo with a trusted signature for this path"));
+    };
+    if verified.narinfo.nar_hash != file.nar_hash {
+        return Err(miss("this is not the NAR hash of the signed narinfo"));
+    }
+    Ok((file, verified, holders))
 }
 
 /// The NAR from the first of `holders` that starts sending it within the first-byte timeout,

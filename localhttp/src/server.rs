@@ -87,7 +87,8 @@ pub fn router<S: PathSource>(
     }
     // NAR downloads take a slot of their own in the handler, after the index has said the
     // path is held: however many are under way, nothing else queues behind them.
-    let nars = Router::new().route("/nar/{file}", get(nar::nar::<S>)).with_state(substituter);
+    let nar_routes = get(nar::nar::<S>).head(nar::head::<S>);
+    let nars = Router::new().route("/nar/{file}", nar_routes).with_state(substituter);
     nars.merge(answered_in_time).layer(from_fn_with_state((metrics, request_timeout), front))
 }
 
@@ -196,7 +197,7 @@ fn request_kind(path: &str, target: &Result<Target, RequestPathError>) -> &'stat
 fn result_of(kind: &'static str, status: StatusCode) -> &'static str {
     match status {
         StatusCode::OK if kind == kind::NARINFO => result::HIT,
-        StatusCode::OK => result::OK,
+        StatusCode::OK | StatusCode::PARTIAL_CONTENT => result::OK,
         StatusCode::NOT_FOUND => result::MISS,
         s if s.is_client_error() => result::MALFORMED,
         _ => result::ERROR,
@@ -217,7 +218,10 @@ fn count(
         None => result_of(kind, status),
     };
     let seconds = started.elapsed().as_secs_f64();
-    if kind == kind::NAR && status == StatusCode::OK {
+    // A NAR or a part of one is counted once its body ends; a handler's own outcome (`HEAD`,
+    // no body) at once.
+    let streamed = matches!(status, StatusCode::OK | StatusCode::PARTIAL_CONTENT);
+    if kind == kind::NAR && streamed && response.extensions().get::<Outcome>().is_none() {
         metrics.fetched(stage::NAR_FIRST_BYTE, seconds);
         let length = response.headers().get(CONTENT_LENGTH);
         let length = length.and_then(|l| l.to_str().ok()?.parse().ok());

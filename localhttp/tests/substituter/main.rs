@@ -3,5 +3,7 @@
 
 mod nar;
 mod narinfo;
+mod nix_resume;
+mod ranges;
 mod routes;
 mod support;
