@@ -6,7 +6,9 @@
 //! - [`FETCH_PROTOCOL`]: a session of requests on one stream. The asker sends a
 //!   [`FetchRequest`], the holder answers with one [`FetchResponse`]; after
 //!   [`FetchResponse::Nar`] the raw NAR bytes follow on the same stream, from the offset asked
-//!   for to the end. Then the asker may send its next request on the stream, or close it.
+//!   for to the end; after [`FetchResponse::Listing`] and [`FetchResponse::BuildLog`], the
+//!   `len` bytes they announce. Then the asker may send its next request on the stream, or
+//!   close it.
 //! - [`ADVERTS_PROTOCOL`]: a long-lived stream. The subscriber sends one [`AdvertRequest`];
 //!   the holder answers with a snapshot of the store paths it holds (in chunks), then a
 //!   [`AdvertMessage::Delta`] each time its store changes, for as long as the stream lives.
@@ -36,6 +38,11 @@ pub const MAX_REQUEST_FRAME_LEN: usize = 1024;
 pub const MAX_HASHES_PER_FRAME: usize = 65_536;
 /// The largest narinfo text a node sends or accepts.
 pub const MAX_NARINFO_LEN: usize = 1 << 20;
+/// The largest build log (decompressed) a node sends or accepts: the asker holds it whole.
+pub const MAX_BUILD_LOG_LEN: usize = 64 << 20;
+/// The longest derivation name a [`FetchRequest::BuildLog`] carries: a store path's base
+/// name, `<32-char hash>-<name>.drv`.
+pub const MAX_DRV_NAME_LEN: usize = 32 + 1 + crate::store_path::MAX_NAME_LEN;
 
 /// A frame that cannot be encoded or decoded.
 #[derive(Debug, Error)]
@@ -67,6 +74,15 @@ pub enum FetchRequest {
     /// path's claimer: the mesh asks its upstreams once, and shares the answer, a "not here"
     /// included). Answered like `NarInfo`, with the upstream's text as it is.
     UpstreamNarInfo { hash: StorePathHash },
+    /// The listing (`<hash>.ls`, see [`crate::nar::listing`]) of the path with this hash, if
+    /// the holder's NAR of it has `nar_hash`; served under the same rule as its narinfo.
+    /// Answered with [`FetchResponse::Listing`], or `NotFound`.
+    Listing { hash: StorePathHash, nar_hash: Sha256 },
+    /// The build log of the derivation whose store path's base name is `drv`
+    /// (`<hash>-<name>.drv`, at most [`MAX_DRV_NAME_LEN`] bytes), decompressed: answered
+    /// with [`FetchResponse::BuildLog`] by a node that serves its logs and has this one,
+    /// else `NotFound`.
+    BuildLog { drv: String },
 }
 
 /// The answer to one request on a fetch stream.
@@ -76,6 +92,11 @@ pub enum FetchResponse {
     NarInfo { text: String },
     /// Bytes `offset..nar_size` of the NAR follow as raw bytes; then the next request.
     Nar { nar_size: u64, offset: u64 },
+    /// `len` bytes of the listing asked for follow (at most
+    /// [`crate::nar::listing::MAX_LISTING_LEN`]).
+    Listing { len: u64 },
+    /// `len` bytes of the build log asked for follow (at most [`MAX_BUILD_LOG_LEN`]).
+    BuildLog { len: u64 },
     /// The node does not hold the path.
     NotFound,
     /// The node holds it but could not serve it; the message says why.
@@ -217,6 +238,8 @@ mod tests {
         let subscribe = AdvertRequest::Subscribe { resume: Some(position) };
         assert!(encode_frame(&nar).unwrap().len() <= 4 + MAX_REQUEST_FRAME_LEN);
         assert!(encode_frame(&subscribe).unwrap().len() <= 4 + MAX_REQUEST_FRAME_LEN);
+        let log = FetchRequest::BuildLog { drv: "x".repeat(MAX_DRV_NAME_LEN) };
+        assert!(encode_frame(&log).unwrap().len() <= 4 + MAX_REQUEST_FRAME_LEN);
     }
 
     #[test]
