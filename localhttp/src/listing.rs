@@ -197,6 +197,29 @@ mod tests {
     }
 
     #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        let deep = |n: usize| {
+            let dir = r#"{"type":"directory","entries":{"d":"#;
+            let mut text = format!(r#"{{"version":1,"root":{}"#, dir.repeat(n));
+            text.push_str(r#"{"type":"symlink","target":"x"}"#);
+            text.push_str(&"}}".repeat(n));
+            text.push('}');
+            text
+        };
+        check(deep(40).as_bytes(), 0).unwrap();
+        assert!(check(deep(100_000).as_bytes(), 0).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_are_checked_without_a_panic(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+        ) {
+            let _ = check(&body, 1000);
+        }
+    }
+
+    #[test]
     fn the_cache_keeps_a_listing_for_its_nar_hash_only_and_within_its_bounds() {
         let cache = ListingCache::new(2);
         let (a, b, c) = (StorePathHash([1; 20]), StorePathHash([2; 20]), StorePathHash([3; 20]));

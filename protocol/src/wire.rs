@@ -74,6 +74,7 @@ pub enum FetchRequest {
     /// path's claimer: the mesh asks its upstreams once, and shares the answer, a "not here"
     /// included). Answered like `NarInfo`, with the upstream's text as it is.
     UpstreamNarInfo { hash: StorePathHash },
+    // New variants go last, as in `FetchResponse`.
     /// The listing (`<hash>.ls`, see [`crate::nar::listing`]) of the path with this hash, if
     /// the holder's NAR of it has `nar_hash`; served under the same rule as its narinfo.
     /// Answered with [`FetchResponse::Listing`], or `NotFound`.
@@ -92,15 +93,17 @@ pub enum FetchResponse {
     NarInfo { text: String },
     /// Bytes `offset..nar_size` of the NAR follow as raw bytes; then the next request.
     Nar { nar_size: u64, offset: u64 },
+    /// The node does not hold the path.
+    NotFound,
+    /// The node holds it but could not serve it; the message says why.
+    Failed { message: String },
+    // New variants go last: postcard numbers variants by their place, and older nodes must
+    // read the ones above as they always did.
     /// `len` bytes of the listing asked for follow (at most
     /// [`crate::nar::listing::MAX_LISTING_LEN`]).
     Listing { len: u64 },
     /// `len` bytes of the build log asked for follow (at most [`MAX_BUILD_LOG_LEN`]).
     BuildLog { len: u64 },
-    /// The node does not hold the path.
-    NotFound,
-    /// The node holds it but could not serve it; the message says why.
-    Failed { message: String },
 }
 
 /// Where a subscriber's copy of a holder's advertisement stands.
@@ -240,6 +243,20 @@ mod tests {
         assert!(encode_frame(&subscribe).unwrap().len() <= 4 + MAX_REQUEST_FRAME_LEN);
         let log = FetchRequest::BuildLog { drv: "x".repeat(MAX_DRV_NAME_LEN) };
         assert!(encode_frame(&log).unwrap().len() <= 4 + MAX_REQUEST_FRAME_LEN);
+    }
+
+    #[test]
+    fn the_older_messages_keep_their_encoding() {
+        // What nodes without listings and build logs send and read: the variants' places.
+        let body = |frame: Vec<u8>| frame[4..].to_vec();
+        assert_eq!(body(encode_frame(&FetchResponse::NotFound).unwrap()), [2]);
+        let failed = FetchResponse::Failed { message: "x".into() };
+        assert_eq!(body(encode_frame(&failed).unwrap()), [3, 1, b'x']);
+        let upstream = FetchRequest::UpstreamNarInfo { hash: hash(0) };
+        assert_eq!(body(encode_frame(&upstream).unwrap())[0], 3);
+        assert_eq!(body(encode_frame(&FetchResponse::Listing { len: 1 }).unwrap()), [4, 1]);
+        let log = FetchRequest::BuildLog { drv: String::new() };
+        assert_eq!(body(encode_frame(&log).unwrap()), [5, 0]);
     }
 
     #[test]
