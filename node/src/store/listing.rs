@@ -35,56 +35,43 @@ pub enum ListingFailed {
 /// The listing of the file system object at `path` (not following a symlink there), walked
 /// on a blocking thread.
 pub async fn from_disk(path: PathBuf) -> Result<Listing, ListingFailed> {
+    let walked = path.clone();
     tokio::task::spawn_blocking(move || {
         let mut count = 0;
-        let root = walk(&path, &mut count).map_err(|cause| match cause {
-            Walked::Io(cause) => ListingFailed::Walk { path: path.clone(), cause },
-            Walked::TooMany => {
-                ListingFailed::TooLarge { path: path.clone(), cause: ListingError::TooManyEntries }
-            }
-        })?;
-        Ok(Listing::with_nar_offsets(root))
+        Ok(Listing::with_nar_offsets(walk(&walked, &mut count)?))
     })
     .await
-    .map_err(|e| ListingFailed::Walk { path: PathBuf::new(), cause: io::Error::other(e) })?
-}
-
-enum Walked {
-    Io(io::Error),
-    TooMany,
-}
-
-impl From<io::Error> for Walked {
-    fn from(e: io::Error) -> Self {
-        Walked::Io(e)
-    }
+    .map_err(|e| ListingFailed::Walk { path, cause: io::Error::other(e) })?
 }
 
 /// The entry of the object at `path`, its offsets left to [`Listing::with_nar_offsets`];
-/// `count` counts the objects seen, up to [`MAX_LISTING_ENTRIES`].
-fn walk(path: &Path, count: &mut usize) -> Result<Entry, Walked> {
+/// `count` counts the objects seen, up to [`MAX_LISTING_ENTRIES`]. Errors name the object
+/// that failed.
+fn walk(path: &Path, count: &mut usize) -> Result<Entry, ListingFailed> {
+    let failed = |cause| ListingFailed::Walk { path: path.to_owned(), cause };
     *count += 1;
     if *count > MAX_LISTING_ENTRIES {
-        return Err(Walked::TooMany);
+        let cause = ListingError::TooManyEntries;
+        return Err(ListingFailed::TooLarge { path: path.to_owned(), cause });
     }
-    let meta = fs::symlink_metadata(path)?;
+    let meta = fs::symlink_metadata(path).map_err(failed)?;
     let kind = meta.file_type();
     if kind.is_symlink() {
-        let target = fs::read_link(path)?.as_os_str().as_bytes().to_vec();
+        let target = fs::read_link(path).map_err(failed)?.as_os_str().as_bytes().to_vec();
         Ok(Entry::Symlink { target })
     } else if kind.is_file() {
         let executable = meta.permissions().mode() & 0o100 != 0;
         Ok(Entry::Regular { size: meta.len(), executable, nar_offset: 0 })
     } else if kind.is_dir() {
         let mut entries = Vec::new();
-        for entry in fs::read_dir(path)? {
-            let entry = entry?;
+        for entry in fs::read_dir(path).map_err(failed)? {
+            let entry = entry.map_err(failed)?;
             let name = entry.file_name().as_bytes().to_vec();
             entries.push((name, walk(&entry.path(), count)?));
         }
         Ok(Entry::Directory { entries })
     } else {
-        Err(Walked::Io(io::Error::other("neither a file, a directory nor a symlink")))
+        Err(failed(io::Error::other("neither a file, a directory nor a symlink")))
     }
 }
 
