@@ -113,6 +113,14 @@ in
             default = true;
             description = "Find peers on the local link with mDNS (UDP 5353).";
           };
+          serve_logs = mkOption {
+            type = types.bool;
+            default = false;
+            description = ''
+              Give peers this machine's build logs (`nix log`), failed builds' included. Off
+              by default, since a log can hold what a private build printed.
+            '';
+          };
           state_dir = mkOption {
             type = types.str;
             default = "/var/lib/nixmesh";
@@ -231,9 +239,10 @@ in
           ++ lib.optional (cfg.meshKeyFile != null) "mesh-key:${cfg.meshKeyFile}";
 
         # Its own dynamic user: it reaches the store only as any user may, through the
-        # daemon's socket (world-connectable on NixOS) and by reading /nix/store and, for
-        # the inotify watch, /nix/var/nix/db (both world-readable; ProtectSystem=strict
-        # leaves them readable, and a socket is connectable on a read-only mount).
+        # daemon's socket (world-connectable on NixOS) and by reading /nix/store, for
+        # the inotify watch /nix/var/nix/db, and with serve_logs the build logs under
+        # /nix/var/log/nix (all world-readable; ProtectSystem=strict leaves them readable,
+        # and a socket is connectable on a read-only mount).
         DynamicUser = true;
         StateDirectory = "nixmesh";
         StateDirectoryMode = "0700";

@@ -5,8 +5,10 @@
 //! pieces the plan says, and must tell the same story both times (the same events, the same
 //! first error at the same offset): where a network packet ends must change nothing. An
 //! accepted NAR has one encoding, so writing the tree its events describe with the NAR
-//! writer gives back the very same bytes; an error points inside the input.
+//! writer gives back the very same bytes, and its listing read from the events is the one
+//! counted from the tree alone; an error points inside the input.
 
+use nixmesh_protocol::nar::listing::{Entry, Listing, ListingCollector};
 use nixmesh_protocol::nar::{self, Event, NarError, NarParser};
 
 /// What the reader said about a NAR: its events, owned, with consecutive file data joined
@@ -64,6 +66,7 @@ pub fn check(data: &[u8]) {
         Ok(size) => {
             assert_eq!(size, nar.len() as u64);
             check_file_offsets(nar, &whole.events);
+            check_listing(&whole.events);
             assert_eq!(rewrite(&whole.events), nar, "the tree read back wrote another NAR");
         }
         Err(error) => {
@@ -141,6 +144,43 @@ fn check_file_offsets(nar: &[u8], events: &[Seen]) {
                 _ => assert!(contents.is_empty(), "file data missing"),
             }
         }
+    }
+}
+
+/// The listing read from the events (offsets as the reader gives them) is the one counted
+/// from the tree's sizes, names and targets alone.
+fn check_listing(events: &[Seen]) {
+    let mut collector = ListingCollector::new();
+    for seen in events {
+        let event = match seen {
+            Seen::DirectoryStart(path) => Event::DirectoryStart { path },
+            Seen::DirectoryEnd(path) => Event::DirectoryEnd { path },
+            Seen::FileStart { path, executable, size, contents_offset } => Event::FileStart {
+                path,
+                executable: *executable,
+                size: *size,
+                contents_offset: *contents_offset,
+            },
+            Seen::FileData(data) => Event::FileData(data),
+            Seen::FileEnd(path) => Event::FileEnd { path },
+            Seen::Symlink { path, target } => Event::Symlink { path, target },
+        };
+        collector.event(&event).expect("the events of an accepted NAR make a listing");
+    }
+    let read = collector.finish().expect("an accepted NAR's listing is complete");
+    let counted = Listing::with_nar_offsets(without_offsets(read.root()));
+    assert_eq!(read, counted, "the listing read and the listing counted differ");
+}
+
+fn without_offsets(entry: &Entry) -> Entry {
+    match entry {
+        Entry::Regular { size, executable, .. } => {
+            Entry::Regular { size: *size, executable: *executable, nar_offset: 0 }
+        }
+        Entry::Symlink { target } => Entry::Symlink { target: target.clone() },
+        Entry::Directory { entries } => Entry::Directory {
+            entries: entries.iter().map(|(name, e)| (name.clone(), without_offsets(e))).collect(),
+        },
     }
 }
 

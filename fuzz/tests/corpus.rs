@@ -169,6 +169,17 @@ fn wire_seeds() -> Vec<(String, Vec<u8>)> {
             ]),
         ),
         (
+            "fetch-documents".into(),
+            frames(&[
+                &fetch(FetchRequest::Listing { hash, nar_hash }),
+                &answer(FetchResponse::Listing { len: 65 }),
+                &fetch(FetchRequest::BuildLog {
+                    drv: "z0zz5y570pdakbq0idj35kpi7kd8z3ny-hello-2.12.drv".into(),
+                }),
+                &answer(FetchResponse::BuildLog { len: 1 << 20 }),
+            ]),
+        ),
+        (
             "adverts".into(),
             frames(&[
                 &subscribe(AdvertRequest::Subscribe { resume: None }),

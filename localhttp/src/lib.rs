@@ -8,12 +8,14 @@
 //!
 //! Modules: `target` parses request paths; `substituter` holds the shared state and the
 //! narinfo trust rule; `cache` remembers verified narinfos; `routes` and `nar` are the
-//! handlers; `nar_range` serves byte ranges of a NAR under the same rule; `why` explains what
-//! would be served and why; `verified_nar` checks NAR bytes; `node_view` is what the status
-//! pages read; `metrics` holds the Prometheus registry; `server` assembles the router with its
-//! limits; `connection` bounds each client connection in time and their number; `nar_slots`
-//! bounds the NAR downloads and what a stalled one holds.
+//! handlers, `listing` (`<hash>.ls`) and `build_log` (`log/<drv>`) too; `nar_range` serves
+//! byte ranges of a NAR under the same rule; `why` explains what would be served and why;
+//! `verified_nar` checks NAR bytes; `node_view` is what the status pages read; `metrics` holds
+//! the Prometheus registry; `server` assembles the router with its limits; `connection` bounds
+//! each client connection in time and their number; `nar_slots` bounds the NAR downloads and
+//! what a stalled one holds; `client_hosts` gates a listener open to the LAN.
 
+mod build_log;
 mod cache;
 pub mod client_hosts;
 pub mod config;
@@ -21,6 +23,7 @@ pub mod connection;
 pub mod health;
 mod held_body;
 mod holders;
+pub mod listing;
 pub mod log_limit;
 pub mod metrics;
 mod nar;

@@ -29,6 +29,10 @@ pub mod kind {
     pub const NARINFO: &str = "narinfo";
     pub const NAR: &str = "nar";
     pub const CACHE_INFO: &str = "cache-info";
+    /// `<hash>.ls`.
+    pub const LISTING: &str = "listing";
+    /// `log/<drv>`.
+    pub const BUILD_LOG: &str = "build-log";
     /// The `/_nixmesh/*` pages and `/metrics`.
     pub const STATUS_PAGE: &str = "status-page";
     /// Anything else (answered `404` or `400`).

@@ -31,6 +31,8 @@ pub async fn cache_info<S: PathSource>(State(sub): State<Arc<Substituter<S>>>) -
 pub async fn narinfo<S: PathSource>(State(sub): State<Arc<Substituter<S>>>, uri: Uri) -> Response {
     let hash = match Target::parse(uri.path()) {
         Ok(Target::NarInfo(hash)) => hash,
+        // `/<hash>.ls` shares the route's shape.
+        Ok(Target::Listing(hash)) => return crate::listing::listing(sub, hash).await,
         Ok(_) | Err(RequestPathError::NotFound) => return miss("no such file"),
         Err(e) => return malformed(e),
     };

@@ -48,7 +48,7 @@ use crate::routes::Outcome;
 use crate::source::PathSource;
 use crate::substituter::Substituter;
 use crate::target::{RequestPathError, Target};
-use crate::{nar, routes, why};
+use crate::{build_log, nar, routes, why};
 
 /// The longest request URI accepted; Nix's are under 100 bytes.
 pub const MAX_URI_BYTES: usize = 8 * 1024;
@@ -80,6 +80,7 @@ pub fn router<S: PathSource>(
     let mut answered_in_time = Router::new()
         .route("/nix-cache-info", get(routes::cache_info::<S>))
         .route("/{file}", get(routes::narinfo::<S>))
+        .route("/log/{drv}", get(build_log::build_log::<S>))
         .fallback(routes::not_found)
         .with_state(substituter.clone());
     if status_pages {
@@ -187,6 +188,12 @@ fn request_kind(path: &str, target: &Result<Target, RequestPathError>) -> &'stat
         }
         Ok(Target::Nar(_)) | Err(RequestPathError::Malformed { kind: "NAR", .. }) => kind::NAR,
         Ok(Target::CacheInfo) => kind::CACHE_INFO,
+        Ok(Target::Listing(_)) | Err(RequestPathError::Malformed { kind: "listing", .. }) => {
+            kind::LISTING
+        }
+        Ok(Target::BuildLog(_)) | Err(RequestPathError::Malformed { kind: "log", .. }) => {
+            kind::BUILD_LOG
+        }
         Ok(Target::Peers | Target::Status) => kind::STATUS_PAGE,
         _ if path == "/metrics" || path.starts_with("/_nixmesh/") => kind::STATUS_PAGE,
         _ => kind::OTHER,

@@ -8,7 +8,7 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 use futures::Stream;
-use nixmesh_protocol::{Sha256, StorePathHash};
+use nixmesh_protocol::{Sha256, StorePath, StorePathHash};
 use thiserror::Error;
 
 /// A NAR's bytes as a peer sends them, from the offset asked for.
@@ -62,4 +62,33 @@ pub trait PathSource: Send + Sync + 'static {
         nar_hash: Sha256,
         offset: u64,
     ) -> impl Future<Output = Result<Option<NarStream>, SourceError>> + Send;
+
+    /// `peer`'s listing (`<hash>.ls`, the JSON Nix writes) of `hash`, if its NAR is the one
+    /// with `nar_hash`; `None` when it says it has none. The default has none.
+    fn fetch_listing(
+        &self,
+        peer: &Self::Peer,
+        hash: StorePathHash,
+        nar_hash: Sha256,
+    ) -> impl Future<Output = Result<Option<Bytes>, SourceError>> + Send {
+        let _ = (peer, hash, nar_hash);
+        std::future::ready(Ok(None))
+    }
+
+    /// The peers to ask for build logs, which nothing advertises: connected ones, best first,
+    /// a bounded number. Never waits on the network. The default knows none.
+    fn log_holders(&self) -> Vec<Self::Peer> {
+        Vec::new()
+    }
+
+    /// `peer`'s build log of the derivation `drv`, as text; `None` when it has none or does
+    /// not give its logs. The default has none.
+    fn fetch_build_log(
+        &self,
+        peer: &Self::Peer,
+        drv: &StorePath,
+    ) -> impl Future<Output = Result<Option<Bytes>, SourceError>> + Send {
+        let _ = (peer, drv);
+        std::future::ready(Ok(None))
+    }
 }

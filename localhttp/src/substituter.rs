@@ -19,6 +19,7 @@ use crate::cache::{NarInfoCache, Verified};
 use crate::config::Config;
 use crate::health::PeerHealth;
 use crate::holders::{Miss, first_of};
+use crate::listing::ListingCache;
 use crate::log_limit::RateLimitedLog;
 use crate::nar_slots::NarSlots;
 use crate::source::{PathSource, SourceError};
@@ -29,6 +30,8 @@ pub struct Substituter<S: PathSource> {
     pub source: Arc<S>,
     pub config: Config,
     pub cache: NarInfoCache<S::Peer>,
+    /// Listings (`<hash>.ls`) of the NARs of verified narinfos.
+    pub listings: ListingCache,
     /// Faults of peers: the demoted are asked last (see [`crate::health`]).
     pub health: Arc<PeerHealth<S::Peer>>,
     /// Narinfo requests that may ask peers at once (`max_concurrent_requests`).
@@ -79,10 +82,11 @@ pub struct Accepted {
 impl<S: PathSource> Substituter<S> {
     pub fn new(source: Arc<S>, health: Arc<PeerHealth<S::Peer>>, config: Config) -> Self {
         let cache = NarInfoCache::new(config.narinfo_cache_capacity);
+        let listings = ListingCache::new(config.narinfo_cache_capacity);
         let asking = Arc::new(Semaphore::new(config.max_concurrent_requests));
         let nar_slots = NarSlots::new(config.max_concurrent_nars, config.nar_client_stall_timeout);
         let no_turn = RateLimitedLog::default();
-        Substituter { source, config, cache, health, asking, nar_slots, no_turn }
+        Substituter { source, config, cache, listings, health, asking, nar_slots, no_turn }
     }
 
     /// The connected holders of `hash`, in the order to ask them: the source's (best first),

@@ -1,7 +1,8 @@
 //! What a request path asks for, parsed strictly from the raw (undecoded) path.
 //!
-//! Only the exact shapes Nix requests are accepted: `/<hash>.narinfo` and
-//! `/nar/<hash>-<narhash>.nar`, with every digest in nixbase32. The path is never
+//! Only the exact shapes Nix requests are accepted: `/<hash>.narinfo`,
+//! `/nar/<hash>-<narhash>.nar`, `/<hash>.ls` and `/log/<drv base name>`, with every digest in
+//! nixbase32 and every store path name as Nix allows it. The path is never
 //! percent-decoded, so `%2e%2e` or an encoded slash is simply not nixbase32; nothing here
 //! slices a string at an unchecked index, so no input can make it panic.
 
@@ -9,7 +10,7 @@ use std::fmt;
 
 use nixmesh_protocol::nixbase32;
 use nixmesh_protocol::store_path::HASH_CHARS;
-use nixmesh_protocol::{Sha256, StorePathHash};
+use nixmesh_protocol::{Sha256, StorePath, StorePathHash};
 use thiserror::Error;
 
 /// The characters of a SHA-256 digest in nixbase32.
@@ -17,6 +18,8 @@ const NAR_HASH_CHARS: usize = nixbase32::encoded_len(32);
 
 /// Where the NAR routes live; the narinfo's `URL` is relative to the cache root.
 pub const NAR_DIR: &str = "nar";
+/// Where build logs live, as Nix's binary cache store asks for them.
+pub const LOG_DIR: &str = "log";
 
 /// A request path the substituter answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +30,10 @@ pub enum Target {
     NarInfo(StorePathHash),
     /// `/nar/<hash>-<narhash>.nar`.
     Nar(NarFile),
+    /// `/<hash>.ls`: the NAR's listing.
+    Listing(StorePathHash),
+    /// `/log/<hash>-<name>.drv`: a derivation's build log.
+    BuildLog(StorePath),
     /// `/_nixmesh/peers`.
     Peers,
     /// `/_nixmesh/status`.
@@ -95,7 +102,24 @@ impl Target {
         if let Some(name) = path.strip_prefix(&format!("/{NAR_DIR}/")) {
             return NarFile::parse(name).map(Target::Nar);
         }
+        if let Some(name) = path.strip_prefix(&format!("/{LOG_DIR}/")) {
+            let malformed = |reason| RequestPathError::Malformed { kind: "log", reason };
+            let drv = StorePath::from_base_name(name)
+                .map_err(|_| malformed("not the base name of a store path"))?;
+            if !drv.name().ends_with(".drv") {
+                return Err(malformed("not a derivation (.drv)"));
+            }
+            return Ok(Target::BuildLog(drv));
+        }
         let name = path.strip_prefix('/').ok_or(RequestPathError::NotFound)?;
+        if let Some(hash) = name.strip_suffix(".ls") {
+            return StorePathHash::parse(hash).map(Target::Listing).map_err(|_| {
+                RequestPathError::Malformed {
+                    kind: "listing",
+                    reason: "the store hash is not 32 nixbase32 characters",
+                }
+            });
+        }
         let hash = name.strip_suffix(".narinfo").ok_or(RequestPathError::NotFound)?;
         StorePathHash::parse(hash).map(Target::NarInfo).map_err(|_| RequestPathError::Malformed {
             kind: "narinfo",
@@ -109,6 +133,8 @@ impl Target {
             Target::CacheInfo => "cache-info",
             Target::NarInfo(_) => "narinfo",
             Target::Nar(_) => "nar",
+            Target::Listing(_) => "listing",
+            Target::BuildLog(_) => "build-log",
             Target::Peers => "peers",
             Target::Status => "status",
         }
@@ -119,6 +145,8 @@ impl Target {
         match self {
             Target::NarInfo(hash) => Some(*hash),
             Target::Nar(file) => Some(file.store_hash),
+            Target::Listing(hash) => Some(*hash),
+            Target::BuildLog(drv) => Some(drv.hash()),
             _ => None,
         }
     }
@@ -188,6 +216,28 @@ mod tests {
         ] {
             assert!(
                 matches!(Target::parse(&bad), Err(RequestPathError::Malformed { kind: "NAR", .. })),
+                "{bad} should be malformed"
+            );
+        }
+    }
+
+    #[test]
+    fn listing_and_log_paths() {
+        let hash = StorePathHash::parse(HASH).unwrap();
+        assert_eq!(Target::parse(&format!("/{HASH}.ls")), Ok(Target::Listing(hash)));
+        let drv = format!("{HASH}-hello-2.12.drv");
+        let parsed = Target::parse(&format!("/log/{drv}"));
+        assert_eq!(parsed, Ok(Target::BuildLog(StorePath::from_base_name(&drv).unwrap())));
+        for bad in [
+            format!("/{}.ls", &HASH[..31]),
+            format!("/log/{HASH}-hello-2.12"),
+            format!("/log/{HASH}-../x.drv"),
+            format!("/log/../{HASH}-x.drv"),
+            "/log/".to_owned(),
+            "/log/x.drv".to_owned(),
+        ] {
+            assert!(
+                matches!(Target::parse(&bad), Err(RequestPathError::Malformed { .. })),
                 "{bad} should be malformed"
             );
         }

@@ -235,11 +235,25 @@ impl RunningNode {
             })))
         };
         let exclude = policy.exclude.clone();
-        let mut provider = Provider::new(store.clone(), signing_key.clone(), real_store_dir)
-            .counting(traffic.clone())
-            .serving(policy, refusals.clone());
+        let mut provider =
+            Provider::new(store.clone(), signing_key.clone(), real_store_dir.clone())
+                .counting(traffic.clone())
+                .serving(policy, refusals.clone());
         if let Some(flights) = &flights {
             provider = provider.relaying(flights.clone());
+        }
+        if config.serve_logs {
+            match &real_store_dir {
+                Some(dir) => {
+                    let logs = crate::store::build_log::log_dir_beside(dir);
+                    info!(dir = %logs.display(), "giving peers the build logs there (serve_logs)");
+                    provider = provider.serving_logs(logs);
+                }
+                None => warn!(
+                    "serve_logs is set, but this store's files (real_store_dir) are \
+                    not on this machine: there are no build logs to give"
+                ),
+            }
         }
         let lan_provider = provider.clone();
         shutdown.spawn(provider.serve(mesh.clone(), shutdown.clone()));

@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use libp2p::PeerId;
 use nixmesh_localhttp::{NarStream, PathSource, SourceError};
-use nixmesh_protocol::{Sha256, StorePathHash};
+use nixmesh_protocol::{Sha256, StorePath, StorePathHash};
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -87,6 +87,9 @@ impl From<FetchError> for SourceError {
 /// several failing in a row, few enough that a path held by hundreds of peers is looked up
 /// as fast as one held by a few ([`Index::holders_among`]).
 pub const HOLDERS_ASKED: usize = 8;
+/// How many connected peers a build log is asked of at once, at most (the nearest): logs are
+/// not advertised, so any may have one.
+pub const LOG_PEERS_ASKED: usize = 16;
 
 impl PathSource for MeshSource {
     type Peer = Holder;
@@ -160,5 +163,37 @@ impl PathSource for MeshSource {
         Ok(body.map(|body| -> NarStream {
             Box::pin(body.inspect_ok(counted).map_err(SourceError::from))
         }))
+    }
+
+    async fn fetch_listing(
+        &self,
+        holder: &Holder,
+        hash: StorePathHash,
+        nar_hash: Sha256,
+    ) -> Result<Option<bytes::Bytes>, SourceError> {
+        match holder {
+            Holder::Peer(peer) => Ok(self.fetch.listing(*peer, hash, nar_hash).await?),
+            // Upstream caches' own `.ls` files, where they have them, are not asked for.
+            Holder::Upstream => Ok(None),
+        }
+    }
+
+    /// The nearest [`LOG_PEERS_ASKED`] connected peers.
+    fn log_holders(&self) -> Vec<Holder> {
+        let table = self.mesh.peers();
+        let mut peers = table.connected_by_rtt(table.connected_ids());
+        peers.truncate(LOG_PEERS_ASKED);
+        peers.into_iter().map(Holder::Peer).collect()
+    }
+
+    async fn fetch_build_log(
+        &self,
+        holder: &Holder,
+        drv: &StorePath,
+    ) -> Result<Option<bytes::Bytes>, SourceError> {
+        match holder {
+            Holder::Peer(peer) => Ok(self.fetch.build_log(*peer, &drv.base_name()).await?),
+            Holder::Upstream => Ok(None),
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! A node's fetch protocol as a peer meets it: a bare libp2p client (the node's own `Mesh`,
 //! listening nowhere) asks a running node, on loopback with a real chroot store behind it, for
-//! narinfos and NARs, honest requests and hostile ones, and checks each answer against what
-//! Nix says of the same store.
+//! narinfos, NARs, listings and build logs, honest requests and hostile ones, and checks each
+//! answer against what Nix says of the same store.
 
 use std::time::Duration;
 
@@ -278,4 +278,61 @@ fn hostile_request_frames_are_cut_off_and_the_node_goes_on() {
     }
     let (response, _) = setup.ask(&FetchRequest::NarInfo { hash: setup.hash() });
     assert!(matches!(response, FetchResponse::NarInfo { .. }), "{response:?}");
+}
+
+/// The listing Nix would write of the NAR `nar`.
+fn listing_of(nar: &[u8]) -> Vec<u8> {
+    use nixmesh_protocol::nar::NarParser;
+    use nixmesh_protocol::nar::listing::ListingCollector;
+    let (mut parser, mut collector) = (NarParser::new(), ListingCollector::new());
+    parser.push(nar, |e| collector.event(&e).unwrap()).unwrap();
+    parser.finish().unwrap();
+    collector.finish().unwrap().render()
+}
+
+#[test]
+fn listings_are_served_for_the_nar_hash_held_and_logs_only_with_serve_logs() {
+    if !nix_available() {
+        return;
+    }
+    // No real_store_dir: the listing comes from the daemon's NAR.
+    let setup = Setup::new();
+    let dump = setup.store.dump(&setup.path);
+    let nar_hash = Sha256::digest(&dump);
+    let (response, bytes) = setup.ask(&FetchRequest::Listing { hash: setup.hash(), nar_hash });
+    assert_eq!(response, FetchResponse::Listing { len: bytes.len() as u64 });
+    assert_eq!(bytes, listing_of(&dump));
+    let other_build = FetchRequest::Listing { hash: setup.hash(), nar_hash: Sha256([9; 32]) };
+    assert_eq!(setup.ask(&other_build), (FetchResponse::NotFound, Vec::new()));
+    let unknown = FetchRequest::Listing { hash: StorePathHash([7; 20]), nar_hash };
+    assert_eq!(setup.ask(&unknown).0, FetchResponse::NotFound);
+    let drv = "0c7xm5qh4dvzd6k7ncqgzrz1ybs2vzqj-nixmesh-logged.drv".to_owned();
+    let log = FetchRequest::BuildLog { drv: drv.clone() };
+    assert_eq!(setup.ask(&log).0, FetchResponse::NotFound, "a log without serve_logs");
+    drop(setup);
+
+    // The store's files on disk, and its logs served: one log, uncompressed, where Nix
+    // keeps them.
+    let setup = Setup::with(|store, config| {
+        config.real_store_dir = Some(store.real_store_dir());
+        config.serve_logs = true;
+        let logs = store.host().store_root().join("nix/var/log/nix/drvs/0c");
+        std::fs::create_dir_all(&logs).unwrap();
+        std::fs::write(logs.join(&drv[2..]), b"building\nfailed\n").unwrap();
+    });
+    // Another store: another file.
+    let dump = setup.store.dump(&setup.path);
+    let nar_hash = Sha256::digest(&dump);
+    let (response, bytes) = setup.ask(&FetchRequest::Listing { hash: setup.hash(), nar_hash });
+    assert_eq!(response, FetchResponse::Listing { len: bytes.len() as u64 });
+    assert_eq!(bytes, listing_of(&dump), "the listing from disk is the NAR's");
+    let (response, bytes) = setup.ask(&log);
+    assert_eq!(
+        (response, bytes),
+        (FetchResponse::BuildLog { len: 16 }, b"building\nfailed\n".to_vec())
+    );
+    let missing = FetchRequest::BuildLog { drv: drv.replace("logged", "other") };
+    assert_eq!(setup.ask(&missing).0, FetchResponse::NotFound);
+    let no_drv = FetchRequest::BuildLog { drv: "../../../etc/passwd".to_owned() };
+    assert!(matches!(setup.ask(&no_drv).0, FetchResponse::Failed { .. }));
 }

@@ -6,7 +6,9 @@
 //! - [`FETCH_PROTOCOL`]: a session of requests on one stream. The asker sends a
 //!   [`FetchRequest`], the holder answers with one [`FetchResponse`]; after
 //!   [`FetchResponse::Nar`] the raw NAR bytes follow on the same stream, from the offset asked
-//!   for to the end. Then the asker may send its next request on the stream, or close it.
+//!   for to the end; after [`FetchResponse::Listing`] and [`FetchResponse::BuildLog`], the
+//!   `len` bytes they announce. Then the asker may send its next request on the stream, or
+//!   close it.
 //! - [`ADVERTS_PROTOCOL`]: a long-lived stream. The subscriber sends one [`AdvertRequest`];
 //!   the holder answers with a snapshot of the store paths it holds (in chunks), then a
 //!   [`AdvertMessage::Delta`] each time its store changes, for as long as the stream lives.
@@ -36,6 +38,11 @@ pub const MAX_REQUEST_FRAME_LEN: usize = 1024;
 pub const MAX_HASHES_PER_FRAME: usize = 65_536;
 /// The largest narinfo text a node sends or accepts.
 pub const MAX_NARINFO_LEN: usize = 1 << 20;
+/// The largest build log (decompressed) a node sends or accepts: the asker holds it whole.
+pub const MAX_BUILD_LOG_LEN: usize = 64 << 20;
+/// The longest derivation name a [`FetchRequest::BuildLog`] carries: a store path's base
+/// name, `<32-char hash>-<name>.drv`.
+pub const MAX_DRV_NAME_LEN: usize = 32 + 1 + crate::store_path::MAX_NAME_LEN;
 
 /// A frame that cannot be encoded or decoded.
 #[derive(Debug, Error)]
@@ -67,6 +74,16 @@ pub enum FetchRequest {
     /// path's claimer: the mesh asks its upstreams once, and shares the answer, a "not here"
     /// included). Answered like `NarInfo`, with the upstream's text as it is.
     UpstreamNarInfo { hash: StorePathHash },
+    // New variants go last, as in `FetchResponse`.
+    /// The listing (`<hash>.ls`, see [`crate::nar::listing`]) of the path with this hash, if
+    /// the holder's NAR of it has `nar_hash`; served under the same rule as its narinfo.
+    /// Answered with [`FetchResponse::Listing`], or `NotFound`.
+    Listing { hash: StorePathHash, nar_hash: Sha256 },
+    /// The build log of the derivation whose store path's base name is `drv`
+    /// (`<hash>-<name>.drv`, at most [`MAX_DRV_NAME_LEN`] bytes), decompressed: answered
+    /// with [`FetchResponse::BuildLog`] by a node that serves its logs and has this one,
+    /// else `NotFound`.
+    BuildLog { drv: String },
 }
 
 /// The answer to one request on a fetch stream.
@@ -80,6 +97,13 @@ pub enum FetchResponse {
     NotFound,
     /// The node holds it but could not serve it; the message says why.
     Failed { message: String },
+    // New variants go last: postcard numbers variants by their place, and older nodes must
+    // read the ones above as they always did.
+    /// `len` bytes of the listing asked for follow (at most
+    /// [`crate::nar::listing::MAX_LISTING_LEN`]).
+    Listing { len: u64 },
+    /// `len` bytes of the build log asked for follow (at most [`MAX_BUILD_LOG_LEN`]).
+    BuildLog { len: u64 },
 }
 
 /// Where a subscriber's copy of a holder's advertisement stands.
@@ -217,6 +241,22 @@ mod tests {
         let subscribe = AdvertRequest::Subscribe { resume: Some(position) };
         assert!(encode_frame(&nar).unwrap().len() <= 4 + MAX_REQUEST_FRAME_LEN);
         assert!(encode_frame(&subscribe).unwrap().len() <= 4 + MAX_REQUEST_FRAME_LEN);
+        let log = FetchRequest::BuildLog { drv: "x".repeat(MAX_DRV_NAME_LEN) };
+        assert!(encode_frame(&log).unwrap().len() <= 4 + MAX_REQUEST_FRAME_LEN);
+    }
+
+    #[test]
+    fn the_older_messages_keep_their_encoding() {
+        // What nodes without listings and build logs send and read: the variants' places.
+        let body = |frame: Vec<u8>| frame[4..].to_vec();
+        assert_eq!(body(encode_frame(&FetchResponse::NotFound).unwrap()), [2]);
+        let failed = FetchResponse::Failed { message: "x".into() };
+        assert_eq!(body(encode_frame(&failed).unwrap()), [3, 1, b'x']);
+        let upstream = FetchRequest::UpstreamNarInfo { hash: hash(0) };
+        assert_eq!(body(encode_frame(&upstream).unwrap())[0], 3);
+        assert_eq!(body(encode_frame(&FetchResponse::Listing { len: 1 }).unwrap()), [4, 1]);
+        let log = FetchRequest::BuildLog { drv: String::new() };
+        assert_eq!(body(encode_frame(&log).unwrap()), [5, 0]);
     }
 
     #[test]

@@ -108,6 +108,8 @@ pub struct NodeOptions {
     /// `--upstream-timeout`: what asking the upstreams for a narinfo may take in all; unset,
     /// the node's default.
     pub upstream_timeout: Option<Duration>,
+    /// `--serve-logs`: give peers the store's build logs.
+    pub serve_logs: bool,
     /// `RUST_LOG` for the node.
     pub log_filter: String,
     /// More arguments of `nixmesh serve`, after all of the above (`--lan-listen ADDRESS`).
@@ -129,6 +131,7 @@ impl Default for NodeOptions {
             mesh_key_file: None,
             upstreams: Vec::new(),
             upstream_timeout: None,
+            serve_logs: false,
             log_filter: "nixmesh=debug,info".to_owned(),
             extra_args: Vec::new(),
             state_dir: None,
@@ -189,6 +192,9 @@ impl Node {
         }
         if opts.upstreams.is_empty() {
             cmd.arg("--no-upstream");
+        }
+        if opts.serve_logs {
+            cmd.arg("--serve-logs");
         }
         if let Some(timeout) = opts.upstream_timeout {
             cmd.args(["--upstream-timeout", &timeout.as_secs_f64().to_string()]);

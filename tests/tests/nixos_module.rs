@@ -192,6 +192,7 @@ fn the_node_runs_as_the_rendered_unit_says() {
         "http_listen": http_listen,
         "p2p_listen": ["/ip4/127.0.0.1/tcp/0"],
         "mdns": false,
+        "serve_logs": true,
         "upstreams": [],
         "priority": 17,
     });
@@ -218,7 +219,8 @@ fn the_node_runs_as_the_rendered_unit_says() {
     let empty = dir.path().join("empty.toml");
     std::fs::write(&empty, "").unwrap();
     let defaults = shown_settings(&empty);
-    for key in ["http_listen", "p2p_listen", "priority", "mdns", "state_dir", "peers"] {
+    for key in ["http_listen", "p2p_listen", "priority", "mdns", "serve_logs", "state_dir", "peers"]
+    {
         assert_eq!(plain[key]["source"], "file", "the module writes {key}");
         assert_eq!(plain[key]["value"], defaults[key]["value"], "the module's default {key}");
     }

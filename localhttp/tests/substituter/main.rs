@@ -1,6 +1,7 @@
 //! The substituter over real TCP, with test peers standing in for the mesh: honest ones and
 //! hostile ones. What matters is what the client receives.
 
+mod documents;
 mod nar;
 mod narinfo;
 mod nix_resume;

@@ -121,6 +121,21 @@ pub struct TestSource {
     pub narinfo_calls: AtomicUsize,
     /// Every NAR request, as (peer, offset).
     pub nar_calls: Mutex<Vec<(String, u64)>>,
+    /// What each peer has besides: listings and build logs.
+    pub documents: Mutex<Documents>,
+}
+
+/// The listings and build logs test peers give, by peer, and what was asked of them.
+#[derive(Default)]
+pub struct Documents {
+    /// A peer's listing of [`PATH`], whatever NAR hash is asked for.
+    pub listings: HashMap<String, Bytes>,
+    /// A peer's build logs, by the derivation's base name.
+    pub logs: HashMap<(String, String), Bytes>,
+    /// Every listing request, as (peer, NAR hash).
+    pub listing_calls: Vec<(String, Sha256)>,
+    /// Every build log request, by peer.
+    pub log_calls: Vec<String>,
 }
 
 impl TestSource {
@@ -131,6 +146,7 @@ impl TestSource {
             connected: AtomicBool::new(true),
             narinfo_calls: AtomicUsize::new(0),
             nar_calls: Mutex::new(Vec::new()),
+            documents: Mutex::default(),
         })
     }
 
@@ -224,6 +240,31 @@ impl PathSource for TestSource {
             NarReply::NeverAnswers => std::future::pending().await,
         };
         Ok(Some(stream))
+    }
+
+    async fn fetch_listing(
+        &self,
+        peer: &String,
+        _hash: StorePathHash,
+        nar_hash: Sha256,
+    ) -> Result<Option<Bytes>, SourceError> {
+        let mut documents = self.documents.lock().unwrap();
+        documents.listing_calls.push((peer.clone(), nar_hash));
+        Ok(documents.listings.get(peer).cloned())
+    }
+
+    fn log_holders(&self) -> Vec<String> {
+        self.peers.iter().map(|p| p.name.to_owned()).collect()
+    }
+
+    async fn fetch_build_log(
+        &self,
+        peer: &String,
+        drv: &StorePath,
+    ) -> Result<Option<Bytes>, SourceError> {
+        let mut documents = self.documents.lock().unwrap();
+        documents.log_calls.push(peer.clone());
+        Ok(documents.logs.get(&(peer.clone(), drv.base_name())).cloned())
     }
 }
 

@@ -61,6 +61,10 @@ struct FlagValues {
     /// (repeatable).
     #[arg(long = "serve-exclude", value_name = "PATTERN")]
     serve_exclude: Vec<String>,
+    /// Give peers this store's build logs (`nix log`), failed builds' included: off by
+    /// default, since a log can hold what a private build printed.
+    #[arg(long)]
+    serve_logs: bool,
     /// A mesh key file (made by `nixmesh mesh-key`): only nodes with the same key connect.
     #[arg(long, value_name = "FILE")]
     mesh_key_file: Option<PathBuf>,
@@ -252,6 +256,7 @@ mod tests {
             "--log-format=json",
             "--serve-unsigned",
             "--serve-exclude=*-secret*",
+            "--serve-logs",
             "--upstream=http://192.0.2.1:8080",
             "--upstream-timeout=1.5",
             "--spool-max-bytes=1000",

@@ -63,6 +63,10 @@ pub struct ServeConfig {
     pub serve_unsigned: bool,
     /// Store-path name patterns (`*`, `?`) never served to peers, signed or not.
     pub serve_exclude: Vec<String>,
+    /// Give peers the store's build logs (`nix log`), failed builds' included: off by
+    /// default, since a log can hold what a private build printed. Read from the log
+    /// directory beside `real_store_dir` (`/nix/var/log/nix` for `/nix/store`).
+    pub serve_logs: bool,
     /// When not empty, the only peers (by peer id) the node connects with and serves.
     #[serde(with = "peer_ids")]
     pub allow_peers: Vec<PeerId>,
@@ -183,6 +187,7 @@ impl Default for ServeConfig {
             mdns: true,
             serve_unsigned: false,
             serve_exclude: Vec::new(),
+            serve_logs: false,
             mesh_key_file: None,
             allow_peers: Vec::new(),
             rescan_interval: Duration::from_secs(2),

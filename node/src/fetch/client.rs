@@ -77,8 +77,8 @@ struct Sessions {
 }
 
 /// A stream in use for one exchange; back to the idle list with [`Session::finished`].
-struct Session {
-    stream: MeshStream,
+pub(super) struct Session {
+    pub(super) stream: MeshStream,
     peer: PeerId,
     sessions: Arc<Sessions>,
     _share: PeerShare,
@@ -86,7 +86,7 @@ struct Session {
 
 impl Session {
     /// The exchange ended cleanly: the stream may carry the next one.
-    fn finished(self) {
+    pub(super) fn finished(self) {
         let mut idle = self.sessions.idle.lock().expect("idle sessions lock poisoned");
         let list = idle.entry(self.peer).or_default();
         list.retain(|(_, since)| since.elapsed() < REUSE_WITHIN);
@@ -144,6 +144,9 @@ impl FetchClient {
             FetchResponse::Nar { .. } => {
                 return Err(failed("answered a narinfo request with a NAR".into()));
             }
+            FetchResponse::Listing { .. } | FetchResponse::BuildLog { .. } => {
+                return Err(failed("answered a narinfo request with another answer".into()));
+            }
         };
         session.finished();
         answer
@@ -185,9 +188,10 @@ impl FetchClient {
         let failed = |reason: String| FetchError { peer, operation, reason };
         let offset = match request {
             FetchRequest::Nar { offset, .. } | FetchRequest::UpstreamNar { offset, .. } => offset,
-            FetchRequest::NarInfo { .. } | FetchRequest::UpstreamNarInfo { .. } => {
-                unreachable!("a NAR request")
-            }
+            FetchRequest::NarInfo { .. }
+            | FetchRequest::UpstreamNarInfo { .. }
+            | FetchRequest::Listing { .. }
+            | FetchRequest::BuildLog { .. } => unreachable!("a NAR request"),
         };
         let (session, response) = self.exchange(peer, request, operation).await?;
         match response {
@@ -205,15 +209,17 @@ impl FetchClient {
                 session.finished();
                 Err(failed(message))
             }
-            FetchResponse::NarInfo { .. } => {
-                Err(failed("answered a NAR request with a narinfo".into()))
+            FetchResponse::NarInfo { .. }
+            | FetchResponse::Listing { .. }
+            | FetchResponse::BuildLog { .. } => {
+                Err(failed("answered a NAR request with another answer".into()))
             }
         }
     }
 
     /// Sends `request` to `peer` and reads the answer, on a reused or new stream, asking
     /// again where that is safe (see the module docs).
-    async fn exchange(
+    pub(super) async fn exchange(
         &self,
         peer: PeerId,
         request: FetchRequest,

@@ -1,5 +1,5 @@
-//! The fetch conversation, both sides: [`client`] asks peers for narinfos and NARs,
-//! [`server`] answers them from the local store.
+//! The fetch conversation, both sides: [`client`] asks peers for narinfos and NARs (and
+//! `documents`, for listings and build logs), [`server`] answers them from the local store.
 //!
 //! A fetch stream is a session: the asker sends a request, reads the whole answer (a NAR's
 //! bytes included), and may then send the next request on the same stream. Streams are kept
@@ -9,6 +9,7 @@
 //! only read, so asking twice is harmless.
 
 pub mod client;
+mod documents;
 pub mod policy;
 pub mod server;
 

@@ -36,6 +36,8 @@ use crate::shutdown::Shutdown;
 use crate::store::{PathInfo, Store, StoreError, dump};
 use crate::traffic::Traffic;
 
+mod documents;
+
 /// How long a peer may take to send its first request on a new stream, and any request once
 /// it has begun.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -116,6 +118,8 @@ pub struct Provider {
     /// This node's downloads from upstream, relayed to the peers that ask this node as their
     /// claimer; none without upstreams.
     flights: Option<Arc<dyn UpstreamRelay>>,
+    /// Where the store's build logs are, when they are served to peers (`serve_logs`).
+    log_dir: Option<Arc<Path>>,
 }
 
 impl Provider {
@@ -135,8 +139,14 @@ impl Provider {
             policy: Arc::new(ServingPolicy { signs: signing_key.is_some(), ..Default::default() }),
             refusals: Arc::default(),
             flights: None,
+            log_dir: None,
             signing_key,
         }
+    }
+
+    /// The provider, giving peers the build logs in `log_dir` (see [`crate::store::build_log`]).
+    pub fn serving_logs(self, log_dir: PathBuf) -> Self {
+        Provider { log_dir: Some(Arc::from(log_dir)), ..self }
     }
 
     /// The provider, relaying NARs from this node's upstream downloads to the peers that
@@ -290,6 +300,13 @@ impl Provider {
                     flights.relayed(nar_size - offset);
                     drop(slot);
                 }
+                Ok(Plan::Document { answer, body }) => {
+                    stream.write(&answer).await?;
+                    for chunk in body.chunks(super::NAR_CHUNK) {
+                        stream.write_bytes(chunk).await?;
+                    }
+                    stream.flush().await?;
+                }
             }
         }
     }
@@ -356,6 +373,10 @@ impl Provider {
                     Err(e) => Err(failed(e.to_string())),
                 }
             }
+            FetchRequest::Listing { hash, nar_hash } => {
+                self.plan_listing(peer, origin, hash, nar_hash, turn).await
+            }
+            FetchRequest::BuildLog { ref drv } => self.plan_build_log(peer, drv).await,
             FetchRequest::UpstreamNar { hash, nar_hash, offset } => {
                 let flights = self.flights.clone().ok_or(FetchResponse::NotFound)?;
                 // A relay is a NAR transfer like any other: it takes a slot within the peer's
@@ -416,6 +437,11 @@ impl RecentPathInfo {
 /// What the holder will send for a request it can serve.
 enum Plan {
     NarInfo(String),
+    /// An answer and the bytes that follow it whole (a listing, a build log).
+    Document {
+        answer: FetchResponse,
+        body: Bytes,
+    },
     /// The NAR's bytes (from the start), the part to send, and the transfer slot held while
     /// it is sent.
     Nar {

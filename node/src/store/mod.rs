@@ -13,9 +13,11 @@
 //!   connection when a pooled one turns out to be stale (all operations only read).
 
 mod address;
+pub mod build_log;
 mod connection;
 pub mod dump;
 mod error;
+pub mod listing;
 mod nar;
 mod path_info;
 mod pool;

@@ -18,6 +18,8 @@
 //! - [`reader`]: [`NarParser`] takes the archive in chunks of any size, checks it as it
 //!   goes and reports [`Event`]s, in bounded memory and without buffering file contents;
 //!   [`NarValidator`] and [`validate`] just check and count.
+//! - [`listing`]: the `.ls` listing Nix writes beside a NAR (what it holds, and where each
+//!   file's contents start), from a tree or from a NAR's events.
 //!
 //! Both accept exactly the archives Nix writes (`nix-store --dump`, checked against golden
 //! files in `protocol/tests/data/nar/`), within the bounds in [`format`](mod@format): entry
@@ -49,6 +51,7 @@
 //! ```
 
 pub mod format;
+pub mod listing;
 pub mod reader;
 pub mod writer;
 

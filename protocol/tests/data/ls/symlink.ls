@@ -1,0 +1,1 @@
+{"version":1,"root":{"type":"symlink","target":"/nix/store/00000000000000000000000000000000-example"}}
