@@ -1,7 +1,9 @@
 //! The substituter over real TCP, with test peers standing in for the mesh: honest ones and
 //! hostile ones. What matters is what the client receives.
 
+mod heads;
 mod nar;
 mod narinfo;
 mod routes;
 mod support;
+mod why;
