@@ -203,6 +203,8 @@ pub fn keygen(name: &str, out: &Path) -> Result<String, CliError> {
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
 
     #[test]
@@ -219,5 +221,40 @@ mod tests {
             vec!["laptop".into(), "on".into(), "1".into()],
         ];
         assert_eq!(table(&rows), "NAME    STATE  X\nlaptop  on     1\n");
+    }
+
+    /// A node that answers `429` (`Retry-After: 0`) `busy` times, then `{"ok":true}`: how
+    /// many requests it took.
+    async fn busy_node(busy: usize) -> (String, tokio::task::JoinHandle<usize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let served = tokio::spawn(async move {
+            for n in 0..=busy {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut request = vec![0u8; 4096];
+                let _ = socket.read(&mut request).await.unwrap();
+                let answer = if n < busy {
+                    "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 0\r\nContent-Length: 0\r\n\r\n"
+                } else {
+                    "HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{\"ok\":true}"
+                };
+                socket.write_all(answer.as_bytes()).await.unwrap();
+            }
+            busy + 1
+        });
+        (url, served)
+    }
+
+    #[tokio::test]
+    async fn a_busy_node_is_asked_again_a_few_times_then_given_up_on() {
+        let (url, served) = busy_node(2).await;
+        let answer: serde_json::Value = get_json(&url, "/_nixmesh/why/x").await.unwrap();
+        assert_eq!(answer["ok"], true);
+        assert_eq!(served.await.unwrap(), 3);
+
+        let (url, served) = busy_node(BUSY_RETRIES as usize + 1).await;
+        let err = get_json::<serde_json::Value>(&url, "/_nixmesh/why/x").await.unwrap_err();
+        assert!(err.to_string().contains("429"), "{err}");
+        served.abort();
     }
 }
