@@ -79,6 +79,8 @@ struct ConnectionState {
     remote: SocketAddr,
     /// Requests arrived and not yet answered to their last byte.
     requests: AtomicUsize,
+    /// Requests arrived since it was accepted.
+    arrived: AtomicU64,
     /// When it last had no request in flight (accepted, or its last response ended).
     quiet_since: AtomicU64,
     /// Since when a write has been waiting on the client, taking nothing; 0: not waiting.
@@ -96,6 +98,7 @@ impl ClientConnection {
         let state = ConnectionState {
             remote,
             requests: AtomicUsize::new(0),
+            arrived: AtomicU64::new(0),
             quiet_since: AtomicU64::new(now_ms()),
             blocked_since: AtomicU64::new(0),
             write_limit: AtomicU64::new(0),
@@ -112,8 +115,15 @@ impl ClientConnection {
 
     /// Marks a request in flight until the guard is dropped (with its response's body).
     pub fn request(&self) -> InFlight {
+        self.state.arrived.fetch_add(1, Ordering::SeqCst);
         self.state.requests.fetch_add(1, Ordering::SeqCst);
         InFlight(self.clone())
+    }
+
+    /// How many requests have arrived on it, and whether one is in flight.
+    pub fn requests_seen(&self) -> (u64, bool) {
+        let arrived = self.state.arrived.load(Ordering::SeqCst);
+        (arrived, self.state.requests.load(Ordering::SeqCst) > 0)
     }
 
     /// How long a write has been waiting on the client with nothing taken, if one is.
