@@ -82,3 +82,33 @@ async fn a_head_past_the_bound_is_closed_at_once_and_one_within_it_is_served() {
     let reply = send_raw(addr, head.as_bytes()).await.expect("a response");
     assert_eq!(reply.status, 200);
 }
+
+#[tokio::test]
+async fn heads_on_a_kept_alive_connection_are_each_counted_on_their_own() {
+    let fixture = Fixture::new();
+    let addr = start(TestSource::honest(&fixture), test_config(&fixture)).await;
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    // Three times the bound in all, each head a twentieth of it.
+    let filler = "a".repeat(MAX_HEAD_BYTES / 20);
+    let head =
+        format!("GET /nix-cache-info HTTP/1.1\r\nHost: localhost\r\nX-Some: {filler}\r\n\r\n");
+    let mut received = Vec::new();
+    for i in 0..60 {
+        socket.write_all(head.as_bytes()).await.unwrap();
+        let mut buf = [0u8; 4096];
+        let answered = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let n = socket.read(&mut buf).await.unwrap();
+                assert!(n > 0, "request {i}: the connection was closed");
+                received.extend_from_slice(&buf[..n]);
+                // Each answer's body ends with the cache's priority line.
+                if received.ends_with(b"Priority: 10\n") {
+                    break;
+                }
+            }
+        });
+        answered.await.expect("an answer within 5 s");
+        assert!(received.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&received));
+        received.clear();
+    }
+}
