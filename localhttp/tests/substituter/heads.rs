@@ -49,7 +49,7 @@ async fn a_head_trickled_in_is_closed_at_the_stall_limit() {
     trickle.abort();
     assert!(closed.is_some(), "a trickled head still open after {took:?}");
     assert!(took >= stall - Duration::from_millis(100), "closed before the stall limit: {took:?}");
-    assert!(took < stall + Duration::from_millis(900), "closed {took:?} after it began");
+    assert!(took < stall + Duration::from_secs(2), "closed {took:?} after it began");
     // The server goes on serving.
     assert_eq!(get(addr, "/nix-cache-info").await.status, 200);
 }
