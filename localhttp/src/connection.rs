@@ -6,7 +6,9 @@
 //!
 //! Deadlines, each a failure of the read or write that waits past it:
 //! - nothing moved either way for the stall limit (`client_stall_timeout`, 60 s): an idle
-//!   keep-alive, a client trickling its request headers, a client that stopped reading;
+//!   keep-alive, a client that stopped reading (a client trickling a request's head keeps
+//!   bytes moving; that head's own deadline, the same limit counted from when the connection
+//!   began to wait for it, is hyper's, set in [`crate::http1`]);
 //! - a NAR response the client takes nothing of for the NAR write limit
 //!   ([`ClientConnection::limit_writes`], `nar_client_stall_timeout`, 20 s);
 //! - cut at once ([`ClientConnection::cut`]) to make room: for a new client when
@@ -65,7 +67,8 @@ pub fn connections_for_open_file_limit() -> usize {
     soft.saturating_sub(DESCRIPTORS_KEPT).max(MIN_CONNECTIONS)
 }
 
-/// One client connection as requests see it (axum's `ConnectInfo`): what it is doing, and
+/// One client connection as requests see it (axum's `ConnectInfo`, which [`crate::http1`]
+/// puts in every request): what it is doing, and
 /// the means to cut it off or to tighten its write limit.
 #[derive(Clone)]
 pub struct ClientConnection {
@@ -76,6 +79,8 @@ struct ConnectionState {
     remote: SocketAddr,
     /// Requests arrived and not yet answered to their last byte.
     requests: AtomicUsize,
+    /// Requests arrived since it was accepted.
+    arrived: AtomicU64,
     /// When it last had no request in flight (accepted, or its last response ended).
     quiet_since: AtomicU64,
     /// Since when a write has been waiting on the client, taking nothing; 0: not waiting.
@@ -93,6 +98,7 @@ impl ClientConnection {
         let state = ConnectionState {
             remote,
             requests: AtomicUsize::new(0),
+            arrived: AtomicU64::new(0),
             quiet_since: AtomicU64::new(now_ms()),
             blocked_since: AtomicU64::new(0),
             write_limit: AtomicU64::new(0),
@@ -109,8 +115,15 @@ impl ClientConnection {
 
     /// Marks a request in flight until the guard is dropped (with its response's body).
     pub fn request(&self) -> InFlight {
+        self.state.arrived.fetch_add(1, Ordering::SeqCst);
         self.state.requests.fetch_add(1, Ordering::SeqCst);
         InFlight(self.clone())
+    }
+
+    /// How many requests have arrived on it, and whether one is in flight.
+    pub fn requests_seen(&self) -> (u64, bool) {
+        let arrived = self.state.arrived.load(Ordering::SeqCst);
+        (arrived, self.state.requests.load(Ordering::SeqCst) > 0)
     }
 
     /// How long a write has been waiting on the client with nothing taken, if one is.
@@ -175,6 +188,7 @@ impl Drop for WriteLimit {
 pub struct Connections {
     open: Mutex<HashMap<u64, Weak<ConnectionState>>>,
     next_id: AtomicU64,
+    closed: AtomicU64,
     max: usize,
     log: RateLimitedLog,
 }
@@ -184,9 +198,15 @@ impl Connections {
         Arc::new(Connections {
             open: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
+            closed: AtomicU64::new(0),
             max,
             log: RateLimitedLog::default(),
         })
+    }
+
+    /// How many have closed since the listener began.
+    pub fn closed(&self) -> u64 {
+        self.closed.load(Ordering::Relaxed)
     }
 
     /// How many are open.
@@ -207,6 +227,7 @@ impl Connections {
 
     fn remove(&self, id: u64) {
         self.open.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        self.closed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Cuts off the connection without a request in flight that has been quiet longest (at
@@ -324,18 +345,6 @@ impl axum::serve::Listener for StallLimitedListener {
     }
 }
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, StallLimitedListener>>
-    for ClientConnection
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, StallLimitedListener>) -> Self {
-        match &stream.io().connection {
-            Some((connection, _, _)) => connection.clone(),
-            // Every connection the listener makes is registered; never reached.
-            None => ClientConnection::new(*stream.remote_addr()),
-        }
-    }
-}
-
 /// `inner`, with reads and writes that fail once nothing has moved for `stall` (or, while a
 /// write limit is in force, once a write has taken nothing for it), or once cut off.
 pub struct StallLimited<T> {
@@ -367,6 +376,11 @@ impl<T> StallLimited<T> {
         let id = connections.add(&connection);
         self.connection = Some((connection, connections, id));
         self
+    }
+
+    /// What requests see of it, once the listener has registered it.
+    pub fn client(&self) -> Option<&ClientConnection> {
+        self.connection.as_ref().map(|(c, _, _)| c)
     }
 
     fn state(&self) -> Option<&ConnectionState> {

@@ -9,11 +9,13 @@
 //! Modules: `target` parses request paths; `substituter` holds the shared state and the
 //! narinfo trust rule; `cache` remembers verified narinfos; `routes` and `nar` are the
 //! handlers, `listing` (`<hash>.ls`) and `build_log` (`log/<drv>`) too; `nar_range` serves
-//! byte ranges of a NAR under the same rule; `why` explains what would be served and why;
-//! `verified_nar` checks NAR bytes; `node_view` is what the status pages read; `metrics` holds
-//! the Prometheus registry; `server` assembles the router with its limits; `connection` bounds
-//! each client connection in time and their number; `nar_slots` bounds the NAR downloads and
-//! what a stalled one holds; `client_hosts` gates a listener open to the LAN.
+//! byte ranges of a NAR under the same rule; `why` explains what would be served and why,
+//! within `why_limit`'s bounds; `verified_nar` checks NAR bytes; `node_view` is what the
+//! status pages read; `metrics` holds the Prometheus registry; `server` assembles the router
+//! with its limits; `http1` serves each connection with hyper, bounding a request's head in
+//! time and size; `connection` bounds each client connection in time and their number; `trim`
+//! gives memory back after bursts of them; `nar_slots` bounds the NAR downloads and what a
+//! stalled one holds; `client_hosts` gates a listener open to the LAN.
 
 mod build_log;
 mod cache;
@@ -23,6 +25,7 @@ pub mod connection;
 pub mod health;
 mod held_body;
 mod holders;
+pub mod http1;
 pub mod listing;
 pub mod log_limit;
 pub mod metrics;
@@ -35,8 +38,10 @@ pub mod server;
 pub mod source;
 mod substituter;
 pub mod target;
+mod trim;
 pub mod verified_nar;
 pub mod why;
+pub mod why_limit;
 
 pub use axum::Router;
 pub use config::Config;

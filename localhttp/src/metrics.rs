@@ -46,7 +46,7 @@ pub mod result {
     /// A `404`: for a narinfo, no connected peer advertises the path.
     pub const MISS: &str = "miss";
     /// A narinfo with holders, none of which gave one that may be served (untrusted, not the
-    /// path asked for, unreachable).
+    /// path asked for, unreachable); a `why` report past its limits (`429`).
     pub const REFUSED: &str = "refused";
     /// A NAR sent whole, or any other request answered `200`.
     pub const OK: &str = "ok";

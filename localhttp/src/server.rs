@@ -14,12 +14,13 @@
 //! within the narinfo deadline plus the NAR start deadline, or is a miss; once started, it
 //! goes on at the next holder when one stalls or trickles (see [`crate::verified_nar`]).
 //! Under all of these, a client connection on which nothing moves for the stall limit is
-//! closed, and what it held is given back ([`crate::connection`]).
+//! closed, and what it held is given back ([`crate::connection`]); so is one whose request's
+//! head is not whole within that limit, or grows past 32 KiB ([`crate::http1`]).
 //!
 //! Every request is counted by kind and result in [`Metrics`] (a NAR once its body has ended
 //! or been cut off), and the time to a narinfo hit or a NAR's first bytes is recorded.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -48,7 +49,7 @@ use crate::routes::Outcome;
 use crate::source::PathSource;
 use crate::substituter::Substituter;
 use crate::target::{RequestPathError, Target};
-use crate::{build_log, nar, routes, why};
+use crate::{build_log, http1, nar, routes, trim, why};
 
 /// The longest request URI accepted; Nix's are under 100 bytes.
 pub const MAX_URI_BYTES: usize = 8 * 1024;
@@ -73,9 +74,15 @@ pub fn router<S: PathSource>(
         .route("/_nixmesh/status", get(routes::status))
         .route("/metrics", get(routes::metrics))
         .with_state((view.clone(), metrics.clone()));
+    let why_state = why::WhyState {
+        sub: substituter.clone(),
+        view,
+        limits: Default::default(),
+        refused: Default::default(),
+    };
     let why = Router::new()
         .route("/_nixmesh/why/{hash}", get(why::why::<S>))
-        .with_state((substituter.clone(), view));
+        .with_state(Arc::new(why_state));
     // Every route but the NAR download is answered within `request_timeout` (by `front`).
     let mut answered_in_time = Router::new()
         .route("/nix-cache-info", get(routes::cache_info::<S>))
@@ -95,8 +102,9 @@ pub fn router<S: PathSource>(
 
 /// Serves `router` on `listener` until `shutdown` completes, then stops accepting and waits
 /// up to [`SHUTDOWN_GRACE`] for requests in flight. A connection on which nothing moves for
-/// `client_stall` is closed, and at most as many are open at once as the open-file limit
-/// leaves room for (see [`crate::connection`]).
+/// `client_stall`, or whose request's head is not whole within it, is closed; at most as many
+/// are open at once as the open-file limit leaves room for (see [`crate::connection`] and
+/// [`crate::http1`]); the heap is trimmed after bursts of them (`trim.rs`).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -110,8 +118,8 @@ pub async fn serve(
     };
     let max_connections = connections_for_open_file_limit();
     let listener = StallLimitedListener::new(listener, client_stall, max_connections);
-    let service = router.into_make_service_with_connect_info::<ClientConnection>();
-    let server = axum::serve(listener, service).with_graceful_shutdown(signal).into_future();
+    let trim = trim::after_bursts(listener.connections().clone());
+    let server = http1::serve_until(listener, router, client_stall, signal);
     let grace_over = async {
         if stopped.await.is_err() {
             // The server ended without a shutdown signal; it answers for itself below.
@@ -120,7 +128,8 @@ pub async fn serve(
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
     tokio::select! {
-        result = server => result,
+        () = server => Ok(()),
+        () = trim => Ok(()),
         () = grace_over => {
             warn!(grace = ?SHUTDOWN_GRACE, "requests still in flight at shutdown are dropped");
             Ok(())

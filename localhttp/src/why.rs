@@ -4,23 +4,33 @@
 //! It asks every connected peer that advertises the path for its narinfo, at once, each within
 //! the narinfo time limit, and judges each with the same trust rule the narinfo route uses
 //! ([`crate::substituter::accept`]). Read-only: nothing is cached, nothing is fetched but
-//! narinfos, and the route has the time limit of every route but NARs. At most
-//! [`MAX_HOLDERS`] peers are shown and asked.
+//! narinfos, and the route has the time limit of every route but NARs; the peers are asked
+//! together, so the report is done within one narinfo time limit. At most [`MAX_HOLDERS`]
+//! peers are shown and asked, and reports are bounded in number, per client and in the
+//! questions they ask peers ([`crate::why_limit`]): past a bound, a `429` at once.
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
-use axum::response::Response;
+use axum::Extension;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::response::{IntoResponse, Response};
 use futures::future::join_all;
 use nixmesh_protocol::{NarInfo, StorePathHash};
 use serde::{Deserialize, Serialize};
 use tokio::time::timeout;
+use tracing::warn;
 
+use crate::connection::ClientConnection;
+use crate::log_limit::RateLimitedLog;
+use crate::metrics::result;
 use crate::node_view::{NodeView, PeerSummary};
-use crate::routes::{json, malformed};
+use crate::routes::{Outcome, json, malformed};
 use crate::source::PathSource;
 use crate::substituter::{Accepted, Rejection, Substituter, accept};
 use crate::target::RequestPathError;
+use crate::why_limit::{WhyLimits, WhyRefusal};
 
 /// The most advertisers a report shows (and asks), connected ones first.
 pub const MAX_HOLDERS: usize = 16;
@@ -90,11 +100,19 @@ pub struct NarInfoSummary {
     pub nar_size: u64,
 }
 
-/// What the route reads: the substituter (its source and trust rule) and the node's view.
-pub(crate) type WhyState<S> = (Arc<Substituter<S>>, Arc<dyn NodeView>);
+/// What the route reads: the substituter (its source and trust rule), the node's view, and
+/// the limits on reports.
+pub(crate) struct WhyState<S: PathSource> {
+    pub sub: Arc<Substituter<S>>,
+    pub view: Arc<dyn NodeView>,
+    pub limits: WhyLimits,
+    /// Refusals, logged once a second at most.
+    pub refused: RateLimitedLog,
+}
 
 pub(crate) async fn why<S: PathSource>(
-    State((sub, view)): State<WhyState<S>>,
+    State(state): State<Arc<WhyState<S>>>,
+    client: Option<Extension<ConnectInfo<ClientConnection>>>,
     Path(hash): Path<String>,
 ) -> Response {
     // A store path's base name (`<hash>-<name>`) is taken for its hash.
@@ -103,35 +121,81 @@ pub(crate) async fn why<S: PathSource>(
         let reason = "the store hash is not 32 nixbase32 characters";
         return malformed(RequestPathError::Malformed { kind: "why", reason });
     };
-    json(&report(&sub, view.as_ref(), hash).await)
+    let client = client.map(|Extension(ConnectInfo(c))| c.remote().ip());
+    let _turn = match state.limits.turn(client) {
+        Ok(turn) => turn,
+        Err(refusal) => return too_many(&state, refusal),
+    };
+    let asked = Asked::of(&state.sub, state.view.as_ref(), hash);
+    if let Err(refusal) = state.limits.ask(asked.connected()) {
+        return too_many(&state, refusal);
+    }
+    json(&report(&state.sub, asked, hash).await)
+}
+
+/// A `429` for a report past a limit, counted as refused.
+fn too_many<S: PathSource>(state: &WhyState<S>, refusal: WhyRefusal) -> Response {
+    if let Some(held_back) = state.refused.admit() {
+        warn!(held_back, "why: {refusal}; answered 429");
+    }
+    let body = format!("why: {refusal}; ask again in a second\n");
+    let mut response = (StatusCode::TOO_MANY_REQUESTS, [(RETRY_AFTER, "1")], body).into_response();
+    response.extensions_mut().insert(Outcome(result::REFUSED));
+    response
+}
+
+/// The advertisers a report shows (connected first, at most [`MAX_HOLDERS`]), each with its
+/// peer when it is connected, and how many advertise the path in all.
+struct Asked<P> {
+    shown: Vec<(PeerSummary, Option<P>)>,
+    total: usize,
+}
+
+impl<P: Clone + ToString> Asked<P> {
+    fn of<S: PathSource<Peer = P>>(
+        sub: &Substituter<S>,
+        view: &dyn NodeView,
+        hash: StorePathHash,
+    ) -> Self {
+        let connected = sub.source.holders(&hash);
+        let mut advertisers = view.advertisers(&hash);
+        let total = advertisers.len();
+        advertisers.sort_by_key(|p| !p.connected);
+        advertisers.truncate(MAX_HOLDERS);
+        let shown = advertisers
+            .into_iter()
+            .map(|summary| {
+                let peer = connected.iter().find(|p| p.to_string() == summary.id).cloned();
+                (summary, peer)
+            })
+            .collect();
+        Asked { shown, total }
+    }
+
+    /// How many peers the report asks.
+    fn connected(&self) -> usize {
+        self.shown.iter().filter(|(_, peer)| peer.is_some()).count()
+    }
 }
 
 async fn report<S: PathSource>(
     sub: &Substituter<S>,
-    view: &dyn NodeView,
+    asked: Asked<S::Peer>,
     hash: StorePathHash,
 ) -> WhyReport {
-    let connected = sub.source.holders(&hash);
-    let mut advertisers = view.advertisers(&hash);
-    let total = advertisers.len();
-    advertisers.sort_by_key(|p| !p.connected);
-    advertisers.truncate(MAX_HOLDERS);
-    let asks = advertisers.into_iter().map(|summary| {
-        let peer = connected.iter().find(|p| p.to_string() == summary.id).cloned();
-        async move {
-            match peer {
-                Some(peer) => judge(sub, &peer, hash, summary).await,
-                None => {
-                    let problem = Some("not connected".to_owned());
-                    let held = HolderReport {
-                        peer: summary,
-                        narinfo: None,
-                        accepted: false,
-                        accepted_by: None,
-                        problem,
-                    };
-                    (held, Verdict::HolderUnreachable)
-                }
+    let asks = asked.shown.into_iter().map(|(summary, peer)| async move {
+        match peer {
+            Some(peer) => judge(sub, &peer, hash, summary).await,
+            None => {
+                let problem = Some("not connected".to_owned());
+                let held = HolderReport {
+                    peer: summary,
+                    narinfo: None,
+                    accepted: false,
+                    accepted_by: None,
+                    problem,
+                };
+                (held, Verdict::HolderUnreachable)
             }
         }
     });
@@ -146,7 +210,7 @@ async fn report<S: PathSource>(
         verdict,
         reason: explain(verdict, &holders, &trusted_keys),
         holders,
-        advertisers: total,
+        advertisers: asked.total,
         trusted_keys,
     }
 }

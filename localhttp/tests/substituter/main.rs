@@ -2,9 +2,11 @@
 //! hostile ones. What matters is what the client receives.
 
 mod documents;
+mod heads;
 mod nar;
 mod narinfo;
 mod nix_resume;
 mod ranges;
 mod routes;
 mod support;
+mod why;

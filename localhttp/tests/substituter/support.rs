@@ -299,8 +299,12 @@ impl NodeView for TestSource {
         }
     }
 
-    fn advertisers(&self, _: &StorePathHash) -> Vec<PeerSummary> {
-        Vec::new()
+    /// Every peer, for the path they hold.
+    fn advertisers(&self, hash: &StorePathHash) -> Vec<PeerSummary> {
+        if *hash != self.hash {
+            return Vec::new();
+        }
+        self.peers()
     }
 }
 

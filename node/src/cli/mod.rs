@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper::header::{ACCEPT, HOST};
+use hyper::header::{ACCEPT, HOST, RETRY_AFTER};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use nixmesh_protocol::signature::SigningKey;
@@ -28,6 +28,9 @@ pub use why::why;
 
 /// How long `peers`, `status` and `why` wait for the node.
 const NODE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many times a `429` from the node is asked again, and the longest wait before each.
+const BUSY_RETRIES: u32 = 5;
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// The most a node's answer may be.
 const MAX_RESPONSE: usize = 16 << 20;
 
@@ -54,7 +57,9 @@ pub enum CliError {
     MeshKey(#[from] crate::mesh::key::MeshKeyError),
 }
 
-/// Gets `path` from the node at `url` (`http://host:port`) and decodes its JSON.
+/// Gets `path` from the node at `url` (`http://host:port`) and decodes its JSON. A `429`
+/// (too many `why` reports at once) is asked again after the node's `Retry-After`, up to
+/// [`BUSY_RETRIES`] times.
 pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
     url: &str,
     path: &str,
@@ -64,6 +69,31 @@ pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
         .map(|rest| rest.trim_end_matches('/'))
         .filter(|a| !a.is_empty() && !a.contains('/'))
         .ok_or_else(|| CliError::BadNodeUrl(url.to_owned()))?;
+    let bad = |reason: String| CliError::BadAnswer { url: url.to_owned(), reason };
+    let mut retries = 0;
+    let body = loop {
+        let (status, retry_after, body) = get_once(url, authority, path).await?;
+        if status == StatusCode::TOO_MANY_REQUESTS && retries < BUSY_RETRIES {
+            retries += 1;
+            tokio::time::sleep(retry_after.min(MAX_RETRY_AFTER)).await;
+            continue;
+        }
+        if status != StatusCode::OK {
+            let status = status.to_string();
+            return Err(CliError::Status { url: url.into(), path: path.into(), status });
+        }
+        break body;
+    };
+    serde_json::from_slice(&body).map_err(|e| bad(e.to_string()))
+}
+
+/// One `GET path` from the node at `authority`: the status, its `Retry-After` (1 s when it
+/// gives none), and the body.
+async fn get_once(
+    url: &str,
+    authority: &str,
+    path: &str,
+) -> Result<(StatusCode, Duration, Bytes), CliError> {
     let unreachable = |reason: String| CliError::Unreachable { url: url.to_owned(), reason };
     let bad = |reason: String| CliError::BadAnswer { url: url.to_owned(), reason };
     let request = Request::get(path)
@@ -71,7 +101,7 @@ pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
         .header(ACCEPT, "application/json")
         .body(Empty::<Bytes>::new())
         .map_err(|_| CliError::BadNodeUrl(url.to_owned()))?;
-    let (status, body) = tokio::time::timeout(NODE_TIMEOUT, async {
+    tokio::time::timeout(NODE_TIMEOUT, async {
         let stream = tokio::net::TcpStream::connect(authority)
             .await
             .map_err(|e| unreachable(e.to_string()))?;
@@ -81,19 +111,17 @@ pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
         tokio::spawn(connection);
         let response = sender.send_request(request).await.map_err(|e| bad(e.to_string()))?;
         let status = response.status();
+        let retry_after = response.headers().get(RETRY_AFTER);
+        let retry_after = retry_after.and_then(|v| v.to_str().ok()?.parse().ok());
+        let retry_after = Duration::from_secs(retry_after.unwrap_or(1));
         let body = Limited::new(response.into_body(), MAX_RESPONSE)
             .collect()
             .await
             .map_err(|e| bad(format!("reading the body: {e}")))?;
-        Ok::<_, CliError>((status, body.to_bytes()))
+        Ok((status, retry_after, body.to_bytes()))
     })
     .await
-    .map_err(|_| unreachable(format!("no answer within {NODE_TIMEOUT:?}")))??;
-    if status != StatusCode::OK {
-        let status = status.to_string();
-        return Err(CliError::Status { url: url.into(), path: path.into(), status });
-    }
-    serde_json::from_slice(&body).map_err(|e| bad(e.to_string()))
+    .map_err(|_| unreachable(format!("no answer within {NODE_TIMEOUT:?}")))?
 }
 
 /// `bytes` as a person reads them: `0 B`, `512 B`, `1.5 KiB`, `20.0 MiB`, `3.1 GiB`.
@@ -175,6 +203,8 @@ pub fn keygen(name: &str, out: &Path) -> Result<String, CliError> {
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
 
     #[test]
@@ -191,5 +221,40 @@ mod tests {
             vec!["laptop".into(), "on".into(), "1".into()],
         ];
         assert_eq!(table(&rows), "NAME    STATE  X\nlaptop  on     1\n");
+    }
+
+    /// A node that answers `429` (`Retry-After: 0`) `busy` times, then `{"ok":true}`: how
+    /// many requests it took.
+    async fn busy_node(busy: usize) -> (String, tokio::task::JoinHandle<usize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let served = tokio::spawn(async move {
+            for n in 0..=busy {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut request = vec![0u8; 4096];
+                let _ = socket.read(&mut request).await.unwrap();
+                let answer = if n < busy {
+                    "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 0\r\nContent-Length: 0\r\n\r\n"
+                } else {
+                    "HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{\"ok\":true}"
+                };
+                socket.write_all(answer.as_bytes()).await.unwrap();
+            }
+            busy + 1
+        });
+        (url, served)
+    }
+
+    #[tokio::test]
+    async fn a_busy_node_is_asked_again_a_few_times_then_given_up_on() {
+        let (url, served) = busy_node(2).await;
+        let answer: serde_json::Value = get_json(&url, "/_nixmesh/why/x").await.unwrap();
+        assert_eq!(answer["ok"], true);
+        assert_eq!(served.await.unwrap(), 3);
+
+        let (url, served) = busy_node(BUSY_RETRIES as usize + 1).await;
+        let err = get_json::<serde_json::Value>(&url, "/_nixmesh/why/x").await.unwrap_err();
+        assert!(err.to_string().contains("429"), "{err}");
+        served.abort();
     }
 }
