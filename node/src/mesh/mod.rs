@@ -377,6 +377,7 @@ impl SwarmDriver {
     fn drop_silent(&mut self) {
         for peer in self.peers.silent_for(SILENCE_LIMIT) {
             warn!(%peer, "no answer to pings for {SILENCE_LIMIT:?}; disconnecting");
+            self.peers.dropping(&peer);
             let _ = self.swarm.disconnect_peer_id(peer);
         }
     }
@@ -495,6 +496,7 @@ impl SwarmDriver {
                         // libp2p leaves the connection open; a peer that does not answer
                         // must not keep being offered as a holder.
                         warn!(%peer, "ping failed ({e}); disconnecting");
+                        self.peers.dropping(&peer);
                         let _ = self.swarm.disconnect_peer_id(peer);
                     }
                 }
