@@ -1,12 +1,15 @@
 //! This node's side of advertising: rescan the local store, answer subscribers.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use libp2p::PeerId;
 use nixmesh_protocol::wire::{
     ADVERTS_PROTOCOL, AdvertMessage, AdvertPosition, AdvertRequest, MAX_HASHES_PER_FRAME,
     MAX_REQUEST_FRAME_LEN,
 };
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn};
 
 use super::store_watch::StoreWatch;
@@ -25,7 +28,8 @@ const LIMITS: FrameLimits = FrameLimits {
     max_frame: MAX_REQUEST_FRAME_LEN,
 };
 /// Subscribers served at once (each is a long-lived stream), two per peer (one, and the one
-/// replacing it while the old closes), 64 per origin (the peer's host); none wait for a turn.
+/// replacing it while the old closes: see [`Current`]), 64 per origin (the peer's host); none
+/// wait for a turn.
 const SUBSCRIBERS: StreamLimits = StreamLimits {
     concurrent: 1024,
     waiting: 0,
@@ -110,18 +114,86 @@ async fn changed(watch: &mut Option<StoreWatch>) -> std::io::Result<()> {
 }
 
 /// Answers subscribers on [`ADVERTS_PROTOCOL`] until `shutdown`.
+///
+/// A subscriber's slot is given back as soon as it is gone: its stream ended or broke, its
+/// connection closed (or is being closed for silence), or it subscribed again (see
+/// [`Current`]). A holder whose store is quiet writes nothing for hours, so waiting to find
+/// out on the next write kept a restarted peer's old slots, and twice restarted, the peer
+/// was refused.
 pub async fn serve(mesh: Mesh, log: Arc<AdvertLog>, shutdown: Shutdown) {
     let span = |peer| info_span!("advert-subscriber", %peer);
-    serve_streams(&mesh, ADVERTS_PROTOCOL, SUBSCRIBERS, shutdown, span, |_, stream| {
+    let current = Arc::new(Current::default());
+    serve_streams(&mesh, ADVERTS_PROTOCOL, SUBSCRIBERS, shutdown, span, |peer, stream| {
         let log = log.clone();
+        let subscription = current.replace(peer);
+        let gone = mesh.peers().until_gone(&peer);
         async move {
-            match serve_subscriber(MeshStream::mesh(stream, LIMITS), &log).await {
-                Ok(()) | Err(FrameError::Closed) => debug!("subscriber left"),
-                Err(e) => debug!("subscriber stream ended: {e}"),
+            let serving = serve_subscriber(MeshStream::mesh(stream, LIMITS), &log);
+            tokio::select! {
+                served = serving => match served {
+                    Ok(()) | Err(FrameError::Closed) => debug!("subscriber left"),
+                    Err(e) => debug!("subscriber stream ended: {e}"),
+                },
+                () = subscription.replaced.cancelled() => {
+                    debug!("subscriber replaced by its new subscription");
+                }
+                () = cancelled(gone.as_ref()) => debug!("subscriber's peer gone"),
             }
         }
     })
     .await
+}
+
+/// Until `token` is cancelled; never, without one.
+async fn cancelled(token: Option<&CancellationToken>) {
+    match token {
+        Some(token) => token.cancelled().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The subscription served to each peer now. A peer follows a holder on one stream at a
+/// time, so its new subscription means the old one is dead to it (it restarted, or the
+/// stream broke on its side unseen here): the old one is ended, its slot given back.
+#[derive(Default)]
+struct Current {
+    by_peer: Mutex<HashMap<PeerId, (u64, CancellationToken)>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// One peer's subscription; leaves [`Current`] when dropped, unless replaced already.
+struct Subscription {
+    current: Arc<Current>,
+    peer: PeerId,
+    id: u64,
+    /// Cancelled when the peer subscribes again.
+    replaced: CancellationToken,
+}
+
+impl Current {
+    /// `peer`'s new subscription, replacing (ending) any it had.
+    fn replace(self: &Arc<Self>, peer: PeerId) -> Subscription {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let replaced = CancellationToken::new();
+        let old = self.lock().insert(peer, (id, replaced.clone()));
+        if let Some((_, old)) = old {
+            old.cancel();
+        }
+        Subscription { current: self.clone(), peer, id, replaced }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, (u64, CancellationToken)>> {
+        self.by_peer.lock().expect("subscribers lock poisoned")
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut by_peer = self.current.lock();
+        if by_peer.get(&self.peer).is_some_and(|(id, _)| *id == self.id) {
+            by_peer.remove(&self.peer);
+        }
+    }
 }
 
 async fn serve_subscriber(mut stream: MeshStream, log: &AdvertLog) -> Result<(), FrameError> {
@@ -161,8 +233,13 @@ async fn serve_subscriber(mut stream: MeshStream, log: &AdvertLog) -> Result<(),
                 }
             }
         }
-        if changed.changed().await.is_err() {
-            return Ok(());
+        // A quiet store may write nothing here for hours: meanwhile, watch the stream for
+        // its end, so that a subscriber that is gone gives its slot back at once.
+        tokio::select! {
+            changed = changed.changed() => if changed.is_err() {
+                return Ok(());
+            },
+            ended = stream.ended() => return Err(ended),
         }
     }
 }
@@ -192,6 +269,22 @@ fn too_large_for_a_frame(change: &super::Change) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_subscription_replaces_the_peers_old_one_and_only_its_own() {
+        let current = Arc::new(Current::default());
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let first = current.replace(a);
+        let other = current.replace(b);
+        let second = current.replace(a);
+        assert!(first.replaced.is_cancelled(), "the old subscription is ended");
+        assert!(!other.replaced.is_cancelled() && !second.replaced.is_cancelled());
+        drop(first);
+        assert_eq!(current.lock().get(&a).map(|(id, _)| *id), Some(second.id));
+        drop(second);
+        assert!(current.lock().get(&a).is_none(), "a peer's entry goes with its subscription");
+        assert_eq!(current.lock().len(), 1);
+    }
 
     #[test]
     fn the_gap_between_listings_grows_with_their_cost_within_bounds() {

@@ -12,6 +12,11 @@
 //! it, [`crate::mesh::streams`]), up to [`NEW_STREAM_ATTEMPTS`] times. A time-out or a
 //! malformed answer is not retried: the peer is there but slow or broken, and the caller goes
 //! on to another holder.
+//!
+//! A request or a NAR's stream whose peer the mesh reports gone (disconnected, or being
+//! dropped for not answering pings) fails at once with "the peer disconnected", instead of
+//! waiting out its time-out on a stream nothing will wake: the caller moves on to the next
+//! holder as soon as the mesh knows.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +31,7 @@ use nixmesh_protocol::wire::{
 use nixmesh_protocol::{Sha256, StorePathHash};
 use thiserror::Error;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::{FRAME_TIMEOUT, NAR_CHUNK, REUSE_WITHIN};
@@ -81,6 +87,8 @@ pub(super) struct Session {
     pub(super) stream: MeshStream,
     peer: PeerId,
     sessions: Arc<Sessions>,
+    /// Cancelled when the peer is gone (see [`crate::mesh::PeerTable::until_gone`]).
+    gone: Option<CancellationToken>,
     _share: PeerShare,
 }
 
@@ -218,12 +226,27 @@ impl FetchClient {
     }
 
     /// Sends `request` to `peer` and reads the answer, on a reused or new stream, asking
-    /// again where that is safe (see the module docs).
+    /// again where that is safe (see the module docs); fails at once if the peer is gone
+    /// meanwhile.
     pub(super) async fn exchange(
         &self,
         peer: PeerId,
         request: FetchRequest,
         operation: &'static str,
+    ) -> Result<(Session, FetchResponse), FetchError> {
+        let gone = self.mesh.peers().until_gone(&peer);
+        let asking = self.exchange_with(peer, request, operation, gone.clone());
+        unless_gone(gone.as_ref(), asking)
+            .await
+            .unwrap_or_else(|| Err(disconnected(peer, operation)))
+    }
+
+    async fn exchange_with(
+        &self,
+        peer: PeerId,
+        request: FetchRequest,
+        operation: &'static str,
+        gone: Option<CancellationToken>,
     ) -> Result<(Session, FetchResponse), FetchError> {
         let failed = |reason: String| FetchError { peer, operation, reason };
         let share = self.sessions.in_use.acquire(peer).await;
@@ -247,7 +270,7 @@ impl FetchClient {
                 Ok((stream, response)) => {
                     let _share = share.take().expect("held until the answer");
                     let sessions = self.sessions.clone();
-                    return Ok((Session { stream, peer, sessions, _share }, response));
+                    return Ok((Session { stream, peer, sessions, gone, _share }, response));
                 }
                 Err(e) if unanswered(&e) && reused => {
                     // Its other idle streams are as old or older: likely closed too.
@@ -295,6 +318,24 @@ impl FetchClient {
     }
 }
 
+/// `work`'s output, or `None` if `gone` is cancelled first (never, without one).
+async fn unless_gone<T>(
+    gone: Option<&CancellationToken>,
+    work: impl Future<Output = T>,
+) -> Option<T> {
+    match gone {
+        Some(gone) => tokio::select! {
+            output = work => Some(output),
+            () = gone.cancelled() => None,
+        },
+        None => Some(work.await),
+    }
+}
+
+fn disconnected(peer: PeerId, operation: &'static str) -> FetchError {
+    FetchError { peer, operation, reason: "the peer disconnected".to_owned() }
+}
+
 /// Whether `error` means the holder never answered (the stream closed or broke), so asking
 /// again cannot have been seen twice.
 fn unanswered(error: &FrameError) -> bool {
@@ -319,7 +360,11 @@ fn nar_body(session: Session, len: u64) -> NarBody {
             return None;
         }
         let want = left.min(NAR_CHUNK as u64) as usize;
-        match session.stream.read_bytes(want).await {
+        let gone = session.gone.clone();
+        let Some(read) = unless_gone(gone.as_ref(), session.stream.read_bytes(want)).await else {
+            return Some((Err(disconnected(peer, "NAR")), (None, left)));
+        };
+        match read {
             Ok(chunk) if chunk.is_empty() => {
                 let reason = format!("the stream ended {left} bytes before the NAR's end");
                 Some((Err(failed(reason)), (None, left)))

@@ -170,6 +170,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> FramedStream<S> {
         Ok(chunk.freeze())
     }
 
+    /// Waits until the peer ends the stream or breaks it, on a stream where the peer has
+    /// nothing more to say (a subscription, once asked for): `Closed` when it ended,
+    /// `Io` when it broke or the peer sent anything more. No deadline: the caller stops
+    /// waiting when it has something to write. Cancel-safe.
+    pub async fn ended(&mut self) -> FrameError {
+        match self.fill(READ_AHEAD).await {
+            Ok(0) => FrameError::Closed,
+            Ok(_) => {
+                let e = std::io::ErrorKind::InvalidData;
+                std::io::Error::new(e, "bytes where the peer had nothing to send").into()
+            }
+            Err(e) => e.into(),
+        }
+    }
+
     /// Reads into the buffer, asking for at least `want` bytes of room; 0 at the stream's end.
     async fn fill(&mut self, want: usize) -> std::io::Result<usize> {
         self.buffer.reserve(want.max(READ_AHEAD));
@@ -234,6 +249,19 @@ mod tests {
             assert_eq!(b.read::<FetchResponse>().await.unwrap(), FetchResponse::NotFound);
         };
         tokio::join!(sending, receiving);
+    }
+
+    #[tokio::test]
+    async fn ended_waits_for_the_peer_to_close_and_not_for_a_deadline() {
+        let (a, mut b) = pair(Duration::from_millis(10));
+        let waiting = tokio::time::timeout(Duration::from_millis(50), b.ended()).await;
+        assert!(waiting.is_err(), "an open, silent stream has not ended");
+        drop(a);
+        assert!(matches!(b.ended().await, FrameError::Closed));
+        let (mut a, mut b) = pair(Duration::from_secs(5));
+        a.write_bytes(b"x").await.unwrap();
+        a.flush().await.unwrap();
+        assert!(matches!(b.ended().await, FrameError::Io(_)), "a peer that says more");
     }
 
     #[tokio::test]

@@ -58,12 +58,11 @@ const MAX_REDIAL_BACKOFF: Duration = Duration::from_secs(30);
 const FIRST_REDIAL_BACKOFF: Duration = Duration::from_secs(1);
 /// The most peers the node dials on its own (mDNS could announce any number).
 const MAX_WANTED_PEERS: usize = 1024;
-/// Connections at once: in all (a LAN of a thousand machines fits), half-open ones coming in
-/// (of which one host may hold [`handshakes::PENDING_PER_HOST`], so that a host opening
-/// connections it never finishes cannot lock real peers out), and per peer (one each way at
-/// most; more is a peer wasting our resources).
+/// Connections at once: in all (a LAN of a thousand machines fits), and per peer (one each
+/// way at most; more is a peer wasting our resources). Half-open ones coming in are limited
+/// per host and in all by the transport ([`handshakes`]), so that neither one host nor many
+/// addresses opening connections they never finish can lock real peers out.
 const MAX_CONNECTIONS: u32 = 2048;
-const MAX_PENDING_INCOMING: u32 = 256;
 /// How long a connection may take from its TCP connect to a working yamux session (pnet,
 /// noise); on a LAN it takes milliseconds. A half-open connection holds its pending place at
 /// most this long. Longer than the pnet exchange's own limit, so that a peer without the
@@ -127,7 +126,6 @@ enum Command {
 struct Behaviour {
     /// On only with an allow-list.
     allow: Toggle<allow_block_list::Behaviour<AllowedPeers>>,
-    handshakes: handshakes::PendingPerHost,
     limits: connection_limits::Behaviour,
     ping: ping::Behaviour,
     identify: identify::Behaviour,
@@ -176,11 +174,9 @@ impl Mesh {
         });
         let behaviour = |key: &identity::Keypair| Behaviour {
             allow: allow.into(),
-            handshakes: handshakes::PendingPerHost::default(),
             limits: connection_limits::Behaviour::new(
                 connection_limits::ConnectionLimits::default()
                     .with_max_established(Some(MAX_CONNECTIONS))
-                    .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
                     .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER)),
             ),
             ping: ping::Behaviour::new(
@@ -202,6 +198,7 @@ impl Mesh {
             None => open_transport(&keypair, tcp_config),
         }
         .map_err(|e| transport_err(&e))?;
+        let transport = handshakes::Gated::new(transport);
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_other_transport(|_| transport)
@@ -377,6 +374,7 @@ impl SwarmDriver {
     fn drop_silent(&mut self) {
         for peer in self.peers.silent_for(SILENCE_LIMIT) {
             warn!(%peer, "no answer to pings for {SILENCE_LIMIT:?}; disconnecting");
+            self.peers.dropping(&peer);
             let _ = self.swarm.disconnect_peer_id(peer);
         }
     }
@@ -495,6 +493,7 @@ impl SwarmDriver {
                         // libp2p leaves the connection open; a peer that does not answer
                         // must not keep being offered as a holder.
                         warn!(%peer, "ping failed ({e}); disconnecting");
+                        self.peers.dropping(&peer);
                         let _ = self.swarm.disconnect_peer_id(peer);
                     }
                 }
@@ -554,14 +553,10 @@ fn refused_incoming(error: &ListenError) -> Option<String> {
     match error {
         ListenError::Transport(TransportError::Other(e)) => private::refusal_in(e)
             .map(|r| format!("it failed the private mesh's pnet handshake: {r}")),
-        ListenError::Denied { cause } => not_allowed(cause)
-            .or_else(|| {
-                cause.downcast_ref::<handshakes::TooManyHandshakes>().map(|e| e.to_string())
-            })
-            .or_else(|| {
-                let exceeded = cause.downcast_ref::<connection_limits::Exceeded>()?;
-                Some(format!("connection limit reached: {exceeded}"))
-            }),
+        ListenError::Denied { cause } => not_allowed(cause).or_else(|| {
+            let exceeded = cause.downcast_ref::<connection_limits::Exceeded>()?;
+            Some(format!("connection limit reached: {exceeded}"))
+        }),
         _ => None,
     }
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use std::net::IpAddr;
 
 use libp2p::{Multiaddr, PeerId};
+use tokio_util::sync::CancellationToken;
 
 use super::share::Origin;
 
@@ -27,6 +28,9 @@ pub struct PeerState {
     pub name: Option<String>,
     /// The host its latest connection came from (or went to).
     pub host: Option<IpAddr>,
+    /// Cancelled when the peer is gone: its last connection closed, or the node began to
+    /// close them (see [`PeerTable::until_gone`]); a new one for each time it connects.
+    presence: Option<CancellationToken>,
 }
 
 /// The live state of every peer the node has seen since it started.
@@ -47,6 +51,10 @@ impl PeerTable {
             let state = peers.entry(peer).or_default();
             state.connections += 1;
             state.last_seen = Some(Instant::now());
+            // A connection made while the last ones are still closing starts a new presence.
+            if state.presence.as_ref().is_none_or(CancellationToken::is_cancelled) {
+                state.presence = Some(CancellationToken::new());
+            }
             if let Some(address) = dialled
                 && state.addresses.len() < MAX_ADDRESSES
             {
@@ -66,7 +74,34 @@ impl PeerTable {
         self.with(|peers| {
             let state = peers.entry(peer).or_default();
             state.connections = remaining;
+            if remaining == 0
+                && let Some(presence) = state.presence.take()
+            {
+                presence.cancel();
+            }
             remaining == 0
+        })
+    }
+
+    /// Records that the node is closing `peer`'s connections (it stopped answering pings):
+    /// what waits on the peer gives up now rather than when the closing is done, which
+    /// against a frozen machine is not bounded in time.
+    pub fn dropping(&self, peer: &PeerId) {
+        self.with(|peers| {
+            if let Some(presence) = peers.get(peer).and_then(|s| s.presence.as_ref()) {
+                presence.cancel();
+            }
+        })
+    }
+
+    /// A token cancelled once `peer` is gone (its last connection closed, or the node
+    /// dropping it), so that a request or a stream waiting on it stops at once instead of at
+    /// its time-out: a graceful close by this node does not wake readers of the
+    /// connection's streams. `None` when the peer is not connected now.
+    pub fn until_gone(&self, peer: &PeerId) -> Option<CancellationToken> {
+        self.with(|peers| {
+            let state = peers.get(peer).filter(|s| s.connections > 0)?;
+            state.presence.clone()
         })
     }
 
@@ -181,5 +216,26 @@ mod tests {
         assert!(table.disconnected(b, 0));
         assert_eq!(table.connected_by_rtt(vec![a, b, c]), vec![a]);
         assert_eq!(table.connected_count(), 1);
+    }
+
+    #[test]
+    fn a_peer_is_gone_when_dropped_or_disconnected_and_back_with_a_new_connection() {
+        let table = PeerTable::default();
+        let peer = PeerId::random();
+        assert!(table.until_gone(&peer).is_none(), "not connected: nothing to wait on");
+        table.connected(peer, None);
+        let first = table.until_gone(&peer).unwrap();
+        table.connected(peer, None);
+        assert!(!table.disconnected(peer, 1));
+        assert!(!first.is_cancelled(), "one connection left");
+        table.dropping(&peer);
+        assert!(first.is_cancelled(), "dropping ends the presence at once");
+        // A new connection while the old ones close is a new presence.
+        table.connected(peer, None);
+        let second = table.until_gone(&peer).unwrap();
+        assert!(!second.is_cancelled());
+        assert!(table.disconnected(peer, 0));
+        assert!(second.is_cancelled());
+        assert!(table.until_gone(&peer).is_none());
     }
 }
