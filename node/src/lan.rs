@@ -21,7 +21,7 @@ use futures::TryStreamExt;
 use nixmesh_localhttp::client_hosts::{Cidr, ClientHosts, admitting};
 use nixmesh_localhttp::health::PeerHealth;
 use nixmesh_localhttp::{Config, Metrics, NarStream, NodeView, PathSource, SourceError};
-use nixmesh_protocol::{NarInfo, Sha256, StorePathHash};
+use nixmesh_protocol::{NarInfo, Sha256, StorePath, StorePathHash};
 use tracing::debug;
 
 use crate::adverts::AdvertLog;
@@ -152,9 +152,51 @@ impl PathSource for LanSource {
         };
         self.mesh.fetch_nar(holder, hash, nar_hash, offset).await
     }
+
+    async fn fetch_listing(
+        &self,
+        holder: &LanHolder,
+        hash: StorePathHash,
+        nar_hash: Sha256,
+    ) -> Result<Option<bytes::Bytes>, SourceError> {
+        self.listing(holder, hash, nar_hash).await
+    }
+
+    /// The mesh's peers that may give their logs (`serve_logs` is theirs to set); this
+    /// machine's own logs are not served on the LAN.
+    fn log_holders(&self) -> Vec<LanHolder> {
+        self.mesh.log_holders().into_iter().map(LanHolder::Mesh).collect()
+    }
+
+    async fn fetch_build_log(
+        &self,
+        holder: &LanHolder,
+        drv: &StorePath,
+    ) -> Result<Option<bytes::Bytes>, SourceError> {
+        match holder {
+            LanHolder::Here => Ok(None),
+            LanHolder::Mesh(holder) => self.mesh.fetch_build_log(holder, drv).await,
+        }
+    }
 }
 
 impl LanSource {
+    /// The listing of `hash` from `holder`: this machine's made from its store, or a peer's.
+    async fn listing(
+        &self,
+        holder: &LanHolder,
+        hash: StorePathHash,
+        nar_hash: Sha256,
+    ) -> Result<Option<bytes::Bytes>, SourceError> {
+        match holder {
+            LanHolder::Here => {
+                let listing = self.provider.local_listing(hash, nar_hash).await;
+                listing.map_err(|e| Self::failed("listing", e))
+            }
+            LanHolder::Mesh(holder) => self.mesh.fetch_listing(holder, hash, nar_hash).await,
+        }
+    }
+
     /// This machine's NAR of `hash` from `offset`, if it is the one with `nar_hash` and may be
     /// served.
     async fn local_nar(

@@ -3,18 +3,21 @@
 //! narinfos, NARs, listings and build logs, honest requests and hostile ones, and checks each
 //! answer against what Nix says of the same store.
 
+mod common;
+
+use common::nix_available;
 use std::time::Duration;
 
 use libp2p::{PeerId, identity};
 use nixmesh_node::config::ServeConfig;
-use nixmesh_node::mesh::framed::{FrameLimits, MeshStream};
+use nixmesh_node::mesh::framed::FrameLimits;
 use nixmesh_node::mesh::{DialTarget, Mesh};
 use nixmesh_node::node::RunningNode;
 use nixmesh_node::shutdown::Shutdown;
 use nixmesh_protocol::signature::SigningKey;
 use nixmesh_protocol::wire::{FETCH_PROTOCOL, FetchRequest, FetchResponse, MAX_FRAME_LEN};
 use nixmesh_protocol::{NarInfo, Sha256, StorePath, StorePathHash};
-use nixmesh_tests::{Host, HostStore, require_tool, unique_marker, wait_until};
+use nixmesh_tests::{Host, HostStore, unique_marker, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
@@ -113,19 +116,7 @@ impl Setup {
                 write: DEADLINE,
                 max_frame: MAX_FRAME_LEN,
             };
-            let mut stream = MeshStream::mesh(self.open().await, limits);
-            stream.write(request).await.unwrap();
-            // One request only: closing our side ends the session after the answer.
-            stream.close().await.unwrap();
-            let response = stream.read().await.unwrap();
-            let mut rest = Vec::new();
-            loop {
-                let bytes = stream.read_bytes(64 * 1024).await.unwrap();
-                if bytes.is_empty() {
-                    break (response, rest);
-                }
-                rest.extend(bytes);
-            }
+            common::ask_once(self.open().await, limits, request).await
         })
     }
 
@@ -192,10 +183,6 @@ fn the_default_policy_serves_signed_and_content_addressed_paths_only() {
     let lines = status["not_served"].to_string();
     assert!(lines.contains(&unsigned) && lines.contains("no signature from a key"), "{lines}");
     assert!(lines.contains(&excluded) && lines.contains("--serve-exclude *-excluded-*"), "{lines}");
-}
-
-fn nix_available() -> bool {
-    ["nix-daemon", "nix-store", "nix"].iter().all(|t| require_tool(t))
 }
 
 #[test]

@@ -8,8 +8,10 @@
 //! - a NAR request waiting on a holder that froze (SIGSTOP) is answered within a second of the
 //!   node disconnecting it, not at the end of its time-outs.
 
+mod common;
+
+use common::{in_namespace, namespaces_and_nix_ready};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -17,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use nixmesh_protocol::NarInfo;
 use nixmesh_tests::{
-    CacheKey, Closure, CommandExt, Host, HostStore, Lan, Node, NodeOptions, narinfo_url_path,
-    poll_every, require_root, require_tool, unique_marker, wait_until,
+    CacheKey, Closure, CommandExt, HostStore, Lan, Node, NodeOptions, narinfo_url_path, poll_every,
+    unique_marker, wait_until,
 };
 
 const DISCOVERY_LIMIT: Duration = Duration::from_secs(60);
@@ -38,27 +40,6 @@ const FLOOD_ADDRESSES: u8 = 64;
 const FLOOD_PER_ADDRESS: usize = 12;
 /// The flood's bound in time, whatever the test does meanwhile.
 const FLOOD_LIMIT: Duration = Duration::from_secs(60);
-
-fn e2e_ready() -> bool {
-    let tools = ["ip", "curl", "nix-daemon", "nix-store", "nix-instantiate", "nix-build", "nix"];
-    require_root() && tools.iter().all(|t| require_tool(t))
-}
-
-/// Runs `f` on a thread of its own inside `host`'s network namespace (threads it starts,
-/// a tokio runtime's workers included, are in it too).
-fn in_namespace<T: Send + 'static>(
-    host: &Host,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::thread::JoinHandle<T> {
-    let namespace = format!("/run/netns/{}", host.netns());
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&namespace).expect("the host's network namespace");
-        // SAFETY: setns changes only this thread's network namespace.
-        let entered = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(entered, 0, "setns {namespace}: {}", std::io::Error::last_os_error());
-        f()
-    })
-}
 
 /// A LAN whose host 1 holds `probes` (signed) and a file of 1 MiB, and whose host 2's node
 /// knows host 1's as a static peer (so that it dials it as soon as it starts) and offers
@@ -124,7 +105,7 @@ impl HolderLan {
 
 #[test]
 fn a_node_killed_twice_and_restarted_with_an_empty_index_serves_a_quiet_holder_in_10_s() {
-    if !e2e_ready() {
+    if !namespaces_and_nix_ready() {
         return;
     }
     let mut lan = HolderLan::new(2, 20);
@@ -182,7 +163,7 @@ async fn flood_from(from: Ipv4Addr, to: SocketAddr, stop: Arc<AtomicBool>, held:
 
 #[test]
 fn a_restarted_peer_reconnects_within_5_s_through_a_handshake_flood_from_64_addresses() {
-    if !e2e_ready() {
+    if !namespaces_and_nix_ready() {
         return;
     }
     // Host 1 holds, host 2's node restarts, host 3 floods from 64 addresses.
@@ -255,7 +236,7 @@ fn a_restarted_peer_reconnects_within_5_s_through_a_handshake_flood_from_64_addr
 
 #[test]
 fn a_nar_request_on_a_frozen_holder_is_answered_within_1_s_of_its_disconnection() {
-    if !e2e_ready() {
+    if !namespaces_and_nix_ready() {
         return;
     }
     let lan = HolderLan::new(2, 1);

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{loopback_config, nix_available};
+use common::{ask_once, loopback_config, nix_available};
 use futures::StreamExt;
 use libp2p::{PeerId, identity};
 use nixmesh_node::mesh::framed::{FrameLimits, MeshStream};
@@ -139,21 +139,7 @@ impl Setup {
             nar_hash: narinfo.nar_hash,
             offset: 0,
         };
-        self.runtime.block_on(async {
-            let stream = self.open().await;
-            let mut stream = MeshStream::mesh(stream, LIMITS);
-            stream.write(&request).await.unwrap();
-            stream.close().await.unwrap();
-            let response = stream.read().await.unwrap();
-            let mut rest = Vec::new();
-            loop {
-                let bytes = stream.read_bytes(64 * 1024).await.unwrap();
-                if bytes.is_empty() {
-                    break (response, rest);
-                }
-                rest.extend(bytes);
-            }
-        })
+        self.runtime.block_on(async { ask_once(self.open().await, LIMITS, &request).await })
     }
 
     async fn open(&self) -> libp2p::Stream {

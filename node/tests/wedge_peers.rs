@@ -8,8 +8,10 @@
 //! - a holder frozen with SIGSTOP while 400 clients ask another node for its paths: its paths
 //!   answer 404 within the documented time, and misses stay immediate throughout.
 
+mod common;
+
+use common::{in_namespace, namespaces_and_nix_ready};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -22,8 +24,8 @@ use nixmesh_protocol::wire::{FETCH_PROTOCOL, FetchRequest, MAX_FRAME_LEN};
 use nixmesh_protocol::{NarInfo, StorePath};
 use nixmesh_tests::http::get_all;
 use nixmesh_tests::{
-    CacheKey, Closure, Host, HostStore, Lan, Node, NodeOptions, narinfo_url_path, poll_every,
-    require_root, require_tool, unique_marker, wait_until,
+    CacheKey, Closure, HostStore, Lan, Node, NodeOptions, narinfo_url_path, poll_every,
+    unique_marker, wait_until,
 };
 
 /// What a normal request must start within.
@@ -40,27 +42,6 @@ const HALF_OPEN: usize = 100;
 const CLIENTS: usize = 400;
 /// The substituter's address on every host of a LAN.
 const HTTP: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7373);
-
-fn e2e_ready() -> bool {
-    let tools = ["ip", "curl", "nix-daemon", "nix-store", "nix-instantiate", "nix-build", "nix"];
-    require_root() && tools.iter().all(|t| require_tool(t))
-}
-
-/// Runs `f` on a thread of its own inside `host`'s network namespace (threads it starts,
-/// a tokio runtime's workers included, are in it too).
-fn in_namespace<T: Send + 'static>(
-    host: &Host,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::thread::JoinHandle<T> {
-    let namespace = format!("/run/netns/{}", host.netns());
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&namespace).expect("the host's network namespace");
-        // SAFETY: setns changes only this thread's network namespace.
-        let entered = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(entered, 0, "setns {namespace}: {}", std::io::Error::last_os_error());
-        f()
-    })
-}
 
 /// A LAN whose host 1 holds `probes` (signed) and a file of 8 MiB, every node trusting the
 /// key, host 2's node offering them.
@@ -145,7 +126,7 @@ async fn hold_streams(mesh: &Mesh, holder: PeerId, request: FetchRequest) -> Vec
 
 #[test]
 fn a_machine_holding_every_stream_under_several_identities_starves_no_other_node() {
-    if !e2e_ready() {
+    if !namespaces_and_nix_ready() {
         return;
     }
     // Host 1 holds, host 2 is the other node, host 3 the greedy machine.
@@ -258,7 +239,7 @@ fn a_machine_holding_every_stream_under_several_identities_starves_no_other_node
 
 #[test]
 fn a_frozen_holders_paths_are_misses_in_time_and_misses_stay_immediate_under_400_clients() {
-    if !e2e_ready() {
+    if !namespaces_and_nix_ready() {
         return;
     }
     let HolderLan { nodes, probes, lan, .. } = HolderLan::new(2, 2, CLIENTS);

@@ -1,10 +1,16 @@
-//! What the in-process node tests share: a node's settings on loopback, and the tools they
-//! need.
+//! What the node's tests share: a node's settings on loopback, the tools they need, a thread in
+//! a host's network namespace, and one fetch request on a stream of its own. Each test binary
+//! uses a part of it.
+#![allow(dead_code)]
 
 use std::path::Path;
 
+use std::os::fd::AsRawFd;
+
 use nixmesh_node::config::ServeConfig;
-use nixmesh_tests::{HostStore, require_tool};
+use nixmesh_node::mesh::framed::{FrameLimits, MeshStream};
+use nixmesh_protocol::wire::{FetchRequest, FetchResponse};
+use nixmesh_tests::{Host, HostStore, require_root, require_tool};
 
 /// Whether Nix's tools run here (see `nixmesh_tests::require_tool` for what happens when not).
 pub fn nix_available() -> bool {
@@ -33,5 +39,50 @@ pub fn loopback_config(
         real_store_dir: Some(store.real_store_dir()),
         upstreams: Some(Vec::new()),
         ..ServeConfig::default()
+    }
+}
+
+/// Whether the tests on a LAN of network namespaces with Nix can run here (see
+/// `nixmesh_tests::require_tool` for what happens when not).
+pub fn namespaces_and_nix_ready() -> bool {
+    let tools = ["ip", "curl", "nix-daemon", "nix-store", "nix-instantiate", "nix-build", "nix"];
+    require_root() && tools.iter().all(|t| require_tool(t))
+}
+
+/// Runs `f` on a thread of its own inside `host`'s network namespace (threads it starts,
+/// a tokio runtime's workers included, are in it too).
+pub fn in_namespace<T: Send + 'static>(
+    host: &Host,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let namespace = format!("/run/netns/{}", host.netns());
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&namespace).expect("the host's network namespace");
+        // SAFETY: setns changes only this thread's network namespace.
+        let entered = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(entered, 0, "setns {namespace}: {}", std::io::Error::last_os_error());
+        f()
+    })
+}
+
+/// Sends `request` as the only one on `stream` (a new fetch stream); returns the answer and
+/// the bytes that follow it up to the stream's end.
+pub async fn ask_once(
+    stream: libp2p::Stream,
+    limits: FrameLimits,
+    request: &FetchRequest,
+) -> (FetchResponse, Vec<u8>) {
+    let mut stream = MeshStream::mesh(stream, limits);
+    stream.write(request).await.unwrap();
+    // One request only: closing our side ends the session after the answer.
+    stream.close().await.unwrap();
+    let response = stream.read().await.unwrap();
+    let mut rest = Vec::new();
+    loop {
+        let bytes = stream.read_bytes(64 * 1024).await.unwrap();
+        if bytes.is_empty() {
+            break (response, rest);
+        }
+        rest.extend(bytes);
     }
 }

@@ -67,6 +67,29 @@ impl Provider {
         Ok(Plan::Document { answer, body: Bytes::from(body) })
     }
 
+    /// The listing of this store's `hash` for a LAN client (see `crate::lan`): `None` when the
+    /// store has no such path, another build of it, or may not serve it.
+    pub(crate) async fn local_listing(
+        &self,
+        hash: StorePathHash,
+        nar_hash: Sha256,
+    ) -> Result<Option<Bytes>, String> {
+        let Some(info) = self.path_info(hash).await? else { return Ok(None) };
+        if info.nar_hash != nar_hash || self.servable_to(&"a LAN client", info.clone()).is_none() {
+            return Ok(None);
+        }
+        let on_disk = self.real_store_dir.as_ref().map(|dir| dir.join(info.path.base_name()));
+        let listing = match on_disk.filter(|p| std::fs::symlink_metadata(p).is_ok()) {
+            Some(path) => listing::from_disk(path).await,
+            None => self.listing_from_daemon(&info).await,
+        };
+        let body = listing.map_err(|e| e.to_string())?.render();
+        if body.len() > MAX_LISTING_LEN {
+            return Err(format!("the listing of {} is over {MAX_LISTING_LEN} bytes", info.path));
+        }
+        Ok(Some(Bytes::from(body)))
+    }
+
     async fn listing_from_daemon(&self, info: &PathInfo) -> Result<Listing, ListingFailed> {
         let path = info.path.to_string();
         let nar = self.store.nar_from_path(&info.path, info.nar_size).await;
