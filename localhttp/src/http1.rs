@@ -34,9 +34,11 @@ use tracing::debug;
 
 use crate::connection::{StallLimited, StallLimitedListener};
 
-/// The most a request's head may take. Above [`crate::server::MAX_URI_BYTES`], so that a long
-/// URI still gets its `414`, and far above Nix's (under 1 KiB).
-pub const MAX_HEAD_BYTES: usize = 32 * 1024;
+/// The most a request's head may take: far above Nix's (under 1 KiB), and above a long URI's
+/// (one of 100,000 bytes, say), which gets its `414` from the router rather than a connection
+/// closed unanswered; a quarter of hyper's default buffer, so 1,000 clients sending endless
+/// heads hold 128 MiB at most, given back when they go (`trim.rs`).
+pub const MAX_HEAD_BYTES: usize = 128 * 1024;
 
 /// Serves `router` on the connections of `listener` until `shutdown` completes; then stops
 /// accepting, lets each connection finish the request it is answering, and returns once all

@@ -15,7 +15,7 @@
 //! goes on at the next holder when one stalls or trickles (see [`crate::verified_nar`]).
 //! Under all of these, a client connection on which nothing moves for the stall limit is
 //! closed, and what it held is given back ([`crate::connection`]); so is one whose request's
-//! head is not whole within that limit, or grows past 32 KiB ([`crate::http1`]).
+//! head is not whole within that limit, or grows past 128 KiB ([`crate::http1`]).
 //!
 //! Every request is counted by kind and result in [`Metrics`] (a NAR once its body has ended
 //! or been cut off), and the time to a narinfo hit or a NAR's first bytes is recorded.

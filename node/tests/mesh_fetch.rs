@@ -233,6 +233,13 @@ fn requests_the_node_cannot_serve_get_a_clear_no() {
     let past_end = FetchRequest::Nar { hash: setup.hash(), nar_hash, offset: nar_size + 1 };
     let (response, _) = setup.ask(&past_end);
     assert!(matches!(response, FetchResponse::Failed { ref message } if message.contains("past")));
+    // A node without upstreams cannot say what its upstreams lack: not a "not here" the asker
+    // would remember as the mesh's, but a failure, after which the asker asks its own.
+    let (response, _) = setup.ask(&FetchRequest::UpstreamNarInfo { hash: unknown });
+    let no_upstreams = |r: &FetchResponse| matches!(r, FetchResponse::Failed { message } if message.contains("no upstream"));
+    assert!(no_upstreams(&response), "{response:?}");
+    let request = FetchRequest::UpstreamNar { hash: unknown, nar_hash, offset: 0 };
+    assert_eq!(setup.ask(&request).0, FetchResponse::NotFound, "the next claimer is asked");
 }
 
 #[test]

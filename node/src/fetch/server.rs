@@ -366,7 +366,12 @@ impl Provider {
                 Ok(Plan::Nar { nar, nar_size: info.nar_size, offset, slot: Box::new(slot) })
             }
             FetchRequest::UpstreamNarInfo { hash } => {
-                let flights = self.flights.clone().ok_or(FetchResponse::NotFound)?;
+                // Not `NotFound`: the asker remembers a claimer's "not here" as the mesh's
+                // upstreams' answer, and a node with no upstreams cannot give that; the asker
+                // asks its own upstreams instead.
+                let Some(flights) = self.flights.clone() else {
+                    return Err(failed("this node has no upstream caches".to_owned()));
+                };
                 match flights.narinfo(hash).await {
                     Ok(Some(text)) => Ok(Plan::NarInfo(text)),
                     Ok(None) => Err(FetchResponse::NotFound),
