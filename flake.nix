@@ -17,6 +17,9 @@
       packages = forEachSystem (pkgs: rec {
         nixmesh = pkgs.callPackage ./nix/package.nix { };
         default = nixmesh;
+        # Linked statically (nixpkgs' pkgsStatic: musl), for machines with no /lib: the stock
+        # NixOS installer. Without Nix: nix/build-static (glibc, static).
+        nixmesh-static = pkgs.pkgsStatic.callPackage ./nix/package.nix { };
       });
 
       overlays.default = final: _prev: { nixmesh = final.callPackage ./nix/package.nix { }; };
@@ -28,5 +31,14 @@
           imports = [ ./nix/module.nix ];
           services.nixmesh.package = lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.default;
         };
+
+      # A node in a live system, for a custom installer image (nix/installer.nix): state in
+      # /run, no signing key, mDNS on and the firewall open for it, Nix's substituters naming it.
+      nixosModules.installer = {
+        imports = [
+          self.nixosModules.default
+          ./nix/installer.nix
+        ];
+      };
     };
 }

@@ -1,6 +1,7 @@
 //! What a person reads about `nixmesh` matches what it does: every `nixmesh` command line in
-//! `docs/guide.md` parses with the real command-line definition and every TOML block there is
-//! a valid config file; and, through the binary, `keygen`, `completions` and `man`.
+//! `docs/guide.md` parses with the real command-line definition, every TOML block there is
+//! a valid config file, and every `nixos-install` names the node's own address; and, through
+//! the binary, `keygen`, `completions` and `man`.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -55,7 +56,9 @@ fn every_nixmesh_command_in_the_guide_parses() {
     let guide = guide();
     let mut commands = Vec::new();
     for block in blocks(&guide, "sh") {
-        for line in block.lines().filter(|l| l.starts_with("nixmesh ")) {
+        // `./nixmesh`: the static binary copied to the installer, run where it lies.
+        let lines = block.lines().map(|l| l.strip_prefix("./").unwrap_or(l));
+        for line in lines.filter(|l| l.starts_with("nixmesh ")) {
             // The command alone, without a redirection of its output.
             let words: Vec<&str> = line.split_whitespace().take_while(|w| *w != ">").collect();
             if let Err(e) = Cli::try_parse_from(&words) {
@@ -68,6 +71,38 @@ fn every_nixmesh_command_in_the_guide_parses() {
     commands.dedup();
     let documented = ["completions", "config", "keygen", "man", "peers", "serve", "status", "why"];
     assert_eq!(commands, documented, "the guide shows every subcommand");
+}
+
+/// `nixos-install` with the node as its substituter: the address the node serves on by
+/// default, or another machine's LAN substituter at its port; and, when it names the keys to
+/// trust, cache.nixos.org's among them (the option replaces Nix's list, and the installer's
+/// paths come from there).
+#[test]
+fn every_nixos_install_in_the_guide_asks_the_node_at_its_default_address() {
+    let guide = guide();
+    let node = format!("http://{}", nixmesh_node::config::DEFAULT_HTTP_LISTEN);
+    let mut installs = 0;
+    for block in blocks(&guide, "sh") {
+        for line in block.lines().filter(|l| l.starts_with("nixos-install ")) {
+            installs += 1;
+            let option = |name: &str| {
+                let (_, rest) = line.split_once(&format!("--option {name} "))?;
+                let value = match rest.strip_prefix('"') {
+                    Some(quoted) => quoted.split('"').next(),
+                    None => rest.split_whitespace().next(),
+                };
+                value.map(str::to_owned)
+            };
+            let substituter = option("substituters").unwrap_or_default();
+            let lan_port = format!(":{}", nixmesh_node::config::DEFAULT_LAN_PORT);
+            assert!(substituter == node || substituter.ends_with(&lan_port), "{line}");
+            if let Some(keys) = option("trusted-public-keys") {
+                let official = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
+                assert!(keys.split(' ').any(|k| k == official), "{line}");
+            }
+        }
+    }
+    assert!(installs >= 2, "the guide shows nixos-install, with and without keys");
 }
 
 #[test]

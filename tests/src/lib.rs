@@ -14,10 +14,13 @@
 //! - [`command`]: running a tool with a time limit;
 //! - [`nixos`]: NixOS modules evaluated with the real Nix and nixpkgs' `lib`;
 //! - [`nginx`]: nginx serving a static binary cache, the baseline and upstream stand-in;
+//! - [`mountns`]: a program in a mount namespace of its own on a host (`/lib` hidden, files
+//!   of another machine's bound in), as the installer's tests run the node;
 //! - [`http`]: many GETs at once over kept-alive connections, as Nix's client sends them.
 
 pub mod command;
 pub mod http;
+pub mod mountns;
 pub mod netns;
 pub mod nginx;
 pub mod nixos;

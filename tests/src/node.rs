@@ -206,7 +206,14 @@ impl Node {
             .stderr(log_file);
         eprintln!("{}: {}\n  log: {}", host.name(), crate::command::describe(&cmd), log.display());
         let child = cmd.spawn().expect("starting nixmesh serve");
+        Node::adopt(host, child, log, state)
+    }
 
+    /// A node started some other way (its own binary, namespaces or config file) as `child`
+    /// on `host`, writing its log to `log` and its state to `state`: waits until it answers
+    /// `/nix-cache-info` (the loopback of `host`'s network namespace) and from then on is a
+    /// [`Node`] like any other.
+    pub fn adopt(host: &Host, child: Child, log: PathBuf, state: PathBuf) -> Node {
         let mut node = Node { host: host.clone(), child: Some(child), log, state };
         let what = format!("{}'s node to answer /nix-cache-info", host.name());
         wait_until(START_LIMIT, &what, || {

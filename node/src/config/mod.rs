@@ -34,6 +34,9 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/nixmesh/config.toml";
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7373";
 /// The mesh's default TCP port.
 pub const DEFAULT_P2P_PORT: u16 = 7374;
+/// The LAN substituter's port where the docs and the NixOS module give one (`lan_listen` has
+/// no default: it is off unless set).
+pub const DEFAULT_LAN_PORT: u16 = 7375;
 
 /// Everything `nixmesh serve` needs. The field names are the config file's keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
