@@ -39,19 +39,6 @@ const NAR_WRITE_LIMIT: Duration = Duration::from_secs(20);
 const STALL_LIMIT: Duration = Duration::from_secs(60);
 const MARGIN: Duration = Duration::from_secs(8);
 
-/// Raises this process's soft open-file limit to its hard one: the test holds both ends of
-/// thousands of connections.
-fn raise_open_file_limit() {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit and setrlimit only read and write the struct handed to them.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        limit.rlim_cur = limit.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-    }
-    assert!(limit.rlim_cur >= 16_384, "the test needs 16,384 open files, has {}", limit.rlim_cur);
-}
-
 /// A download that read its response's status and headers, and will read nothing more.
 struct Stalled {
     stream: TcpStream,
@@ -235,7 +222,7 @@ fn stalled_downloads_and_idle_connections_hold_nothing_a_normal_client_needs() {
     if !nix_available() {
         return;
     }
-    raise_open_file_limit();
+    common::raise_open_file_limit(16_384);
     let dir = tempfile::tempdir().unwrap();
     let key = CacheKey::generate(dir.path(), "wedge-1");
     let holder_store = HostStore::start(&Host::local_in(dir.path(), "holder"));

@@ -55,19 +55,6 @@ const HOLD: Duration = Duration::from_secs(20);
 /// When the memory after the burst is read once more, for the record.
 const SETTLED_AFTER: Duration = Duration::from_secs(3);
 
-/// Raises this process's soft open-file limit to its hard one: the test holds a thousand
-/// connections.
-fn raise_open_file_limit() {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit and setrlimit only read and write the struct handed to them.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        limit.rlim_cur = limit.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-    }
-    assert!(limit.rlim_cur >= 4_096, "the test needs 4,096 open files, has {}", limit.rlim_cur);
-}
-
 /// A node's process, killed when dropped (a failing test included).
 struct NodeProcess(Child);
 
@@ -126,7 +113,7 @@ fn a_burst_of_endless_request_heads_gives_its_memory_back() {
         return;
     }
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    raise_open_file_limit();
+    common::raise_open_file_limit(4_096);
     let dir = tempfile::tempdir().unwrap();
     let store = HostStore::start(&Host::local_in(dir.path(), "node"));
     let (node, http, _log) = start_node(dir.path(), "node", &store, &[], "info");
@@ -284,7 +271,7 @@ fn a_flood_of_why_keeps_to_its_rate_and_leaves_nix_its_narinfos() {
         return;
     }
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    raise_open_file_limit();
+    common::raise_open_file_limit(4_096);
     let dir = tempfile::tempdir().unwrap();
     let key = CacheKey::generate(dir.path(), "why-1");
     let holder_store = HostStore::start(&Host::local_in(dir.path(), "holder"));

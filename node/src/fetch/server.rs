@@ -194,6 +194,25 @@ impl Provider {
         self.servable_to(&peer, info).ok_or(FetchResponse::NotFound)
     }
 
+    /// The path info of `hash` for a request that follows its narinfo (a NAR, a listing):
+    /// remembered from the narinfo, which passed the serving policy then, else asked of the
+    /// daemon and held to the same rule, so that a URL guessed or passed around gets nothing
+    /// the narinfo would not have.
+    pub(super) async fn servable_info(
+        &self,
+        peer: PeerId,
+        hash: StorePathHash,
+    ) -> Result<PathInfo, FetchResponse> {
+        if let Some(info) = self.recent.get(&hash) {
+            return Ok(info);
+        }
+        let info =
+            self.path_info(hash).await.map_err(|message| FetchResponse::Failed { message })?;
+        let info = info.ok_or(FetchResponse::NotFound)?;
+        self.servable(peer, info.clone())?;
+        Ok(info)
+    }
+
     /// [`Provider::servable`] for any asker (a peer, or a LAN client host), named in the log
     /// and the refusals listed.
     pub(crate) fn servable_to(
@@ -335,18 +354,7 @@ impl Provider {
                 // Nix asks for a NAR right after its narinfo: the path info from then saves two
                 // daemon round trips. The NarHash asked for is checked against it all the same,
                 // and a path deleted since makes its NAR fail, never a wrong one.
-                let info = match self.recent.get(&hash) {
-                    Some(info) => info,
-                    None => {
-                        let info = self.path_info(hash).await.map_err(failed)?;
-                        let info = info.ok_or(FetchResponse::NotFound)?;
-                        // The same rule as for its narinfo (a path remembered from its narinfo
-                        // passed it then): a NAR URL guessed or passed around gets nothing
-                        // the narinfo would not have.
-                        self.servable(peer, info.clone())?;
-                        info
-                    }
-                };
+                let info = self.servable_info(peer, hash).await?;
                 if info.nar_hash != nar_hash {
                     // Another build of the path than the one asked for: as good as not held.
                     debug!(path = %info.path, "asked for another NAR hash than ours");

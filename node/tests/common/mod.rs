@@ -86,3 +86,16 @@ pub async fn ask_once(
         rest.extend(bytes);
     }
 }
+
+/// Raises this process's soft open-file limit to its hard one, which must be at least `needed`:
+/// for tests that hold thousands of connections.
+pub fn raise_open_file_limit(needed: u64) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct handed to them.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+    assert!(limit.rlim_cur >= needed, "the test needs {needed} open files, has {}", limit.rlim_cur);
+}

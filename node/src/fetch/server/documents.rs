@@ -32,15 +32,7 @@ impl Provider {
         nar_hash: Sha256,
         turn: Turn,
     ) -> Result<Plan, FetchResponse> {
-        let info = match self.recent.get(&hash) {
-            Some(info) => info,
-            None => {
-                let info = self.path_info(hash).await.map_err(failed)?;
-                let info = info.ok_or(FetchResponse::NotFound)?;
-                self.servable(peer, info.clone())?;
-                info
-            }
-        };
+        let info = self.servable_info(peer, hash).await?;
         if info.nar_hash != nar_hash {
             debug!(path = %info.path, "listing asked for another NAR hash than ours");
             return Err(FetchResponse::NotFound);
