@@ -37,7 +37,8 @@ fn connected_ids(node: &Node) -> Vec<String> {
         .collect()
 }
 
-/// Starts a node on each of `stores`; `peer_of(i)` the `--peer`s of the `i`-th.
+/// Starts a node on each of `stores` in order, with `options(i, started)` for the `i`-th
+/// (`started`: the nodes before it, to name one as a `--peer`).
 fn start_nodes(stores: &[HostStore], options: impl Fn(usize, &[Node]) -> NodeOptions) -> Vec<Node> {
     let mut nodes = Vec::new();
     for (i, store) in stores.iter().enumerate() {
