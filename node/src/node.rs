@@ -283,6 +283,9 @@ impl RunningNode {
             });
         }
 
+        shutdown.spawn(discovery::exchange::serve(mesh.clone(), shutdown.clone()));
+        shutdown.spawn(discovery::exchange::run(mesh.clone(), shutdown.clone()));
+
         let view = Arc::new(MeshView {
             health: health.clone(),
             refusals,

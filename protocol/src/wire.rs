@@ -12,6 +12,8 @@
 //! - [`ADVERTS_PROTOCOL`]: a long-lived stream. The subscriber sends one [`AdvertRequest`];
 //!   the holder answers with a snapshot of the store paths it holds (in chunks), then a
 //!   [`AdvertMessage::Delta`] each time its store changes, for as long as the stream lives.
+//! - [`peers::PEERS_PROTOCOL`]: peer exchange, one question and one answer per stream (see
+//!   [`peers`]).
 //!
 //! A frame is a 4-byte big-endian length and a postcard-encoded body. Decoding checks the
 //! length against [`MAX_FRAME_LEN`] before anything is allocated, so a hostile peer cannot
@@ -22,6 +24,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::{Sha256, StorePathHash};
+
+pub mod peers;
 
 /// Fetching narinfos and NARs, version 2 (a session of requests per stream).
 pub const FETCH_PROTOCOL: &str = "/nixmesh/fetch/2";
@@ -51,6 +55,8 @@ pub enum WireError {
     TooLarge { len: usize, limit: usize },
     #[error("malformed frame: {0}")]
     Malformed(#[from] postcard::Error),
+    #[error("{len} exceeds the limit of {limit}")]
+    TooMany { len: usize, limit: usize },
     #[error("the peer does not speak the protocol: {0}")]
     Unsupported(String),
 }

@@ -19,6 +19,11 @@
 //! how a test sees that nothing on the LAN tried to reach the outside. The router and the
 //! internet host have no IPv6, so the kernel sends nothing on that link by itself; the LAN's
 //! hosts have IPv6 link-local addresses only, so IPv6 cannot leave the LAN at all.
+//!
+//! A LAN made with [`Lan::two_segments`] is two switches, each with its own hosts and subnet
+//! ([`SUBNET`], [`SECOND_SUBNET`]), joined by a router that forwards between them both ways,
+//! without NAT, as between two floors of an office: unicast crosses it, multicast (mDNS) does
+//! not (a router never forwards link-local multicast).
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -36,6 +41,8 @@ pub const MAX_HOSTS: usize = 200;
 /// The first three octets of the internet's subnet ([`Lan::with_internet`]): the router is
 /// `10.232.0.1`, the internet host `10.232.0.2`.
 pub const INTERNET_SUBNET: [u8; 3] = [10, 232, 0];
+/// The first three octets of the second segment's subnet ([`Lan::two_segments`]).
+pub const SECOND_SUBNET: [u8; 3] = [10, 233, 0];
 /// The router's last octet on the LAN (above every host's).
 const ROUTER_ON_LAN: u8 = 254;
 /// The token bucket of a shaped link: a few TSO segments, so that the rate holds over
@@ -147,6 +154,8 @@ pub struct Lan {
     switch: String,
     hosts: Vec<Host>,
     internet: Option<Internet>,
+    /// The second switch and the router of [`Lan::two_segments`].
+    segments: Vec<String>,
     dir: Option<tempfile::TempDir>,
 }
 
@@ -175,6 +184,7 @@ impl Lan {
             id,
             hosts: Vec::new(),
             internet: None,
+            segments: Vec::new(),
             dir: Some(dir),
         };
         lan.build_switch();
@@ -198,6 +208,45 @@ impl Lan {
         // Recorded first, so that a failing step still leaves the namespaces to the drop.
         lan.internet = Some(Internet { router: format!("{}-rt", lan.id), host });
         lan.build_internet();
+        lan
+    }
+
+    /// Two segments, `first` hosts on the LAN's switch ([`SUBNET`]) and `second` hosts on a
+    /// switch of their own ([`SECOND_SUBNET`]), joined by a router (see the module docs).
+    /// [`Lan::hosts`] lists the first segment's hosts, then the second's; host `first + k`
+    /// is `10.233.0.k`.
+    pub fn two_segments(first: usize, second: usize) -> Lan {
+        assert!((1..=MAX_HOSTS / 2).contains(&second), "a segment has 1 to 100 hosts");
+        let mut lan = Lan::new(first);
+        let (switch, router) = (format!("{}-sw2", lan.id), format!("{}-rt", lan.id));
+        // Recorded first, so that a failing step still leaves the namespaces to the drop.
+        lan.segments = vec![switch.clone(), router.clone()];
+        build_switch(&switch);
+        let [a, b, c] = SECOND_SUBNET;
+        for k in 1..=second {
+            let address = Ipv4Addr::new(a, b, c, u8::try_from(k).expect("at most 100 hosts"));
+            lan.add_host_on(first + k, &switch, address);
+        }
+        ip(&["netns", "add", &router]);
+        ip(&["-n", &router, "link", "set", "lo", "up"]);
+        sysctl(&router, &["net.ipv4.ip_forward=1"]);
+        let first_switch = lan.switch.clone();
+        for (i, (switch, subnet)) in
+            [(&first_switch, SUBNET), (&switch, SECOND_SUBNET)].into_iter().enumerate()
+        {
+            let [a, b, c] = subnet;
+            let gateway = Ipv4Addr::new(a, b, c, ROUTER_ON_LAN).to_string();
+            let port = format!("lan{i}");
+            ip(&["-n", &router, "link", "add", &port, "type", "veth", "peer", "name", "prt"]);
+            ip(&["-n", &router, "link", "set", "prt", "netns", switch]);
+            ip(&["-n", &router, "addr", "add", &format!("{gateway}/24"), "dev", &port]);
+            ip(&["-n", &router, "link", "set", &port, "up"]);
+            ip(&["-n", switch, "link", "set", "prt", "master", "br0", "up"]);
+            let segment = if i == 0 { &lan.hosts[..first] } else { &lan.hosts[first..] };
+            for host in segment {
+                ip(&["-n", &host.netns, "route", "add", "default", "via", &gateway]);
+            }
+        }
         lan
     }
 
@@ -242,20 +291,20 @@ impl Lan {
     }
 
     fn build_switch(&mut self) {
-        ip(&["netns", "add", &self.switch]);
-        let sw = self.switch.as_str();
-        ip(&["-n", sw, "link", "set", "lo", "up"]);
-        // No IGMP snooping: the bridge floods multicast to every port, like a plain switch,
-        // whether or not anyone sent a membership report yet.
-        ip(&["-n", sw, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0"]);
-        ip(&["-n", sw, "link", "set", "br0", "up"]);
+        build_switch(&self.switch);
     }
 
     fn add_host(&mut self, number: usize) {
-        let netns = format!("{}-h{number}", self.id);
-        ip(&["netns", "add", &netns]);
         let [a, b, c] = SUBNET;
         let address = Ipv4Addr::new(a, b, c, u8::try_from(number).expect("at most 200 hosts"));
+        let switch = self.switch.clone();
+        self.add_host_on(number, &switch, address);
+    }
+
+    /// Host `number` at `address`, its `eth0` a port of `switch`.
+    fn add_host_on(&mut self, number: usize, switch: &str, address: Ipv4Addr) {
+        let netns = format!("{}-h{number}", self.id);
+        ip(&["netns", "add", &netns]);
         let dir = self.dir().join(format!("h{number}"));
         let host = Host { number, netns, address, dir };
         self.hosts.push(host.clone());
@@ -270,7 +319,6 @@ impl Lan {
             .output_within(IP_LIMIT);
         ip(&["-n", ns, "link", "set", "lo", "up"]);
         let port = format!("p{number}");
-        let switch = self.switch.as_str();
         ip(&[
             "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns", switch,
         ]);
@@ -330,7 +378,9 @@ impl Lan {
     fn namespaces(&self) -> impl Iterator<Item = &str> {
         let internet =
             self.internet.iter().flat_map(|i| [i.router.as_str(), i.host.netns.as_str()]);
-        self.hosts.iter().map(|h| h.netns.as_str()).chain(internet).chain([self.switch.as_str()])
+        let segments = self.segments.iter().map(String::as_str);
+        let switch = [self.switch.as_str()];
+        self.hosts.iter().map(|h| h.netns.as_str()).chain(internet).chain(segments).chain(switch)
     }
 }
 
@@ -449,6 +499,16 @@ fn kill_all_in(ns: &str) {
     if gone.is_err() {
         eprintln!("namespace {ns}: processes {:?} survived SIGKILL", pids());
     }
+}
+
+/// Makes switch namespace `sw`, its bridge `br0` up.
+fn build_switch(sw: &str) {
+    ip(&["netns", "add", sw]);
+    ip(&["-n", sw, "link", "set", "lo", "up"]);
+    // No IGMP snooping: the bridge floods multicast to every port, like a plain switch,
+    // whether or not anyone sent a membership report yet.
+    ip(&["-n", sw, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0"]);
+    ip(&["-n", sw, "link", "set", "br0", "up"]);
 }
 
 /// Runs `ip ARGS`, panicking with its stderr if it fails.

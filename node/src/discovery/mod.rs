@@ -6,8 +6,10 @@
 //! from the mesh key and the peer id sealed with it ([`records`]), so only nodes with the key
 //! find each other. Every resolved instance of the mesh becomes a dial target for the mesh.
 //! Loopback interfaces are left out both ways: a node never announces or dials 127.0.0.1 for a
-//! peer.
+//! peer. Past the router mDNS does not reach, nodes tell each other of their peers
+//! ([`exchange`]).
 
+pub mod exchange;
 pub mod records;
 
 use std::collections::HashMap;

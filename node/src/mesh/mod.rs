@@ -80,6 +80,10 @@ const PING_TIMEOUT: Duration = Duration::from_secs(4);
 const SILENCE_LIMIT: Duration = Duration::from_secs(5);
 /// Failed dials of a wanted peer in a row before each one is logged as a warning.
 const DIAL_FAILURES_BEFORE_WARNING: u32 = 3;
+/// How long a peer learned from another peer (peer exchange) is dialled without being told
+/// of again: its tellers repeat it every minute while they are connected to it, so a peer
+/// gone from the whole mesh is given up after this, not redialled for ever.
+const LEARNED_PEER_LIFETIME: Duration = Duration::from_secs(180);
 
 /// The mesh could not start.
 #[derive(Debug, Error)]
@@ -119,6 +123,9 @@ impl DialTarget {
 enum Command {
     /// Keep connected to this target (redialling with backoff) until `Forget`.
     Want(DialTarget),
+    /// Like `Want`, but given up [`LEARNED_PEER_LIFETIME`] after it was last learned, unless
+    /// it is (or becomes) wanted for good.
+    Learned(DialTarget),
     Forget(PeerId),
 }
 
@@ -244,6 +251,11 @@ impl Mesh {
         self.access.key.is_some() || !self.access.allow_peers.is_empty()
     }
 
+    /// Whether `peer` may connect under the allow-list (any peer, without one).
+    pub fn allows(&self, peer: &PeerId) -> bool {
+        self.access.allows(peer)
+    }
+
     pub fn local_peer_id(&self) -> PeerId {
         self.local_peer_id
     }
@@ -268,6 +280,12 @@ impl Mesh {
         let _ = self.commands.send(Command::Want(target)).await;
     }
 
+    /// Asks the mesh to dial `target`, a peer another peer told of, for a while: see
+    /// [`LEARNED_PEER_LIFETIME`]. A peer wanted for good stays so.
+    pub async fn want_learned(&self, target: DialTarget) {
+        let _ = self.commands.send(Command::Learned(target)).await;
+    }
+
     /// Stops redialling `peer` (discovery saw it leave); open connections stay.
     pub async fn forget(&self, peer: PeerId) {
         let _ = self.commands.send(Command::Forget(peer)).await;
@@ -286,6 +304,8 @@ struct Wanted {
     backoff: Duration,
     /// Failed dials since the last connection.
     failures: u32,
+    /// When a peer only learned of is given up (`None`: wanted for good).
+    expires: Option<Instant>,
 }
 
 impl Wanted {
@@ -295,6 +315,7 @@ impl Wanted {
             next_attempt: Instant::now(),
             backoff: FIRST_REDIAL_BACKOFF,
             failures: 0,
+            expires: None,
         }
     }
 
@@ -338,34 +359,52 @@ impl SwarmDriver {
     fn command(&mut self, command: Command) {
         match command {
             Command::Want(DialTarget { peer: Some(peer), addresses }) => {
-                if peer == *self.swarm.local_peer_id() {
-                    return;
+                if let Some(wanted) = self.want(peer, addresses) {
+                    wanted.expires = None;
                 }
-                if !self.access.allows(&peer) {
-                    debug!(%peer, "not dialling: not in allow_peers");
-                    return;
+            }
+            Command::Learned(DialTarget { peer: Some(peer), addresses }) => {
+                let is_new = !self.wanted.contains_key(&peer);
+                if let Some(wanted) = self.want(peer, addresses)
+                    && (is_new || wanted.expires.is_some())
+                {
+                    wanted.expires = Some(Instant::now() + LEARNED_PEER_LIFETIME);
                 }
-                if !self.wanted.contains_key(&peer) && self.wanted.len() >= MAX_WANTED_PEERS {
-                    warn!(%peer, "not dialling: already {MAX_WANTED_PEERS} peers wanted");
-                    return;
-                }
-                let wanted = self.wanted.entry(peer).or_insert_with(|| Wanted::new(Vec::new()));
-                for a in addresses {
-                    if !wanted.addresses.contains(&a) && wanted.addresses.len() < MAX_ADDRESSES {
-                        wanted.addresses.push(a);
-                    }
-                }
-                // News from discovery: try now rather than at the end of a long backoff.
-                wanted.next_attempt = Instant::now();
-                wanted.backoff = FIRST_REDIAL_BACKOFF;
             }
             Command::Want(DialTarget { peer: None, addresses }) => {
                 self.anonymous.push(Wanted::new(addresses));
             }
+            Command::Learned(DialTarget { peer: None, .. }) => {}
             Command::Forget(peer) => {
                 self.wanted.remove(&peer);
             }
         }
+    }
+
+    /// Adds `peer` and `addresses` to the wanted peers, to be dialled now; its entry, unless
+    /// it is this node, not allowed, or one too many.
+    fn want(&mut self, peer: PeerId, addresses: Vec<Multiaddr>) -> Option<&mut Wanted> {
+        if peer == *self.swarm.local_peer_id() {
+            return None;
+        }
+        if !self.access.allows(&peer) {
+            debug!(%peer, "not dialling: not in allow_peers");
+            return None;
+        }
+        if !self.wanted.contains_key(&peer) && self.wanted.len() >= MAX_WANTED_PEERS {
+            warn!(%peer, "not dialling: already {MAX_WANTED_PEERS} peers wanted");
+            return None;
+        }
+        let wanted = self.wanted.entry(peer).or_insert_with(|| Wanted::new(Vec::new()));
+        for a in addresses {
+            if !wanted.addresses.contains(&a) && wanted.addresses.len() < MAX_ADDRESSES {
+                wanted.addresses.push(a);
+            }
+        }
+        // News from discovery: try now rather than at the end of a long backoff.
+        wanted.next_attempt = Instant::now();
+        wanted.backoff = FIRST_REDIAL_BACKOFF;
+        Some(wanted)
     }
 
     /// Disconnects peers whose pings have gone unanswered for [`SILENCE_LIMIT`]: a frozen
@@ -381,6 +420,7 @@ impl SwarmDriver {
 
     fn dial_due(&mut self) {
         let now = Instant::now();
+        self.wanted.retain(|_, w| w.expires.is_none_or(|at| at > now));
         for (peer, wanted) in &mut self.wanted {
             if wanted.next_attempt > now || self.peers.is_connected(peer) {
                 continue;
