@@ -27,6 +27,7 @@ use tracing::debug;
 use crate::adverts::AdvertLog;
 use crate::fetch::Provider;
 use crate::fetch::policy::NamePattern;
+use crate::fetch::server::LAN_CLIENT;
 use crate::source::{Holder, MeshSource};
 
 /// Requests one LAN client host may have in flight: Nix's own client opens 25 connections.
@@ -120,11 +121,8 @@ impl PathSource for LanSource {
     ) -> Result<Option<String>, SourceError> {
         match holder {
             LanHolder::Here => {
-                let info = self.provider.path_info(hash).await;
-                let Some(info) = info.map_err(|e| Self::failed("narinfo", e))? else {
-                    return Ok(None);
-                };
-                let narinfo = self.provider.servable_to(&"a LAN client", info);
+                let narinfo = self.provider.narinfo_for(&LAN_CLIENT, hash).await;
+                let narinfo = narinfo.map_err(|e| Self::failed("narinfo", e))?;
                 Ok(narinfo.map(|narinfo| narinfo.to_string()))
             }
             LanHolder::Mesh(holder) => {
@@ -205,15 +203,11 @@ impl LanSource {
         nar_hash: Sha256,
         offset: u64,
     ) -> Result<Option<NarStream>, SourceError> {
-        let info = self.provider.path_info(hash).await.map_err(|e| Self::failed("NAR", e))?;
-        let Some(info) = info.filter(|info| info.nar_hash == nar_hash) else {
+        let info = self.provider.info_for(&LAN_CLIENT, hash).await;
+        let info = info.map_err(|e| Self::failed("NAR", e))?;
+        let Some(info) = info.filter(|i| i.nar_hash == nar_hash && offset <= i.nar_size) else {
             return Ok(None);
         };
-        if offset > info.nar_size
-            || self.provider.servable_to(&"a LAN client", info.clone()).is_none()
-        {
-            return Ok(None);
-        }
         let nar = self.provider.nar(&info).await.map_err(|e| Self::failed("NAR", e.to_string()))?;
         let mut to_skip = offset;
         let from_offset = nar.map_err(|e| Self::failed("NAR", e.to_string())).try_filter_map(

@@ -21,6 +21,7 @@
 pub mod command;
 pub mod http;
 pub mod mountns;
+pub mod multicast;
 pub mod netns;
 pub mod nginx;
 pub mod nixos;

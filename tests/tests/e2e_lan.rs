@@ -6,10 +6,11 @@
 //! closure between hosts through a `file://` cache), so that a failure of the others points
 //! at nixmesh.
 
-use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Output, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use nixmesh_tests::multicast;
 
 use nixmesh_tests::{
     CacheKey, Closure, CommandExt, Host, HostStore, Lan, NODE_URL, Node, NodeOptions,
@@ -116,41 +117,14 @@ fn lan_multicast_reaches_other_hosts() {
     }
     let lan = Lan::new(3);
     let [h1, others @ ..] = lan.hosts() else { unreachable!() };
-    let probe = env!("CARGO_BIN_EXE_nixmesh-mcast-probe");
-    let (group, port) = ("224.0.0.251", "5353");
+    let probe = Path::new(env!("CARGO_BIN_EXE_nixmesh-mcast-probe"));
     let message = format!("hello-{}", unique_marker());
-
-    let mut receivers = Vec::new();
-    for host in others {
-        let mut child = host
-            .command(probe)
-            .args(["recv", group, port, &host.address().to_string(), "5000"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting the multicast receiver");
-        let (lines, lines_rx) = mpsc::channel();
-        let stdout = BufReader::new(child.stdout.take().expect("piped"));
-        std::thread::spawn(move || {
-            for line in stdout.lines().map_while(Result::ok) {
-                let _ = lines.send(line);
-            }
-        });
-        let ready = lines_rx.recv_timeout(Duration::from_secs(10));
-        assert_eq!(ready.as_deref(), Ok("ready"), "{}'s receiver did not start", host.name());
-        receivers.push((host, child, lines_rx));
-    }
-
-    h1.command(probe)
-        .args(["send", group, port, &h1.address().to_string(), &message])
-        .stdout_within(Duration::from_secs(10));
-
-    for (host, mut child, lines) in receivers {
-        let got = lines.recv_timeout(Duration::from_secs(10));
-        let _ = child.kill();
-        let _ = child.wait();
+    let receivers: Vec<_> =
+        others.iter().map(|host| (host, multicast::Receiver::start(probe, host, 5000))).collect();
+    multicast::send(probe, h1, &message);
+    for (host, receiver) in receivers {
         assert_eq!(
-            got,
+            receiver.next(Duration::from_secs(10)),
             Ok(format!("{} {message}", h1.address())),
             "{} did not get host 1's multicast datagram",
             host.name()

@@ -4,13 +4,13 @@
 //! other of their peers, connect every node to every other. In a private mesh, a node without
 //! the key is told of no one and connected to no one.
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
-use std::sync::mpsc;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use nixmesh_tests::multicast;
+
 use nixmesh_tests::{
-    CommandExt, HostStore, Lan, Node, NodeOptions, mesh_key, require_root, require_tool, wait_until,
+    HostStore, Lan, Node, NodeOptions, mesh_key, require_root, require_tool, wait_until,
 };
 
 /// How long every node may take to be connected to every other (the acceptance point), from
@@ -66,41 +66,15 @@ fn multicast_stays_on_its_segment() {
     }
     let lan = Lan::two_segments(2, 1);
     let [a1, a2, b1] = lan.hosts() else { unreachable!() };
-    let probe = env!("CARGO_BIN_EXE_nixmesh-mcast-probe");
-    let (group, port) = ("224.0.0.251", "5353");
-    let receive = |host: &nixmesh_tests::Host| {
-        let mut child = host
-            .command(probe)
-            .args(["recv", group, port, &host.address().to_string(), "3000"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting the multicast receiver");
-        let (lines, lines_rx) = mpsc::channel();
-        let stdout = BufReader::new(child.stdout.take().expect("piped"));
-        std::thread::spawn(move || {
-            for line in stdout.lines().map_while(Result::ok) {
-                let _ = lines.send(line);
-            }
-        });
-        let ready = lines_rx.recv_timeout(Duration::from_secs(10));
-        assert_eq!(ready.as_deref(), Ok("ready"), "{}'s receiver did not start", host.name());
-        (child, lines_rx)
-    };
-    let (mut same_side, same_lines) = receive(a2);
-    let (mut other_side, other_lines) = receive(b1);
-    a1.command(probe)
-        .args(["send", group, port, &a1.address().to_string(), "across"])
-        .stdout_within(Duration::from_secs(10));
-    let got = same_lines.recv_timeout(Duration::from_secs(5));
+    let probe = Path::new(env!("CARGO_BIN_EXE_nixmesh-mcast-probe"));
+    let (same_side, other_side) =
+        (multicast::Receiver::start(probe, a2, 3000), multicast::Receiver::start(probe, b1, 3000));
+    multicast::send(probe, a1, "across");
+    let got = same_side.next(Duration::from_secs(5));
     assert_eq!(got, Ok(format!("{} across", a1.address())), "the same segment got nothing");
     // The receiver on the other side gives up after 3 s; it must not have got the datagram.
-    let crossed = other_lines.recv_timeout(Duration::from_secs(5));
+    let crossed = other_side.next(Duration::from_secs(5));
     assert!(crossed.is_err(), "multicast crossed the router: {crossed:?}");
-    for child in [&mut same_side, &mut other_side] {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
     // That unicast crosses, both ways, the tests below show: the nodes connect across.
 }
 

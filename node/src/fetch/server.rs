@@ -79,6 +79,9 @@ const NAR_TRANSFERS: TurnLimits = TurnLimits {
     max_wait: Duration::from_secs(10),
 };
 
+/// How a LAN client (`crate::lan`) is named where the provider logs what it did not serve.
+pub(crate) const LAN_CLIENT: &str = "a LAN client";
+
 /// A NAR's bytes as a claimer relays them, from the offset asked for.
 pub type RelayedBytes = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
@@ -188,33 +191,52 @@ impl Provider {
         self.store.query_path_info(&path).await.map_err(|e| e.to_string())
     }
 
-    /// The narinfo for `info` with the signatures the store holds and ours, if the policy lets
-    /// it be served to `peer`; else the refusal, logged and listed.
-    fn servable(&self, peer: PeerId, info: PathInfo) -> Result<NarInfo, FetchResponse> {
-        self.servable_to(&peer, info).ok_or(FetchResponse::NotFound)
+    /// The narinfo of `hash` for `asker` (a peer, or a LAN client), if the store has the path
+    /// and the policy lets it be served; its path info is then remembered for the requests
+    /// that follow it (a NAR, a listing).
+    pub(crate) async fn narinfo_for(
+        &self,
+        asker: &(dyn std::fmt::Display + Sync),
+        hash: StorePathHash,
+    ) -> Result<Option<NarInfo>, String> {
+        let Some(info) = self.path_info(hash).await? else { return Ok(None) };
+        let narinfo = self.servable_to(asker, info.clone());
+        if narinfo.is_some() {
+            // Only what may be served is remembered.
+            self.recent.insert(hash, info);
+        }
+        Ok(narinfo)
     }
 
     /// The path info of `hash` for a request that follows its narinfo (a NAR, a listing):
     /// remembered from the narinfo, which passed the serving policy then, else asked of the
     /// daemon and held to the same rule, so that a URL guessed or passed around gets nothing
-    /// the narinfo would not have.
+    /// the narinfo would not have. `None`: not here, or not to be served.
+    pub(crate) async fn info_for(
+        &self,
+        asker: &(dyn std::fmt::Display + Sync),
+        hash: StorePathHash,
+    ) -> Result<Option<PathInfo>, String> {
+        if let Some(info) = self.recent.get(&hash) {
+            return Ok(Some(info));
+        }
+        let Some(info) = self.path_info(hash).await? else { return Ok(None) };
+        Ok(self.servable_to(asker, info.clone()).map(|_| info))
+    }
+
+    /// [`Provider::info_for`] a peer, as its answer.
     pub(super) async fn servable_info(
         &self,
         peer: PeerId,
         hash: StorePathHash,
     ) -> Result<PathInfo, FetchResponse> {
-        if let Some(info) = self.recent.get(&hash) {
-            return Ok(info);
-        }
-        let info =
-            self.path_info(hash).await.map_err(|message| FetchResponse::Failed { message })?;
-        let info = info.ok_or(FetchResponse::NotFound)?;
-        self.servable(peer, info.clone())?;
-        Ok(info)
+        let info = self.info_for(&peer, hash).await;
+        info.map_err(|message| FetchResponse::Failed { message })?.ok_or(FetchResponse::NotFound)
     }
 
-    /// [`Provider::servable`] for any asker (a peer, or a LAN client host), named in the log
-    /// and the refusals listed.
+    /// The narinfo for `info` with the signatures the store holds and ours, if the policy lets
+    /// it be served to `asker` (a peer, or a LAN client), named in the log and the refusals
+    /// listed.
     pub(crate) fn servable_to(
         &self,
         asker: &dyn std::fmt::Display,
@@ -342,13 +364,9 @@ impl Provider {
         let failed = |message: String| FetchResponse::Failed { message };
         match *request {
             FetchRequest::NarInfo { hash } => {
-                let info = self.path_info(hash).await.map_err(failed)?;
-                debug!(%hash, found = info.is_some(), "narinfo asked");
-                let info = info.ok_or(FetchResponse::NotFound)?;
-                let narinfo = self.servable(peer, info.clone())?;
-                // Only what may be served is remembered for the NAR request that follows.
-                self.recent.insert(hash, info);
-                Ok(Plan::NarInfo(narinfo.to_string()))
+                let narinfo = self.narinfo_for(&peer, hash).await.map_err(failed)?;
+                debug!(%hash, found = narinfo.is_some(), "narinfo asked");
+                Ok(Plan::NarInfo(narinfo.ok_or(FetchResponse::NotFound)?.to_string()))
             }
             FetchRequest::Nar { hash, nar_hash, offset } => {
                 // Nix asks for a NAR right after its narinfo: the path info from then saves two

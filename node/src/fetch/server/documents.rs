@@ -10,7 +10,7 @@ use nixmesh_protocol::wire::{FetchResponse, MAX_BUILD_LOG_LEN};
 use nixmesh_protocol::{Sha256, StorePath, StorePathHash};
 use tracing::{debug, info};
 
-use super::{NAR_TRANSFERS, Plan, Provider};
+use super::{LAN_CLIENT, NAR_TRANSFERS, Plan, Provider};
 use crate::mesh::Turn;
 use crate::mesh::share::Origin;
 use crate::store::listing::{self, ListingFailed};
@@ -66,10 +66,8 @@ impl Provider {
         hash: StorePathHash,
         nar_hash: Sha256,
     ) -> Result<Option<Bytes>, String> {
-        let Some(info) = self.path_info(hash).await? else { return Ok(None) };
-        if info.nar_hash != nar_hash || self.servable_to(&"a LAN client", info.clone()).is_none() {
-            return Ok(None);
-        }
+        let info = self.info_for(&LAN_CLIENT, hash).await?;
+        let Some(info) = info.filter(|info| info.nar_hash == nar_hash) else { return Ok(None) };
         let on_disk = self.real_store_dir.as_ref().map(|dir| dir.join(info.path.base_name()));
         let listing = match on_disk.filter(|p| std::fs::symlink_metadata(p).is_ok()) {
             Some(path) => listing::from_disk(path).await,
