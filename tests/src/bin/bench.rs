@@ -10,8 +10,11 @@
 //! cargo run --release -p nixmesh-tests --bin nixmesh-bench -- [--quick] [--no-write]
 //! ```
 //!
-//! `--only small|big|narinfo|propagation|idle|index` runs one group of cases. The nodes log at `warn`
-//! (`NIXMESH_BENCH_LOG` sets another filter) to `target/bench-logs/`.
+//! `--only small|big|narinfo|propagation|idle|lan|index` runs one group of cases. The nodes log
+//! at `warn` (`NIXMESH_BENCH_LOG` sets another filter) to `target/bench-logs/`.
+//!
+//! Case 8, the machine's own Nix while a LAN client asks its node's LAN listener flat out,
+//! runs on three hosts of its own (`lan`, in `tests/src/bench/lan.rs`; needs wrk too).
 //!
 //! Case 6, the index at 1,000 peers, runs in its own processes without hosts or Nix (the
 //! index bench of `nixmesh-node`, once per shape) and compares with the first layout's
@@ -30,6 +33,11 @@ use nixmesh_tests::node::{build_nixmesh, workspace_dir};
 use nixmesh_tests::{
     CacheKey, CommandExt, Host, HostStore, Lan, Node, NodeOptions, narinfo_url_path, wait_until,
 };
+
+// The bench's cases in files of their own, beside the binary rather than in `src/bin/`,
+// where cargo would take each file for a binary.
+#[path = "../bench/lan.rs"]
+mod lan;
 
 const NGINX_PORT: u16 = 8080;
 /// Host 2's nginx, proxying to host 1's: two hops, as through two nodes.
@@ -61,7 +69,7 @@ fn main() {
     if args.first().map(String::as_str) == Some("load") {
         return load(&args[1..]);
     }
-    const GROUPS: [&str; 6] = ["small", "big", "narinfo", "propagation", "idle", "index"];
+    const GROUPS: [&str; 7] = ["small", "big", "narinfo", "propagation", "idle", "lan", "index"];
     let mut words = args.iter().map(String::as_str);
     while let Some(word) = words.next() {
         match word {
@@ -99,9 +107,16 @@ fn run(s: &Settings) -> Vec<Row> {
     if s.only.as_deref() == Some("index") {
         return index_rows;
     }
+    let wanted = |group: &str| s.only.as_deref().is_none_or(|o| o == group);
     assert!(nixmesh_tests::require_root() && nixmesh_tests::require_tool("nginx"));
+    assert!(!wanted("lan") || nixmesh_tests::require_tool("wrk"));
     // SAFETY: set before any thread of ours starts.
     unsafe { std::env::set_var("NIXMESH_BIN", build_nixmesh(true)) };
+    // Its three hosts are gone before the other cases' two are made.
+    let mut lan_rows = if wanted("lan") { lan::own_nix_under_lan_load(s) } else { Vec::new() };
+    if s.only.as_deref() == Some("lan") {
+        return lan_rows;
+    }
     let lan = Lan::new(2);
     let (h1, h2) = (&lan.hosts()[0], &lan.hosts()[1]);
     let (s1, s2) = (HostStore::start(h1), HostStore::start(h2));
@@ -121,7 +136,7 @@ fn run(s: &Settings) -> Vec<Row> {
         trusted_keys: vec![key.public.clone()],
         peers,
         mdns: false,
-        log_filter: std::env::var("NIXMESH_BENCH_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        log_filter: node_log_filter(),
         ..NodeOptions::default()
     };
     let n1 = Node::start(h1, &s1, &quiet(vec![]));
@@ -136,7 +151,6 @@ fn run(s: &Settings) -> Vec<Row> {
     let bench = Bench { s, h2, s2: &s2, nodes, nginx: &nginx, proxy: &proxy };
 
     let mut rows = Vec::new();
-    let wanted = |group: &str| s.only.as_deref().is_none_or(|o| o == group);
     if wanted("small") {
         eprintln!("--- case 1: nix copy of {} small paths", s.paths + 1);
         rows.push(bench.timed(
@@ -303,6 +317,7 @@ fn run(s: &Settings) -> Vec<Row> {
             target: "(a rebuild's cost; no target)".to_owned(),
         });
     }
+    rows.append(&mut lan_rows);
     rows.append(&mut index_rows);
     // The nodes' logs outlive the LAN, for a look at what happened.
     let logs = workspace_dir().join("target/bench-logs");
@@ -311,6 +326,11 @@ fn run(s: &Settings) -> Vec<Row> {
         let _ = std::fs::copy(node.log_path(), logs.join(name));
     }
     rows
+}
+
+/// The nodes' log filter: `warn`, or `NIXMESH_BENCH_LOG`.
+fn node_log_filter() -> String {
+    std::env::var("NIXMESH_BENCH_LOG").unwrap_or_else(|_| "warn".to_owned())
 }
 
 struct Bench<'a> {
@@ -326,15 +346,7 @@ impl Bench<'_> {
     /// Deletes `paths` from host 2's store and forgets Nix's narinfo cache, so the next
     /// copy starts from nothing.
     fn forget(&self, paths: &[String]) {
-        let _ = std::fs::remove_dir_all(self.h2.dir().join("cache"));
-        let mut args = vec!["--delete"];
-        args.extend(paths.iter().rev().map(String::as_str));
-        let out = self.s2.nix_store(&args);
-        assert!(
-            out.status.success(),
-            "nix-store --delete: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        forget(self.s2, paths);
     }
 
     /// Runs `work(url)` `reps` times against each side, alternating; the median times.
@@ -505,27 +517,41 @@ impl Bench<'_> {
 
     /// Runs `load once` on host 2: GET each of `paths` from `base` over `connections`.
     fn load(&self, base: &str, connections: usize, paths: &[String]) -> LoadResult {
-        let list = self.h2.dir().join("load-paths");
-        std::fs::write(&list, paths.join("\n")).expect("writing the path list");
-        let printed = self
-            .h2
-            .command(std::env::current_exe().expect("our own path"))
-            .args(["load", "once", base, &connections.to_string()])
-            .arg(&list)
-            .stdout_within(Duration::from_secs(600));
-        let v: serde_json::Value = serde_json::from_slice(&printed).expect("load printed JSON");
-        LoadResult {
-            count: v["count"].as_u64().unwrap_or(0) as usize,
-            ok: v["ok"].as_u64().unwrap_or(0) as usize,
-            p50_us: v["p50_us"].as_u64().unwrap_or(0),
-            p99_us: v["p99_us"].as_u64().unwrap_or(0),
-            seconds: v["seconds"].as_f64().unwrap_or(0.0),
-            bytes: v["bytes"].as_u64().unwrap_or(0),
-            bodies_urls: v["nar_urls"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|u| u.as_str().map(String::from)).collect())
-                .unwrap_or_default(),
-        }
+        load_on(self.h2, base, connections, paths)
+    }
+}
+
+/// Deletes `paths` from `store` and forgets its host's Nix narinfo cache, so the next copy
+/// into it starts from nothing.
+fn forget(store: &HostStore, paths: &[String]) {
+    let _ = std::fs::remove_dir_all(store.host().dir().join("cache"));
+    let mut args = vec!["--delete"];
+    args.extend(paths.iter().rev().map(String::as_str));
+    let out = store.nix_store(&args);
+    assert!(out.status.success(), "nix-store --delete: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Runs `load once` on `host`: GET each of `paths` from `base` over `connections`.
+fn load_on(host: &Host, base: &str, connections: usize, paths: &[String]) -> LoadResult {
+    let list = host.dir().join("load-paths");
+    std::fs::write(&list, paths.join("\n")).expect("writing the path list");
+    let printed = host
+        .command(std::env::current_exe().expect("our own path"))
+        .args(["load", "once", base, &connections.to_string()])
+        .arg(&list)
+        .stdout_within(Duration::from_secs(600));
+    let v: serde_json::Value = serde_json::from_slice(&printed).expect("load printed JSON");
+    LoadResult {
+        count: v["count"].as_u64().unwrap_or(0) as usize,
+        ok: v["ok"].as_u64().unwrap_or(0) as usize,
+        p50_us: v["p50_us"].as_u64().unwrap_or(0),
+        p99_us: v["p99_us"].as_u64().unwrap_or(0),
+        seconds: v["seconds"].as_f64().unwrap_or(0.0),
+        bytes: v["bytes"].as_u64().unwrap_or(0),
+        bodies_urls: v["nar_urls"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|u| u.as_str().map(String::from)).collect())
+            .unwrap_or_default(),
     }
 }
 
