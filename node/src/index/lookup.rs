@@ -14,7 +14,7 @@ impl Index {
     /// The peers that hold `hash`, whether connected or not (the caller filters by
     /// connectivity), in no particular order and without duplicates. Rarely (about one
     /// lookup in 44,000 at 50 million entries) a peer that does not hold `hash` is named
-    /// too: see the module docs.
+    /// too: see the module docs of `index`.
     ///
     /// From memory, never from the disk: under a microsecond for a path with a few holders,
     /// more for one held by hundreds of peers (each `PeerId` is copied). Never fails; the
