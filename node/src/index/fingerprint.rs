@@ -79,6 +79,28 @@ pub(super) fn multiset_difference(a: &[Fingerprint], b: &[Fingerprint]) -> Vec<F
     out
 }
 
+/// `set` without `removed` and with `added` (all sorted multisets), sorted: a peer's set after
+/// a change.
+pub(super) fn with_change(
+    set: &[Fingerprint],
+    removed: &[Fingerprint],
+    added: &[Fingerprint],
+) -> Vec<Fingerprint> {
+    let kept = multiset_difference(set, removed);
+    let mut out = Vec::with_capacity(kept.len() + added.len());
+    let (mut i, mut j) = (0, 0);
+    while i < kept.len() || j < added.len() {
+        if j == added.len() || (i < kept.len() && kept[i] <= added[j]) {
+            out.push(kept[i]);
+            i += 1;
+        } else {
+            out.push(added[j]);
+            j += 1;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,4 +1,5 @@
-//! The index's tables in redb and the record kept per peer.
+//! The index's tables in redb, the record kept per peer, and reading and writing a peer's
+//! stored set in them.
 //!
 //! One peer's paths are one blob (its last snapshot, see [`super::stored_set`], stored in
 //! pieces of [`BASE_PIECE`]) and a few
@@ -11,7 +12,11 @@
 //! redb keys; a file of that version is replaced by a new one at open (see
 //! [`super::Index::open_or_set_aside`]), filled again from the peers.
 
-use redb::TableDefinition;
+use redb::{ReadableTable, Table, TableDefinition};
+
+use super::error::RedbError;
+use super::fingerprint::{Fingerprint, with_change};
+use super::stored_set::{self, Damage};
 
 /// The layout version in `meta`; bump it when a table changes meaning or type.
 pub(super) const SCHEMA_VERSION: u64 = 2;
@@ -58,4 +63,53 @@ impl PeerRecord {
     pub fn from_tuple((number, epoch, generation, paths, last_update_unix): RecordTuple) -> Self {
         PeerRecord { number, epoch, generation, paths, last_update_unix }
     }
+}
+
+/// The peer numbered `number`'s set: its base with its changes applied in order. The outer
+/// error is redb's; the inner says what is damaged.
+pub(super) fn stored_set_of(
+    bases: &impl ReadableTable<(u32, u32), &'static [u8]>,
+    changes: &impl ReadableTable<(u32, u32), &'static [u8]>,
+    number: u32,
+) -> Result<Result<Vec<Fingerprint>, Damage>, RedbError> {
+    let mut base = Vec::new();
+    for piece in bases.range((number, 0)..=(number, u32::MAX))? {
+        base.extend_from_slice(piece?.1.value());
+    }
+    if base.is_empty() {
+        return Ok(Err(format!("no stored set for peer number {number}")));
+    }
+    let mut set = match stored_set::decode_base(&base) {
+        Ok(set) => set,
+        Err(damage) => return Ok(Err(damage)),
+    };
+    for entry in changes.range((number, 0)..=(number, u32::MAX))? {
+        match stored_set::decode_change(entry?.1.value()) {
+            Ok((removed, added)) => set = with_change(&set, &removed, &added),
+            Err(damage) => return Ok(Err(damage)),
+        }
+    }
+    Ok(Ok(set))
+}
+
+/// Stores `base` as peer `number`'s, in pieces of [`BASE_PIECE`], replacing what was there.
+pub(super) fn put_base(
+    bases: &mut Table<'_, (u32, u32), &'static [u8]>,
+    number: u32,
+    base: &[u8],
+) -> Result<(), RedbError> {
+    bases.retain_in((number, 0)..=(number, u32::MAX), |_, _| false)?;
+    for (piece, bytes) in (0u32..).zip(base.chunks(BASE_PIECE)) {
+        bases.insert((number, piece), bytes)?;
+    }
+    Ok(())
+}
+
+/// Deletes the change records of peer `number`.
+pub(super) fn forget_changes(
+    changes: &mut Table<'_, (u32, u32), &'static [u8]>,
+    number: u32,
+) -> Result<(), RedbError> {
+    changes.retain_in((number, 0)..=(number, u32::MAX), |_, _| false)?;
+    Ok(())
 }

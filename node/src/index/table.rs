@@ -13,16 +13,15 @@
 //! twice, and removing one path removes one copy.
 //!
 //! Memory: each shard's entries live in a mapping of their own ([`Words`]), grown and shrunk
-//! by the kernel. The first table had 65,536 shards in `Vec`s: growing in step, they left
-//! glibc's heap 19-42 MiB of free pieces between them at 50 million entries, which no
-//! allocator tried (jemalloc, mimalloc) avoided; a mapping wastes at most a page. With 1,024
-//! shards of about 49,000 entries each, that is at most 4 MiB.
+//! by the kernel, because shards that grow in step leave free pieces between them in any
+//! heap; a mapping wastes at most a page. With 1,024 shards of about 49,000 entries each,
+//! that is at most 4 MiB.
 //!
 //! Insertions wait, sorted, in room kept at the end of each shard's mapping (eight bytes an
 //! entry, up to a 64th of the shard, at least 16) and are merged in, in place from the end,
-//! when that room is full: absorbing a snapshot touches every shard, and moving half of a
-//! shard per insertion made 1,000 snapshots cost 40 s of CPU. A snapshot's insertions into
-//! one shard go in together, one pass over the room. Lookups search both.
+//! when that room is full: absorbing a snapshot touches every shard, and inserting straight
+//! into the merged entries would move half of a shard per insertion. A snapshot's insertions
+//! into one shard go in together, one pass over the room. Lookups search both.
 //!
 //! Removals mark the entry dead where it is (its slot becomes [`DEAD`], its remainder stays,
 //! so the bucket stays sorted) instead of moving the rest of the shard; a shard drops its dead
@@ -81,10 +80,9 @@ fn slot_of(entry: u32) -> Slot {
 /// from the front in doubling steps (0, 2, 6, 14, 30, ...) and then by halves between the last
 /// two steps. A bucket is sorted by remainder, and its remainders are spread evenly except
 /// for a path many peers hold, whose run of equal entries fills most of its bucket: there a
-/// binary search from the middle waits on some ten cache lines one after another (most of a
-/// held-path lookup's time, `perf annotate` of the index bench), while the run starts among
-/// the bucket's few other entries, in its first cache line or two, where these steps go.
-/// Never more steps than twice a binary search's.
+/// binary search from the middle waits on some ten cache lines one after another, while the
+/// run starts among the bucket's few other entries, in its first cache line or two, where
+/// these steps go. Never more steps than twice a binary search's.
 fn first_not_below(bucket: &[u32], remainder: u32) -> usize {
     let below = |e: &u32| remainder_of(*e) < remainder;
     // Every entry before `low` is below; none at `high` or after it is.

@@ -2,9 +2,9 @@
 //! (`mremap`, which moves page tables rather than bytes), and given back to the system whole
 //! when shrunk or dropped.
 //!
-//! The holder table keeps each shard's entries in one of these instead of a `Vec`. 65,536
-//! small vectors growing in step left glibc's heap 19-42 MiB of free pieces between them at
-//! 50 million entries (8-20 % over the table); mapped arrays leave at most a page each.
+//! The holder table keeps each shard's entries in one of these instead of a `Vec`: vectors
+//! growing in step leave free pieces between them in the heap, which the allocator cannot
+//! give back; mapped arrays leave at most a page each.
 //!
 //! Every word up to the capacity is initialised (an anonymous mapping is zero-filled, and
 //! words once written keep their value), so the length can be set anywhere within the
