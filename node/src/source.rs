@@ -20,7 +20,7 @@ use crate::fetch::client::{FetchError, FetchFailure};
 use crate::index::Index;
 use crate::mesh::Mesh;
 use crate::traffic::Traffic;
-use crate::upstream::flight::Flights;
+use crate::upstream::flight::{Flights, upstream_failure};
 
 /// Where a path may come from: a peer that advertises it, or the upstream caches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -145,7 +145,7 @@ impl PathSource for MeshSource {
             Holder::Peer(peer) => Ok(self.fetch.narinfo(*peer, hash).await?),
             Holder::Upstream => {
                 let Some(flights) = &self.flights else { return Ok(None) };
-                flights.narinfo(hash).await
+                flights.narinfo(hash).await.map_err(|e| upstream_failure("narinfo", &e))
             }
         }
     }
