@@ -17,6 +17,7 @@
 
 mod checked;
 pub mod compression;
+mod error;
 pub mod flight;
 pub mod spool;
 
@@ -33,15 +34,15 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use nixmesh_localhttp::metrics::Counter;
-use nixmesh_protocol::narinfo::NarInfoError;
 use nixmesh_protocol::nixconf::SUBSTITUTERS;
-use nixmesh_protocol::{NarInfo, StorePath, StorePathHash};
+use nixmesh_protocol::{NarInfo, StorePathHash};
 use serde::Serialize;
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
 use crate::nix_conf::{self, NixConfError};
-use compression::{Compression, UnsupportedCompression};
+use compression::Compression;
+pub use error::{BadNarInfo, UpstreamError};
 
 /// How long an upstream's "not here" is believed. Short: a path may be pushed to the cache
 /// at any time, and Nix remembers our 404 for its own negative TTL on top.
@@ -61,75 +62,6 @@ const CONNECT_LIMIT: Duration = Duration::from_secs(5);
 
 /// A NAR's bytes from its start, decompressed.
 pub type NarBytes = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>;
-
-/// Why an upstream gave nothing usable, by the kinds decided on: a cache that cannot be
-/// reached or does not answer in time is skipped for a while ([`UpstreamError::is_unreachable`]);
-/// one that answers badly is not. Each names the URL (clonable: a lookup's answer is shared
-/// by every request waiting on it).
-#[derive(Debug, Clone, Error)]
-pub enum UpstreamError {
-    /// No connection could be made (refused, no route, TLS failed).
-    #[error("{url}: {}", describe(source))]
-    Unreachable { url: String, source: Arc<hyper_util::client::legacy::Error> },
-    /// The request failed once connected (the connection reset, a response that is not HTTP).
-    #[error("{url}: {}", describe(source))]
-    Request { url: String, source: Arc<hyper_util::client::legacy::Error> },
-    /// An answer that is neither the file nor a "not here".
-    #[error("{url}: answered {status}")]
-    Status { url: String, status: StatusCode },
-    #[error("{url}: no answer within {limit:?}")]
-    TimedOut { url: String, limit: Duration },
-    /// A narinfo that cannot be used, with what was read.
-    #[error("{url}: {problem}")]
-    BadNarInfo { url: String, problem: BadNarInfo },
-    /// The narinfo names a compression this node cannot undo.
-    #[error("{url}: {source}")]
-    Compression { url: String, source: Arc<UnsupportedCompression> },
-    /// The NAR's bytes broke off, or do not decompress.
-    #[error("{url}: {source}")]
-    Body { url: String, source: Arc<std::io::Error> },
-    /// A narinfo's `URL` outside every configured cache: never downloaded, whoever wrote it
-    /// (a signature does not cover the URL).
-    #[error("{url}: not a file under any of this node's upstreams")]
-    NotUpstream { url: String },
-    /// Every cache is being skipped after failing to answer: none asked.
-    #[error("{url}: every upstream is being skipped after failing to answer")]
-    AllSkipped { url: String },
-    /// The lookup's task ended without an answer (it panicked).
-    #[error("{url}: lookup failed: {source}")]
-    Lookup { url: String, source: Arc<tokio::task::JoinError> },
-    /// Asked by way of the mesh (the path's claimer, then this node's own caches): no answer
-    /// within the upstream deadline.
-    #[error("no upstream answered within {limit:?}")]
-    NoAnswer { limit: Duration },
-}
-
-impl UpstreamError {
-    /// Whether the cache could not be reached at all (rather than answered badly): it is
-    /// then skipped for a while.
-    pub fn is_unreachable(&self) -> bool {
-        matches!(self, UpstreamError::TimedOut { .. } | UpstreamError::Unreachable { .. })
-    }
-
-    /// Whether nothing answered in the time allowed.
-    pub fn is_timeout(&self) -> bool {
-        matches!(self, UpstreamError::TimedOut { .. } | UpstreamError::NoAnswer { .. })
-    }
-}
-
-/// What is wrong with a narinfo an upstream sent.
-#[derive(Debug, Clone, Error)]
-pub enum BadNarInfo {
-    /// The body broke off, or is over the bound a narinfo may have.
-    #[error("reading: {0}")]
-    Reading(Arc<dyn std::error::Error + Send + Sync>),
-    #[error("the narinfo is not UTF-8")]
-    NotUtf8,
-    #[error("bad narinfo: {0}")]
-    Parse(#[from] NarInfoError),
-    #[error("the narinfo is for {0}")]
-    OtherPath(Box<StorePath>),
-}
 
 /// The upstreams could not be made from the settings.
 #[derive(Debug, Error)]
@@ -550,17 +482,6 @@ fn is_under(base: &str, url: &str) -> bool {
     let plain_segments = rest.split('/').all(|s| !s.is_empty() && s != "." && s != "..");
     let encoded = ["%2e", "%2f", "%5c"].iter().any(|e| lower.contains(e)) || rest.contains('\\');
     same_origin && file.query().is_none() && plain_segments && !encoded
-}
-
-/// A client error with its causes, `cannot connect: …` when it never reached the server.
-fn describe(e: &hyper_util::client::legacy::Error) -> String {
-    let mut text = if e.is_connect() { "cannot connect".to_owned() } else { e.to_string() };
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    text
 }
 
 /// Remembers `value` under `hash`, forgetting everything first when full: a bound, not an
