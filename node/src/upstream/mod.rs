@@ -41,6 +41,7 @@ use thiserror::Error;
 use tracing::{debug, info, warn};
 
 use crate::nix_conf::{self, NixConfError};
+pub use checked::NarMismatch;
 use compression::Compression;
 pub use error::{BadNarInfo, UpstreamError};
 

@@ -36,6 +36,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use super::checked::NarMismatch;
 use super::{NarBytes, UpstreamError};
 use crate::shutdown::Shutdown;
 
@@ -65,12 +66,8 @@ pub enum Progress {
 pub enum DownloadError {
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
-    #[error("the NAR is longer than the {nar_size} bytes its narinfo says")]
-    TooLong { nar_size: u64 },
-    #[error("the NAR ended after {written} of its {nar_size} bytes")]
-    TooShort { written: u64, nar_size: u64 },
-    #[error("the NAR hashes to {got}, not to its narinfo's {expected}")]
-    WrongHash { got: Sha256, expected: Sha256 },
+    #[error(transparent)]
+    Mismatch(#[from] NarMismatch),
     #[error("writing the spool file: {0}")]
     Write(#[from] std::io::Error),
     /// Nobody read it for the unread limit: stopped, not failed by upstream.
@@ -293,7 +290,7 @@ async fn write(
         let chunk = chunk?;
         written += chunk.len() as u64;
         if written > nar_size {
-            return Err(DownloadError::TooLong { nar_size });
+            return Err(NarMismatch::TooLong { nar_size }.into());
         }
         hasher.update(&chunk);
         file.write_all(&chunk).await?;
@@ -305,11 +302,11 @@ async fn write(
         }
     }
     if written != nar_size {
-        return Err(DownloadError::TooShort { written, nar_size });
+        return Err(NarMismatch::TooShort { got: written, nar_size }.into());
     }
     let got = hasher.finish();
     if got != nar_hash {
-        return Err(DownloadError::WrongHash { got, expected: nar_hash });
+        return Err(NarMismatch::WrongHash { got, expected: nar_hash }.into());
     }
     Ok(())
 }
