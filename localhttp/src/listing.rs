@@ -18,13 +18,14 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use nixmesh_protocol::{Sha256, StorePathHash};
 use serde_json::Value;
+use thiserror::Error;
 use tokio::time::Instant;
 use tracing::debug;
 
 use crate::holders::{Miss, first_of};
 use crate::metrics::result;
 use crate::routes::{Outcome, miss};
-use crate::source::PathSource;
+use crate::source::{PathSource, SourceError};
 use crate::substituter::Substituter;
 
 /// The most listing bytes remembered, in all.
@@ -56,10 +57,10 @@ pub async fn listing<S: PathSource>(sub: Arc<Substituter<S>>, hash: StorePathHas
         let (peer, sub) = (peer.clone(), &sub);
         async move {
             let answer = sub.source.fetch_listing(&peer, hash, nar_hash).await;
-            let body = answer.map_err(|e| Miss::Because(e.to_string()))?;
-            let body = body.ok_or(Miss::Because("it says it has no listing".to_owned()))?;
-            check(&body, nar_size).map_err(|e| Miss::Because(format!("a bad listing: {e}")))?;
-            Ok::<_, Miss<String>>(body)
+            let body = answer.map_err(|e| Miss::Because(NoListing::Source(e)))?;
+            let body = body.ok_or(Miss::Because(NoListing::NotHeld))?;
+            check(&body, nar_size).map_err(|e| Miss::Because(NoListing::Bad(e)))?;
+            Ok::<_, Miss<NoListing>>(body)
         }
     };
     let per_holder = sub.config.narinfo_deadline;
@@ -77,39 +78,69 @@ fn json(body: Bytes) -> Response {
     ([(CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }
 
+/// Why a holder's listing was not used.
+#[derive(Debug, Error)]
+enum NoListing {
+    #[error(transparent)]
+    Source(SourceError),
+    #[error("it says it has no listing")]
+    NotHeld,
+    #[error("a bad listing: {0}")]
+    Bad(BadListing),
+}
+
+/// What is wrong with a listing's shape, with what was read.
+#[derive(Debug, Error)]
+pub enum BadListing {
+    #[error("not JSON: {0}")]
+    NotJson(#[from] serde_json::Error),
+    #[error("not version 1")]
+    OtherVersion,
+    #[error("directories nested over {MAX_DEPTH} deep")]
+    TooDeep,
+    #[error("a regular file without a size or narOffset")]
+    NoSizeOrOffset,
+    #[error("a file at {offset}+{size}, past the NAR's {nar_size} bytes")]
+    PastTheNar { offset: u64, size: u64, nar_size: u64 },
+    #[error("a directory without entries")]
+    NoEntries,
+    #[error("an entry of no known type")]
+    UnknownType,
+}
+
 /// Whether `body` is a listing (`{"version":1,"root":…}`, each object of its type) whose files
 /// all lie within a NAR of `nar_size` bytes. Names that are not UTF-8, which Nix writes as
 /// their bytes, are read with replacement characters: only the shape is checked.
-pub fn check(body: &[u8], nar_size: u64) -> Result<(), String> {
+pub fn check(body: &[u8], nar_size: u64) -> Result<(), BadListing> {
     let text = String::from_utf8_lossy(body);
-    let value: Value = serde_json::from_str(&text).map_err(|e| format!("not JSON: {e}"))?;
+    let value: Value = serde_json::from_str(&text)?;
     if value["version"] != 1 {
-        return Err("not version 1".to_owned());
+        return Err(BadListing::OtherVersion);
     }
     check_entry(&value["root"], nar_size, 0)
 }
 
-fn check_entry(entry: &Value, nar_size: u64, depth: usize) -> Result<(), String> {
+fn check_entry(entry: &Value, nar_size: u64, depth: usize) -> Result<(), BadListing> {
     if depth > MAX_DEPTH {
-        return Err(format!("directories nested over {MAX_DEPTH} deep"));
+        return Err(BadListing::TooDeep);
     }
     match entry["type"].as_str() {
         Some("regular") => {
             let (Some(size), Some(offset)) = (entry["size"].as_u64(), entry["narOffset"].as_u64())
             else {
-                return Err("a regular file without a size or narOffset".to_owned());
+                return Err(BadListing::NoSizeOrOffset);
             };
             match offset.checked_add(size) {
                 Some(end) if end <= nar_size => Ok(()),
-                _ => Err(format!("a file at {offset}+{size}, past the NAR's {nar_size} bytes")),
+                _ => Err(BadListing::PastTheNar { offset, size, nar_size }),
             }
         }
         Some("symlink") if entry["target"].is_string() => Ok(()),
         Some("directory") => {
-            let entries = entry["entries"].as_object().ok_or("a directory without entries")?;
+            let entries = entry["entries"].as_object().ok_or(BadListing::NoEntries)?;
             entries.values().try_for_each(|e| check_entry(e, nar_size, depth + 1))
         }
-        _ => Err("an entry of no known type".to_owned()),
+        _ => Err(BadListing::UnknownType),
     }
 }
 
@@ -183,7 +214,9 @@ mod tests {
     #[test]
     fn listings_that_cannot_be_right_fail_it() {
         // complex.nar is 7,216 bytes, its last file ending at 7,136: not within 7,000.
-        assert!(check(NIX_S, 7000).unwrap_err().contains("past the NAR"));
+        let past = check(NIX_S, 7000).unwrap_err();
+        assert!(past.to_string().contains("past the NAR"), "{past}");
+        assert!(matches!(past, BadListing::PastTheNar { nar_size: 7000, .. }), "{past}");
         let bad: [&[u8]; 5] = [
             b"not json",
             br#"{"version":2,"root":{"type":"directory","entries":{}}}"#,

@@ -84,8 +84,10 @@ impl LanSource {
         self.exclude.iter().any(|pattern| pattern.matches(name))
     }
 
-    fn failed(operation: &'static str, reason: String) -> SourceError {
-        SourceError::Failed { peer: LanHolder::Here.to_string(), operation, reason }
+    /// `e`, from this machine's store, as the substituter sees it (its text: the store's
+    /// operations have no time limit of their own to report).
+    fn failed(operation: &'static str, e: impl std::fmt::Display) -> SourceError {
+        SourceError::Failed { peer: LanHolder::Here.to_string(), operation, reason: e.to_string() }
     }
 }
 
@@ -208,9 +210,9 @@ impl LanSource {
         let Some(info) = info.filter(|i| i.nar_hash == nar_hash && offset <= i.nar_size) else {
             return Ok(None);
         };
-        let nar = self.provider.nar(&info).await.map_err(|e| Self::failed("NAR", e.to_string()))?;
+        let nar = self.provider.nar(&info).await.map_err(|e| Self::failed("NAR", e))?;
         let mut to_skip = offset;
-        let from_offset = nar.map_err(|e| Self::failed("NAR", e.to_string())).try_filter_map(
+        let from_offset = nar.map_err(|e| Self::failed("NAR", e)).try_filter_map(
             move |mut chunk: bytes::Bytes| {
                 let skip = to_skip.min(chunk.len() as u64);
                 to_skip -= skip;

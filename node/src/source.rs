@@ -16,11 +16,11 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::fetch::FetchClient;
-use crate::fetch::client::FetchError;
+use crate::fetch::client::{FetchError, FetchFailure};
 use crate::index::Index;
 use crate::mesh::Mesh;
 use crate::traffic::Traffic;
-use crate::upstream::flight::Flights;
+use crate::upstream::flight::{Flights, upstream_failure};
 
 /// Where a path may come from: a peer that advertises it, or the upstream caches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -77,9 +77,16 @@ impl MeshSource {
     }
 }
 
+/// The substituter's view of a failed fetch: a time-out stays one (`TimedOut`, for the
+/// substituter's health and metrics to tell apart), every other kind becomes its text here,
+/// at the edge.
 impl From<FetchError> for SourceError {
     fn from(e: FetchError) -> Self {
-        SourceError::Failed { peer: e.peer.to_string(), operation: e.operation, reason: e.reason }
+        let (peer, operation) = (e.peer.to_string(), e.operation);
+        match e.failure {
+            FetchFailure::TimedOut(_) => SourceError::TimedOut { peer, operation },
+            failure => SourceError::Failed { peer, operation, reason: failure.to_string() },
+        }
     }
 }
 
@@ -138,7 +145,7 @@ impl PathSource for MeshSource {
             Holder::Peer(peer) => Ok(self.fetch.narinfo(*peer, hash).await?),
             Holder::Upstream => {
                 let Some(flights) = &self.flights else { return Ok(None) };
-                flights.narinfo(hash).await
+                flights.narinfo(hash).await.map_err(|e| upstream_failure("narinfo", &e))
             }
         }
     }
@@ -195,5 +202,35 @@ impl PathSource for MeshSource {
             Holder::Peer(peer) => Ok(self.fetch.build_log(*peer, &drv.base_name()).await?),
             Holder::Upstream => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::fetch::client::Violation;
+
+    #[test]
+    fn a_fetch_that_timed_out_is_a_source_time_out_and_the_rest_keep_their_words() {
+        let peer = PeerId::random();
+        let timed_out = FetchError {
+            peer,
+            operation: "NAR",
+            failure: FetchFailure::TimedOut(Duration::from_secs(30)),
+        };
+        let source = SourceError::from(timed_out);
+        assert!(
+            matches!(&source, SourceError::TimedOut { peer: p, operation: "NAR" } if *p == peer.to_string()),
+            "{source:?}"
+        );
+        let early = Violation::EndedEarly { got: 3, expected: 10 };
+        let broken = FetchError { peer, operation: "NAR", failure: early.into() };
+        let source = SourceError::from(broken);
+        assert!(
+            matches!(&source, SourceError::Failed { reason, .. } if reason == "the stream ended after 3 of 10 bytes"),
+            "{source:?}"
+        );
     }
 }

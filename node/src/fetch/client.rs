@@ -14,11 +14,16 @@
 //! on to another holder.
 //!
 //! A request or a NAR's stream whose peer the mesh reports gone (disconnected, or being
-//! dropped for not answering pings) fails at once with "the peer disconnected", instead of
+//! dropped for not answering pings) fails at once ([`FetchFailure::Disconnected`]), instead of
 //! waiting out its time-out on a stream nothing will wake: the caller moves on to the next
 //! holder as soon as the mesh knows.
+//!
+//! Failures keep their kind ([`FetchFailure`]) up to where a decision is made on them: the
+//! substituter's source turns a time-out into `SourceError::TimedOut`, and the rest into
+//! text only there.
 
 use std::collections::HashMap;
+use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,13 +54,89 @@ const IDLE_PER_PEER: usize = 32;
 pub const NEW_STREAM_ATTEMPTS: u32 = 6;
 const FIRST_BACKOFF: Duration = Duration::from_millis(5);
 
-/// A fetch that failed; says which peer and which operation.
+/// A fetch that failed; says which peer, which operation, and what went wrong as a kind
+/// the caller can decide on.
 #[derive(Debug, Clone, Error)]
-#[error("peer {peer}: {operation} failed: {reason}")]
+#[error("peer {peer}: {operation} failed: {failure}")]
 pub struct FetchError {
     pub peer: PeerId,
     pub operation: &'static str,
-    pub reason: String,
+    pub failure: FetchFailure,
+}
+
+/// What went wrong in a fetch, by the kinds callers decide on: a time-out or a peer gone is
+/// no fault of what the peer sent; a protocol violation is.
+#[derive(Debug, Clone, Error)]
+pub enum FetchFailure {
+    /// No answer, or no NAR bytes, within the time allowed: the peer is there but slow.
+    #[error("nothing within {0:?}")]
+    TimedOut(Duration),
+    /// The mesh reported the peer gone (disconnected, or dropped for not answering pings).
+    #[error("the peer disconnected")]
+    Disconnected,
+    /// The stream closed before the answer was whole.
+    #[error("the stream closed")]
+    Closed,
+    /// The stream broke (reset, or could not be opened).
+    #[error("{0}")]
+    Io(Arc<io::Error>),
+    /// The peer answered `Failed`: busy, its store failed, an offset past the NAR's end; in
+    /// its own words, which are all the protocol carries.
+    #[error("{message}")]
+    Declined { message: String },
+    /// The peer sent what the protocol does not allow (behind a pointer: a fetch's error
+    /// stays small on every `Result`'s path).
+    #[error("{0}")]
+    Protocol(Arc<Violation>),
+}
+
+impl From<Violation> for FetchFailure {
+    fn from(violation: Violation) -> Self {
+        FetchFailure::Protocol(Arc::new(violation))
+    }
+}
+
+/// What a peer sent that the fetch protocol does not allow, with what was read.
+#[derive(Debug, Clone, Error)]
+pub enum Violation {
+    /// A frame over its limit or that does not decode, or a stream for another protocol.
+    #[error("{0}")]
+    Frame(Arc<WireError>),
+    /// An answer of another kind than the request asks for.
+    #[error("answered a {asked} request with {got}")]
+    OtherAnswer { asked: &'static str, got: &'static str },
+    /// A narinfo, listing or build log longer than its bound.
+    #[error("{what} of {len} bytes, more than {limit}")]
+    TooLong { what: &'static str, len: u64, limit: u64 },
+    /// A NAR answer from another offset than the one asked for, or past the NAR's end.
+    #[error("sent the NAR of {nar_size} bytes from offset {sent_from}, not {asked}")]
+    OtherOffset { asked: u64, sent_from: u64, nar_size: u64 },
+    /// The stream ended before the bytes its answer announced.
+    #[error("the stream ended after {got} of {expected} bytes")]
+    EndedEarly { got: u64, expected: u64 },
+}
+
+impl From<FrameError> for FetchFailure {
+    fn from(e: FrameError) -> Self {
+        match e {
+            FrameError::Closed => FetchFailure::Closed,
+            FrameError::TimedOut(waited) => FetchFailure::TimedOut(waited),
+            FrameError::Io(e) => FetchFailure::Io(Arc::new(e)),
+            FrameError::Wire(e) => Violation::Frame(Arc::new(e)).into(),
+        }
+    }
+}
+
+/// What kind of answer `response` is, for errors.
+pub(super) fn answer_kind(response: &FetchResponse) -> &'static str {
+    match response {
+        FetchResponse::NarInfo { .. } => "a narinfo",
+        FetchResponse::Nar { .. } => "a NAR",
+        FetchResponse::Listing { .. } => "a listing",
+        FetchResponse::BuildLog { .. } => "a build log",
+        FetchResponse::NotFound => "not found",
+        FetchResponse::Failed { .. } => "a failure",
+    }
 }
 
 /// A NAR's bytes from a peer, from the offset asked for to the end.
@@ -140,20 +221,21 @@ impl FetchClient {
         request: FetchRequest,
         operation: &'static str,
     ) -> Result<Option<String>, FetchError> {
-        let failed = |reason: String| FetchError { peer, operation, reason };
+        let failed = |failure: FetchFailure| FetchError { peer, operation, failure };
         let (session, response) = self.exchange(peer, request, operation).await?;
         let answer = match response {
             FetchResponse::NarInfo { text } if text.len() <= MAX_NARINFO_LEN => Ok(Some(text)),
             FetchResponse::NarInfo { text } => {
-                return Err(failed(format!("narinfo of {} bytes", text.len())));
+                let (len, limit) = (text.len() as u64, MAX_NARINFO_LEN as u64);
+                return Err(failed(Violation::TooLong { what: "a narinfo", len, limit }.into()));
             }
             FetchResponse::NotFound => Ok(None),
-            FetchResponse::Failed { message } => Err(failed(message)),
-            FetchResponse::Nar { .. } => {
-                return Err(failed("answered a narinfo request with a NAR".into()));
-            }
-            FetchResponse::Listing { .. } | FetchResponse::BuildLog { .. } => {
-                return Err(failed("answered a narinfo request with another answer".into()));
+            FetchResponse::Failed { message } => Err(failed(FetchFailure::Declined { message })),
+            other @ (FetchResponse::Nar { .. }
+            | FetchResponse::Listing { .. }
+            | FetchResponse::BuildLog { .. }) => {
+                let got = answer_kind(&other);
+                return Err(failed(Violation::OtherAnswer { asked: "narinfo", got }.into()));
             }
         };
         session.finished();
@@ -193,7 +275,7 @@ impl FetchClient {
         request: FetchRequest,
         operation: &'static str,
     ) -> Result<Option<NarBody>, FetchError> {
-        let failed = |reason: String| FetchError { peer, operation, reason };
+        let failed = |failure: FetchFailure| FetchError { peer, operation, failure };
         let offset = match request {
             FetchRequest::Nar { offset, .. } | FetchRequest::UpstreamNar { offset, .. } => offset,
             FetchRequest::NarInfo { .. }
@@ -208,19 +290,23 @@ impl FetchClient {
             {
                 Ok(Some(nar_body(session, nar_size - offset)))
             }
-            FetchResponse::Nar { .. } => Err(failed("sent the NAR from another offset".into())),
+            FetchResponse::Nar { nar_size, offset: sent_from } => {
+                let asked = offset;
+                Err(failed(Violation::OtherOffset { asked, sent_from, nar_size }.into()))
+            }
             FetchResponse::NotFound => {
                 session.finished();
                 Ok(None)
             }
             FetchResponse::Failed { message } => {
                 session.finished();
-                Err(failed(message))
+                Err(failed(FetchFailure::Declined { message }))
             }
-            FetchResponse::NarInfo { .. }
+            other @ (FetchResponse::NarInfo { .. }
             | FetchResponse::Listing { .. }
-            | FetchResponse::BuildLog { .. } => {
-                Err(failed("answered a NAR request with another answer".into()))
+            | FetchResponse::BuildLog { .. }) => {
+                let got = answer_kind(&other);
+                Err(failed(Violation::OtherAnswer { asked: "NAR", got }.into()))
             }
         }
     }
@@ -248,7 +334,6 @@ impl FetchClient {
         operation: &'static str,
         gone: Option<CancellationToken>,
     ) -> Result<(Session, FetchResponse), FetchError> {
-        let failed = |reason: String| FetchError { peer, operation, reason };
         let share = self.sessions.in_use.acquire(peer).await;
         let mut share = Some(share);
         let mut new_streams = 0;
@@ -282,7 +367,7 @@ impl FetchClient {
                     debug!(%peer, operation, ?pause, "a new stream closed unanswered ({e})");
                     tokio::time::sleep(pause).await;
                 }
-                Err(e) => return Err(failed(e.to_string())),
+                Err(e) => return Err(FetchError { peer, operation, failure: e.into() }),
             }
         }
     }
@@ -333,7 +418,7 @@ async fn unless_gone<T>(
 }
 
 fn disconnected(peer: PeerId, operation: &'static str) -> FetchError {
-    FetchError { peer, operation, reason: "the peer disconnected".to_owned() }
+    FetchError { peer, operation, failure: FetchFailure::Disconnected }
 }
 
 /// Whether `error` means the holder never answered (the stream closed or broke), so asking
@@ -354,7 +439,7 @@ fn nar_body(session: Session, len: u64) -> NarBody {
     let state = (Some(session), len);
     let chunks = futures::stream::unfold(state, move |(session, left)| async move {
         let mut session = session?;
-        let failed = |reason: String| FetchError { peer, operation: "NAR", reason };
+        let failed = |failure: FetchFailure| FetchError { peer, operation: "NAR", failure };
         if left == 0 {
             session.finished();
             return None;
@@ -366,8 +451,9 @@ fn nar_body(session: Session, len: u64) -> NarBody {
         };
         match read {
             Ok(chunk) if chunk.is_empty() => {
-                let reason = format!("the stream ended {left} bytes before the NAR's end");
-                Some((Err(failed(reason)), (None, left)))
+                let (got, expected) = (len - left, len);
+                let early = Violation::EndedEarly { got, expected };
+                Some((Err(failed(early.into())), (None, left)))
             }
             Ok(chunk) => {
                 let left = left - chunk.len() as u64;
@@ -377,10 +463,7 @@ fn nar_body(session: Session, len: u64) -> NarBody {
                 }
                 Some((Ok(chunk), (Some(session), left)))
             }
-            Err(FrameError::TimedOut(t)) => {
-                Some((Err(failed(format!("no bytes for {t:?}"))), (None, left)))
-            }
-            Err(e) => Some((Err(failed(e.to_string())), (None, left))),
+            Err(e) => Some((Err(failed(e.into())), (None, left))),
         }
     });
     Box::pin(chunks)

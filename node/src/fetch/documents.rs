@@ -9,7 +9,7 @@ use nixmesh_protocol::wire::{FetchRequest, FetchResponse, MAX_BUILD_LOG_LEN};
 use nixmesh_protocol::{Sha256, StorePathHash};
 
 use super::NAR_CHUNK;
-use super::client::{FetchClient, FetchError, Session};
+use super::client::{FetchClient, FetchError, FetchFailure, Session, Violation, answer_kind};
 
 impl FetchClient {
     /// `peer`'s listing of `hash` if its NAR has `nar_hash`; `None` when it says it has none.
@@ -34,50 +34,45 @@ impl FetchClient {
         request: FetchRequest,
         operation: &'static str,
     ) -> Result<Option<Bytes>, FetchError> {
-        let failed = |reason: String| FetchError { peer, operation, reason };
+        let failed = |failure: FetchFailure| FetchError { peer, operation, failure };
         let listing = matches!(request, FetchRequest::Listing { .. });
         let (session, response) = self.exchange(peer, request, operation).await?;
-        let (len, limit) = match response {
-            FetchResponse::Listing { len } if listing => (len, MAX_LISTING_LEN),
-            FetchResponse::BuildLog { len } if !listing => (len, MAX_BUILD_LOG_LEN),
+        let (len, limit, what) = match response {
+            FetchResponse::Listing { len } if listing => (len, MAX_LISTING_LEN, "a listing"),
+            FetchResponse::BuildLog { len } if !listing => (len, MAX_BUILD_LOG_LEN, "a build log"),
             FetchResponse::NotFound => {
                 session.finished();
                 return Ok(None);
             }
             FetchResponse::Failed { message } => {
                 session.finished();
-                return Err(failed(message));
+                return Err(failed(FetchFailure::Declined { message }));
             }
-            other => return Err(failed(format!("answered with {}", kind(&other)))),
+            other => {
+                let got = answer_kind(&other);
+                return Err(failed(Violation::OtherAnswer { asked: operation, got }.into()));
+            }
         };
         if len > limit as u64 {
-            return Err(failed(format!("announced {len} bytes, more than {limit}")));
+            let limit = limit as u64;
+            return Err(failed(Violation::TooLong { what, len, limit }.into()));
         }
         read_whole(session, len as usize).await.map(Some).map_err(failed)
     }
 }
 
 /// The `len` bytes that follow an answer; the session goes back for reuse once read.
-async fn read_whole(mut session: Session, len: usize) -> Result<Bytes, String> {
+async fn read_whole(mut session: Session, len: usize) -> Result<Bytes, FetchFailure> {
     let mut body = BytesMut::with_capacity(len.min(NAR_CHUNK));
     while body.len() < len {
         let want = (len - body.len()).min(NAR_CHUNK);
-        let chunk = session.stream.read_bytes(want).await.map_err(|e| e.to_string())?;
+        let chunk = session.stream.read_bytes(want).await?;
         if chunk.is_empty() {
-            return Err(format!("the stream ended after {} of {len} bytes", body.len()));
+            let (got, expected) = (body.len() as u64, len as u64);
+            return Err(Violation::EndedEarly { got, expected }.into());
         }
         body.extend_from_slice(&chunk);
     }
     session.finished();
     Ok(body.freeze())
-}
-
-fn kind(response: &FetchResponse) -> &'static str {
-    match response {
-        FetchResponse::NarInfo { .. } => "a narinfo",
-        FetchResponse::Nar { .. } => "a NAR",
-        FetchResponse::Listing { .. } => "a listing",
-        FetchResponse::BuildLog { .. } => "a build log",
-        FetchResponse::NotFound | FetchResponse::Failed { .. } => "no answer",
-    }
 }

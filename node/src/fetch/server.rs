@@ -18,12 +18,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
 use libp2p::PeerId;
 use nixmesh_protocol::signature::{Signature, SigningKey};
 use nixmesh_protocol::wire::{FETCH_PROTOCOL, FetchRequest, FetchResponse, MAX_REQUEST_FRAME_LEN};
-use nixmesh_protocol::{NarInfo, Sha256, StorePathHash};
+use nixmesh_protocol::{NarInfo, StorePath, StorePathHash};
+use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info, info_span, warn};
 
@@ -33,10 +33,14 @@ use crate::mesh::framed::{FrameError, FrameLimits, FramedStream, MeshStream};
 use crate::mesh::share::Origin;
 use crate::mesh::{Mesh, PeerTable, StreamLimits, Turn, TurnLimits, Turns, serve_streams};
 use crate::shutdown::Shutdown;
+use crate::store::listing::ListingFailed;
 use crate::store::{PathInfo, Store, StoreError, dump};
 use crate::traffic::Traffic;
 
 mod documents;
+mod relay;
+
+pub use relay::{RelayError, RelayedBytes, UpstreamCause, UpstreamRelay};
 
 /// How long a peer may take to send its first request on a new stream, and any request once
 /// it has begun.
@@ -82,25 +86,19 @@ const NAR_TRANSFERS: TurnLimits = TurnLimits {
 /// How a LAN client (`crate::lan`) is named where the provider logs what it did not serve.
 pub(crate) const LAN_CLIENT: &str = "a LAN client";
 
-/// A NAR's bytes as a claimer relays them, from the offset asked for.
-pub type RelayedBytes = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
-
-/// What answers the peers that ask this node for paths from upstream, as their claimer
-/// (`crate::upstream::flight::Flights`); the provider only carries its answers. Errors are
-/// messages for the asker.
-pub trait UpstreamRelay: Send + Sync + 'static {
-    /// The upstreams' narinfo for `hash`, its URL absolute; `None` when they lack it.
-    fn narinfo(&self, hash: StorePathHash) -> BoxFuture<'_, Result<Option<String>, String>>;
-    /// The NAR with `nar_hash` of `hash`: its size, and its bytes from `offset` as they
-    /// arrive; `None` when no upstream has that build of the path.
-    fn nar(
-        &self,
-        hash: StorePathHash,
-        nar_hash: Sha256,
-        offset: u64,
-    ) -> BoxFuture<'_, Result<Option<(u64, RelayedBytes)>, String>>;
-    /// Counts `len` NAR bytes relayed to a peer.
-    fn relayed(&self, len: u64);
+/// Why this node could not give a path of its store, to a peer or a LAN client. Peers get
+/// its text in a `Failed` answer; the LAN substituter, in its `SourceError`.
+#[derive(Debug, Error)]
+pub enum ProvideError {
+    /// The nix-daemon could not say whether it has the path, or what it is.
+    #[error("asking the nix-daemon about {hash}: {source}")]
+    Store { hash: StorePathHash, source: StoreError },
+    /// The path's listing could not be made.
+    #[error(transparent)]
+    Listing(#[from] ListingFailed),
+    /// The path's listing is longer than a listing may be.
+    #[error("the listing of {path} is over {limit} bytes")]
+    ListingTooLarge { path: StorePath, limit: usize },
 }
 
 /// Answers peers' fetches from the local store.
@@ -182,13 +180,15 @@ impl Provider {
         Ok(Box::pin(self.store.nar_from_path(&info.path, info.nar_size).await?))
     }
 
-    pub(crate) async fn path_info(&self, hash: StorePathHash) -> Result<Option<PathInfo>, String> {
-        let Some(path) =
-            self.store.query_path_from_hash_part(&hash).await.map_err(|e| e.to_string())?
-        else {
+    pub(crate) async fn path_info(
+        &self,
+        hash: StorePathHash,
+    ) -> Result<Option<PathInfo>, ProvideError> {
+        let store = |source| ProvideError::Store { hash, source };
+        let Some(path) = self.store.query_path_from_hash_part(&hash).await.map_err(store)? else {
             return Ok(None);
         };
-        self.store.query_path_info(&path).await.map_err(|e| e.to_string())
+        self.store.query_path_info(&path).await.map_err(store)
     }
 
     /// The narinfo of `hash` for `asker` (a peer, or a LAN client), if the store has the path
@@ -198,7 +198,7 @@ impl Provider {
         &self,
         asker: &(dyn std::fmt::Display + Sync),
         hash: StorePathHash,
-    ) -> Result<Option<NarInfo>, String> {
+    ) -> Result<Option<NarInfo>, ProvideError> {
         let Some(info) = self.path_info(hash).await? else { return Ok(None) };
         let narinfo = self.servable_to(asker, info.clone());
         if narinfo.is_some() {
@@ -216,7 +216,7 @@ impl Provider {
         &self,
         asker: &(dyn std::fmt::Display + Sync),
         hash: StorePathHash,
-    ) -> Result<Option<PathInfo>, String> {
+    ) -> Result<Option<PathInfo>, ProvideError> {
         if let Some(info) = self.recent.get(&hash) {
             return Ok(Some(info));
         }
@@ -231,7 +231,8 @@ impl Provider {
         hash: StorePathHash,
     ) -> Result<PathInfo, FetchResponse> {
         let info = self.info_for(&peer, hash).await;
-        info.map_err(|message| FetchResponse::Failed { message })?.ok_or(FetchResponse::NotFound)
+        let failed = |e: ProvideError| FetchResponse::Failed { message: e.to_string() };
+        info.map_err(failed)?.ok_or(FetchResponse::NotFound)
     }
 
     /// The narinfo for `info` with the signatures the store holds and ours, if the policy lets
@@ -364,7 +365,8 @@ impl Provider {
         let failed = |message: String| FetchResponse::Failed { message };
         match *request {
             FetchRequest::NarInfo { hash } => {
-                let narinfo = self.narinfo_for(&peer, hash).await.map_err(failed)?;
+                let narinfo = self.narinfo_for(&peer, hash).await;
+                let narinfo = narinfo.map_err(|e| failed(e.to_string()))?;
                 debug!(%hash, found = narinfo.is_some(), "narinfo asked");
                 Ok(Plan::NarInfo(narinfo.ok_or(FetchResponse::NotFound)?.to_string()))
             }
@@ -424,7 +426,7 @@ impl Provider {
                         Ok(Plan::Relay { nar, nar_size, offset, flights, slot })
                     }
                     Ok(None) => Err(FetchResponse::NotFound),
-                    Err(message) => Err(failed(message)),
+                    Err(e) => Err(failed(e.to_string())),
                 }
             }
         }

@@ -9,6 +9,19 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use nixmesh_protocol::Sha256;
 use nixmesh_protocol::hash::Sha256Hasher;
+use thiserror::Error;
+
+/// A NAR from upstream that is not the one its narinfo promises, with what was read: the
+/// spool's downloads and the ones for one reader end in it (inside an `io::Error` here).
+#[derive(Debug, Error)]
+pub enum NarMismatch {
+    #[error("the NAR is longer than the {nar_size} bytes its narinfo says")]
+    TooLong { nar_size: u64 },
+    #[error("the NAR ended after {got} of its {nar_size} bytes")]
+    TooShort { got: u64, nar_size: u64 },
+    #[error("the NAR hashes to {got}, not to its narinfo's {expected}")]
+    WrongHash { got: Sha256, expected: Sha256 },
+}
 
 /// `nar` (a NAR's bytes from its start) from byte `offset` on, every byte hashed, the prefix
 /// before `offset` not passed on, and the last chunk held back until the NAR is `nar_size`
@@ -56,15 +69,15 @@ impl Check {
         let start = self.seen;
         self.seen += chunk.len() as u64;
         if self.seen > self.nar_size {
-            let message = format!("the NAR is longer than the {} bytes asked for", self.nar_size);
-            return Err(std::io::Error::other(message));
+            let nar_size = self.nar_size;
+            return Err(std::io::Error::other(NarMismatch::TooLong { nar_size }));
         }
         self.hasher.update(&chunk);
         if self.seen == self.nar_size {
             let got = std::mem::replace(&mut self.hasher, Sha256Hasher::new()).finish();
             if got != self.nar_hash {
-                let message = format!("the NAR hashes to {got}, not to the {}", self.nar_hash);
-                return Err(std::io::Error::other(message));
+                let expected = self.nar_hash;
+                return Err(std::io::Error::other(NarMismatch::WrongHash { got, expected }));
             }
         }
         if self.offset > start {
@@ -79,8 +92,8 @@ impl Check {
         if self.seen == self.nar_size {
             return Ok(None);
         }
-        let message = format!("the NAR ended after {} of its {} bytes", self.seen, self.nar_size);
-        Err(std::io::Error::other(message))
+        let (got, nar_size) = (self.seen, self.nar_size);
+        Err(std::io::Error::other(NarMismatch::TooShort { got, nar_size }))
     }
 }
 

@@ -38,10 +38,10 @@ use thiserror::Error;
 use tracing::{debug, info, warn};
 
 use super::checked::checked_from;
-use super::spool::{Spool, SpoolError};
-use super::{Found, Upstreams};
+use super::spool::{DownloadError, FailedDownload, Spool, SpoolError};
+use super::{Found, UpstreamError, Upstreams};
 use crate::fetch::FetchClient;
-use crate::fetch::server::{RelayedBytes, UpstreamRelay};
+use crate::fetch::server::{RelayError, RelayedBytes, UpstreamRelay};
 use crate::mesh::Mesh;
 use crate::source::Holder;
 use crate::traffic::Traffic;
@@ -131,12 +131,7 @@ impl Flights {
     /// path's claimer, so that the mesh asks its upstreams once and shares the answer, a "not
     /// here" included; within the upstream deadline in all. A claimer that does not answer in
     /// three quarters of it is passed over for this node's own upstreams.
-    pub async fn narinfo(&self, hash: StorePathHash) -> Result<Option<String>, SourceError> {
-        let failed = |reason: String| SourceError::Failed {
-            peer: "upstream".into(),
-            operation: "narinfo",
-            reason,
-        };
+    pub async fn narinfo(&self, hash: StorePathHash) -> Result<Option<String>, UpstreamError> {
         let local = self.mesh.local_peer_id();
         let claimer = self.claimers(hash.as_bytes())[0];
         if claimer != local {
@@ -163,15 +158,11 @@ impl Flights {
             }
             let left = self.upstreams.deadline() - limit;
             return match tokio::time::timeout(left, self.upstreams.narinfo(hash)).await {
-                Ok(Ok(found)) => Ok(found.map(|f| f.text)),
-                Ok(Err(e)) => Err(failed(e.to_string())),
-                Err(_) => Err(failed(format!("no answer within {:?}", self.upstreams.deadline()))),
+                Ok(found) => Ok(found?.map(|f| f.text)),
+                Err(_) => Err(UpstreamError::NoAnswer { limit: self.upstreams.deadline() }),
             };
         }
-        match self.upstreams.narinfo(hash).await {
-            Ok(found) => Ok(found.map(|f| f.text)),
-            Err(e) => Err(failed(e.to_string())),
-        }
+        Ok(self.upstreams.narinfo(hash).await?.map(|f| f.text))
     }
 
     /// For this node's substituter: the NAR with `nar_hash` of the path `hash`, from byte
@@ -242,21 +233,13 @@ impl Flights {
                 match self.relay(hash, nar_hash, offset).await {
                     Ok(Some((_, nar))) => {
                         debug!(%hash, offset, "NAR from upstream, downloaded here");
-                        let failed = |e: std::io::Error| SourceError::Failed {
-                            peer: "upstream".into(),
-                            operation: "NAR",
-                            reason: e.to_string(),
-                        };
+                        let failed = |e: std::io::Error| upstream_failure("NAR", &e);
                         return Ok(Some(Box::pin(nar.map_err(failed))));
                     }
                     Ok(None) => {}
-                    Err(reason) => {
-                        warn!(%hash, "NAR from upstream: {reason}");
-                        last_error = Some(SourceError::Failed {
-                            peer: "upstream".into(),
-                            operation: "NAR",
-                            reason,
-                        });
+                    Err(e) => {
+                        warn!(%hash, "NAR from upstream: {e}");
+                        last_error = Some(upstream_failure("NAR", &e));
                     }
                 }
                 continue;
@@ -287,13 +270,13 @@ impl Flights {
         hash: StorePathHash,
         nar_hash: Sha256,
         offset: u64,
-    ) -> Result<Option<Relay>, String> {
+    ) -> Result<Option<Relay>, RelayError> {
         if self.upstreams.is_empty() {
             return Ok(None);
         }
         // The narinfo by way of its own claimer, which remembers it: the mesh asks upstream
         // for each narinfo once.
-        let Some(text) = self.narinfo(hash).await.map_err(|e| e.to_string())? else {
+        let Some(text) = self.narinfo(hash).await.map_err(upstream_cause)? else {
             return Ok(None);
         };
         // Whoever wrote the text chose its URL: only what this node would trust, of the path
@@ -311,7 +294,7 @@ impl Flights {
         }
         let nar_size = found.narinfo.nar_size;
         if offset > nar_size {
-            return Err(format!("offset {offset} is past the NAR's end ({nar_size})"));
+            return Err(RelayError::PastEnd { offset, nar_size });
         }
         let (upstreams, download_found) = (self.upstreams.clone(), found.clone());
         let download: super::spool::Download =
@@ -323,7 +306,7 @@ impl Flights {
                 let nar = self.direct(&found, offset).await?;
                 Ok(Some((nar_size, nar)))
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(RelayError::Upstream(Box::new(e))),
         }
     }
 
@@ -331,12 +314,11 @@ impl Flights {
     /// bytes held back until its size and hash are right); refused while another reader's
     /// download of the same NAR is under way here. The download stops when the reader
     /// drops the stream.
-    async fn direct(&self, found: &Found, offset: u64) -> Result<RelayedBytes, String> {
+    async fn direct(&self, found: &Found, offset: u64) -> Result<RelayedBytes, RelayError> {
         let nar_hash = found.narinfo.nar_hash;
-        let under_way = DirectDownload::start(&self.direct, nar_hash).ok_or_else(|| {
-            format!("busy: NAR {nar_hash} is being downloaded here for another reader")
-        })?;
-        let nar = self.upstreams.nar(found).await.map_err(|e| e.to_string())?;
+        let under_way =
+            DirectDownload::start(&self.direct, nar_hash).ok_or(RelayError::Busy { nar_hash })?;
+        let nar = self.upstreams.nar(found).await.map_err(upstream_cause)?;
         let nar = nar.map_err(std::io::Error::other);
         let checked = checked_from(nar, nar_hash, found.narinfo.nar_size, offset);
         // The mark goes with the stream: dropped with it, when the download ends or its
@@ -349,12 +331,10 @@ impl Flights {
 }
 
 impl UpstreamRelay for Flights {
-    fn narinfo(&self, hash: StorePathHash) -> BoxFuture<'_, Result<Option<String>, String>> {
+    fn narinfo(&self, hash: StorePathHash) -> BoxFuture<'_, Result<Option<String>, RelayError>> {
         Box::pin(async move {
-            match self.upstreams.narinfo(hash).await {
-                Ok(found) => Ok(found.map(|f| f.text)),
-                Err(e) => Err(e.to_string()),
-            }
+            let found = self.upstreams.narinfo(hash).await.map_err(upstream_cause)?;
+            Ok(found.map(|f| f.text))
         })
     }
 
@@ -363,7 +343,7 @@ impl UpstreamRelay for Flights {
         hash: StorePathHash,
         nar_hash: Sha256,
         offset: u64,
-    ) -> BoxFuture<'_, Result<Option<Relay>, String>> {
+    ) -> BoxFuture<'_, Result<Option<Relay>, RelayError>> {
         Box::pin(self.relay(hash, nar_hash, offset))
     }
 
@@ -390,6 +370,43 @@ impl Drop for DirectDownload {
     fn drop(&mut self) {
         self.under_way.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.nar_hash);
     }
+}
+
+fn upstream_cause(e: UpstreamError) -> RelayError {
+    RelayError::Upstream(Box::new(e))
+}
+
+/// `e`, from the upstreams by way of this node, as the substituter sees it: a time-out stays
+/// one (`TimedOut`), the rest become their text here, at the edge.
+pub(crate) fn upstream_failure(
+    operation: &'static str,
+    e: &(dyn std::error::Error + 'static),
+) -> SourceError {
+    let peer = Holder::Upstream.to_string();
+    if timed_out(e) {
+        SourceError::TimedOut { peer, operation }
+    } else {
+        SourceError::Failed { peer, operation, reason: e.to_string() }
+    }
+}
+
+/// Whether `e`, or the upstream error it carries (inside a relay's error, a spool reader's
+/// or a checked download's `io::Error`), is a time-out.
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    if let Some(e) = e.downcast_ref::<UpstreamError>() {
+        return e.is_timeout();
+    }
+    if let Some(RelayError::Upstream(cause)) = e.downcast_ref::<RelayError>() {
+        return timed_out(cause.as_ref());
+    }
+    if let Some(FailedDownload(e)) = e.downcast_ref::<FailedDownload>() {
+        return matches!(e.as_ref(), DownloadError::Upstream(e) if e.is_timeout());
+    }
+    if let Some(e) = e.downcast_ref::<std::io::Error>() {
+        let inner = e.get_ref().map(|inner| inner as &(dyn std::error::Error + 'static));
+        return e.kind() == std::io::ErrorKind::TimedOut || inner.is_some_and(timed_out);
+    }
+    false
 }
 
 /// `node`'s rendezvous score for `key`: the first 8 bytes of SHA-256(peer id, key).
@@ -428,5 +445,28 @@ mod tests {
         }
         assert_eq!(counts.len(), 5, "every node claims some: {counts:?}");
         assert!(counts.values().all(|&n| n > 10), "spread: {counts:?}");
+    }
+
+    #[test]
+    fn a_time_out_upstream_stays_one_through_the_relay_and_the_spool() {
+        let limit = std::time::Duration::from_secs(2);
+        let timed_out = UpstreamError::TimedOut { url: "http://cache".into(), limit };
+        let spooled = DownloadError::Upstream(timed_out.clone());
+        let reader = std::io::Error::other(FailedDownload(Arc::new(spooled)));
+        let relayed = RelayError::Upstream(Box::new(timed_out.clone()));
+        let checked = std::io::Error::other(timed_out);
+        let deadline = UpstreamError::NoAnswer { limit };
+        let errors: [&(dyn std::error::Error + 'static); 4] =
+            [&reader, &relayed, &checked, &deadline];
+        for e in errors {
+            let source = upstream_failure("NAR", e);
+            assert!(matches!(source, SourceError::TimedOut { operation: "NAR", .. }), "{e}");
+        }
+        let past = RelayError::PastEnd { offset: 9, nar_size: 4 };
+        let source = upstream_failure("NAR", &past);
+        assert!(
+            matches!(&source, SourceError::Failed { reason, .. } if reason.contains("past the NAR's end")),
+            "{source:?}"
+        );
     }
 }

@@ -17,6 +17,7 @@
 
 mod checked;
 pub mod compression;
+mod error;
 pub mod flight;
 pub mod spool;
 
@@ -40,7 +41,9 @@ use thiserror::Error;
 use tracing::{debug, info, warn};
 
 use crate::nix_conf::{self, NixConfError};
+pub use checked::NarMismatch;
 use compression::Compression;
+pub use error::{BadNarInfo, UpstreamError};
 
 /// How long an upstream's "not here" is believed. Short: a path may be pushed to the cache
 /// at any time, and Nix remembers our 404 for its own negative TTL on top.
@@ -60,19 +63,6 @@ const CONNECT_LIMIT: Duration = Duration::from_secs(5);
 
 /// A NAR's bytes from its start, decompressed.
 pub type NarBytes = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>;
-
-/// Why an upstream gave nothing usable. Each names the URL.
-#[derive(Debug, Clone, Error)]
-pub enum UpstreamError {
-    #[error("{url}: {reason}")]
-    Failed { url: String, reason: String },
-    #[error("{url}: no answer within {limit:?}")]
-    TimedOut { url: String, limit: Duration },
-    /// A narinfo's `URL` outside every configured cache: never downloaded, whoever wrote it
-    /// (a signature does not cover the URL).
-    #[error("{url}: not a file under any of this node's upstreams")]
-    NotUpstream { url: String },
-}
 
 /// The upstreams could not be made from the settings.
 #[derive(Debug, Error)]
@@ -295,9 +285,8 @@ impl Upstreams {
                 });
                 let url = self.caches.first().map_or_else(String::new, |c| c.url.clone());
                 let joined = async move {
-                    task.await.unwrap_or_else(|e| {
-                        Err(UpstreamError::Failed { url, reason: format!("lookup failed: {e}") })
-                    })
+                    task.await
+                        .unwrap_or_else(|e| Err(UpstreamError::Lookup { url, source: Arc::new(e) }))
                 };
                 joined.boxed().shared()
             });
@@ -312,8 +301,7 @@ impl Upstreams {
         let available: Vec<&Cache> = self.caches.iter().filter(|c| c.available()).collect();
         if available.is_empty() {
             let url = self.caches.first().map_or_else(String::new, |c| c.url.clone());
-            let reason = "every upstream is being skipped after failing to answer".to_owned();
-            return Err(UpstreamError::Failed { url, reason });
+            return Err(UpstreamError::AllSkipped { url });
         }
         for cache in available {
             let url = format!("{}/{hash}.narinfo", cache.url);
@@ -331,7 +319,7 @@ impl Upstreams {
                 }
                 Ok(None) => cache.answered(),
                 Err(e) => {
-                    if matches!(e, UpstreamError::TimedOut { .. }) || is_unreachable(&e) {
+                    if e.is_unreachable() {
                         cache.failed(&e);
                     }
                     failure = Some(e);
@@ -370,21 +358,21 @@ impl Upstreams {
         url: &str,
         hash: StorePathHash,
     ) -> Result<Option<NarInfo>, UpstreamError> {
-        let failed = |reason: String| UpstreamError::Failed { url: url.to_owned(), reason };
+        let bad = |problem| UpstreamError::BadNarInfo { url: url.to_owned(), problem };
         let response = self.get(url).await?;
         match response.status() {
             StatusCode::OK => {}
             StatusCode::NOT_FOUND | StatusCode::FORBIDDEN | StatusCode::GONE => return Ok(None),
-            status => return Err(failed(format!("answered {status}"))),
+            status => return Err(UpstreamError::Status { url: url.to_owned(), status }),
         }
         let limit = nixmesh_protocol::wire::MAX_NARINFO_LEN;
         let body = http_body_util::Limited::new(response.into_body(), limit);
-        let bytes = body.collect().await.map_err(|e| failed(format!("reading: {e}")))?;
-        let text = String::from_utf8(bytes.to_bytes().to_vec())
-            .map_err(|_| failed("the narinfo is not UTF-8".into()))?;
-        let narinfo = NarInfo::parse(&text).map_err(|e| failed(format!("bad narinfo: {e}")))?;
+        let bytes = body.collect().await.map_err(|e| bad(BadNarInfo::Reading(Arc::from(e))))?;
+        let text =
+            String::from_utf8(bytes.to_bytes().to_vec()).map_err(|_| bad(BadNarInfo::NotUtf8))?;
+        let narinfo = NarInfo::parse(&text).map_err(|e| bad(e.into()))?;
         if narinfo.store_path.hash() != hash {
-            return Err(failed(format!("the narinfo is for {}", narinfo.store_path)));
+            return Err(bad(BadNarInfo::OtherPath(Box::new(narinfo.store_path))));
         }
         debug!(url, "narinfo found upstream");
         Ok(Some(narinfo))
@@ -394,13 +382,22 @@ impl Upstreams {
         &self,
         url: &str,
     ) -> Result<hyper::Response<hyper::body::Incoming>, UpstreamError> {
-        let failed = |reason: String| UpstreamError::Failed { url: url.to_owned(), reason };
-        let uri: hyper::Uri = url.parse().map_err(|e| failed(format!("not a URL: {e}")))?;
+        // Every URL asked for was checked before: a cache's base URL at the start, a NAR's as
+        // under one (`serves`); one that still does not make a request is outside them all.
+        let not_upstream = || UpstreamError::NotUpstream { url: url.to_owned() };
+        let uri: hyper::Uri = url.parse().map_err(|_| not_upstream())?;
         let request = hyper::Request::get(uri)
             .header(hyper::header::USER_AGENT, concat!("nixmesh/", env!("CARGO_PKG_VERSION")))
             .body(Empty::new())
-            .map_err(|e| failed(e.to_string()))?;
-        self.client.request(request).await.map_err(|e| failed(describe(&e)))
+            .map_err(|_| not_upstream())?;
+        self.client.request(request).await.map_err(|e| {
+            let (url, source) = (url.to_owned(), Arc::new(e));
+            if source.is_connect() {
+                UpstreamError::Unreachable { url, source }
+            } else {
+                UpstreamError::Request { url, source }
+            }
+        })
     }
 
     /// Whether `url` names a file under one of the caches (see [`is_under`]): the only URLs
@@ -415,15 +412,15 @@ impl Upstreams {
         if !self.serves(&url) {
             return Err(UpstreamError::NotUpstream { url });
         }
-        let failed = |reason: String| UpstreamError::Failed { url: url.clone(), reason };
-        let compression = Compression::of(&found.narinfo).map_err(|e| failed(e.to_string()))?;
+        let compression = Compression::of(&found.narinfo)
+            .map_err(|e| UpstreamError::Compression { url: url.clone(), source: Arc::new(e) })?;
         let limit = NAR_START_LIMIT;
         let response = match tokio::time::timeout(limit, self.get(&url)).await {
             Ok(response) => response?,
             Err(_) => return Err(UpstreamError::TimedOut { url, limit }),
         };
         if response.status() != StatusCode::OK {
-            return Err(failed(format!("answered {}", response.status())));
+            return Err(UpstreamError::Status { url, status: response.status() });
         }
         debug!(url, %compression, "downloading a NAR from upstream");
         let downloaded = self.downloaded.clone();
@@ -433,13 +430,16 @@ impl Upstreams {
         let body = counted.map_err(std::io::Error::other);
         let decompressed = compression.decode(body);
         let idle = idle_limited(decompressed, NAR_IDLE_LIMIT);
-        let url2 = url.clone();
-        Ok(Box::pin(
-            idle.map_err(move |e| UpstreamError::Failed {
-                url: url2.clone(),
-                reason: e.to_string(),
-            }),
-        ))
+        Ok(Box::pin(idle.map_err(move |e| {
+            let url = url.clone();
+            // Only the idle limit below gives this kind: the body's and the decoder's own
+            // errors are `Other`.
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                UpstreamError::TimedOut { url, limit: NAR_IDLE_LIMIT }
+            } else {
+                UpstreamError::Body { url, source: Arc::new(e) }
+            }
+        })))
     }
 
     /// The upstreams' state, for the status page.
@@ -483,26 +483,6 @@ fn is_under(base: &str, url: &str) -> bool {
     let plain_segments = rest.split('/').all(|s| !s.is_empty() && s != "." && s != "..");
     let encoded = ["%2e", "%2f", "%5c"].iter().any(|e| lower.contains(e)) || rest.contains('\\');
     same_origin && file.query().is_none() && plain_segments && !encoded
-}
-
-/// Whether `e` means the cache could not be reached at all (rather than answered badly).
-fn is_unreachable(e: &UpstreamError) -> bool {
-    match e {
-        UpstreamError::TimedOut { .. } => true,
-        UpstreamError::Failed { reason, .. } => reason.starts_with("cannot connect"),
-        UpstreamError::NotUpstream { .. } => false,
-    }
-}
-
-/// A client error with its causes, `cannot connect: …` when it never reached the server.
-fn describe(e: &hyper_util::client::legacy::Error) -> String {
-    let mut text = if e.is_connect() { "cannot connect".to_owned() } else { e.to_string() };
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    text
 }
 
 /// Remembers `value` under `hash`, forgetting everything first when full: a bound, not an
@@ -641,7 +621,12 @@ mod tests {
         let upstreams = Arc::new(Upstreams::new(urls, deadline, Counter::default()));
         let hash = StorePathHash::parse("0c7xm5qh4dvzd6k7ncqgzrz1ybs2vzqj").unwrap();
         let asked = tokio::time::timeout(deadline / 2, upstreams.narinfo(hash));
-        assert!(asked.await.expect("before the deadline").is_err());
+        let reset = asked.await.expect("before the deadline").unwrap_err();
+        assert!(
+            matches!(reset, UpstreamError::Request { .. }),
+            "an answer, not unreachable: {reset}"
+        );
+        assert!(upstreams.may_have(&hash), "a cache that answers, however badly, is not skipped");
         let text = format!(
             "StorePath: /nix/store/0c7xm5qh4dvzd6k7ncqgzrz1ybs2vzqj-hello\n\
              URL: http://{cache}/nar/x.nar\nCompression: none\n\
@@ -694,7 +679,9 @@ mod tests {
         let upstreams = Arc::new(Upstreams::new(urls, Duration::from_secs(2), Counter::default()));
         let hash = StorePathHash::parse("0c7xm5qh4dvzd6k7ncqgzrz1ybs2vzqj").unwrap();
         assert!(upstreams.may_have(&hash));
-        assert!(upstreams.narinfo(hash).await.is_err());
+        let refused = upstreams.narinfo(hash).await.unwrap_err();
+        assert!(matches!(refused, UpstreamError::Unreachable { .. }), "{refused}");
+        assert!(refused.to_string().contains("cannot connect"), "{refused}");
         assert!(!upstreams.may_have(&hash), "skipped now");
         assert!(upstreams.status().caches[0].skipped);
     }

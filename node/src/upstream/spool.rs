@@ -36,6 +36,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use super::checked::NarMismatch;
 use super::{NarBytes, UpstreamError};
 use crate::shutdown::Shutdown;
 
@@ -49,14 +50,29 @@ pub const UNREAD_LIMIT: Duration = Duration::from_secs(5);
 const CHUNK: usize = 64 * 1024;
 
 /// How far a spooled NAR has come.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Progress {
     /// This many bytes are in the file.
     Writing(u64),
     /// All of it is, and its size and hash are right.
     Done,
-    /// The download failed; the message says why.
-    Failed(String),
+    /// The download failed: why, for each of its readers.
+    Failed(Arc<DownloadError>),
+}
+
+/// Why a NAR's download into the spool ended before the whole NAR checked out. Its readers
+/// get it inside their `io::Error` (`io::Error::get_ref` downcasts to it).
+#[derive(Debug, Error)]
+pub enum DownloadError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Mismatch(#[from] NarMismatch),
+    #[error("writing the spool file: {0}")]
+    Write(#[from] std::io::Error),
+    /// Nobody read it for the unread limit: stopped, not failed by upstream.
+    #[error("nobody read it for {0:?}: stopped")]
+    Unread(Duration),
 }
 
 /// Why a NAR cannot be read from the spool.
@@ -237,7 +253,7 @@ impl Spool {
                 }
                 Err(reason) => {
                     warn!(file = %path.display(), "NAR download from upstream failed: {reason}");
-                    progress_tx.send_replace(Progress::Failed(reason));
+                    progress_tx.send_replace(Progress::Failed(Arc::new(reason)));
                 }
             }
         });
@@ -265,35 +281,40 @@ async fn write(
     download: Download,
     readers: &Readers,
     progress: &watch::Sender<Progress>,
-) -> Result<(), String> {
-    let mut nar = download().await.map_err(|e| e.to_string())?;
+) -> Result<(), DownloadError> {
+    let mut nar = download().await?;
     let mut file = tokio::fs::File::from_std(file);
     let mut hasher = Sha256Hasher::new();
     let mut written = 0u64;
     while let Some(chunk) = nar.next().await {
-        let chunk = chunk.map_err(|e| e.to_string())?;
+        let chunk = chunk?;
         written += chunk.len() as u64;
         if written > nar_size {
-            return Err(format!("the NAR is longer than the {nar_size} bytes its narinfo says"));
+            return Err(NarMismatch::TooLong { nar_size }.into());
         }
         hasher.update(&chunk);
-        file.write_all(&chunk).await.map_err(|e| format!("writing the spool file: {e}"))?;
+        file.write_all(&chunk).await?;
         // Readers read the file as soon as they hear of it: the bytes must be in it.
-        file.flush().await.map_err(|e| format!("writing the spool file: {e}"))?;
+        file.flush().await?;
         progress.send_replace(Progress::Writing(written));
         if written < nar_size && readers.abandoned() {
-            return Err(format!("nobody read it for {:?}: stopped", readers.limit));
+            return Err(DownloadError::Unread(readers.limit));
         }
     }
     if written != nar_size {
-        return Err(format!("the NAR ended after {written} of its {nar_size} bytes"));
+        return Err(NarMismatch::TooShort { got: written, nar_size }.into());
     }
     let got = hasher.finish();
     if got != nar_hash {
-        return Err(format!("the NAR hashes to {got}, not to its narinfo's {nar_hash}"));
+        return Err(NarMismatch::WrongHash { got, expected: nar_hash }.into());
     }
     Ok(())
 }
+
+/// A failed download as its readers see it, inside their `io::Error`: the one error shared.
+#[derive(Debug, Error)]
+#[error(transparent)]
+pub struct FailedDownload(pub Arc<DownloadError>);
 
 /// `entry`'s bytes from `offset` to its end, as they arrive.
 fn read_from(
@@ -339,7 +360,9 @@ impl Reader {
                 // The last byte waits for the hash: no reader gets a whole wrong NAR.
                 Progress::Writing(written) => (*written).min(size.saturating_sub(1)),
                 Progress::Done => size,
-                Progress::Failed(why) => return Err(std::io::Error::other(why.clone())),
+                Progress::Failed(why) => {
+                    return Err(std::io::Error::other(FailedDownload(why.clone())));
+                }
             };
             if self.pos < available {
                 let len = (available - self.pos).min(CHUNK as u64) as usize;
@@ -348,7 +371,7 @@ impl Reader {
                 self.pos += len as u64;
                 return Ok(Some(chunk.freeze()));
             }
-            if progress == Progress::Done {
+            if matches!(progress, Progress::Done) {
                 return Ok(None);
             }
             if self.progress.changed().await.is_err()

@@ -10,7 +10,7 @@ use nixmesh_protocol::wire::{FetchResponse, MAX_BUILD_LOG_LEN};
 use nixmesh_protocol::{Sha256, StorePath, StorePathHash};
 use tracing::{debug, info};
 
-use super::{LAN_CLIENT, NAR_TRANSFERS, Plan, Provider};
+use super::{LAN_CLIENT, NAR_TRANSFERS, Plan, ProvideError, Provider};
 use crate::mesh::Turn;
 use crate::mesh::share::Origin;
 use crate::store::listing::{self, ListingFailed};
@@ -65,7 +65,7 @@ impl Provider {
         &self,
         hash: StorePathHash,
         nar_hash: Sha256,
-    ) -> Result<Option<Bytes>, String> {
+    ) -> Result<Option<Bytes>, ProvideError> {
         let info = self.info_for(&LAN_CLIENT, hash).await?;
         let Some(info) = info.filter(|info| info.nar_hash == nar_hash) else { return Ok(None) };
         let on_disk = self.real_store_dir.as_ref().map(|dir| dir.join(info.path.base_name()));
@@ -73,9 +73,10 @@ impl Provider {
             Some(path) => listing::from_disk(path).await,
             None => self.listing_from_daemon(&info).await,
         };
-        let body = listing.map_err(|e| e.to_string())?.render();
+        let body = listing?.render();
         if body.len() > MAX_LISTING_LEN {
-            return Err(format!("the listing of {} is over {MAX_LISTING_LEN} bytes", info.path));
+            let (path, limit) = (info.path, MAX_LISTING_LEN);
+            return Err(ProvideError::ListingTooLarge { path, limit });
         }
         Ok(Some(Bytes::from(body)))
     }
