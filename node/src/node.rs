@@ -1,23 +1,29 @@
 //! `nixmesh serve`: starts every part of the node and stops them together.
+//!
+//! [`RunningNode::start`] is the list of the node's subsystems in start order; each starts
+//! itself (the mesh, adverts, store rescans, discovery: the same calls the in-process tests
+//! make), and the parts only a whole node has (the provider, upstreams, the substituters)
+//! are started by the functions below it.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::multiaddr::Protocol;
-use libp2p::{Multiaddr, PeerId};
+use libp2p::{Multiaddr, PeerId, identity as p2p_identity};
 
+use nixmesh_protocol::signature::{SigningKey, TrustedKeys};
 use thiserror::Error;
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::adverts::store_watch::StoreWatch;
-use crate::adverts::subscribe::Subscriptions;
-use crate::adverts::{AdvertLog, forget, publish};
+use crate::adverts::{self, AdvertLog, forget, publish};
 use crate::config::ServeConfig;
 use crate::fetch::policy::{NamePattern, Refusals, ServingPolicy};
 use crate::fetch::{FetchClient, Provider};
@@ -26,7 +32,7 @@ use crate::lan::{LanListener, LanSource};
 use crate::mesh::key::{MeshKey, MeshKeyError};
 use crate::mesh::{Access, DialTarget, Mesh, MeshError, MeshEvent};
 use crate::shutdown::Shutdown;
-use crate::source::MeshSource;
+use crate::source::{Holder, MeshSource};
 use crate::store::{Store, StoreAddress, StoreError};
 use crate::traffic::Traffic;
 use crate::trust::{self, TrustError};
@@ -90,6 +96,9 @@ pub async fn serve(
     node.stop().await
 }
 
+/// A substituter's task: its accept loop, ending once its requests have drained.
+type HttpTask = JoinHandle<std::io::Result<()>>;
+
 /// A started node: every part runs in tasks of the current tokio runtime.
 pub struct RunningNode {
     http_address: SocketAddr,
@@ -97,9 +106,9 @@ pub struct RunningNode {
     mesh: Mesh,
     /// Stops the substituters first, so that NARs in flight drain while the mesh still runs.
     stop_http: CancellationToken,
-    http: JoinHandle<std::io::Result<()>>,
+    http: HttpTask,
     /// The LAN substituter, if there is one.
-    lan: Option<JoinHandle<std::io::Result<()>>>,
+    lan: Option<HttpTask>,
     /// Everything else.
     shutdown: Shutdown,
 }
@@ -108,224 +117,51 @@ impl RunningNode {
     /// Starts every part of the node; returns once the substituter listens.
     pub async fn start(config: ServeConfig) -> Result<RunningNode, NodeError> {
         config.check().map_err(|(key, reason)| NodeError::Config { key, reason })?;
-        let state_dir = &config.state_dir;
-        let state_err = |source| NodeError::StateDir { path: state_dir.clone(), source };
-        std::fs::create_dir_all(state_dir).map_err(state_err)?;
-        std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(state_err)?;
-        let keypair = identity::load_or_create(state_dir)?;
-
-        let trusted =
-            trust::trusted_keys(&config.trusted_public_keys, &crate::nix_conf::default_path())?;
-        if trusted.is_empty() {
-            warn!("no trusted public keys: every narinfo from peers will be refused");
-        }
-        let signing_key =
-            config.sign_key_file.as_deref().map(trust::signing_key).transpose()?.map(Arc::new);
-
+        let keypair = open_state_dir(&config.state_dir)?;
+        let keys = Keys::load(&config)?;
         let access = Access {
             key: config.mesh_key_file.as_deref().map(MeshKey::load).transpose()?,
             allow_peers: config.allow_peers.iter().copied().collect(),
         };
-
         // The port listens before anything slow (the daemon's handshake, building the index
         // table from its file: seconds at 1,000 peers): Nix's requests wait in the backlog
         // and are answered once the node serves, where a closed port is a refused connection
         // that Nix retries and then fails on. A socket passed by systemd keeps the port open
         // across restarts too (see the module).
-        let inherited = socket_activation::inherited_listener()?;
-        let from_systemd = inherited.is_some();
-        let listener = match inherited {
-            Some(socket) => tokio::net::TcpListener::from_std(socket).map_err(NodeError::Http)?,
-            None => bind_http(config.http_listen)
-                .map_err(|source| NodeError::HttpListen { address: config.http_listen, source })?,
-        };
-        let http_address = listener.local_addr().map_err(NodeError::Http)?;
-        info!(address = %http_address, from_systemd, "substituter listening; serving once started");
-        let lan_listener = match config.lan_listen {
-            Some(address) => Some(
-                bind_http(address).map_err(|source| NodeError::HttpListen { address, source })?,
-            ),
-            None => None,
-        };
-        let lan_address = lan_listener.as_ref().map(|l| l.local_addr()).transpose();
-        let lan_address = lan_address.map_err(NodeError::Http)?;
-        if let Some(address) = lan_address {
-            info!(%address, allow = ?config.lan_allow, "LAN substituter listening");
-        }
-
+        let listeners = Listeners::bind(&config)?;
         let store_err = |source| NodeError::Store { store: config.store.clone(), source };
         let address = StoreAddress::parse(&config.store).map_err(store_err)?;
         let store = Store::connect(address).await.map_err(store_err)?;
-
-        let index_path = state_dir.join(INDEX_FILE);
-        let (index, _set_aside) =
-            tokio::task::spawn_blocking(move || Index::open_or_set_aside(&index_path))
-                .await
-                .expect("opening the index catches redb's panics")?;
-        index.set_max_paths(config.index_max_paths);
-        let index = Arc::new(index);
+        let index = open_index(&config).await?;
 
         // From here on every task watches `shutdown`; on an early return below, the guard
         // gives the signal.
         let shutdown = Shutdown::new();
         let guard = StopOnDrop(Some(shutdown.clone()));
-        let (events_tx, mut events) = mpsc::channel(256);
-        let mesh =
-            Mesh::start_with(keypair, &config.p2p_listen, access, events_tx, shutdown.clone())?;
-        info!(peer_id = %mesh.local_peer_id(), "node identity");
-        for peer in &config.peers {
-            mesh.want(DialTarget::from_multiaddr(peer.clone())).await;
-        }
-
-        let log = Arc::new(AdvertLog::new(rand::random()));
-        let real_store_dir = config.real_store_dir();
-        let watch = real_store_dir.as_deref().and_then(|dir| match StoreWatch::for_store(dir) {
-            Ok(watch) => {
-                info!(dir = %watch.dir().display(), "watching the store's database for changes");
-                Some(watch)
-            }
-            Err(e) => {
-                let every = config.rescan_interval;
-                info!("cannot watch the store's database ({e}); listing the store every {every:?}");
-                None
-            }
-        });
-        shutdown.spawn(publish::rescan_loop(
-            store.clone(),
-            log.clone(),
-            config.rescan_interval,
-            watch,
-            shutdown.clone(),
-        ));
-        shutdown.spawn(publish::serve(mesh.clone(), log.clone(), shutdown.clone()));
-        let traffic = Arc::new(Traffic::default());
-        let metrics = Arc::new(nixmesh_localhttp::Metrics::new());
-        traffic.register(&metrics);
-        let policy = ServingPolicy {
-            trusted: trusted.clone(),
-            signs: signing_key.is_some(),
-            serve_unsigned: config.serve_unsigned,
-            exclude: config.serve_exclude.iter().map(NamePattern::new).collect(),
+        let (mesh, events) = start_mesh(&config, keypair, access, &shutdown).await?;
+        let log = adverts::start(&mesh, index.clone(), events, &shutdown);
+        let dir = config.real_store_dir();
+        publish::start_rescans(&store, &log, dir.as_deref(), config.rescan_interval, &shutdown);
+        forget::start(index.clone(), &mesh, config.forget_peers_after, &shutdown);
+        let parts = Parts {
+            fetch: FetchClient::new(mesh.clone()),
+            mesh,
+            index,
+            log,
+            keys,
+            traffic: Arc::new(Traffic::default()),
+            // Faults of peers: the substituter's, and the claimers' that passed on bad
+            // narinfos.
+            health: Arc::new(PeerHealth::default()),
+            shutdown,
         };
-        let refusals = Arc::new(Refusals::default());
-        let fetch = FetchClient::new(mesh.clone());
-        // Faults of peers: the substituter's, and the claimers' that passed on bad narinfos.
-        let health = Arc::new(PeerHealth::default());
-        let upstream_urls =
-            crate::upstream::resolve(config.upstreams.as_deref(), config.http_listen)?;
-        let flights = if upstream_urls.is_empty() {
-            info!("no upstream caches: serving what peers hold");
-            None
-        } else {
-            info!(upstreams = ?upstream_urls, "fetching what no peer holds from upstream");
-            let downloaded = traffic.upstream.clone();
-            let upstreams =
-                Arc::new(Upstreams::new(upstream_urls, config.upstream_timeout, downloaded));
-            let spool_dir = state_dir.join(SPOOL_DIR);
-            let spool = Spool::new(&spool_dir, config.spool_max_bytes, shutdown.clone())?;
-            Some(Arc::new(Flights::new(FlightsConfig {
-                mesh: mesh.clone(),
-                fetch: fetch.clone(),
-                upstreams,
-                spool,
-                traffic: traffic.clone(),
-                trusted: trusted.clone(),
-                health: health.clone(),
-            })))
-        };
-        let exclude = policy.exclude.clone();
-        let mut provider =
-            Provider::new(store.clone(), signing_key.clone(), real_store_dir.clone())
-                .counting(traffic.clone())
-                .serving(policy, refusals.clone());
-        if let Some(flights) = &flights {
-            provider = provider.relaying(flights.clone());
-        }
-        if config.serve_logs {
-            match &real_store_dir {
-                Some(dir) => {
-                    let logs = crate::store::build_log::log_dir_beside(dir);
-                    info!(dir = %logs.display(), "giving peers the build logs there (serve_logs)");
-                    provider = provider.serving_logs(logs);
-                }
-                None => warn!(
-                    "serve_logs is set, but this store's files (real_store_dir) are \
-                    not on this machine: there are no build logs to give"
-                ),
-            }
-        }
-        let lan_provider = provider.clone();
-        shutdown.spawn(provider.serve(mesh.clone(), shutdown.clone()));
-
-        shutdown.spawn(forget::forget_departed(
-            index.clone(),
-            mesh.peers().clone(),
-            config.forget_peers_after,
-            shutdown.clone(),
-        ));
-        let mut subscriptions = Subscriptions::new(mesh.clone(), index.clone(), shutdown.clone());
-        shutdown.spawn_until_stopped(async move {
-            while let Some(event) = events.recv().await {
-                match event {
-                    MeshEvent::Connected(peer) => subscriptions.follow(peer),
-                    MeshEvent::Disconnected(peer) => subscriptions.unfollow(&peer),
-                }
-            }
-        });
-
-        if config.mdns {
-            let (mesh, stopping) = (mesh.clone(), shutdown.clone());
-            shutdown.spawn(async move {
-                if let Err(e) = discovery::run_mdns(mesh, stopping).await {
-                    warn!("peer discovery by mDNS is off: {e}");
-                }
-            });
-        }
-
-        shutdown.spawn(discovery::exchange::serve(mesh.clone(), shutdown.clone()));
-        shutdown.spawn(discovery::exchange::run(mesh.clone(), shutdown.clone()));
-
-        let view = Arc::new(MeshView {
-            health: health.clone(),
-            refusals,
-            mesh: mesh.clone(),
-            index: index.clone(),
-            log: log.clone(),
-            traffic: traffic.clone(),
-            name: crate::peer_name::local(),
-            trusted_keys: trusted.keys().iter().map(|k| k.to_string()).collect(),
-            signing_key: signing_key.as_ref().map(|k| k.verifying_key().to_string()),
-            flights: flights.clone(),
-            lan_address,
-        });
-        let source = Arc::new(MeshSource::new(mesh.clone(), fetch, index, traffic, flights));
-        let http_config = nixmesh_localhttp::Config {
-            trusted_keys: trusted,
-            priority: config.priority,
-            ..Default::default()
-        };
-        let client_stall = http_config.client_stall_timeout;
-        let lan_router = lan_listener.map(|listener| {
-            let lan_source = LanSource::new(source.clone(), lan_provider, log.clone(), exclude);
-            let gate = LanListener { allow: config.lan_allow.clone() };
-            let router = gate.router(lan_source, view.clone(), &http_config, &metrics);
-            (listener, router)
-        });
-        let router = nixmesh_localhttp::router(source, view, health, http_config, metrics);
-
-        info!(address = %http_address, "substituter serving");
-        let stop_http = CancellationToken::new();
-        let http = tokio::spawn(nixmesh_localhttp::serve(
-            listener,
-            router,
-            client_stall,
-            stop_http.clone().cancelled_owned(),
-        ));
-        let lan = lan_router.map(|(listener, router)| {
-            let stopped = stop_http.clone().cancelled_owned();
-            tokio::spawn(nixmesh_localhttp::serve(listener, router, client_stall, stopped))
-        });
+        let flights = parts.upstream_flights(&config)?;
+        let served = parts.start_provider(&config, store, flights.as_ref());
+        discovery::start(&parts.mesh, config.mdns, &parts.shutdown);
+        // The substituters serve last, once every part they ask is running.
+        let (http_address, lan_address) = (listeners.http_address, listeners.lan_address);
+        let mesh = parts.mesh.clone();
+        let (stop_http, http, lan) = parts.serve_substituters(&config, listeners, served, flights);
         let shutdown = guard.disarm();
         Ok(RunningNode { http_address, lan_address, mesh, stop_http, http, lan, shutdown })
     }
@@ -377,6 +213,249 @@ impl RunningNode {
             return Err(NodeError::TasksOutlived(running));
         }
         http
+    }
+}
+
+/// Makes the state dir (only the node's user may read it) and loads the node's identity from
+/// it, made on the first start.
+fn open_state_dir(state_dir: &Path) -> Result<p2p_identity::Keypair, NodeError> {
+    let state_err = |source| NodeError::StateDir { path: state_dir.to_owned(), source };
+    std::fs::create_dir_all(state_dir).map_err(state_err)?;
+    std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(state_err)?;
+    Ok(identity::load_or_create(state_dir)?)
+}
+
+/// The keys the node trusts narinfos signed by, and the one it signs with, if any.
+struct Keys {
+    trusted: TrustedKeys,
+    signing: Option<Arc<SigningKey>>,
+}
+
+impl Keys {
+    fn load(config: &ServeConfig) -> Result<Keys, NodeError> {
+        let trusted =
+            trust::trusted_keys(&config.trusted_public_keys, &crate::nix_conf::default_path())?;
+        if trusted.is_empty() {
+            warn!("no trusted public keys: every narinfo from peers will be refused");
+        }
+        let signing =
+            config.sign_key_file.as_deref().map(trust::signing_key).transpose()?.map(Arc::new);
+        Ok(Keys { trusted, signing })
+    }
+}
+
+/// The substituters' sockets, listening (requests wait in the backlog until they are served).
+struct Listeners {
+    http: TcpListener,
+    http_address: SocketAddr,
+    /// The LAN substituter's, with `lan_listen`.
+    lan: Option<TcpListener>,
+    lan_address: Option<SocketAddr>,
+}
+
+impl Listeners {
+    /// The localhost substituter's socket from systemd, or bound to `http_listen`; the LAN
+    /// substituter's bound to `lan_listen`.
+    fn bind(config: &ServeConfig) -> Result<Listeners, NodeError> {
+        let inherited = socket_activation::inherited_listener()?;
+        let from_systemd = inherited.is_some();
+        let http = match inherited {
+            Some(socket) => TcpListener::from_std(socket).map_err(NodeError::Http)?,
+            None => bind_http(config.http_listen)
+                .map_err(|source| NodeError::HttpListen { address: config.http_listen, source })?,
+        };
+        let http_address = http.local_addr().map_err(NodeError::Http)?;
+        info!(address = %http_address, from_systemd, "substituter listening; serving once started");
+        let lan = match config.lan_listen {
+            Some(address) => Some(
+                bind_http(address).map_err(|source| NodeError::HttpListen { address, source })?,
+            ),
+            None => None,
+        };
+        let lan_address = lan.as_ref().map(|l| l.local_addr()).transpose();
+        let lan_address = lan_address.map_err(NodeError::Http)?;
+        if let Some(address) = lan_address {
+            info!(%address, allow = ?config.lan_allow, "LAN substituter listening");
+        }
+        Ok(Listeners { http, http_address, lan, lan_address })
+    }
+}
+
+/// The index in the state dir (set aside and made anew if damaged), with its size bound.
+async fn open_index(config: &ServeConfig) -> Result<Arc<Index>, NodeError> {
+    let index_path = config.state_dir.join(INDEX_FILE);
+    let (index, _set_aside) =
+        tokio::task::spawn_blocking(move || Index::open_or_set_aside(&index_path))
+            .await
+            .expect("opening the index catches redb's panics")?;
+    index.set_max_paths(config.index_max_paths);
+    Ok(Arc::new(index))
+}
+
+/// The mesh, listening on `p2p_listen` and dialling every `--peer`; its peer events are for
+/// the adverts' subscriptions.
+async fn start_mesh(
+    config: &ServeConfig,
+    keypair: p2p_identity::Keypair,
+    access: Access,
+    shutdown: &Shutdown,
+) -> Result<(Mesh, mpsc::Receiver<MeshEvent>), NodeError> {
+    let (events_tx, events) = mpsc::channel(256);
+    let mesh = Mesh::start_with(keypair, &config.p2p_listen, access, events_tx, shutdown.clone())?;
+    info!(peer_id = %mesh.local_peer_id(), "node identity");
+    for peer in &config.peers {
+        mesh.want(DialTarget::from_multiaddr(peer.clone())).await;
+    }
+    Ok((mesh, events))
+}
+
+/// What the node's subsystems share once the mesh runs: the parts the provider, the
+/// upstreams and the substituters are started from.
+struct Parts {
+    mesh: Mesh,
+    fetch: FetchClient,
+    index: Arc<Index>,
+    /// This node's advertised set.
+    log: Arc<AdvertLog>,
+    keys: Keys,
+    traffic: Arc<Traffic>,
+    health: Arc<PeerHealth<Holder>>,
+    shutdown: Shutdown,
+}
+
+/// What the provider's start leaves for the LAN substituter and the status pages.
+struct Served {
+    /// The provider as the LAN substituter asks it about this machine's store.
+    provider: Provider,
+    /// `serve_exclude`'s names, never served on the LAN either.
+    exclude: Vec<NamePattern>,
+    /// The paths the provider refused peers, for the status pages.
+    refusals: Arc<Refusals>,
+}
+
+impl Parts {
+    /// LAN-wide single flight over the upstream caches, if there are any (the configured
+    /// ones, else nix.conf's substituters), with the spool in the state dir.
+    fn upstream_flights(&self, config: &ServeConfig) -> Result<Option<Arc<Flights>>, NodeError> {
+        let upstream_urls =
+            crate::upstream::resolve(config.upstreams.as_deref(), config.http_listen)?;
+        if upstream_urls.is_empty() {
+            info!("no upstream caches: serving what peers hold");
+            return Ok(None);
+        }
+        info!(upstreams = ?upstream_urls, "fetching what no peer holds from upstream");
+        let downloaded = self.traffic.upstream.clone();
+        let upstreams =
+            Arc::new(Upstreams::new(upstream_urls, config.upstream_timeout, downloaded));
+        let spool_dir = config.state_dir.join(SPOOL_DIR);
+        let spool = Spool::new(&spool_dir, config.spool_max_bytes, self.shutdown.clone())?;
+        Ok(Some(Arc::new(Flights::new(FlightsConfig {
+            mesh: self.mesh.clone(),
+            fetch: self.fetch.clone(),
+            upstreams,
+            spool,
+            traffic: self.traffic.clone(),
+            trusted: self.keys.trusted.clone(),
+            health: self.health.clone(),
+        }))))
+    }
+
+    /// Answers peers' fetch requests from `store` under the serving policy, relaying what
+    /// `flights` claims, and build logs with `serve_logs`.
+    fn start_provider(
+        &self,
+        config: &ServeConfig,
+        store: Store,
+        flights: Option<&Arc<Flights>>,
+    ) -> Served {
+        let policy = ServingPolicy {
+            trusted: self.keys.trusted.clone(),
+            signs: self.keys.signing.is_some(),
+            serve_unsigned: config.serve_unsigned,
+            exclude: config.serve_exclude.iter().map(NamePattern::new).collect(),
+        };
+        let exclude = policy.exclude.clone();
+        let refusals = Arc::new(Refusals::default());
+        let real_store_dir = config.real_store_dir();
+        let mut provider = Provider::new(store, self.keys.signing.clone(), real_store_dir.clone())
+            .counting(self.traffic.clone())
+            .serving(policy, refusals.clone());
+        if let Some(flights) = flights {
+            provider = provider.relaying(flights.clone());
+        }
+        if config.serve_logs {
+            match &real_store_dir {
+                Some(dir) => {
+                    let logs = crate::store::build_log::log_dir_beside(dir);
+                    info!(dir = %logs.display(), "giving peers the build logs there (serve_logs)");
+                    provider = provider.serving_logs(logs);
+                }
+                None => warn!(
+                    "serve_logs is set, but this store's files (real_store_dir) are \
+                    not on this machine: there are no build logs to give"
+                ),
+            }
+        }
+        let lan_provider = provider.clone();
+        self.shutdown.spawn(provider.serve(self.mesh.clone(), self.shutdown.clone()));
+        Served { provider: lan_provider, exclude, refusals }
+    }
+
+    /// Serves the substituters on `listeners` until the token returned is cancelled: the
+    /// localhost one's task, and the LAN one's if it listens.
+    fn serve_substituters(
+        self,
+        config: &ServeConfig,
+        listeners: Listeners,
+        served: Served,
+        flights: Option<Arc<Flights>>,
+    ) -> (CancellationToken, HttpTask, Option<HttpTask>) {
+        let metrics = Arc::new(nixmesh_localhttp::Metrics::new());
+        self.traffic.register(&metrics);
+        let view = Arc::new(MeshView {
+            health: self.health.clone(),
+            refusals: served.refusals,
+            mesh: self.mesh.clone(),
+            index: self.index.clone(),
+            log: self.log.clone(),
+            traffic: self.traffic.clone(),
+            name: crate::peer_name::local(),
+            trusted_keys: self.keys.trusted.keys().iter().map(|k| k.to_string()).collect(),
+            signing_key: self.keys.signing.as_ref().map(|k| k.verifying_key().to_string()),
+            flights: flights.clone(),
+            lan_address: listeners.lan_address,
+        });
+        let source =
+            Arc::new(MeshSource::new(self.mesh, self.fetch, self.index, self.traffic, flights));
+        let http_config = nixmesh_localhttp::Config {
+            trusted_keys: self.keys.trusted,
+            priority: config.priority,
+            ..Default::default()
+        };
+        let client_stall = http_config.client_stall_timeout;
+        let lan_router = listeners.lan.map(|listener| {
+            let lan_source =
+                LanSource::new(source.clone(), served.provider, self.log, served.exclude);
+            let gate = LanListener { allow: config.lan_allow.clone() };
+            let router = gate.router(lan_source, view.clone(), &http_config, &metrics);
+            (listener, router)
+        });
+        let router = nixmesh_localhttp::router(source, view, self.health, http_config, metrics);
+
+        info!(address = %listeners.http_address, "substituter serving");
+        let stop_http = CancellationToken::new();
+        let http = tokio::spawn(nixmesh_localhttp::serve(
+            listeners.http,
+            router,
+            client_stall,
+            stop_http.clone().cancelled_owned(),
+        ));
+        let lan = lan_router.map(|(listener, router)| {
+            let stopped = stop_http.clone().cancelled_owned();
+            tokio::spawn(nixmesh_localhttp::serve(listener, router, client_stall, stopped))
+        });
+        (stop_http, http, lan)
     }
 }
 

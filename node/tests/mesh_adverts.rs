@@ -6,10 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId};
-use nixmesh_node::adverts::subscribe::Subscriptions;
-use nixmesh_node::adverts::{AdvertLog, publish};
+use nixmesh_node::adverts::{self, AdvertLog};
 use nixmesh_node::index::Index;
-use nixmesh_node::mesh::{DialTarget, Mesh, MeshEvent};
+use nixmesh_node::mesh::{DialTarget, Mesh};
 use nixmesh_node::shutdown::Shutdown;
 use nixmesh_protocol::StorePathHash;
 use tokio::sync::mpsc;
@@ -28,22 +27,12 @@ struct TestNode {
 impl TestNode {
     async fn start(state: &std::path::Path) -> TestNode {
         let shutdown = Shutdown::new();
-        let (events_tx, mut events) = mpsc::channel(64);
+        let (events_tx, events) = mpsc::channel(64);
         let keypair = nixmesh_node::identity::load_or_create(state).unwrap();
         let listen: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().unwrap();
         let mesh = Mesh::start(keypair, &[listen], events_tx, shutdown.clone()).unwrap();
         let index = Arc::new(Index::open(&state.join("index.redb")).unwrap());
-        let log = Arc::new(AdvertLog::new(rand::random()));
-        shutdown.spawn(publish::serve(mesh.clone(), log.clone(), shutdown.clone()));
-        let mut subscriptions = Subscriptions::new(mesh.clone(), index.clone(), shutdown.clone());
-        shutdown.spawn_until_stopped(async move {
-            while let Some(event) = events.recv().await {
-                match event {
-                    MeshEvent::Connected(peer) => subscriptions.follow(peer),
-                    MeshEvent::Disconnected(peer) => subscriptions.unfollow(&peer),
-                }
-            }
-        });
+        let log = adverts::start(&mesh, index.clone(), events, &shutdown);
         TestNode { mesh, log, index, shutdown }
     }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
-use nixmesh_node::discovery::exchange;
+use nixmesh_node::discovery;
 use nixmesh_node::mesh::{Access, DialTarget, Mesh};
 use nixmesh_node::shutdown::Shutdown;
 use tokio::sync::mpsc;
@@ -37,8 +37,7 @@ impl ExchangeNode {
         let listen: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().unwrap();
         let mesh = Mesh::start_with(keypair, &[listen], access, events_tx, shutdown.clone())
             .expect("the mesh starts");
-        shutdown.spawn(exchange::serve(mesh.clone(), shutdown.clone()));
-        shutdown.spawn(exchange::run(mesh.clone(), shutdown.clone()));
+        discovery::start(&mesh, false, &shutdown);
         ExchangeNode { mesh, shutdown }
     }
 

@@ -18,11 +18,10 @@ use std::time::Duration;
 use common::{loopback_config, nix_available};
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
-use nixmesh_node::adverts::subscribe::Subscriptions;
-use nixmesh_node::adverts::{AdvertLog, publish};
+use nixmesh_node::adverts::{self, AdvertLog};
 use nixmesh_node::index::Index;
 use nixmesh_node::mesh::key::MeshKey;
-use nixmesh_node::mesh::{Access, DialTarget, Mesh, MeshEvent};
+use nixmesh_node::mesh::{Access, DialTarget, Mesh};
 use nixmesh_node::node::RunningNode;
 use nixmesh_node::shutdown::Shutdown;
 use nixmesh_protocol::StorePathHash;
@@ -78,23 +77,13 @@ struct MeshNode {
 impl MeshNode {
     async fn start(state: &Path, access: Access) -> MeshNode {
         let shutdown = Shutdown::new();
-        let (events_tx, mut events) = mpsc::channel(64);
+        let (events_tx, events) = mpsc::channel(64);
         let keypair = nixmesh_node::identity::load_or_create(state).unwrap();
         let listen: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().unwrap();
         let mesh = Mesh::start_with(keypair, &[listen], access, events_tx, shutdown.clone())
             .expect("the mesh starts");
         let index = Arc::new(Index::open(&state.join("index.redb")).unwrap());
-        let log = Arc::new(AdvertLog::new(rand::random()));
-        shutdown.spawn(publish::serve(mesh.clone(), log.clone(), shutdown.clone()));
-        let mut subscriptions = Subscriptions::new(mesh.clone(), index.clone(), shutdown.clone());
-        shutdown.spawn_until_stopped(async move {
-            while let Some(event) = events.recv().await {
-                match event {
-                    MeshEvent::Connected(peer) => subscriptions.follow(peer),
-                    MeshEvent::Disconnected(peer) => subscriptions.unfollow(&peer),
-                }
-            }
-        });
+        let log = adverts::start(&mesh, index.clone(), events, &shutdown);
         MeshNode { mesh, log, index, shutdown }
     }
 

@@ -13,11 +13,17 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::index::Index;
-use crate::mesh::PeerTable;
+use crate::mesh::{Mesh, PeerTable};
 use crate::shutdown::Shutdown;
 
 /// How often the index is looked over, at most (shorter for short expiry times).
 const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Forgets the peers of `mesh` unseen for `after`, until `shutdown` (see [`forget_departed`]).
+pub fn start(index: Arc<Index>, mesh: &Mesh, after: Duration, shutdown: &Shutdown) {
+    let peers = mesh.peers().clone();
+    shutdown.spawn(forget_departed(index, peers, after, shutdown.clone()));
+}
 
 /// Forgets peers unseen for `after`, until `shutdown`.
 pub async fn forget_departed(

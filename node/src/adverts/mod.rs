@@ -5,6 +5,8 @@
 //!   away gets only what changed.
 //! - [`publish`] rescans the local store and answers subscribers.
 //! - [`subscribe`] follows each connected peer's advertisements into the index.
+//!
+//! [`start`] wires both sides for a node (and for the tests, which start the same).
 
 pub mod forget;
 pub mod publish;
@@ -12,11 +14,32 @@ pub mod store_watch;
 pub mod subscribe;
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use nixmesh_protocol::StorePathHash;
 use nixmesh_protocol::wire::AdvertPosition;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+
+use crate::index::Index;
+use crate::mesh::{Mesh, MeshEvent};
+use crate::shutdown::Shutdown;
+
+/// Starts advertising both ways, until `shutdown`: peers' subscriptions are answered from the
+/// log returned (empty, of a new epoch; the caller keeps it current, as
+/// [`publish::start_rescans`] does from the store), and each peer `events` reports connected is
+/// followed into `index` until it disconnects. `events` must be the mesh's own, so that no
+/// peer's coming or going is missed.
+pub fn start(
+    mesh: &Mesh,
+    index: Arc<Index>,
+    events: mpsc::Receiver<MeshEvent>,
+    shutdown: &Shutdown,
+) -> Arc<AdvertLog> {
+    let log = Arc::new(AdvertLog::new(rand::random()));
+    shutdown.spawn(publish::serve(mesh.clone(), log.clone(), shutdown.clone()));
+    subscribe::follow_peers(mesh, index, events, shutdown);
+    log
+}
 
 /// How many past changes are kept for catching subscribers up.
 const LOG_CAPACITY: usize = 256;

@@ -1,6 +1,7 @@
 //! This node's side of advertising: rescan the local store, answer subscribers.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,6 +57,30 @@ const MAX_RESCAN_GAP: Duration = Duration::from_secs(5);
 /// The time to leave between a listing that took `took` and the next.
 fn rescan_gap(took: Duration) -> Duration {
     (took * RESCAN_GAP_PER_LISTING).clamp(MIN_RESCAN_GAP, MAX_RESCAN_GAP)
+}
+
+/// Keeps `log` current with the local store until `shutdown` (see [`rescan_loop`]): rescans
+/// whenever the store's database changes, when its files (`real_store_dir`) are on this
+/// machine and can be watched, and otherwise every `interval`.
+pub fn start_rescans(
+    store: &Store,
+    log: &Arc<AdvertLog>,
+    real_store_dir: Option<&Path>,
+    interval: Duration,
+    shutdown: &Shutdown,
+) {
+    let watch = real_store_dir.and_then(|dir| match StoreWatch::for_store(dir) {
+        Ok(watch) => {
+            info!(dir = %watch.dir().display(), "watching the store's database for changes");
+            Some(watch)
+        }
+        Err(e) => {
+            info!("cannot watch the store's database ({e}); listing the store every {interval:?}");
+            None
+        }
+    });
+    let (store, log) = (store.clone(), log.clone());
+    shutdown.spawn(rescan_loop(store, log, interval, watch, shutdown.clone()));
 }
 
 /// Rescans the local store and records what changed, until `shutdown`: whenever `watch` says

@@ -10,13 +10,13 @@ use nixmesh_protocol::wire::{
     ADVERTS_PROTOCOL, AdvertMessage, AdvertPosition, AdvertRequest, MAX_FRAME_LEN,
 };
 use thiserror::Error;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::index::{Index, IndexError};
-use crate::mesh::Mesh;
 use crate::mesh::framed::{FrameError, FrameLimits, MeshStream};
+use crate::mesh::{Mesh, MeshEvent};
 use crate::shutdown::Shutdown;
 
 /// How long to wait for the subscription request to go out.
@@ -61,6 +61,25 @@ enum SubscribeError {
     Refused(String),
     #[error("protocol violation: {0}")]
     Protocol(String),
+}
+
+/// Follows each peer `events` reports connected into `index`, and stops following it when
+/// it disconnects (see [`Subscriptions`]), until `shutdown`.
+pub fn follow_peers(
+    mesh: &Mesh,
+    index: Arc<Index>,
+    mut events: mpsc::Receiver<MeshEvent>,
+    shutdown: &Shutdown,
+) {
+    let mut subscriptions = Subscriptions::new(mesh.clone(), index, shutdown.clone());
+    shutdown.spawn_until_stopped(async move {
+        while let Some(event) = events.recv().await {
+            match event {
+                MeshEvent::Connected(peer) => subscriptions.follow(peer),
+                MeshEvent::Disconnected(peer) => subscriptions.unfollow(&peer),
+            }
+        }
+    });
 }
 
 /// The subscription tasks, one per connected peer.
@@ -145,6 +164,7 @@ async fn follow(mesh: Mesh, index: Arc<Index>, snapshots: Arc<Semaphore>, peer: 
     }
 }
 
+/// One subscription to `peer`'s advertisements, until the holder closes it or it fails.
 async fn subscribe_once(
     mesh: &Mesh,
     index: &Arc<Index>,
@@ -168,8 +188,7 @@ async fn subscribe_once(
     let mut stream = MeshStream::mesh(stream, LIMITS);
     stream.write(&AdvertRequest::Subscribe { resume }).await?;
     debug!(?resume, "subscribed");
-    // A snapshot being collected, with its turn among the snapshots collected at once.
-    let mut snapshot: Option<(AdvertPosition, Vec<StorePathHash>, OwnedSemaphorePermit)> = None;
+    let mut following = Following { index, snapshots, peer, snapshot: None };
     loop {
         let message = match stream.read::<AdvertMessage>().await {
             Err(FrameError::Closed) => return Ok(()),
@@ -177,64 +196,98 @@ async fn subscribe_once(
         };
         match message {
             AdvertMessage::Snapshot { position, hashes, last } => {
-                if snapshot.is_none() {
-                    let turn = snapshots.clone().acquire_owned().await;
-                    let turn = turn.expect("the semaphore is never closed");
-                    snapshot = Some((position, Vec::new(), turn));
-                }
-                let (at, collected, _) = snapshot.as_mut().expect("just set");
-                if *at != position {
-                    return Err(SubscribeError::Protocol(
-                        "snapshot position changed mid-snapshot".into(),
-                    ));
-                }
-                if collected.len() + hashes.len() > MAX_PEER_PATHS {
-                    return Err(SubscribeError::Protocol(format!(
-                        "snapshot of more than {MAX_PEER_PATHS} paths"
-                    )));
-                }
-                collected.extend(hashes);
-                if last {
-                    let (position, hashes, _turn) = snapshot.take().expect("just set");
-                    let count = hashes.len();
-                    let index = index.clone();
-                    blocking(move || {
-                        index.replace_peer(&peer, position.epoch, position.generation, &hashes)
-                    })
-                    .await?;
-                    info!(paths = count, generation = position.generation, "snapshot indexed");
-                }
+                following.snapshot_part(position, hashes, last).await?;
             }
             AdvertMessage::Delta { position, from, added, removed } => {
-                if snapshot.is_some() {
-                    return Err(SubscribeError::Protocol("delta inside a snapshot".into()));
-                }
-                if index.path_count(&peer) as usize + added.len() > MAX_PEER_PATHS {
-                    return Err(SubscribeError::Protocol(format!(
-                        "advertises more than {MAX_PEER_PATHS} paths"
-                    )));
-                }
-                let (n_added, n_removed) = (added.len(), removed.len());
-                let index = index.clone();
-                blocking(move || {
-                    index.apply_delta(
-                        &peer,
-                        position.epoch,
-                        from,
-                        position.generation,
-                        &added,
-                        &removed,
-                    )
-                })
-                .await?;
-                debug!(
-                    added = n_added,
-                    removed = n_removed,
-                    generation = position.generation,
-                    "delta indexed"
-                );
+                following.delta(position, from, added, removed).await?;
             }
         }
+    }
+}
+
+/// A snapshot being collected, with its turn among the snapshots collected at once.
+struct Collecting {
+    position: AdvertPosition,
+    hashes: Vec<StorePathHash>,
+    _turn: OwnedSemaphorePermit,
+}
+
+/// What one subscription writes into the index, message by message.
+struct Following<'a> {
+    index: &'a Arc<Index>,
+    snapshots: &'a Arc<Semaphore>,
+    peer: PeerId,
+    snapshot: Option<Collecting>,
+}
+
+impl Following<'_> {
+    /// Collects one part of a snapshot (waiting for a turn at its first part); the last part
+    /// replaces the peer's set in the index.
+    async fn snapshot_part(
+        &mut self,
+        position: AdvertPosition,
+        hashes: Vec<StorePathHash>,
+        last: bool,
+    ) -> Result<(), SubscribeError> {
+        if self.snapshot.is_none() {
+            let turn = self.snapshots.clone().acquire_owned().await;
+            let turn = turn.expect("the semaphore is never closed");
+            self.snapshot = Some(Collecting { position, hashes: Vec::new(), _turn: turn });
+        }
+        let collecting = self.snapshot.as_mut().expect("just set");
+        if collecting.position != position {
+            return Err(SubscribeError::Protocol("snapshot position changed mid-snapshot".into()));
+        }
+        if collecting.hashes.len() + hashes.len() > MAX_PEER_PATHS {
+            return Err(SubscribeError::Protocol(format!(
+                "snapshot of more than {MAX_PEER_PATHS} paths"
+            )));
+        }
+        collecting.hashes.extend(hashes);
+        if last {
+            // The turn is held until the snapshot is written.
+            let Collecting { position, hashes, _turn } = self.snapshot.take().expect("just set");
+            let count = hashes.len();
+            let (index, peer) = (self.index.clone(), self.peer);
+            blocking(move || {
+                index.replace_peer(&peer, position.epoch, position.generation, &hashes)
+            })
+            .await?;
+            info!(paths = count, generation = position.generation, "snapshot indexed");
+        }
+        Ok(())
+    }
+
+    /// Applies one change of the peer's set to the index.
+    async fn delta(
+        &mut self,
+        position: AdvertPosition,
+        from: u64,
+        added: Vec<StorePathHash>,
+        removed: Vec<StorePathHash>,
+    ) -> Result<(), SubscribeError> {
+        if self.snapshot.is_some() {
+            return Err(SubscribeError::Protocol("delta inside a snapshot".into()));
+        }
+        let peer = self.peer;
+        if self.index.path_count(&peer) as usize + added.len() > MAX_PEER_PATHS {
+            return Err(SubscribeError::Protocol(format!(
+                "advertises more than {MAX_PEER_PATHS} paths"
+            )));
+        }
+        let (n_added, n_removed) = (added.len(), removed.len());
+        let index = self.index.clone();
+        blocking(move || {
+            index.apply_delta(&peer, position.epoch, from, position.generation, &added, &removed)
+        })
+        .await?;
+        debug!(
+            added = n_added,
+            removed = n_removed,
+            generation = position.generation,
+            "delta indexed"
+        );
+        Ok(())
     }
 }
 

@@ -38,6 +38,22 @@ pub enum DiscoveryError {
     NoPort,
 }
 
+/// Starts finding peers, until `shutdown`: mDNS on the local link when `mdns` is on (if it
+/// cannot start, the node goes on without it, saying why), and peer exchange with every
+/// connected peer, both asking and answering.
+pub fn start(mesh: &Mesh, mdns: bool, shutdown: &Shutdown) {
+    if mdns {
+        let (mesh, stopping) = (mesh.clone(), shutdown.clone());
+        shutdown.spawn(async move {
+            if let Err(e) = run_mdns(mesh, stopping).await {
+                warn!("peer discovery by mDNS is off: {e}");
+            }
+        });
+    }
+    shutdown.spawn(exchange::serve(mesh.clone(), shutdown.clone()));
+    shutdown.spawn(exchange::run(mesh.clone(), shutdown.clone()));
+}
+
 /// Announces this node and dials every node it hears of, until `shutdown`.
 pub async fn run_mdns(mesh: Mesh, shutdown: Shutdown) -> Result<(), DiscoveryError> {
     let port = tcp_port(&mesh).await.ok_or(DiscoveryError::NoPort)?;

@@ -1,4 +1,5 @@
-//! Who the node let in: the private mesh's access rules, and the log of connections refused.
+//! Who the node let in: the private mesh's access rules, which failed connections were
+//! refusals (by those rules or a limit), and the log of connections refused.
 //!
 //! A refusal is logged once a minute at most per remote host and reason (a keyless node
 //! redials every few seconds, and a hostile one as fast as it likes); the line says how many
@@ -7,11 +8,15 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use libp2p::allow_block_list::NotAllowed;
+use libp2p::core::transport::TransportError;
 use libp2p::multiaddr::Protocol;
-use libp2p::{Multiaddr, PeerId};
+use libp2p::swarm::{ConnectionDenied, DialError, ListenError};
+use libp2p::{Multiaddr, PeerId, connection_limits};
 use tokio::time::Instant;
 
 use super::key::MeshKey;
+use super::private;
 
 /// The least time between two lines about refusals from one host.
 const LOG_EVERY: Duration = Duration::from_secs(60);
@@ -85,6 +90,47 @@ fn host_of(address: &Multiaddr) -> String {
             _ => None,
         })
         .unwrap_or_else(|| address.to_string())
+}
+
+/// Why an incoming connection was refused by the private mesh's rules or by a limit, if it
+/// was.
+pub(super) fn refused_incoming(error: &ListenError) -> Option<String> {
+    match error {
+        ListenError::Transport(TransportError::Other(e)) => private::refusal_in(e)
+            .map(|r| format!("it failed the private mesh's pnet handshake: {r}")),
+        ListenError::Denied { cause } => not_allowed(cause).or_else(|| {
+            let exceeded = cause.downcast_ref::<connection_limits::Exceeded>()?;
+            Some(format!("connection limit reached: {exceeded}"))
+        }),
+        _ => None,
+    }
+}
+
+/// The address and the reason an outgoing connection was refused by the private mesh's rules,
+/// if it was.
+pub(super) fn refused_outgoing(
+    error: &DialError,
+    peer: Option<PeerId>,
+) -> Option<(Multiaddr, String)> {
+    use libp2p::multiaddr::Protocol::P2p;
+    match error {
+        DialError::Transport(attempts) => attempts.iter().find_map(|(address, e)| match e {
+            TransportError::Other(e) => private::refusal_in(e).map(|r| {
+                (address.clone(), format!("it failed the private mesh's pnet handshake: {r}"))
+            }),
+            TransportError::MultiaddrNotSupported(_) => None,
+        }),
+        // The address is not told; the peer stands for it.
+        DialError::Denied { cause } => {
+            let address = peer.map_or_else(Multiaddr::empty, |p| Multiaddr::empty().with(P2p(p)));
+            not_allowed(cause).map(|why| (address, why))
+        }
+        _ => None,
+    }
+}
+
+fn not_allowed(cause: &ConnectionDenied) -> Option<String> {
+    cause.downcast_ref::<NotAllowed>().map(|e| format!("{e} (allow_peers)"))
 }
 
 #[cfg(test)]
