@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use nixmesh_node::node::RunningNode;
-
 use nixmesh_tests::{CacheKey, Host, HostStore, narinfo_url_path, parse_narinfo, wait_until};
 use support::{loopback_config as config, narinfo_and_nar, nix_available, status, timed_get};
 
