@@ -3,27 +3,14 @@
 //! a valid config file, and every `nixos-install` names the node's own address; and, through
 //! the binary, `keygen`, `completions` and `man`.
 
+mod support;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output};
-use std::time::Duration;
 
 use clap::Parser;
 use nixmesh_node::args::Cli;
-use nixmesh_tests::CommandExt;
-
-/// How long one run of the binary may take.
-const LIMIT: Duration = Duration::from_secs(30);
-
-fn nixmesh(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nixmesh")).args(args).output_within(LIMIT)
-}
-
-fn stdout_of(args: &[&str]) -> String {
-    let out = nixmesh(args);
-    assert!(out.status.success(), "nixmesh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("UTF-8 output")
-}
+use support::{nixmesh, stdout_of};
 
 fn guide() -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/guide.md");

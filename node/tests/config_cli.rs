@@ -2,26 +2,13 @@
 //! prints (as TOML with sources, and as JSON), the file under the flags, and the errors a
 //! person sees for a typo or a missing file.
 
+mod support;
+
 use std::path::Path;
-use std::process::{Command, Output};
-use std::time::Duration;
 
 use nixmesh_node::config::DEFAULT_CONFIG_PATH;
-use nixmesh_tests::CommandExt;
 use serde_json::{Value, json};
-
-/// How long one run of the binary may take.
-const LIMIT: Duration = Duration::from_secs(30);
-
-fn nixmesh(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nixmesh")).args(args).output_within(LIMIT)
-}
-
-fn stdout_of(args: &[&str]) -> String {
-    let out = nixmesh(args);
-    assert!(out.status.success(), "nixmesh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("UTF-8 output")
-}
+use support::{nixmesh, stdout_of};
 
 fn stderr_of_failed(args: &[&str]) -> String {
     let out = nixmesh(args);

@@ -2,23 +2,15 @@
 //! (`Index::trouble`, shown by the status page), and once there is room again the index works
 //! again by itself, without a restart. A real small filesystem (tmpfs), so needs root.
 
+mod support;
+
 use std::process::Command;
 use std::time::Duration;
 
 use libp2p::PeerId;
 use nixmesh_node::index::Index;
-use nixmesh_protocol::StorePathHash;
 use nixmesh_tests::{CommandExt, require_root, wait_until};
-
-fn hashes(range: std::ops::Range<u32>) -> Vec<StorePathHash> {
-    range
-        .map(|n| {
-            let mut bytes = [0u8; 20];
-            bytes[..4].copy_from_slice(&n.to_be_bytes());
-            StorePathHash(bytes)
-        })
-        .collect()
-}
+use support::hashes;
 
 /// A tmpfs of `size` mounted on `dir`, unmounted on drop.
 struct SmallDisk(std::path::PathBuf);

@@ -6,6 +6,8 @@
 //! its connections as soon as noise names it (the outsider sees each open and close at once),
 //! and never hear of it.
 
+mod support;
+
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -14,6 +16,7 @@ use libp2p::{Multiaddr, PeerId};
 use nixmesh_node::discovery;
 use nixmesh_node::mesh::{Access, DialTarget, Mesh};
 use nixmesh_node::shutdown::Shutdown;
+use support::until;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -60,14 +63,6 @@ impl ExchangeNode {
     }
 }
 
-async fn until(what: &str, condition: impl Fn() -> bool) {
-    let deadline = Instant::now() + CONNECT_LIMIT;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_told_of_connect_and_an_allow_list_keeps_the_outsider_out() {
     let keys: Vec<_> = (0..4).map(|_| libp2p::identity::Keypair::generate_ed25519()).collect();
@@ -84,11 +79,11 @@ async fn peers_told_of_connect_and_an_allow_list_keeps_the_outsider_out() {
         hub.mesh.want(DialTarget::from_multiaddr(node.address().await)).await;
     }
 
-    until("the two fenced nodes connect, told of each other by the hub", || {
+    until("the two fenced nodes connect, told of each other by the hub", CONNECT_LIMIT, || {
         a.connected_to(&b) && b.connected_to(&a)
     })
     .await;
-    until("the outsider connects to the hub", || outsider.connected_to(&hub)).await;
+    until("the outsider connects to the hub", CONNECT_LIMIT, || outsider.connected_to(&hub)).await;
     let end = Instant::now() + OUTSIDER_WATCH;
     while Instant::now() < end {
         for fenced in [&a, &b] {

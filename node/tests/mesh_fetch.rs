@@ -3,10 +3,10 @@
 //! narinfos, NARs, listings and build logs, honest requests and hostile ones, and checks each
 //! answer against what Nix says of the same store.
 
-mod common;
+mod support;
 
-use common::nix_available;
 use std::time::Duration;
+use support::nix_available;
 
 use libp2p::{PeerId, identity};
 use nixmesh_node::config::ServeConfig;
@@ -116,7 +116,7 @@ impl Setup {
                 write: DEADLINE,
                 max_frame: MAX_FRAME_LEN,
             };
-            common::ask_once(self.open().await, limits, request).await
+            support::ask_once(self.open().await, limits, request).await
         })
     }
 

@@ -4,15 +4,15 @@
 //! mesh. Not one false miss, not one wrong byte; then the nix-daemon realises the closure
 //! with the node as its only substituter, as `nixos-rebuild` would.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::{loopback_config as config, nix_available};
 use nixmesh_node::node::RunningNode;
 use nixmesh_protocol::{NarInfo, Sha256};
 use nixmesh_tests::http::{Fetched, get_all};
-use nixmesh_tests::{CacheKey, Host, HostStore, narinfo_url_path, wait_until};
+use nixmesh_tests::{CacheKey, Host, HostStore, narinfo_url_path, parse_narinfo, wait_until};
+use support::{loopback_config as config, nix_available, status};
 
 /// Paths in the closure besides its top (a NixOS system has one to three thousand).
 const PATHS: usize = 1000;
@@ -24,11 +24,6 @@ const ROUNDS: usize = 5;
 const NARINFO_CONNECTIONS: usize = 25;
 const NAR_CONNECTIONS: usize = 16;
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn status(node: &RunningNode) -> serde_json::Value {
-    let fetched = get_all(node.http_address(), &["/_nixmesh/status".to_owned()], 1);
-    serde_json::from_slice(&fetched[0].body).unwrap_or_default()
-}
 
 /// What went wrong with `fetched`, if anything, in a line a person can read.
 fn complaint(fetched: &Fetched) -> Option<String> {
@@ -53,10 +48,7 @@ fn one_round(node: &RunningNode, paths: &[String], round: &str) {
         paths.len(),
         failed.join("\n")
     );
-    let narinfos: Vec<NarInfo> = narinfos
-        .iter()
-        .map(|f| NarInfo::parse(std::str::from_utf8(&f.body).unwrap()).unwrap())
-        .collect();
+    let narinfos: Vec<NarInfo> = narinfos.iter().map(|f| parse_narinfo(&f.body)).collect();
     for (narinfo, path) in narinfos.iter().zip(paths) {
         assert_eq!(&narinfo.store_path.to_string(), path, "{round}: a narinfo of another path");
         assert_eq!(narinfo.compression.as_deref(), Some("none"), "{round}: {path}");
@@ -134,7 +126,7 @@ fn the_real_clients_concurrency_gets_no_false_miss_from_one_or_three_holders() {
                 DEADLINE,
                 "the client to be connected to every holder and know its paths",
                 || {
-                    let s = status(&client);
+                    let s = status(client.http_address());
                     s["peers_connected"] == holder_count as u64 && s["indexed_paths"] == expected
                 },
             );

@@ -6,7 +6,7 @@
 //! The nodes' logs are captured in this process (one subscriber for the test binary), so a
 //! test looks for the lines of its own nodes by their addresses and peer ids.
 
-mod common;
+mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -15,7 +15,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use common::{loopback_config, nix_available};
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use nixmesh_node::adverts::{self, AdvertLog};
@@ -27,6 +26,7 @@ use nixmesh_node::shutdown::Shutdown;
 use nixmesh_protocol::StorePathHash;
 use nixmesh_tests::http::get_one as get;
 use nixmesh_tests::{CacheKey, Host, HostStore, narinfo_url_path, wait_until};
+use support::{loopback_config, nix_available};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 

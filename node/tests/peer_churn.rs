@@ -8,19 +8,18 @@
 //! - a NAR request waiting on a holder that froze (SIGSTOP) is answered within a second of the
 //!   node disconnecting it, not at the end of its time-outs.
 
-mod common;
+mod support;
 
-use common::{in_namespace, namespaces_and_nix_ready};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use support::{fill_holder, in_namespace, namespaces_and_nix_ready};
 
-use nixmesh_protocol::NarInfo;
 use nixmesh_tests::{
-    CacheKey, Closure, CommandExt, HostStore, Lan, Node, NodeOptions, narinfo_url_path, poll_every,
-    unique_marker, wait_until,
+    CacheKey, Closure, CommandExt, HostStore, Lan, Node, NodeOptions, narinfo_url_path,
+    parse_narinfo, poll_every, wait_until,
 };
 
 const DISCOVERY_LIMIT: Duration = Duration::from_secs(60);
@@ -60,12 +59,7 @@ impl HolderLan {
         let lan = Lan::new(hosts);
         let stores: Vec<HostStore> = lan.hosts()[..2].iter().map(HostStore::start).collect();
         let key = CacheKey::generate(lan.dir(), "churn-1");
-        let probes = stores[0].add_many_paths(paths, &unique_marker());
-        stores[0].sign_closure(&key.secret_file, &probes.top);
-        let big: Vec<u8> =
-            (0..1u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-        let big_path = stores[0].add_file("big-churn", &big);
-        stores[0].sign_closure(&key.secret_file, &big_path);
+        let (probes, big_path) = fill_holder(&stores[0], &key, paths, "big-churn", 1 << 20);
         let mut options = NodeOptions {
             trusted_keys: vec![key.public.clone()],
             log_filter: "info".to_owned(),
@@ -242,7 +236,7 @@ fn a_nar_request_on_a_frozen_holder_is_answered_within_1_s_of_its_disconnection(
     let lan = HolderLan::new(2, 1);
     let (status, body) = lan.nodes[1].http_get(&narinfo_url_path(&lan.big_path));
     assert_eq!(status, 200, "the narinfo of the holder's file");
-    let narinfo = NarInfo::parse(std::str::from_utf8(&body).unwrap()).unwrap();
+    let narinfo = parse_narinfo(&body);
     let nar = format!("/{}", narinfo.url);
 
     // The holder freezes; the NAR is asked for right after, so the request waits on the

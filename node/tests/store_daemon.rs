@@ -2,6 +2,8 @@
 //! and chroot store, filled with `nix-build` and `nix-store --add`, and every answer checked
 //! against what Nix's own tools say about the same store.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -10,11 +12,8 @@ use nixmesh_node::store::{CHUNK_SIZE, PathInfo, Store, StoreAddress, StoreError}
 use nixmesh_protocol::{Sha256, StorePath, StorePathHash};
 use nixmesh_tests::{CacheKey, Host, HostStore};
 use serde_json::Value;
+use support::nix_available;
 use tempfile::TempDir;
-
-fn nix_available() -> bool {
-    ["nix-daemon", "nix-build", "nix-store", "nix"].iter().all(|t| nixmesh_tests::require_tool(t))
-}
 
 /// A nix-daemon on a chroot store of its own under a temporary directory (the harness's
 /// [`HostStore`], on this machine's network), as our client reaches it.

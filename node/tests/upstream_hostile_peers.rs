@@ -4,13 +4,12 @@
 //! chosen so that it is the narinfo claimer of the paths it asks about) passes on narinfos of
 //! its choosing and asks the node to relay their NARs.
 
-mod common;
+mod support;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{ask_once, loopback_config, nix_available};
 use futures::StreamExt;
 use libp2p::{PeerId, identity};
 use nixmesh_node::mesh::framed::{FrameLimits, MeshStream};
@@ -25,6 +24,7 @@ use nixmesh_tests::{
     CacheKey, Host, HostStore, free_loopback_port, require_tool, unique_marker, wait_until,
 };
 use sha2::Digest;
+use support::{ask_once, loopback_config, nix_available};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 

@@ -4,14 +4,12 @@
 //! The network-namespace tests in `tests/` add a slow link, a cut-off upstream and a claimer
 //! killed mid-download.
 
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{loopback_config, nix_available};
 use nixmesh_node::node::RunningNode;
 use nixmesh_tests::free_loopback_port;
 use nixmesh_tests::http::get_one as get;
@@ -20,6 +18,7 @@ use nixmesh_tests::{
     CacheKey, Closure, Host, HostStore, narinfo_url_path, require_tool, test_closure_expr,
     unique_marker, wait_until,
 };
+use support::{loopback_config, nix_available, status};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -58,10 +57,6 @@ impl Upstream {
 fn log_as_rust_log_says() {
     let filter = tracing_subscriber::EnvFilter::from_default_env();
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
-}
-
-fn status(address: SocketAddr) -> serde_json::Value {
-    serde_json::from_slice(&get(address, "/_nixmesh/status").1).unwrap()
 }
 
 #[test]

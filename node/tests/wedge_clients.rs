@@ -10,7 +10,7 @@
 //! downloads are cut off within the documented NAR write limit (20 s of taking nothing), and
 //! the idle connections closed within the stall limit (60 s).
 
-mod common;
+mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -19,11 +19,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{loopback_config as config, nix_available};
 use nixmesh_node::node::RunningNode;
-use nixmesh_protocol::NarInfo;
-use nixmesh_tests::http::get_all;
-use nixmesh_tests::{CacheKey, Host, HostStore, narinfo_url_path, wait_until};
+use nixmesh_tests::{CacheKey, Host, HostStore, narinfo_url_path, parse_narinfo, wait_until};
+use support::{loopback_config as config, narinfo_and_nar, nix_available, status, timed_get};
 
 const STALLED: usize = 300;
 const IDLE: usize = 5_000;
@@ -149,27 +147,11 @@ fn closed(stream: &mut TcpStream) -> bool {
     }
 }
 
-/// One request from a normal client on a connection of its own, timed from the connect to
-/// the last byte: its status, and how long it took.
-fn timed_get(address: SocketAddr, path: &str) -> (u16, Duration, Vec<u8>) {
-    let started = Instant::now();
-    let mut fetched = get_all(address, &[path.to_owned()], 1);
-    let fetched = fetched.remove(0);
-    (fetched.status, started.elapsed(), fetched.body)
-}
-
 /// A normal client's round on `address`: a narinfo of a path not asked for before (so it
 /// goes to the holder), its NAR, and a miss; panics if any is wrong or slower than
 /// [`ANSWERED_WITHIN`].
 fn normal_client_round(node: &str, address: SocketAddr, path: &str) {
-    let (status, took, body) = timed_get(address, &narinfo_url_path(path));
-    assert_eq!(status, 200, "{node}: narinfo of {path}");
-    assert!(took < ANSWERED_WITHIN, "{node}: the narinfo of {path} took {took:?}");
-    let narinfo = NarInfo::parse(std::str::from_utf8(&body).unwrap()).unwrap();
-    let (status, took, body) = timed_get(address, &format!("/{}", narinfo.url));
-    assert_eq!(status, 200, "{node}: NAR of {path}");
-    assert_eq!(body.len() as u64, narinfo.nar_size, "{node}: NAR of {path}");
-    assert!(took < ANSWERED_WITHIN, "{node}: the NAR of {path} took {took:?}");
+    narinfo_and_nar(node, address, path, ANSWERED_WITHIN);
     let (status, took, _) = timed_get(address, &format!("/{}.narinfo", "0".repeat(32)));
     assert_eq!(status, 404, "{node}: a miss");
     assert!(took < ANSWERED_WITHIN, "{node}: a miss took {took:?}");
@@ -212,17 +194,12 @@ fn start_limited_node(
     (child, http, log)
 }
 
-fn status(address: SocketAddr) -> serde_json::Value {
-    let fetched = get_all(address, &["/_nixmesh/status".to_owned()], 1);
-    serde_json::from_slice(&fetched[0].body).unwrap_or_default()
-}
-
 #[test]
 fn stalled_downloads_and_idle_connections_hold_nothing_a_normal_client_needs() {
     if !nix_available() {
         return;
     }
-    common::raise_open_file_limit(16_384);
+    support::raise_open_file_limit(16_384);
     let dir = tempfile::tempdir().unwrap();
     let key = CacheKey::generate(dir.path(), "wedge-1");
     let holder_store = HostStore::start(&Host::local_in(dir.path(), "holder"));
@@ -258,7 +235,7 @@ fn stalled_downloads_and_idle_connections_hold_nothing_a_normal_client_needs() {
     }
     let (status_code, body) = nixmesh_tests::http::get_one(node, &narinfo_url_path(&big_path));
     assert_eq!(status_code, 200, "the big path's narinfo");
-    let big_narinfo = NarInfo::parse(std::str::from_utf8(&body).unwrap()).unwrap();
+    let big_narinfo = parse_narinfo(&body);
     let big_url = format!("/{}", big_narinfo.url);
     let big_size = big_narinfo.nar_size as usize;
 

@@ -8,24 +8,24 @@
 //! - a holder frozen with SIGSTOP while 400 clients ask another node for its paths: its paths
 //!   answer 404 within the documented time, and misses stay immediate throughout.
 
-mod common;
+mod support;
 
-use common::{in_namespace, namespaces_and_nix_ready};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use support::{fill_holder, in_namespace, namespaces_and_nix_ready, narinfo_and_nar, timed_get};
 
 use libp2p::{Multiaddr, PeerId, identity};
 use nixmesh_node::mesh::framed::{FrameLimits, MeshStream};
 use nixmesh_node::mesh::{DialTarget, Mesh};
 use nixmesh_node::shutdown::Shutdown;
+use nixmesh_protocol::StorePath;
 use nixmesh_protocol::wire::{FETCH_PROTOCOL, FetchRequest, MAX_FRAME_LEN};
-use nixmesh_protocol::{NarInfo, StorePath};
 use nixmesh_tests::http::get_all;
 use nixmesh_tests::{
-    CacheKey, Closure, HostStore, Lan, Node, NodeOptions, narinfo_url_path, poll_every,
-    unique_marker, wait_until,
+    CacheKey, Closure, HostStore, Lan, Node, NodeOptions, narinfo_url_path, parse_narinfo,
+    poll_every, wait_until,
 };
 
 /// What a normal request must start within.
@@ -58,12 +58,7 @@ impl HolderLan {
         let lan = Lan::new(hosts);
         let stores: Vec<HostStore> = lan.hosts()[..nodes].iter().map(HostStore::start).collect();
         let key = CacheKey::generate(lan.dir(), "wedge-1");
-        let probes = stores[0].add_many_paths(paths, &unique_marker());
-        stores[0].sign_closure(&key.secret_file, &probes.top);
-        let big: Vec<u8> =
-            (0..8u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-        let big_path = stores[0].add_file("big-wedge", &big);
-        stores[0].sign_closure(&key.secret_file, &big_path);
+        let (probes, big_path) = fill_holder(&stores[0], &key, paths, "big-wedge", 8 << 20);
         let options = NodeOptions {
             trusted_keys: vec![key.public.clone()],
             log_filter: "info".to_owned(),
@@ -76,28 +71,6 @@ impl HolderLan {
         });
         HolderLan { nodes, _stores: stores, probes, big_path, lan }
     }
-}
-
-/// One normal request on a connection of its own: its status, the time from the connect to
-/// the last byte, and the body.
-fn timed_get(path: &str) -> (u16, Duration, Vec<u8>) {
-    let started = Instant::now();
-    let fetched = get_all(HTTP, &[path.to_owned()], 1).remove(0);
-    (fetched.status, started.elapsed(), fetched.body)
-}
-
-/// The narinfo of `path` (not asked for before, so it goes to the holder) and its NAR, from
-/// the node on this namespace's loopback; panics unless both came whole within
-/// [`STARTS_WITHIN`].
-fn narinfo_and_nar(path: &str) {
-    let (status, took, body) = timed_get(&narinfo_url_path(path));
-    assert_eq!(status, 200, "narinfo of {path}");
-    assert!(took < STARTS_WITHIN, "the narinfo of {path} took {took:?}");
-    let narinfo = NarInfo::parse(std::str::from_utf8(&body).unwrap()).unwrap();
-    let (status, took, body) = timed_get(&format!("/{}", narinfo.url));
-    assert_eq!(status, 200, "NAR of {path}");
-    assert_eq!(body.len() as u64, narinfo.nar_size, "NAR of {path}");
-    assert!(took < STARTS_WITHIN, "the NAR of {path} took {took:?}");
 }
 
 /// Opens as many fetch streams to `holder` as it gives, asking for `request` on each and
@@ -136,7 +109,7 @@ fn a_machine_holding_every_stream_under_several_identities_starves_no_other_node
         format!("/ip4/{}/tcp/7374/p2p/{holder_id}", lan.hosts()[0].address()).parse().unwrap();
     let big = StorePath::parse(&big_path).unwrap();
     let (_, body) = nodes[1].http_get(&narinfo_url_path(&big_path));
-    let big_narinfo = NarInfo::parse(std::str::from_utf8(&body).unwrap()).unwrap();
+    let big_narinfo = parse_narinfo(&body);
     let nar_request =
         FetchRequest::Nar { hash: big.hash(), nar_hash: big_narinfo.nar_hash, offset: 0 };
 
@@ -186,7 +159,7 @@ fn a_machine_holding_every_stream_under_several_identities_starves_no_other_node
     let paths: Vec<String> = probes.paths.iter().filter(|p| **p != probes.top).cloned().collect();
     let asked = in_namespace(&lan.hosts()[1], move || {
         for path in paths.iter().take(30) {
-            narinfo_and_nar(path);
+            narinfo_and_nar("the node", HTTP, path, STARTS_WITHIN);
             std::thread::sleep(Duration::from_millis(100));
         }
     });
@@ -253,7 +226,7 @@ fn a_frozen_holders_paths_are_misses_in_time_and_misses_stay_immediate_under_400
         let mut slowest = Duration::ZERO;
         let mut asked = 0;
         while !stop_misses.load(Ordering::SeqCst) {
-            let (status, took, _) = timed_get(&format!("/{}.narinfo", "1".repeat(32)));
+            let (status, took, _) = timed_get(HTTP, &format!("/{}.narinfo", "1".repeat(32)));
             assert_eq!(status, 404, "a miss");
             if frozen.lock().unwrap().is_some() {
                 slowest = slowest.max(took);

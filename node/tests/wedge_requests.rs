@@ -12,7 +12,7 @@
 //! The node under test runs as its own process, so that its memory is its own. The tests
 //! take turns: each measures what the other would disturb.
 
-mod common;
+mod support;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -21,11 +21,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{loopback_config, nix_available};
 use nixmesh_localhttp::why_limit::{QUESTIONS_BURST, QUESTIONS_PER_SEC};
 use nixmesh_node::node::RunningNode;
 use nixmesh_tests::http::get_all;
 use nixmesh_tests::{CacheKey, Host, HostStore, narinfo_url_path, unique_marker, wait_until};
+use support::{loopback_config, nix_available};
 
 /// One test at a time.
 static TURN: Mutex<()> = Mutex::new(());
@@ -113,7 +113,7 @@ fn a_burst_of_endless_request_heads_gives_its_memory_back() {
         return;
     }
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    common::raise_open_file_limit(4_096);
+    support::raise_open_file_limit(4_096);
     let dir = tempfile::tempdir().unwrap();
     let store = HostStore::start(&Host::local_in(dir.path(), "node"));
     let (node, http, _log) = start_node(dir.path(), "node", &store, &[], "info");
@@ -225,7 +225,7 @@ async fn flood_why(http: SocketAddr, path: String, until: Instant) -> Vec<u16> {
                 }
             },
         };
-        let asked = tokio::time::timeout(Duration::from_secs(20), ask_once(reader, &path)).await;
+        let asked = tokio::time::timeout(Duration::from_secs(20), get_on(reader, &path)).await;
         match asked {
             Ok(Ok(status)) => statuses.push(status),
             _ => {
@@ -239,7 +239,7 @@ async fn flood_why(http: SocketAddr, path: String, until: Instant) -> Vec<u16> {
 }
 
 /// `GET path` on `reader`'s connection: the status, once the whole body is read.
-async fn ask_once(
+async fn get_on(
     reader: &mut tokio::io::BufReader<tokio::net::TcpStream>,
     path: &str,
 ) -> std::io::Result<u16> {
@@ -271,7 +271,7 @@ fn a_flood_of_why_keeps_to_its_rate_and_leaves_nix_its_narinfos() {
         return;
     }
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    common::raise_open_file_limit(4_096);
+    support::raise_open_file_limit(4_096);
     let dir = tempfile::tempdir().unwrap();
     let key = CacheKey::generate(dir.path(), "why-1");
     let holder_store = HostStore::start(&Host::local_in(dir.path(), "holder"));

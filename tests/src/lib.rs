@@ -16,6 +16,8 @@
 //! - [`nginx`]: nginx serving a static binary cache, the baseline and upstream stand-in;
 //! - [`mountns`]: a program in a mount namespace of its own on a host (`/lib` hidden, files
 //!   of another machine's bound in), as the installer's tests run the node;
+//! - [`signed_lan`]: a store and a node on each host, and a closure signed on host 1 that
+//!   host 2's node offers: what the LAN tests start from;
 //! - [`http`]: many GETs at once over kept-alive connections, as Nix's client sends them.
 
 pub mod command;
@@ -27,16 +29,18 @@ pub mod nginx;
 pub mod nixos;
 pub mod nixstore;
 pub mod node;
+pub mod signed_lan;
 pub mod wait;
 
 pub use command::CommandExt;
 pub use netns::{Host, Lan};
 pub use nixstore::{
-    CacheKey, Closure, HostStore, TEST_CLOSURE_LEN, many_paths_expr, test_closure_expr,
-    unique_marker,
+    CacheKey, Closure, HostStore, TEST_CLOSURE_LEN, many_paths_expr, random_hash,
+    test_closure_expr, unique_marker,
 };
 pub use node::{
     NODE_URL, Node, NodeOptions, get_from, keygen, mesh_key, narinfo_url_path, nixmesh_bin,
+    parse_narinfo,
 };
 pub use wait::{poll_every, wait_for, wait_until};
 
@@ -76,6 +80,13 @@ pub fn require_tool(tool: &str) -> bool {
 /// docs for what happens when it is not.
 pub fn require_path(path: &std::path::Path, what: &str) -> bool {
     path.exists() || unavailable(&format!("{what} is not at {}", path.display()))
+}
+
+/// Whether the tests on a LAN of network namespaces can run here: root, `ip`, `nix-daemon`,
+/// `curl`, and the `more` tools a test needs besides; see the module docs for what happens
+/// when not.
+pub fn require_lan(more: &[&str]) -> bool {
+    require_root() && ["ip", "nix-daemon", "curl"].iter().chain(more).all(|t| require_tool(t))
 }
 
 /// Whether this process is root (network namespaces need it).

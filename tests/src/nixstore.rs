@@ -379,6 +379,15 @@ pub fn unique_marker() -> String {
     format!("{}-{}-{n}", std::process::id(), nanos.as_nanos())
 }
 
+/// A store path hash (32 nixbase32 characters) no store holds: random, so no run asks what
+/// another run put in a node's memory.
+pub fn random_hash() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    const NIXBASE32: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";
+    let state = RandomState::new();
+    (0..32u64).map(|i| NIXBASE32[(state.hash_one(i) % 32) as usize] as char).collect()
+}
+
 /// A binary-cache signing key pair made by `nix-store --generate-binary-cache-key`.
 #[derive(Clone, Debug)]
 pub struct CacheKey {

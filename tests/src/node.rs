@@ -291,6 +291,12 @@ impl Node {
         self.cli_json("status")
     }
 
+    /// How many peers the node lists as connected (`nixmesh peers --json`).
+    pub fn connected_peers(&self) -> usize {
+        let peers = self.peers();
+        peers.as_array().map_or(0, |all| all.iter().filter(|p| p["connected"] == true).count())
+    }
+
     /// The node's peer id, from its status.
     pub fn peer_id(&self) -> String {
         let status = self.status();
@@ -369,6 +375,12 @@ impl Drop for Node {
             let _ = child.wait();
         }
     }
+}
+
+/// The narinfo in `body`, a node's answer to `GET /<hash>.narinfo`; panics when it is not one.
+pub fn parse_narinfo(body: &[u8]) -> nixmesh_protocol::NarInfo {
+    let text = std::str::from_utf8(body).expect("a narinfo in UTF-8");
+    nixmesh_protocol::NarInfo::parse(text).unwrap_or_else(|e| panic!("a narinfo: {e}\n{text}"))
 }
 
 /// `/<hash>.narinfo` for a store path `/nix/store/<hash>-<name>`.

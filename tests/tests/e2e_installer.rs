@@ -31,7 +31,7 @@ use nixmesh_tests::nixos::{eval_installer, nixpkgs_lib};
 use nixmesh_tests::node::workspace_dir;
 use nixmesh_tests::{
     CacheKey, Closure, CommandExt, Host, HostStore, Lan, NODE_URL, Node, NodeOptions, nixmesh_bin,
-    require_root, require_tool, test_closure_expr, unique_marker, wait_until,
+    require_lan, require_tool, test_closure_expr, unique_marker, wait_until,
 };
 use serde_json::{Value, json};
 
@@ -54,15 +54,6 @@ const NIXOS_NSSWITCH: &str = "passwd: files systemd\ngroup: files [success=merge
                               shadow: files systemd\n\
                               hosts: mymachines resolve [!UNAVAIL=return] files myhostname dns\n\
                               networks: files\nservices: files\nprotocols: files\n";
-
-fn e2e_ready() -> bool {
-    require_root()
-        && require_tool("ip")
-        && require_tool("nix-daemon")
-        && require_tool("curl")
-        && require_tool("nginx")
-        && require_tool("ldd")
-}
 
 /// The static binary, built once per test process by `nix/build-static --dev`, in its own
 /// target directory (nothing of the usual build is reused: crt-static changes every crate).
@@ -200,7 +191,7 @@ fn realise_into_new_root(node: &Node, keys: &[&str], closures: &[(&HostStore, &C
 
 #[test]
 fn the_static_binary_serves_with_no_lib_and_resolves_its_upstream_by_name() {
-    if !e2e_ready() {
+    if !require_lan(&["nginx", "ldd"]) {
         return;
     }
     let bin = static_nixmesh();
@@ -317,7 +308,7 @@ fn check_rendered(eval: &Value) {
 
 #[test]
 fn the_installer_module_renders_a_node_that_runs_from_run_and_finds_the_lan() {
-    if !e2e_ready() || !require_tool("nix-instantiate") {
+    if !require_lan(&["nginx", "ldd"]) || !require_tool("nix-instantiate") {
         return;
     }
     let Some(lib) = nixpkgs_lib() else { return };

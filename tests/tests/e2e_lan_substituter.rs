@@ -10,8 +10,7 @@ use std::time::Duration;
 use nixmesh_tests::nginx::Nginx;
 use nixmesh_tests::{
     CacheKey, Closure, CommandExt, Host, HostStore, Lan, Node, NodeOptions, get_from, mesh_key,
-    narinfo_url_path, nixmesh_bin, require_root, require_tool, test_closure_expr, unique_marker,
-    wait_until,
+    narinfo_url_path, nixmesh_bin, require_lan, test_closure_expr, unique_marker, wait_until,
 };
 
 /// Where the LAN substituter listens on each host with a node.
@@ -22,14 +21,6 @@ const DISCOVERY_LIMIT: Duration = Duration::from_secs(30);
 const REALISE_LIMIT: Duration = Duration::from_secs(180);
 /// How long a refused start may take to exit.
 const START_LIMIT: Duration = Duration::from_secs(30);
-
-fn e2e_ready() -> bool {
-    require_root()
-        && require_tool("ip")
-        && require_tool("nginx")
-        && require_tool("nix-daemon")
-        && require_tool("curl")
-}
 
 fn lan_url(host: &Host) -> String {
     format!("http://{}:{LAN_PORT}", host.address())
@@ -79,7 +70,7 @@ fn assert_arrived(root: &Path, closure: &Closure, from: &HostStore) {
 
 #[test]
 fn a_machine_without_a_node_installs_from_the_lan_listener() {
-    if !e2e_ready() {
+    if !require_lan(&["nginx"]) {
         return;
     }
     let lan = Lan::with_internet(3);
@@ -167,7 +158,7 @@ fn a_machine_without_a_node_installs_from_the_lan_listener() {
 
 #[test]
 fn a_private_meshs_lan_listener_needs_lan_allow_and_answers_only_it() {
-    if !e2e_ready() {
+    if !require_lan(&["nginx"]) {
         return;
     }
     let lan = Lan::new(3);

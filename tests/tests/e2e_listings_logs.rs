@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use nixmesh_tests::{
     CacheKey, Closure, CommandExt, Host, HostStore, Lan, NODE_URL, Node, NodeOptions,
-    narinfo_url_path, require_root, require_tool, test_closure_expr, unique_marker, wait_until,
+    narinfo_url_path, require_lan, test_closure_expr, unique_marker, wait_until,
 };
 use serde_json::Value;
 
@@ -24,10 +24,6 @@ use serde_json::Value;
 const DISCOVERY_LIMIT: Duration = Duration::from_secs(30);
 /// How long one Nix or curl command may take.
 const CALL_LIMIT: Duration = Duration::from_secs(60);
-
-fn e2e_ready() -> bool {
-    require_root() && require_tool("ip") && require_tool("nix-daemon") && require_tool("curl")
-}
 
 /// The store path hash of `path` (`/nix/store/<hash>-<name>`).
 fn hash_of(path: &str) -> &str {
@@ -76,7 +72,7 @@ fn trusting(key: &CacheKey) -> NodeOptions {
 
 #[test]
 fn a_listing_comes_from_the_holder_without_its_nar_and_is_nix_s() {
-    if !e2e_ready() {
+    if !require_lan(&[]) {
         return;
     }
     let lan = Lan::new(2);
@@ -148,7 +144,7 @@ fn nix_log(host: &Host, path: &str) -> Option<String> {
 
 #[test]
 fn nix_log_finds_builds_and_failures_of_a_host_that_serves_its_logs() {
-    if !e2e_ready() {
+    if !require_lan(&[]) {
         return;
     }
     let lan = Lan::new(2);

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use nixmesh_tests::multicast;
 
 use nixmesh_tests::{
-    HostStore, Lan, Node, NodeOptions, mesh_key, require_root, require_tool, wait_until,
+    HostStore, Lan, Node, NodeOptions, mesh_key, require_lan, require_root, require_tool,
+    wait_until,
 };
 
 /// How long every node may take to be connected to every other (the acceptance point), from
@@ -18,10 +19,6 @@ use nixmesh_tests::{
 const MESH_LIMIT: Duration = Duration::from_secs(10);
 /// How long the keyless node is watched for a peer it should not have.
 const KEYLESS_WATCH: Duration = Duration::from_secs(5);
-
-fn e2e_ready() -> bool {
-    require_root() && require_tool("ip") && require_tool("nix-daemon") && require_tool("curl")
-}
 
 fn peer_address(node: &Node) -> String {
     format!("/ip4/{}/tcp/7374/p2p/{}", node.host().address(), node.peer_id())
@@ -39,7 +36,10 @@ fn connected_ids(node: &Node) -> Vec<String> {
 
 /// Starts a node on each of `stores` in order, with `options(i, started)` for the `i`-th
 /// (`started`: the nodes before it, to name one as a `--peer`).
-fn start_nodes(stores: &[HostStore], options: impl Fn(usize, &[Node]) -> NodeOptions) -> Vec<Node> {
+fn start_nodes_in_turn(
+    stores: &[HostStore],
+    options: impl Fn(usize, &[Node]) -> NodeOptions,
+) -> Vec<Node> {
     let mut nodes = Vec::new();
     for (i, store) in stores.iter().enumerate() {
         let node = Node::start(store.host(), store, &options(i, &nodes));
@@ -80,14 +80,14 @@ fn multicast_stays_on_its_segment() {
 
 #[test]
 fn one_peer_across_the_router_connects_every_node_to_every_other() {
-    if !e2e_ready() {
+    if !require_lan(&[]) {
         return;
     }
     let lan = Lan::two_segments(2, 2);
     let stores: Vec<HostStore> = lan.hosts().iter().map(HostStore::start).collect();
     // Host 3 (second segment) is given host 1 (first segment); mDNS does the rest on each
     // side, and peer exchange across.
-    let nodes = start_nodes(&stores, |i, started| NodeOptions {
+    let nodes = start_nodes_in_turn(&stores, |i, started| NodeOptions {
         peers: if i == 2 { vec![peer_address(&started[0])] } else { Vec::new() },
         ..NodeOptions::default()
     });
@@ -98,7 +98,7 @@ fn one_peer_across_the_router_connects_every_node_to_every_other() {
 
 #[test]
 fn in_a_private_mesh_across_the_router_a_keyless_node_learns_of_no_one() {
-    if !e2e_ready() {
+    if !require_lan(&[]) {
         return;
     }
     // Hosts 1 and 2 on the first segment, 3 to 5 on the second; host 5 has no key, and is
@@ -107,7 +107,7 @@ fn in_a_private_mesh_across_the_router_a_keyless_node_learns_of_no_one() {
     let stores: Vec<HostStore> = lan.hosts().iter().map(HostStore::start).collect();
     let key_file = lan.dir().join("mesh.key");
     mesh_key(&key_file);
-    let nodes = start_nodes(&stores, |i, started| NodeOptions {
+    let nodes = start_nodes_in_turn(&stores, |i, started| NodeOptions {
         mesh_key_file: (i < 4).then(|| key_file.clone()),
         peers: match i {
             2 | 4 => vec![peer_address(&started[0])],

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use nixmesh_tests::{
-    CacheKey, HostStore, Lan, Node, NodeOptions, mesh_key, narinfo_url_path, require_root,
-    require_tool, wait_until,
+    CacheKey, HostStore, Lan, Node, NodeOptions, mesh_key, narinfo_url_path, require_lan,
+    wait_until,
 };
 
 /// How long keyed nodes may take to find each other and learn what the others hold.
@@ -15,13 +15,9 @@ const DISCOVERY_LIMIT: Duration = Duration::from_secs(30);
 /// have found each other (mDNS announces at once and repeats within a few seconds).
 const KEYLESS_WATCH: Duration = Duration::from_secs(5);
 
-fn e2e_ready() -> bool {
-    require_root() && require_tool("ip") && require_tool("nix-daemon") && require_tool("curl")
-}
-
 #[test]
 fn keyed_hosts_find_each_other_by_mdns_and_a_keyless_host_finds_nothing() {
-    if !e2e_ready() {
+    if !require_lan(&[]) {
         return;
     }
     let lan = Lan::new(3);

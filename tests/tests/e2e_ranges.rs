@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use nixmesh_tests::{
     CacheKey, CommandExt, HostStore, Lan, NODE_URL, Node, NodeOptions, narinfo_url_path,
-    require_root, require_tool, unique_marker, wait_until,
+    require_lan, unique_marker, wait_until,
 };
 
 /// How long nodes may take to find each other and learn what the others hold.
@@ -21,10 +21,6 @@ const DISCOVERY_LIMIT: Duration = Duration::from_secs(30);
 const CURL_LIMIT: Duration = Duration::from_secs(30);
 /// The size of the one file in the path served.
 const FILE_LEN: usize = 3 << 20;
-
-fn e2e_ready() -> bool {
-    require_root() && require_tool("ip") && require_tool("nix-daemon") && require_tool("curl")
-}
 
 /// Two hosts: host 1 holds `path` (a directory with one file, `data`), signed with a key both
 /// nodes trust; host 2 holds nothing, and its node already offers `path`. (Bound in this
@@ -133,7 +129,7 @@ impl Curl {
 
 #[test]
 fn ranges_of_a_peers_nar_are_exact_and_curl_resumes_a_half_written_file() {
-    if !e2e_ready() {
+    if !require_lan(&[]) {
         return;
     }
     let held = HeldPath::new(false);
@@ -184,7 +180,7 @@ fn ranges_of_a_peers_nar_are_exact_and_curl_resumes_a_half_written_file() {
 
 #[test]
 fn a_range_of_a_nar_whose_holder_sends_wrong_bytes_never_gets_its_last_bytes() {
-    if !e2e_ready() {
+    if !require_lan(&[]) {
         return;
     }
     let held = HeldPath::new(true);
@@ -213,7 +209,7 @@ fn a_range_of_a_nar_whose_holder_sends_wrong_bytes_never_gets_its_last_bytes() {
 
 #[test]
 fn head_answers_like_get_without_a_nar_transfer_between_nodes() {
-    if !e2e_ready() {
+    if !require_lan(&[]) {
         return;
     }
     let held = HeldPath::new(false);
