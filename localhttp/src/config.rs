@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use nixmesh_protocol::signature::TrustedKeys;
 
+use crate::local_first::{LocalFirst, Role};
+
 /// How the substituter behaves. `Default` trusts no key (so it serves nothing) and uses the
 /// time limits below; callers set at least `trusted_keys`.
 #[derive(Clone)]
@@ -58,6 +60,11 @@ pub struct Config {
     /// Whether the status pages (`/_nixmesh/*`, `/metrics`) are served: on the localhost
     /// listener, not on the one open to the LAN, which serves the cache alone.
     pub status_pages: bool,
+    /// Which listener this is: the machine's own, whose requests go first, or the LAN's.
+    pub role: Role,
+    /// The machine's own Nix first: shared by the two listeners (the LAN's config is a clone
+    /// of the localhost one), see [`crate::local_first`].
+    pub local_first: LocalFirst,
 }
 
 impl Default for Config {
@@ -80,6 +87,8 @@ impl Default for Config {
             nar_client_stall_timeout: Duration::from_secs(20),
             client_stall_timeout: Duration::from_secs(60),
             status_pages: true,
+            role: Role::Local,
+            local_first: LocalFirst::default(),
         }
     }
 }
@@ -105,6 +114,8 @@ impl fmt::Debug for Config {
             .field("nar_client_stall_timeout", &self.nar_client_stall_timeout)
             .field("client_stall_timeout", &self.client_stall_timeout)
             .field("status_pages", &self.status_pages)
+            .field("role", &self.role)
+            .field("local_first", &self.local_first)
             .finish()
     }
 }

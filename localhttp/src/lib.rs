@@ -15,7 +15,8 @@
 //! with its limits; `http1` serves each connection with hyper, bounding a request's head in
 //! time and size; `connection` bounds each client connection in time and their number; `trim`
 //! gives memory back after bursts of them; `nar_slots` bounds the NAR downloads and what a
-//! stalled one holds; `client_hosts` gates a listener open to the LAN.
+//! stalled one holds; `client_hosts` gates a listener open to the LAN; `local_first` holds the LAN
+//! listener's work back while the machine's own Nix fetches.
 
 mod build_log;
 mod cache;
@@ -27,6 +28,7 @@ mod held_body;
 mod holders;
 pub mod http1;
 pub mod listing;
+pub mod local_first;
 pub mod log_limit;
 pub mod metrics;
 mod nar;
@@ -45,6 +47,7 @@ pub mod why_limit;
 
 pub use axum::Router;
 pub use config::Config;
+pub use local_first::{LocalFirst, Role};
 pub use log_limit::RateLimitedLog;
 pub use metrics::Metrics;
 pub use node_view::{NodeStatus, NodeView, PeerSummary, RequestCounts, UpstreamSummary};

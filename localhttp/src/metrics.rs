@@ -89,6 +89,9 @@ pub struct Metrics {
     registry: Arc<RwLock<Registry>>,
     requests: Family<RequestLabels, Counter>,
     latency: Family<StageLabels, Histogram, fn() -> Histogram>,
+    /// The LAN listener's waits for the machine's own Nix (registered by [`Metrics::for_lan`]
+    /// alone).
+    yields: Histogram,
     peers_connected: Gauge,
     peers_known: Gauge,
     indexed_paths: Gauge,
@@ -108,6 +111,7 @@ impl Metrics {
             registry: Arc::new(RwLock::new(Registry::with_prefix(PREFIX))),
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
+            yields: latency_histogram(),
             peers_connected: Gauge::default(),
             peers_known: Gauge::default(),
             indexed_paths: Gauge::default(),
@@ -139,13 +143,15 @@ impl Metrics {
 
     /// The metrics of a second listener, the one open to the LAN (`lan_listen`): its requests
     /// and times as series of their own, `nixmesh_lan_requests_total` and
-    /// `nixmesh_lan_fetch_seconds`, in the same registry, so `/metrics` on the localhost
+    /// `nixmesh_lan_fetch_seconds`, and its waits for the machine's own Nix,
+    /// `nixmesh_lan_yield_seconds`, in the same registry, so `/metrics` on the localhost
     /// listener tells the two apart; the gauges are shared.
     pub fn for_lan(&self) -> Metrics {
         let lan = Metrics {
             registry: self.registry.clone(),
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
+            yields: latency_histogram(),
             peers_connected: self.peers_connected.clone(),
             peers_known: self.peers_known.clone(),
             indexed_paths: self.indexed_paths.clone(),
@@ -160,6 +166,11 @@ impl Metrics {
             "lan_fetch_seconds",
             "Times to a narinfo hit and to a NAR's first bytes on the LAN listener",
             lan.latency.clone(),
+        );
+        lan.register(
+            "lan_yield_seconds",
+            "Time LAN requests and LAN NAR chunks waited for the machine's own Nix to go first",
+            lan.yields.clone(),
         );
         lan
     }
@@ -184,6 +195,12 @@ impl Metrics {
     /// Records that a fetch took `seconds` to `stage` (see [`stage`]).
     pub fn fetched(&self, stage: &'static str, seconds: f64) {
         self.latency.get_or_create(&StageLabels { stage }).observe(seconds);
+    }
+
+    /// Records that a piece of LAN work waited `waited` for the machine's own Nix
+    /// (`nixmesh_lan_yield_seconds`; see [`crate::local_first`]).
+    pub fn lan_yielded(&self, waited: std::time::Duration) {
+        self.yields.observe(waited.as_secs_f64());
     }
 
     /// The counts a person reads in `nixmesh status`.

@@ -13,9 +13,12 @@
 //! `/nix-cache-info` and the status pages never queue behind either. A NAR download starts
 //! within the narinfo deadline plus the NAR start deadline, or is a miss; once started, it
 //! goes on at the next holder when one stalls or trickles (see [`crate::verified_nar`]).
-//! Under all of these, a client connection on which nothing moves for the stall limit is
-//! closed, and what it held is given back ([`crate::connection`]); so is one whose request's
-//! head is not whole within that limit, or grows past 128 KiB ([`crate::http1`]).
+//! On the listener open to the LAN, every request first waits its turn while the machine's own
+//! Nix is at work on the localhost one, within a bound and before any of the time limits above
+//! start ([`crate::local_first`]). Under all of these, a client connection on which nothing
+//! moves for the stall limit is closed, and what it held is given back
+//! ([`crate::connection`]); so is one whose request's head is not whole within that limit, or
+//! grows past 128 KiB ([`crate::http1`]).
 //!
 //! Every request is counted by kind and result in [`Metrics`] (a NAR once its body has ended
 //! or been cut off), and the time to a narinfo hit or a NAR's first bytes is recorded.
@@ -43,6 +46,7 @@ use crate::config::Config;
 use crate::connection::{ClientConnection, StallLimitedListener, connections_for_open_file_limit};
 use crate::health::PeerHealth;
 use crate::held_body::Holding;
+use crate::local_first::{LocalFirst, Role, Yielding};
 use crate::metrics::{Metrics, kind, result, stage};
 use crate::node_view::NodeView;
 use crate::routes::Outcome;
@@ -68,6 +72,7 @@ pub fn router<S: PathSource>(
     metrics: Arc<Metrics>,
 ) -> Router {
     let (request_timeout, status_pages) = (config.request_timeout, config.status_pages);
+    let (local_first, role) = (config.local_first.clone(), config.role);
     let substituter = Arc::new(Substituter::new(source, health, config));
     let pages = Router::new()
         .route("/_nixmesh/peers", get(routes::peers))
@@ -97,7 +102,17 @@ pub fn router<S: PathSource>(
     // path is held: however many are under way, nothing else queues behind them.
     let nar_routes = get(nar::nar::<S>).head(nar::head::<S>);
     let nars = Router::new().route("/nar/{file}", nar_routes).with_state(substituter);
-    nars.merge(answered_in_time).layer(from_fn_with_state((metrics, request_timeout), front))
+    let front_state = Front { metrics, limit: request_timeout, local_first, role };
+    nars.merge(answered_in_time).layer(from_fn_with_state(Arc::new(front_state), front))
+}
+
+/// What [`front`] needs besides the request.
+struct Front {
+    metrics: Arc<Metrics>,
+    /// `request_timeout`.
+    limit: Duration,
+    local_first: LocalFirst,
+    role: Role,
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then stops accepting and waits
@@ -140,14 +155,13 @@ pub async fn serve(
 /// What every request goes through, in one layer (each layer of its own cost a clone of the
 /// router and a boxed future a request, together a fifth of a narinfo miss's time): a URI
 /// over [`MAX_URI_BYTES`] gets `414`; then a span with the method, kind and store hash; the
-/// request marked in flight on its connection until its response's body ends; answered
-/// within `limit` unless it is a NAR download ([`within`]); and counted in the metrics by
-/// kind and result ([`count`]).
-async fn front(
-    State((metrics, limit)): State<(Arc<Metrics>, Duration)>,
-    request: Request,
-    next: Next,
-) -> Response {
+/// request marked in flight on its connection until its response's body ends; on the
+/// localhost listener, marked as the machine's own Nix's until then too, and on the LAN's,
+/// waiting first for the machine's own Nix ([`crate::local_first`]: before `limit` starts, so
+/// a wait never makes a miss, and for a NAR before each chunk too); answered within `limit`
+/// unless it is a NAR download ([`within`]); and counted in the metrics by kind and result
+/// ([`count`]).
+async fn front(State(front): State<Arc<Front>>, request: Request, next: Next) -> Response {
     let len = request.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if len > MAX_URI_BYTES {
         debug!(len, "request URI too long");
@@ -170,19 +184,29 @@ async fn front(
         request.extensions().get::<ConnectInfo<ClientConnection>>().map(|c| c.0.clone());
     async move {
         let in_flight = connection.map(|c| c.request());
+        let local = front.local_first.mark(front.role, kind);
+        let lan = front.role == Role::Lan;
+        if let Some(waited) = if lan { front.local_first.lan_turn().await } else { None } {
+            front.metrics.lan_yielded(waited);
+        }
         let started = Instant::now();
-        let response = match kind {
+        let mut response = match kind {
             kind::NAR => next.run(request).await,
-            _ => within(limit, kind, next.run(request)).await,
+            _ => within(front.limit, kind, next.run(request)).await,
         };
         debug!(status = response.status().as_u16(), "responded");
-        let response = count(&metrics, kind, started, response);
-        match in_flight {
-            Some(guard) => {
+        if lan && kind == kind::NAR {
+            let (parts, body) = response.into_parts();
+            let (gate, metrics) = (front.local_first.clone(), front.metrics.clone());
+            response = Response::from_parts(parts, Body::new(Yielding::new(body, gate, metrics)));
+        }
+        let response = count(&front.metrics, kind, started, response);
+        match (in_flight, local) {
+            (None, None) => response,
+            held => {
                 let (parts, body) = response.into_parts();
-                Response::from_parts(parts, Body::new(Holding { body, _held: guard }))
+                Response::from_parts(parts, Body::new(Holding { body, _held: held }))
             }
-            None => response,
         }
     }
     .instrument(span)

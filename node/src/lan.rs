@@ -243,6 +243,7 @@ impl LanListener {
     ) -> nixmesh_localhttp::Router {
         let config = Config {
             status_pages: false,
+            role: nixmesh_localhttp::Role::Lan,
             max_concurrent_requests: (local.max_concurrent_requests / SHARE_OF_LOCAL).max(1),
             max_concurrent_nars: (local.max_concurrent_nars / SHARE_OF_LOCAL).max(1),
             ..local.clone()

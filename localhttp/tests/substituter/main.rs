@@ -3,6 +3,7 @@
 
 mod documents;
 mod heads;
+mod local_first;
 mod nar;
 mod narinfo;
 mod nix_resume;

@@ -121,6 +121,8 @@ pub struct TestSource {
     pub narinfo_calls: AtomicUsize,
     /// Every NAR request, as (peer, offset).
     pub nar_calls: Mutex<Vec<(String, u64)>>,
+    /// NAR chunks the peers' streams have given so far (all requests).
+    pub nar_chunks_sent: Arc<AtomicUsize>,
     /// What each peer has besides: listings and build logs.
     pub documents: Mutex<Documents>,
 }
@@ -146,6 +148,7 @@ impl TestSource {
             connected: AtomicBool::new(true),
             narinfo_calls: AtomicUsize::new(0),
             nar_calls: Mutex::new(Vec::new()),
+            nar_chunks_sent: Arc::default(),
             documents: Mutex::default(),
         })
     }
@@ -217,6 +220,7 @@ impl PathSource for TestSource {
     ) -> Result<Option<NarStream>, SourceError> {
         self.nar_calls.lock().unwrap().push((peer.clone(), offset));
         // The bytes from `offset` on, as a holder resuming a transfer sends them.
+        let sent = self.nar_chunks_sent.clone();
         let ok = |c: Vec<Bytes>| {
             let mut skip = offset as usize;
             let from_offset = c.into_iter().filter_map(move |mut chunk| {
@@ -224,6 +228,9 @@ impl PathSource for TestSource {
                 skip -= cut;
                 let _ = chunk.split_to(cut);
                 (!chunk.is_empty()).then_some(chunk)
+            });
+            let from_offset = from_offset.inspect(move |_| {
+                sent.fetch_add(1, Ordering::SeqCst);
             });
             stream::iter(from_offset.map(Ok::<_, SourceError>))
         };
