@@ -30,12 +30,11 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use futures::task::AtomicWaker;
+use nixmesh_telemetry::RateLimitedLog;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, warn};
-
-use crate::log_limit::RateLimitedLog;
 
 /// How long accepting pauses after an error such as running out of file descriptors with no
 /// connection to close (which would otherwise fail again at once, in a busy loop).

@@ -27,7 +27,6 @@ mod held_body;
 mod holders;
 pub mod http1;
 pub mod listing;
-pub mod log_limit;
 pub mod metrics;
 mod nar;
 pub mod nar_range;
@@ -45,7 +44,6 @@ pub mod why_limit;
 
 pub use axum::Router;
 pub use config::Config;
-pub use log_limit::RateLimitedLog;
 pub use metrics::Metrics;
 pub use node_view::{NodeStatus, NodeView, PeerSummary, RequestCounts, UpstreamSummary};
 pub use server::{SHUTDOWN_GRACE, router, serve};

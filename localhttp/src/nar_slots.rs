@@ -19,11 +19,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use nixmesh_telemetry::RateLimitedLog;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
 use crate::connection::{ClientConnection, WriteLimit};
-use crate::log_limit::RateLimitedLog;
 use crate::verified_nar::Parker;
 
 /// A download whose client has taken nothing for this long lets go of its peer's stream.

@@ -11,6 +11,7 @@ use nixmesh_protocol::content_address::{self, CaMismatch, ContentAddressError, N
 use nixmesh_protocol::narinfo::NarInfoError;
 use nixmesh_protocol::signature::TrustedKeys;
 use nixmesh_protocol::{NarInfo, StorePath, StorePathHash};
+use nixmesh_telemetry::RateLimitedLog;
 use thiserror::Error;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
@@ -20,7 +21,6 @@ use crate::config::Config;
 use crate::health::PeerHealth;
 use crate::holders::{Miss, first_of};
 use crate::listing::ListingCache;
-use crate::log_limit::RateLimitedLog;
 use crate::nar_slots::NarSlots;
 use crate::source::{PathSource, SourceError};
 use crate::target::NarFile;

@@ -95,7 +95,7 @@ use redb::Database;
 pub use bound::DEFAULT_MAX_PATHS;
 pub use error::IndexError;
 use fingerprint::FingerprintKey;
-use nixmesh_localhttp::RateLimitedLog;
+use nixmesh_telemetry::RateLimitedLog;
 pub use open::CACHE_BYTES;
 use recover::Health;
 use schema::PeerRecord;

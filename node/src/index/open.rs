@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Mutex, RwLock};
 
 use libp2p::PeerId;
-use nixmesh_localhttp::RateLimitedLog;
+use nixmesh_telemetry::RateLimitedLog;
 use redb::{Database, ReadableTable, Table, WriteTransaction};
 
 use super::bound::{DEFAULT_MAX_PATHS, REPORT_EVERY};

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::{PeerId, Stream};
-use nixmesh_localhttp::RateLimitedLog;
+use nixmesh_telemetry::RateLimitedLog;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, Span, debug, warn};
 

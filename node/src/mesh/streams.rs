@@ -39,7 +39,7 @@ use libp2p::swarm::{
     ToSwarm,
 };
 use libp2p::{PeerId, Stream, StreamProtocol};
-use nixmesh_localhttp::RateLimitedLog;
+use nixmesh_telemetry::RateLimitedLog;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
