@@ -135,7 +135,7 @@ impl<S: PathSource> Substituter<S> {
         };
         let deadline = deadline.saturating_sub(started.elapsed());
         // Peers whose narinfo was refused; held against them only if another's is good.
-        let refused = std::sync::Mutex::new(Vec::new());
+        let refused = parking_lot::Mutex::new(Vec::new());
         let ask = |peer: &S::Peer, _: &[S::Peer]| {
             let (peer, refused) = (peer.clone(), &refused);
             async move {
@@ -144,7 +144,7 @@ impl<S: PathSource> Substituter<S> {
                     && rejection.is_the_peers_fault()
                 {
                     let reason = format!("gave a bad narinfo: {rejection}");
-                    refused.lock().unwrap_or_else(|e| e.into_inner()).push((peer, reason));
+                    refused.lock().push((peer, reason));
                 }
                 answer.map_err(Miss::Because)
             }
@@ -153,7 +153,7 @@ impl<S: PathSource> Substituter<S> {
             first_of(holders, hash, "narinfo", self.config.narinfo_peer_timeout, deadline, ask)
                 .await?;
         debug!(%peer, "narinfo verified");
-        for (bad, reason) in refused.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        for (bad, reason) in refused.into_inner() {
             warn!(peer = %bad, %hash, "{reason}, where {peer} gave a good one");
             self.health.fault(&bad, reason);
         }

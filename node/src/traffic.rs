@@ -9,10 +9,10 @@
 //! totals count every byte).
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
 
 use libp2p::PeerId;
 use nixmesh_telemetry::{Counter, Registry};
+use parking_lot::Mutex;
 
 /// The most peers whose bytes are counted apart.
 pub const MAX_PEERS: usize = 4096;
@@ -90,9 +90,8 @@ impl Traffic {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, PeerTraffic>> {
-        // Each update is one addition: a poisoned lock still guards valid counts.
-        self.peers.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<PeerId, PeerTraffic>> {
+        self.peers.lock()
     }
 }
 
