@@ -21,6 +21,7 @@ rustPlatform.buildRustPackage {
       ../Cargo.toml
       ../Cargo.lock
       ../protocol
+      ../telemetry
       ../localhttp
       ../node
       ../tests

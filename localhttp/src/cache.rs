@@ -5,11 +5,12 @@
 //! served now is still decided by who holds it now.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use nixmesh_protocol::content_address::NarCheck;
 use nixmesh_protocol::{NarInfo, StorePathHash};
+use parking_lot::Mutex;
 
 /// A narinfo that passed verification, as the peer that served it sent it, and the text
 /// Nix is served (rendered once: repeated requests only copy it).
@@ -67,10 +68,10 @@ impl<P> NarInfoCache<P> {
         self.lock().by_hash.len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Entries<P>> {
-        // Every update leaves the maps consistent before it can panic, so a poisoned lock
-        // still guards valid data.
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Entries<P>> {
+        // Every update leaves the maps consistent before it can panic, so what the lock
+        // (which does not poison) guards after a panic is still valid.
+        self.entries.lock()
     }
 }
 

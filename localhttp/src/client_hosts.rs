@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -21,6 +21,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
+use parking_lot::Mutex;
 use thiserror::Error;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
@@ -138,9 +139,7 @@ impl ClientHosts {
     /// A turn for a request of `host`, within the wait.
     async fn turn(&self, host: IpAddr) -> Option<HostTurn<'_>> {
         let semaphore = {
-            // A poisoned map is still a map of semaphores: the rule for this crate's locks
-            // is to go on with what they hold.
-            let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+            let mut hosts = self.hosts.lock();
             hosts.entry(host).or_insert_with(|| Arc::new(Semaphore::new(self.per_host))).clone()
         };
         let permit = tokio::time::timeout(self.wait, semaphore.acquire_owned()).await.ok()?.ok()?;
@@ -158,7 +157,7 @@ struct HostTurn<'a> {
 impl Drop for HostTurn<'_> {
     fn drop(&mut self) {
         drop(self.permit.take());
-        let mut hosts = self.hosts.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut hosts = self.hosts.hosts.lock();
         // Only this map holds the semaphore when no turn of the host is out.
         if hosts.get(&self.host).is_some_and(|s| Arc::strong_count(s) == 1) {
             hosts.remove(&self.host);
@@ -230,7 +229,7 @@ mod tests {
         assert!(hosts.turn(a).await.is_none(), "a third of a's waits, then gives up");
         assert!(hosts.turn(b).await.is_some(), "b is not held up by a");
         drop((first, second));
-        assert!(hosts.hosts.lock().unwrap().is_empty(), "no entry for hosts with no turn");
+        assert!(hosts.hosts.lock().is_empty(), "no entry for hosts with no turn");
         assert!(hosts.allows(a));
         let only = ClientHosts::new(Some(vec!["192.0.2.2/32".parse().unwrap()]), 1, Duration::ZERO);
         assert!(!only.allows(a) && only.allows(b));

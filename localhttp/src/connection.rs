@@ -25,17 +25,17 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use futures::task::AtomicWaker;
+use nixmesh_telemetry::RateLimitedLog;
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, warn};
-
-use crate::log_limit::RateLimitedLog;
 
 /// How long accepting pauses after an error such as running out of file descriptors with no
 /// connection to close (which would otherwise fail again at once, in a busy loop).
@@ -211,7 +211,7 @@ impl Connections {
 
     /// How many are open.
     pub fn len(&self) -> usize {
-        self.open.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.open.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -220,13 +220,13 @@ impl Connections {
 
     fn add(&self, connection: &ClientConnection) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let mut open = self.open.lock();
         open.insert(id, Arc::downgrade(&connection.state));
         id
     }
 
     fn remove(&self, id: u64) {
-        self.open.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        self.open.lock().remove(&id);
         self.closed.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -235,7 +235,7 @@ impl Connections {
     fn cut_longest_quiet(&self, why: &'static str) -> bool {
         let now = now_ms();
         let longest = {
-            let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+            let open = self.open.lock();
             open.values()
                 .filter_map(|weak| weak.upgrade().map(|state| ClientConnection { state }))
                 .filter(|c| !c.is_cut())

@@ -6,9 +6,9 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::Mutex;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::time::Instant;
 
 /// How long a fault counts against a peer.
@@ -49,7 +49,7 @@ impl<P: Clone + Eq + Hash> Default for PeerHealth<P> {
 impl<P: Clone + Eq + Hash> PeerHealth<P> {
     /// Counts a fault of `peer`.
     pub fn fault(&self, peer: &P, reason: impl Into<String>) {
-        let mut faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        let mut faults = self.faults.lock();
         faults.retain(|_, f| f.since.elapsed() < DEMOTED_FOR);
         if faults.len() >= MAX_REMEMBERED && !faults.contains_key(peer) {
             let oldest = faults.iter().min_by_key(|(_, f)| f.since).map(|(p, _)| p.clone());
@@ -66,7 +66,7 @@ impl<P: Clone + Eq + Hash> PeerHealth<P> {
 
     /// How `peer` stands, if demoted.
     pub fn demotion(&self, peer: &P) -> Option<Demotion> {
-        let faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        let faults = self.faults.lock();
         standing(faults.get(peer)?)
     }
 
@@ -74,7 +74,7 @@ impl<P: Clone + Eq + Hash> PeerHealth<P> {
     /// demoted ones; skipped ones only when no other is left. On every request's path: one
     /// lock, and nothing more while no peer has a fault.
     pub fn order(&self, holders: Vec<P>) -> Vec<P> {
-        let faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        let faults = self.faults.lock();
         if faults.is_empty() {
             return holders;
         }

@@ -11,7 +11,7 @@
 //! handlers, `listing` (`<hash>.ls`) and `build_log` (`log/<drv>`) too; `nar_range` serves
 //! byte ranges of a NAR under the same rule; `why` explains what would be served and why,
 //! within `why_limit`'s bounds; `verified_nar` checks NAR bytes; `node_view` is what the
-//! status pages read; `metrics` holds the Prometheus registry; `server` assembles the router
+//! status pages read; `metrics` holds its Prometheus series; `server` assembles the router
 //! with its limits; `http1` serves each connection with hyper, bounding a request's head in
 //! time and size; `connection` bounds each client connection in time and their number; `trim`
 //! gives memory back after bursts of them; `nar_slots` bounds the NAR downloads and what a
@@ -29,7 +29,6 @@ mod holders;
 pub mod http1;
 pub mod listing;
 pub mod local_first;
-pub mod log_limit;
 pub mod metrics;
 mod nar;
 pub mod nar_range;
@@ -48,7 +47,6 @@ pub mod why_limit;
 pub use axum::Router;
 pub use config::Config;
 pub use local_first::{LocalFirst, Role};
-pub use log_limit::RateLimitedLog;
 pub use metrics::Metrics;
 pub use node_view::{NodeStatus, NodeView, PeerSummary, RequestCounts, UpstreamSummary};
 pub use server::{SHUTDOWN_GRACE, router, serve};

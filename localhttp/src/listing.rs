@@ -10,13 +10,14 @@
 //! beside the narinfos, for their `NarHash` only ([`ListingCache`]).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use axum::http::HeaderValue;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use nixmesh_protocol::{Sha256, StorePathHash};
+use parking_lot::Mutex;
 use serde_json::Value;
 use thiserror::Error;
 use tokio::time::Instant;
@@ -166,7 +167,7 @@ impl ListingCache {
 
     /// The listing of `hash` remembered for the NAR with `nar_hash`, if any.
     pub fn get(&self, hash: &StorePathHash, nar_hash: &Sha256) -> Option<Bytes> {
-        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let entries = self.entries.lock();
         let (remembered, body) = entries.by_hash.get(hash)?;
         (remembered == nar_hash).then(|| body.clone())
     }
@@ -176,7 +177,7 @@ impl ListingCache {
         if self.capacity == 0 || body.len() > CACHE_BYTES {
             return;
         }
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut entries = self.entries.lock();
         let len = body.len();
         if let Some((_, old)) = entries.by_hash.insert(hash, (nar_hash, body)) {
             // Replaced (another build of the path): it becomes the newest. Rare, so the

@@ -4,25 +4,19 @@
 //! One [`Metrics`] holds the registry. The substituter's own series are kept here: requests by
 //! kind and result, and the time to a hit's first byte; the node's gauges (peers, paths) are
 //! set from [`crate::NodeView::status`] at each scrape. What only the node can count (NAR bytes
-//! from and to peers, over libp2p) it registers itself with [`Metrics::register`], so this
-//! crate never learns of libp2p and the node never learns of HTTP.
+//! from and to peers, over libp2p) it registers itself in [`Metrics::registry`], so this
+//! crate never learns of libp2p and the node never learns of HTTP. The registry and the
+//! counter, gauge and histogram handles are `nixmesh-telemetry`'s; what is HTTP's (the request
+//! series, the LAN listener's, the gauges set from [`NodeStatus`]) is here.
 //!
 //! Labels take a fixed set of values (kinds and results below); nothing a client or peer
 //! sends becomes a label, so the number of series is bounded.
 
-use std::sync::{Arc, PoisonError, RwLock};
-
+use nixmesh_telemetry::{Counter, Gauge, Histogram, Metric, Registry, latency_histogram};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-pub use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
-pub use prometheus_client::registry::Metric;
-use prometheus_client::registry::Registry;
 
 use crate::node_view::{NodeStatus, RequestCounts};
-
-/// Every series' name starts with this and `_`.
-pub const PREFIX: &str = "nixmesh";
 
 /// What a request asked for, as the `kind` label says it.
 pub mod kind {
@@ -77,16 +71,11 @@ struct StageLabels {
     stage: &'static str,
 }
 
-fn latency_histogram() -> Histogram {
-    // 1 ms to about 33 s.
-    Histogram::new(exponential_buckets(0.001, 2.0, 16))
-}
-
 /// The registry and the substituter's series. Shared as an `Arc` between the router and the
 /// node.
 pub struct Metrics {
-    /// Shared with the LAN listener's [`Metrics::for_lan`].
-    registry: Arc<RwLock<Registry>>,
+    /// Shared with the LAN listener's [`Metrics::for_lan`] and with the node's own series.
+    registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<StageLabels, Histogram, fn() -> Histogram>,
     /// The LAN listener's waits for the machine's own Nix (registered by [`Metrics::for_lan`]
@@ -108,7 +97,7 @@ impl Metrics {
     /// A registry with the substituter's series, none moved yet.
     pub fn new() -> Self {
         let metrics = Metrics {
-            registry: Arc::new(RwLock::new(Registry::with_prefix(PREFIX))),
+            registry: Registry::new(),
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             yields: latency_histogram(),
@@ -178,8 +167,13 @@ impl Metrics {
     /// Adds `metric` as `nixmesh_<name>` (a counter gets `_total` after that). For the node's
     /// own series; keep the metric (counters and gauges are handles) to move it.
     pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
-        let mut registry = self.registry.write().unwrap_or_else(PoisonError::into_inner);
-        registry.register(name, help, metric);
+        self.registry.register(name, help, metric);
+    }
+
+    /// The registry these series are kept in, for the node's own series (which it registers
+    /// without knowing this crate's, nor this crate the node's).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// Counts one request of `kind` that ended with `result` (see [`kind`] and [`result`]).
@@ -221,11 +215,7 @@ impl Metrics {
         set(&self.peers_known, status.peers_known);
         set(&self.indexed_paths, status.indexed_paths);
         set(&self.local_paths, status.local_paths);
-        let registry = self.registry.read().unwrap_or_else(PoisonError::into_inner);
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry)
-            .expect("writing to a String cannot fail");
-        text
+        self.registry.encode()
     }
 }
 

@@ -16,14 +16,15 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use nixmesh_telemetry::RateLimitedLog;
+use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
 use crate::connection::{ClientConnection, WriteLimit};
-use crate::log_limit::RateLimitedLog;
 use crate::verified_nar::Parker;
 
 /// A download whose client has taken nothing for this long lets go of its peer's stream.
@@ -64,7 +65,7 @@ pub struct NarSlot {
 impl NarSlot {
     /// The transfer, parked while its client does not read.
     pub fn parks(&self, parker: Parker) {
-        let mut held = self.slots.held.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held = self.slots.held.lock();
         if let Some(held) = held.get_mut(&self.id) {
             held.parker = Some(parker);
         }
@@ -73,7 +74,7 @@ impl NarSlot {
 
 impl Drop for NarSlot {
     fn drop(&mut self) {
-        self.slots.held.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+        self.slots.held.lock().remove(&self.id);
     }
 }
 
@@ -114,7 +115,7 @@ impl NarSlots {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let write_limit = client.as_ref().map(|c| c.limit_writes(self.write_limit));
         let held = Held { client, ..Held::default() };
-        self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(id, held);
+        self.held.lock().insert(id, held);
         NarSlot { id, slots: self.clone(), _permit: permit, _write_limit: write_limit }
     }
 
@@ -122,7 +123,7 @@ impl NarSlots {
     /// [`STALLED_AFTER`]; its slot comes back once its connection has closed.
     fn cut_longest_stalled(&self) {
         let longest = {
-            let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            let held = self.held.lock();
             held.values()
                 .filter_map(|h| h.client.as_ref())
                 .filter(|c| !c.is_cut())
@@ -162,7 +163,7 @@ impl NarSlots {
         // Parking one already parked finds no stream and does nothing; one that the client
         // woke up since and that stalled again is parked again.
         let to_park: Vec<Parker> = {
-            let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            let held = self.held.lock();
             held.values()
                 .filter(|h| {
                     let stalled = h.client.as_ref().and_then(|c| c.waiting_on_client());

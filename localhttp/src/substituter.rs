@@ -11,6 +11,7 @@ use nixmesh_protocol::content_address::{self, CaMismatch, ContentAddressError, N
 use nixmesh_protocol::narinfo::NarInfoError;
 use nixmesh_protocol::signature::TrustedKeys;
 use nixmesh_protocol::{NarInfo, StorePath, StorePathHash};
+use nixmesh_telemetry::RateLimitedLog;
 use thiserror::Error;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
@@ -20,7 +21,6 @@ use crate::config::Config;
 use crate::health::PeerHealth;
 use crate::holders::{Miss, first_of};
 use crate::listing::ListingCache;
-use crate::log_limit::RateLimitedLog;
 use crate::nar_slots::NarSlots;
 use crate::source::{PathSource, SourceError};
 use crate::target::NarFile;
@@ -135,7 +135,7 @@ impl<S: PathSource> Substituter<S> {
         };
         let deadline = deadline.saturating_sub(started.elapsed());
         // Peers whose narinfo was refused; held against them only if another's is good.
-        let refused = std::sync::Mutex::new(Vec::new());
+        let refused = parking_lot::Mutex::new(Vec::new());
         let ask = |peer: &S::Peer, _: &[S::Peer]| {
             let (peer, refused) = (peer.clone(), &refused);
             async move {
@@ -144,7 +144,7 @@ impl<S: PathSource> Substituter<S> {
                     && rejection.is_the_peers_fault()
                 {
                     let reason = format!("gave a bad narinfo: {rejection}");
-                    refused.lock().unwrap_or_else(|e| e.into_inner()).push((peer, reason));
+                    refused.lock().push((peer, reason));
                 }
                 answer.map_err(Miss::Because)
             }
@@ -153,7 +153,7 @@ impl<S: PathSource> Substituter<S> {
             first_of(holders, hash, "narinfo", self.config.narinfo_peer_timeout, deadline, ask)
                 .await?;
         debug!(%peer, "narinfo verified");
-        for (bad, reason) in refused.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        for (bad, reason) in refused.into_inner() {
             warn!(peer = %bad, %hash, "{reason}, where {peer} gave a good one");
             self.health.fault(&bad, reason);
         }

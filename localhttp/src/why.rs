@@ -18,12 +18,12 @@ use axum::http::header::RETRY_AFTER;
 use axum::response::{IntoResponse, Response};
 use futures::future::join_all;
 use nixmesh_protocol::{NarInfo, StorePathHash};
+use nixmesh_telemetry::RateLimitedLog;
 use serde::{Deserialize, Serialize};
 use tokio::time::timeout;
 use tracing::warn;
 
 use crate::connection::ClientConnection;
-use crate::log_limit::RateLimitedLog;
 use crate::metrics::result;
 use crate::node_view::{NodeView, PeerSummary};
 use crate::routes::{Outcome, json, malformed};

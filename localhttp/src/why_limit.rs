@@ -15,8 +15,9 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use parking_lot::Mutex;
 use thiserror::Error;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -79,7 +80,7 @@ impl WhyLimits {
     /// Leave to ask `peers` peers for a narinfo, taken from the rate for all reports; refused
     /// (taking nothing) when the rate does not have that many left.
     pub fn ask(&self, peers: usize) -> Result<(), WhyRefusal> {
-        let mut questions = self.questions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut questions = self.questions.lock();
         let taken =
             questions.take(peers as f64, QUESTIONS_PER_SEC, QUESTIONS_BURST, Instant::now());
         if taken { Ok(()) } else { Err(WhyRefusal::Questions) }
@@ -87,7 +88,7 @@ impl WhyLimits {
 
     fn client_may_ask(&self, client: IpAddr) -> bool {
         let now = Instant::now();
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let mut clients = self.clients.lock();
         if clients.len() >= CLIENTS_KEPT && !clients.contains_key(&client) {
             clients.retain(|_, b| !b.is_full_by(now, CLIENT_REPORTS_PER_SEC, CLIENT_BURST));
             if clients.len() >= CLIENTS_KEPT {
@@ -187,9 +188,9 @@ mod tests {
         }
         // All of them asked just now: a new one is not kept, but may ask.
         assert!(limits.turn(client(5_000)).is_ok());
-        assert_eq!(limits.clients.lock().unwrap().len(), CLIENTS_KEPT);
+        assert_eq!(limits.clients.lock().len(), CLIENTS_KEPT);
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(limits.turn(client(5_001)).is_ok());
-        assert_eq!(limits.clients.lock().unwrap().len(), 1, "the idle ones were forgotten");
+        assert_eq!(limits.clients.lock().len(), 1, "the idle ones were forgotten");
     }
 }

@@ -412,7 +412,7 @@ impl Parts {
         flights: Option<Arc<Flights>>,
     ) -> (CancellationToken, HttpTask, Option<HttpTask>) {
         let metrics = Arc::new(nixmesh_localhttp::Metrics::new());
-        self.traffic.register(&metrics);
+        self.traffic.register(metrics.registry());
         let view = Arc::new(MeshView {
             health: self.health.clone(),
             refusals: served.refusals,

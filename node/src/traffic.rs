@@ -1,7 +1,7 @@
 //! NAR bytes exchanged with each peer, both ways: received by the fetch client for the local
 //! substituter, served by the provider to peers; and what came from upstream caches:
 //! downloaded by this node, and relayed to peers from its downloads. The totals are
-//! Prometheus counters the node registers in the substituter's [`Metrics`]; the per-peer
+//! Prometheus counters the node registers in the [`Registry`] `/metrics` serves; the per-peer
 //! counts are for `nixmesh peers`.
 //!
 //! Received bytes are counted as they arrive; served ones as each NAR transfer completes.
@@ -9,11 +9,10 @@
 //! totals count every byte).
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
 
 use libp2p::PeerId;
-use nixmesh_localhttp::Metrics;
-use nixmesh_localhttp::metrics::Counter;
+use nixmesh_telemetry::{Counter, Registry};
+use parking_lot::Mutex;
 
 /// The most peers whose bytes are counted apart.
 pub const MAX_PEERS: usize = 4096;
@@ -40,7 +39,7 @@ pub struct Traffic {
 impl Traffic {
     /// Registers the totals in `metrics`: `nixmesh_nar_received_bytes_total` and
     /// `nixmesh_nar_served_bytes_total`.
-    pub fn register(&self, metrics: &Metrics) {
+    pub fn register(&self, metrics: &Registry) {
         let help = "NAR bytes received from peers (for the local substituter)";
         metrics.register("nar_received_bytes", help, self.received.clone());
         let help = "NAR bytes served to peers (from the local store)";
@@ -91,9 +90,8 @@ impl Traffic {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, PeerTraffic>> {
-        // Each update is one addition: a poisoned lock still guards valid counts.
-        self.peers.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<PeerId, PeerTraffic>> {
+        self.peers.lock()
     }
 }
 
@@ -111,9 +109,9 @@ mod tests {
         assert_eq!(traffic.of(&a), PeerTraffic { received: 15, served: 0 });
         assert_eq!(traffic.of(&b), PeerTraffic { received: 0, served: 7 });
         assert_eq!(traffic.total(), PeerTraffic { received: 15, served: 7 });
-        let metrics = Metrics::new();
-        traffic.register(&metrics);
-        let text = metrics.encode(&Default::default());
+        let registry = Registry::new();
+        traffic.register(&registry);
+        let text = registry.encode();
         assert!(text.contains("nixmesh_nar_received_bytes_total 15\n"), "{text}");
         assert!(text.contains("nixmesh_nar_served_bytes_total 7\n"), "{text}");
     }

@@ -5,9 +5,10 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 /// How long one response may take; a request past it counts as failed (status 0).
 const RESPONSE_LIMIT: Duration = Duration::from_secs(60);
@@ -69,15 +70,12 @@ fn fetch_all(
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(path) = paths.get(i) else { break };
                     let fetched = get(address, &mut connection, path, keep);
-                    *answers[i].lock().expect("no poisoned answers") = Some(fetched);
+                    *answers[i].lock() = Some(fetched);
                 }
             });
         }
     });
-    answers
-        .into_iter()
-        .map(|a| a.into_inner().expect("no poisoned answers").expect("every path was asked"))
-        .collect()
+    answers.into_iter().map(|a| a.into_inner().expect("every path was asked")).collect()
 }
 
 fn get(
@@ -260,14 +258,14 @@ pub fn hammer(
                     mine.expected += usize::from(fetched.status == expect);
                     mine.latencies_us.push(fetched.took.as_micros() as u64);
                 }
-                let mut all = results.lock().expect("no poisoned results");
+                let mut all = results.lock();
                 all.requests += mine.requests;
                 all.expected += mine.expected;
                 all.latencies_us.extend(mine.latencies_us);
             });
         }
     });
-    let mut all = results.into_inner().expect("no poisoned results");
+    let mut all = results.into_inner();
     all.latencies_us.sort_unstable();
     all.seconds = start.elapsed().as_secs_f64();
     all

@@ -406,7 +406,9 @@ impl<P: std::fmt::Display + Clone + Eq + Hash> Stream for VerifiedNar<P> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
+
+    use parking_lot::Mutex;
 
     use super::*;
     use futures::{StreamExt, stream};
@@ -565,7 +567,7 @@ mod tests {
         let asked = Arc::new(Mutex::new(Vec::new()));
         let record = asked.clone();
         let reopen: Reopen<&'static str> = Arc::new(move |peer, offset| {
-            record.lock().unwrap().push((peer, offset));
+            record.lock().push((peer, offset));
             let rest = Bytes::from_static(&nar[offset as usize..]);
             let stream: NarStream = Box::pin(stream::iter([Ok(rest)]));
             Box::pin(async move { Ok(Some(stream)) })
@@ -590,7 +592,7 @@ mod tests {
         let mut nar = VerifiedNar::new(expected(NAR), "peer-a", first, others, idle);
         nar.first_bytes().await.unwrap();
         assert_eq!(rest_of(&mut nar).await, NAR);
-        assert_eq!(*asked.lock().unwrap(), [("peer-b", 20)]);
+        assert_eq!(*asked.lock(), [("peer-b", 20)]);
     }
 
     #[tokio::test]
@@ -605,7 +607,7 @@ mod tests {
         assert!(parker.park());
         assert!(!parker.park(), "nothing left to park");
         assert_eq!(rest_of(&mut nar).await, NAR);
-        assert_eq!(*asked.lock().unwrap(), [("peer-a", 20)]);
+        assert_eq!(*asked.lock(), [("peer-a", 20)]);
         drop(nar);
         assert!(!parker.park(), "the transfer is gone");
     }

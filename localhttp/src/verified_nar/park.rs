@@ -4,11 +4,12 @@
 //! client has taken nothing for a second), and the transfer, finding it gone when the client
 //! reads again, asks the same holder for the rest. A parked transfer is no fault of the peer's.
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::StreamExt;
+use parking_lot::Mutex;
 
 use crate::source::{NarStream, SourceError};
 
@@ -25,14 +26,13 @@ impl PeerStream {
         &self,
         cx: &mut Context<'_>,
     ) -> Option<Poll<Option<Result<Bytes, SourceError>>>> {
-        // A poisoned lock still holds a stream or none: a panic cannot leave it half-set.
-        let mut stream = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stream = self.0.lock();
         stream.as_mut().map(|s| s.poll_next_unpin(cx))
     }
 
     /// Sends from `stream` from now on (a holder that answered a resumption).
     pub(super) fn replace(&self, stream: NarStream) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(stream);
+        *self.0.lock() = Some(stream);
     }
 
     pub(super) fn parker(&self) -> Parker {
@@ -52,7 +52,7 @@ impl Parker {
         let Some(shared) = self.stream.upgrade() else {
             return false;
         };
-        let stream = shared.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let stream = shared.lock().take();
         // Dropped outside the lock: closing a stream may take a little work.
         stream.is_some()
     }

@@ -14,10 +14,11 @@ pub mod store_watch;
 pub mod subscribe;
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use nixmesh_protocol::StorePathHash;
 use nixmesh_protocol::wire::AdvertPosition;
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 
 use crate::index::Index;
@@ -92,7 +93,7 @@ impl AdvertLog {
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut LogState) -> R) -> R {
-        f(&mut self.state.lock().expect("advert log lock poisoned"))
+        f(&mut self.state.lock())
     }
 
     /// Replaces the advertised set with `current` (any order, duplicates ignored); records

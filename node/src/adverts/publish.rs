@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::PeerId;
@@ -10,6 +10,7 @@ use nixmesh_protocol::wire::{
     ADVERTS_PROTOCOL, AdvertMessage, AdvertPosition, AdvertRequest, MAX_HASHES_PER_FRAME,
     MAX_REQUEST_FRAME_LEN,
 };
+use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn};
 
@@ -207,8 +208,8 @@ impl Current {
         Subscription { current: self.clone(), peer, id, replaced }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, (u64, CancellationToken)>> {
-        self.by_peer.lock().expect("subscribers lock poisoned")
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<PeerId, (u64, CancellationToken)>> {
+        self.by_peer.lock()
     }
 }
 

@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,6 +34,7 @@ use nixmesh_protocol::wire::{
     FETCH_PROTOCOL, FetchRequest, FetchResponse, MAX_FRAME_LEN, MAX_NARINFO_LEN, WireError,
 };
 use nixmesh_protocol::{Sha256, StorePathHash};
+use parking_lot::Mutex;
 use thiserror::Error;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -176,7 +177,7 @@ pub(super) struct Session {
 impl Session {
     /// The exchange ended cleanly: the stream may carry the next one.
     pub(super) fn finished(self) {
-        let mut idle = self.sessions.idle.lock().expect("idle sessions lock poisoned");
+        let mut idle = self.sessions.idle.lock();
         let list = idle.entry(self.peer).or_default();
         list.retain(|(_, since)| since.elapsed() < REUSE_WITHIN);
         if list.len() < IDLE_PER_PEER {
@@ -360,7 +361,7 @@ impl FetchClient {
                 Err(e) if unanswered(&e) && reused => {
                     // Its other idle streams are as old or older: likely closed too.
                     debug!(%peer, operation, "an idle stream was closed ({e}); asking anew");
-                    self.sessions.idle.lock().expect("idle sessions lock poisoned").remove(&peer);
+                    self.sessions.idle.lock().remove(&peer);
                 }
                 Err(e) if unanswered(&e) && new_streams < NEW_STREAM_ATTEMPTS => {
                     let pause = FIRST_BACKOFF * 2u32.pow(new_streams - 1);
@@ -373,7 +374,7 @@ impl FetchClient {
     }
 
     fn take_idle(&self, peer: PeerId) -> Option<MeshStream> {
-        let mut idle = self.sessions.idle.lock().expect("idle sessions lock poisoned");
+        let mut idle = self.sessions.idle.lock();
         let list = idle.get_mut(&peer)?;
         let stream = loop {
             let (stream, since) = list.pop()?;

@@ -15,11 +15,11 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::Mutex;
 
 use nixmesh_protocol::NarInfo;
 use nixmesh_protocol::content_address;
 use nixmesh_protocol::signature::TrustedKeys;
+use parking_lot::Mutex;
 
 /// The rules; see the module docs.
 #[derive(Clone, Default)]
@@ -128,7 +128,7 @@ const REFUSALS_KEPT: usize = 16;
 
 impl Refusals {
     pub fn record(&self, line: String) {
-        let mut lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lines = self.0.lock();
         if lines.len() == REFUSALS_KEPT {
             lines.pop_front();
         }
@@ -137,7 +137,7 @@ impl Refusals {
 
     /// Newest last.
     pub fn latest(&self) -> Vec<String> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+        self.0.lock().iter().cloned().collect()
     }
 }
 

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,6 +23,7 @@ use libp2p::PeerId;
 use nixmesh_protocol::signature::{Signature, SigningKey};
 use nixmesh_protocol::wire::{FETCH_PROTOCOL, FetchRequest, FetchResponse, MAX_REQUEST_FRAME_LEN};
 use nixmesh_protocol::{NarInfo, StorePath, StorePathHash};
+use parking_lot::Mutex;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info, info_span, warn};
@@ -451,12 +452,12 @@ const RECENT_MAX: usize = 16_384;
 
 impl RecentPathInfo {
     fn get(&self, hash: &StorePathHash) -> Option<PathInfo> {
-        let recent = self.0.lock().expect("recent path infos lock poisoned");
+        let recent = self.0.lock();
         recent.get(hash).filter(|(_, at)| at.elapsed() < RECENT_FOR).map(|(info, _)| info.clone())
     }
 
     fn insert(&self, hash: StorePathHash, info: PathInfo) {
-        let mut recent = self.0.lock().expect("recent path infos lock poisoned");
+        let mut recent = self.0.lock();
         if recent.len() >= RECENT_MAX {
             recent.retain(|_, (_, at)| at.elapsed() < RECENT_FOR);
             if recent.len() >= RECENT_MAX {

@@ -87,15 +87,15 @@ mod words;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use libp2p::PeerId;
+use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use redb::Database;
 
 pub use bound::DEFAULT_MAX_PATHS;
 pub use error::IndexError;
 use fingerprint::FingerprintKey;
-use nixmesh_localhttp::RateLimitedLog;
+use nixmesh_telemetry::RateLimitedLog;
 pub use open::CACHE_BYTES;
 use recover::Health;
 use schema::PeerRecord;
@@ -211,25 +211,26 @@ impl Index {
     }
 
     // The locks guard plain data that every writer leaves consistent before it can panic
-    // (memory is only changed after a commit), so a poisoned lock is still usable.
+    // (memory is only changed after a commit): they do not poison (ARCHITECTURE.md, "Locks"),
+    // and what a reader finds after a panic is still valid.
     fn lock_writer(&self) -> MutexGuard<'_, ()> {
-        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+        self.writer.lock()
     }
 
     fn known(&self) -> RwLockReadGuard<'_, Peers> {
-        self.peers.read().unwrap_or_else(PoisonError::into_inner)
+        self.peers.read()
     }
 
     fn known_mut(&self) -> RwLockWriteGuard<'_, Peers> {
-        self.peers.write().unwrap_or_else(PoisonError::into_inner)
+        self.peers.write()
     }
 
     fn slots(&self) -> RwLockReadGuard<'_, Vec<Option<PeerId>>> {
-        self.slots.read().unwrap_or_else(PoisonError::into_inner)
+        self.slots.read()
     }
 
     fn slots_mut(&self) -> RwLockWriteGuard<'_, Vec<Option<PeerId>>> {
-        self.slots.write().unwrap_or_else(PoisonError::into_inner)
+        self.slots.write()
     }
 }
 

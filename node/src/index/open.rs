@@ -10,10 +10,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
-use std::sync::{Mutex, RwLock};
 
 use libp2p::PeerId;
-use nixmesh_localhttp::RateLimitedLog;
+use nixmesh_telemetry::RateLimitedLog;
+use parking_lot::{Mutex, RwLock};
 use redb::{Database, ReadableTable, Table, WriteTransaction};
 
 use super::bound::{DEFAULT_MAX_PATHS, REPORT_EVERY};

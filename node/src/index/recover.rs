@@ -8,9 +8,9 @@
 //! [`REOPEN_PAUSE`]. Lookups never touch the file, so they are unaffected.
 
 use std::path::{Path, PathBuf};
-use std::sync::{MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use parking_lot::MutexGuard;
 use redb::Database;
 
 use super::Index;
@@ -81,7 +81,7 @@ impl Index {
     ) -> Result<T, IndexError> {
         // The database lock is let go before the health lock is taken: `reopen` takes them
         // the other way round.
-        let ran = self.db.read().unwrap_or_else(PoisonError::into_inner).as_ref().map(f);
+        let ran = self.db.read().as_ref().map(f);
         let result = ran.unwrap_or_else(|| {
             let why = self.trouble().unwrap_or_else(|| "being reopened".to_owned());
             Err(IndexError::Unavailable { path: self.path.clone(), why })
@@ -102,7 +102,7 @@ impl Index {
             return false;
         }
         health.last_reopen = Some(Instant::now());
-        let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        let mut db = self.db.write();
         // The old one first: it holds the file's lock.
         *db = None;
         match open_database(&self.path) {
@@ -128,7 +128,7 @@ impl Index {
     }
 
     fn health(&self) -> MutexGuard<'_, Health> {
-        self.health.lock().unwrap_or_else(PoisonError::into_inner)
+        self.health.lock()
     }
 }
 

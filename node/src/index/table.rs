@@ -32,7 +32,8 @@
 //! (4 MiB); dead entries until they are dropped, under 2 %.
 
 use std::ops::Range;
-use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::fingerprint::{FINGERPRINT_BITS, Fingerprint};
 use super::words::Words;
@@ -535,14 +536,14 @@ impl HolderTable {
     }
 
     // A panic cannot leave a shard half-changed in a way that matters to readers (every
-    // change keeps `ends` and `entries` in step before anything can panic), so a poisoned
-    // lock is still usable.
+    // change keeps `ends` and `entries` in step before anything can panic), so the shard a
+    // panic leaves behind is still valid: the locks do not poison (ARCHITECTURE.md, "Locks").
     fn read(&self, shard: usize) -> RwLockReadGuard<'_, Shard> {
-        self.shards[shard].read().unwrap_or_else(PoisonError::into_inner)
+        self.shards[shard].read()
     }
 
     fn write(&self, shard: usize) -> RwLockWriteGuard<'_, Shard> {
-        self.shards[shard].write().unwrap_or_else(PoisonError::into_inner)
+        self.shards[shard].write()
     }
 }
 

@@ -19,7 +19,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use futures::FutureExt;
@@ -28,6 +28,7 @@ use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::TransportEvent;
 use libp2p::core::transport::{Boxed, DialOpts, ListenerId, Transport, TransportError};
 use libp2p::{Multiaddr, PeerId};
+use parking_lot::Mutex;
 use thiserror::Error;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -65,7 +66,7 @@ impl Refused {
 
     /// Logs this refusal of a connection from `remote`, unless `log` holds it back.
     fn log(&self, log: &Mutex<RefusalLog>, remote: &Multiaddr) {
-        let mut log = log.lock().expect("refusal log lock poisoned");
+        let mut log = log.lock();
         if let Some(held_back) = log.admit(remote, self.kind(), Instant::now()) {
             warn!(held_back, "refused a connection from {remote}: {self}");
         }
@@ -97,7 +98,7 @@ impl Gated {
         let Some(host) = host_ip(remote) else {
             return upgrade;
         };
-        let admitted = self.pending.lock().expect("pending handshakes lock poisoned").admit(host);
+        let admitted = self.pending.lock().admit(host);
         let (id, made_room) = match admitted {
             Ok(admitted) => admitted,
             Err(refused) => {
@@ -237,7 +238,7 @@ struct Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.pending.lock().expect("pending handshakes lock poisoned").ended(self.host, self.id);
+        self.pending.lock().ended(self.host, self.id);
     }
 }
 

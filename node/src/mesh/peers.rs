@@ -4,12 +4,11 @@
 //! few map operations, never across an await.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use std::net::IpAddr;
-
 use libp2p::{Multiaddr, PeerId};
+use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::share::Origin;
@@ -41,7 +40,7 @@ pub struct PeerTable {
 
 impl PeerTable {
     fn with<R>(&self, f: impl FnOnce(&mut HashMap<PeerId, PeerState>) -> R) -> R {
-        f(&mut self.peers.lock().expect("peer table lock poisoned"))
+        f(&mut self.peers.lock())
     }
 
     /// Records a new connection, with the address it was dialled at if we dialled; returns

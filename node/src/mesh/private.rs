@@ -14,7 +14,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use libp2p::core::upgrade::Version;
 use libp2p::core::{Transport, transport::Boxed};
 use libp2p::pnet::{PnetConfig, PnetOutput, PreSharedKey};
 use libp2p::{PeerId, identity, noise, tcp, yamux};
+use parking_lot::Mutex;
 use thiserror::Error;
 
 use super::read_ahead::ReadAhead;
@@ -104,7 +105,7 @@ where
     let (socket, first) = FirstBytes::new(socket);
     let exchange = async move {
         let pnet = PnetConfig::new(key).handshake(socket).await;
-        if first.lock().expect("first bytes lock").starts_with(CLEAR_LIBP2P) {
+        if first.lock().starts_with(CLEAR_LIBP2P) {
             return Err(Refusal::NoKey);
         }
         let broken = |e: io::Error| Refusal::BrokenOff(e.kind());
@@ -154,7 +155,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for FirstBytes<S> {
         if this.recording
             && let Poll::Ready(Ok(n)) = &read
         {
-            let mut first = this.first.lock().expect("first bytes lock");
+            let mut first = this.first.lock();
             let wanted = (NONCE_LEN - first.len()).min(*n);
             first.extend_from_slice(&buf[..wanted]);
             this.recording = first.len() < NONCE_LEN && *n > 0;

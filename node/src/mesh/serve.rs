@@ -8,12 +8,13 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::{PeerId, Stream};
-use nixmesh_localhttp::RateLimitedLog;
+use nixmesh_telemetry::RateLimitedLog;
+use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, Span, debug, warn};
 
@@ -45,7 +46,7 @@ impl<K> Default for PerPeer<K> {
 
 impl<K: Eq + Hash + Copy> PerPeer<K> {
     fn admit(self: &Arc<Self>, peer: K, limit: usize) -> Option<PeerSlot<K>> {
-        let mut counts = self.0.lock().expect("per-peer counts lock poisoned");
+        let mut counts = self.0.lock();
         let count = counts.entry(peer).or_default();
         if *count >= limit {
             if *count == 0 {
@@ -66,7 +67,7 @@ struct PeerSlot<K: Eq + Hash + Copy> {
 
 impl<K: Eq + Hash + Copy> Drop for PeerSlot<K> {
     fn drop(&mut self) {
-        let mut counts = self.table.0.lock().expect("per-peer counts lock poisoned");
+        let mut counts = self.table.0.lock();
         if let Some(count) = counts.get_mut(&self.peer) {
             *count -= 1;
             if *count == 0 {

@@ -8,9 +8,10 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use libp2p::PeerId;
+use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Where a peer connects from: its machine (the remote address's host), or the peer itself
@@ -58,7 +59,7 @@ impl<K: Eq + Hash + Copy> Shares<K> {
     /// Waits for a share of `peer`'s (the caller bounds the wait in time).
     pub async fn acquire(self: &Arc<Self>, peer: K) -> Share<K> {
         let semaphore = {
-            let mut table = self.table.lock().expect("peer shares lock poisoned");
+            let mut table = self.table.lock();
             table.entry(peer).or_insert_with(|| Arc::new(Semaphore::new(self.per_peer))).clone()
         };
         // Declared before the wait, so dropped after it if this future is dropped while
@@ -71,7 +72,7 @@ impl<K: Eq + Hash + Copy> Shares<K> {
     /// Forgets `peer`'s entry if nobody holds or waits for one of its shares (called with
     /// the caller's reference already dropped).
     fn tidy(&self, peer: &K) {
-        let mut table = self.table.lock().expect("peer shares lock poisoned");
+        let mut table = self.table.lock();
         if table.get(peer).is_some_and(|s| Arc::strong_count(s) == 1) {
             table.remove(peer);
         }
@@ -79,7 +80,7 @@ impl<K: Eq + Hash + Copy> Shares<K> {
 
     #[cfg(test)]
     fn peers(&self) -> usize {
-        self.table.lock().unwrap().len()
+        self.table.lock().len()
     }
 }
 

@@ -24,7 +24,7 @@ use std::convert::Infallible;
 use std::future::{Ready, ready};
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use libp2p::core::transport::PortUse;
@@ -39,7 +39,8 @@ use libp2p::swarm::{
     ToSwarm,
 };
 use libp2p::{PeerId, Stream, StreamProtocol};
-use nixmesh_localhttp::RateLimitedLog;
+use nixmesh_telemetry::RateLimitedLog;
+use parking_lot::{Mutex, MutexGuard};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
@@ -128,7 +129,7 @@ pub struct Control {
 
 fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
     // Every change to `Shared` is whole before anything can panic.
-    shared.lock().unwrap_or_else(PoisonError::into_inner)
+    shared.lock()
 }
 
 impl Control {

@@ -8,9 +8,10 @@
 //! the next operation.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::net::UnixStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -66,7 +67,7 @@ impl Pool {
     /// An idle connection if there is one, else a new one.
     pub async fn lease(self: &Arc<Self>) -> Result<Lease, StoreError> {
         let permit = self.permit().await;
-        let idle = self.idle.lock().expect("pool lock poisoned").pop();
+        let idle = self.idle.lock().pop();
         let (conn, reused) = match idle {
             Some(conn) => (conn, true),
             None => (self.open().await?, false),
@@ -77,7 +78,7 @@ impl Pool {
     /// A new connection, after dropping the idle ones: used when a pooled connection turned
     /// out stale, which usually means the daemon restarted and all of them are.
     pub async fn lease_fresh(self: &Arc<Self>) -> Result<Lease, StoreError> {
-        self.idle.lock().expect("pool lock poisoned").clear();
+        self.idle.lock().clear();
         let permit = self.permit().await;
         let conn = self.open().await?;
         Ok(Lease { conn: Some(conn), pool: self.clone(), reused: false, _permit: permit })
@@ -124,7 +125,7 @@ impl Lease {
     /// Returns the connection to the pool. Call only between operations.
     pub fn release(mut self) {
         let Some(conn) = self.conn.take() else { return };
-        let mut idle = self.pool.idle.lock().expect("pool lock poisoned");
+        let mut idle = self.pool.idle.lock();
         if idle.len() < MAX_IDLE {
             idle.push(conn);
         }

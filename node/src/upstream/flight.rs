@@ -24,7 +24,7 @@
 //! at most [`MAX_CLAIMERS`] claimers per NAR request.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
@@ -33,6 +33,7 @@ use nixmesh_localhttp::health::PeerHealth;
 use nixmesh_localhttp::{NarStream, Rejection, SourceError, accept};
 use nixmesh_protocol::signature::TrustedKeys;
 use nixmesh_protocol::{Sha256, StorePathHash};
+use parking_lot::Mutex;
 use sha2::Digest;
 use thiserror::Error;
 use tracing::{debug, info, warn};
@@ -361,14 +362,14 @@ struct DirectDownload {
 impl DirectDownload {
     /// The mark for `nar_hash`, unless another is under way.
     fn start(under_way: &Arc<Mutex<HashSet<Sha256>>>, nar_hash: Sha256) -> Option<Self> {
-        let fresh = under_way.lock().unwrap_or_else(|e| e.into_inner()).insert(nar_hash);
+        let fresh = under_way.lock().insert(nar_hash);
         fresh.then(|| DirectDownload { nar_hash, under_way: under_way.clone() })
     }
 }
 
 impl Drop for DirectDownload {
     fn drop(&mut self) {
-        self.under_way.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.nar_hash);
+        self.under_way.lock().remove(&self.nar_hash);
     }
 }
 

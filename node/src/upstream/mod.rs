@@ -22,7 +22,7 @@ pub mod flight;
 pub mod spool;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -33,9 +33,10 @@ use hyper::StatusCode;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use nixmesh_localhttp::metrics::Counter;
 use nixmesh_protocol::nixconf::SUBSTITUTERS;
 use nixmesh_protocol::{NarInfo, StorePathHash};
+use nixmesh_telemetry::Counter;
+use parking_lot::Mutex;
 use serde::Serialize;
 use thiserror::Error;
 use tracing::{debug, info, warn};
@@ -159,12 +160,12 @@ struct Pause {
 
 impl Cache {
     fn available(&self) -> bool {
-        let pause = self.pause.lock().expect("pause lock poisoned");
+        let pause = self.pause.lock();
         pause.until.is_none_or(|until| Instant::now() >= until)
     }
 
     fn failed(&self, why: &UpstreamError) {
-        let mut pause = self.pause.lock().expect("pause lock poisoned");
+        let mut pause = self.pause.lock();
         let length = if pause.next.is_zero() { FIRST_PAUSE } else { pause.next };
         if pause.until.is_none_or(|until| Instant::now() >= until) {
             warn!(upstream = %self.url, "upstream skipped for {length:?}: {why}");
@@ -174,7 +175,7 @@ impl Cache {
     }
 
     fn answered(&self) {
-        let mut pause = self.pause.lock().expect("pause lock poisoned");
+        let mut pause = self.pause.lock();
         if pause.until.take().is_some() {
             info!(upstream = %self.url, "upstream answers again");
         }
@@ -257,7 +258,7 @@ impl Upstreams {
             // memory (its NAR may be in a spool of the mesh, or the cache back by then).
             return self.remembered(hash).is_some();
         }
-        let absent = self.absent.lock().expect("absent lock poisoned");
+        let absent = self.absent.lock();
         absent.get(hash).is_none_or(|since| since.elapsed() >= ABSENT_FOR)
     }
 
@@ -275,12 +276,12 @@ impl Upstreams {
             return Ok(None);
         }
         let lookup = {
-            let mut in_flight = self.in_flight.lock().expect("in-flight lock poisoned");
+            let mut in_flight = self.in_flight.lock();
             let lookup = in_flight.entry(hash).or_insert_with(|| {
                 let this = self.clone();
                 let task = tokio::spawn(async move {
                     let answer = this.lookup(hash).await;
-                    this.in_flight.lock().expect("in-flight lock poisoned").remove(&hash);
+                    this.in_flight.lock().remove(&hash);
                     answer
                 });
                 let url = self.caches.first().map_or_else(String::new, |c| c.url.clone());
@@ -348,7 +349,7 @@ impl Upstreams {
     }
 
     fn remembered(&self, hash: &StorePathHash) -> Option<Found> {
-        let found = self.found.lock().expect("found lock poisoned");
+        let found = self.found.lock();
         found.get(hash).filter(|(_, at)| at.elapsed() < FOUND_FOR).map(|(f, _)| f.clone())
     }
 
@@ -488,7 +489,7 @@ fn is_under(base: &str, url: &str) -> bool {
 /// Remembers `value` under `hash`, forgetting everything first when full: a bound, not an
 /// LRU (what is remembered is cheap to ask again).
 fn remember<V>(map: &Mutex<HashMap<StorePathHash, V>>, hash: StorePathHash, value: V) {
-    let mut map = map.lock().expect("upstream memory lock poisoned");
+    let mut map = map.lock();
     if map.len() >= REMEMBERED {
         map.clear();
     }

@@ -22,8 +22,8 @@
 use std::collections::HashMap;
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -31,6 +31,7 @@ use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
 use nixmesh_protocol::Sha256;
 use nixmesh_protocol::hash::Sha256Hasher;
+use parking_lot::Mutex;
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::watch;
@@ -129,7 +130,7 @@ impl Readers {
 
     /// Whether nobody has read for its limit.
     fn abandoned(&self) -> bool {
-        let since = self.unread_since.lock().unwrap_or_else(|e| e.into_inner());
+        let since = self.unread_since.lock();
         self.count.load(Ordering::SeqCst) == 0 && since.elapsed() >= self.limit
     }
 }
@@ -139,7 +140,7 @@ struct ReaderMark(Arc<Readers>);
 
 impl Drop for ReaderMark {
     fn drop(&mut self) {
-        let mut since = self.0.unread_since.lock().unwrap_or_else(|e| e.into_inner());
+        let mut since = self.0.unread_since.lock();
         if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
             *since = Instant::now();
         }
@@ -198,9 +199,9 @@ impl Spool {
         nar_size: u64,
         download: Download,
     ) -> Result<Arc<Entry>, SpoolError> {
-        let mut entries = self.entries.lock().expect("spool lock poisoned");
+        let mut entries = self.entries.lock();
         entries.retain(|_, e| {
-            let stale = e.finished() && e.last_asked.lock().expect("poisoned").elapsed() > KEEP_FOR;
+            let stale = e.finished() && e.last_asked.lock().elapsed() > KEEP_FOR;
             let gone = e.failed() || stale;
             if gone {
                 let _ = std::fs::remove_file(&e.file);
@@ -208,7 +209,7 @@ impl Spool {
             !gone
         });
         if let Some(entry) = entries.get(&nar_hash).filter(|e| e.nar_size == nar_size) {
-            *entry.last_asked.lock().expect("poisoned") = Instant::now();
+            *entry.last_asked.lock() = Instant::now();
             return Ok(entry.clone());
         }
         if nar_size > self.capacity {
@@ -220,7 +221,7 @@ impl Spool {
             let oldest = entries
                 .iter()
                 .filter(|(_, e)| e.finished())
-                .min_by_key(|(_, e)| *e.last_asked.lock().expect("poisoned"))
+                .min_by_key(|(_, e)| *e.last_asked.lock())
                 .map(|(hash, _)| *hash);
             let Some(oldest) = oldest else {
                 return Err(SpoolError::Full { used, capacity: self.capacity });
@@ -262,7 +263,7 @@ impl Spool {
 
     /// Bytes the spool's files take (NARs still arriving counted whole).
     pub fn used(&self) -> u64 {
-        let entries = self.entries.lock().expect("spool lock poisoned");
+        let entries = self.entries.lock();
         entries.values().map(|e| e.nar_size).sum()
     }
 }

@@ -3,8 +3,9 @@
 //! thousands of connections, a hostile peer) must not become a flood of logs. Used by the
 //! substituter and by the node (mesh refusals, the index's bound).
 
-use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 /// A line at most once an interval (a second by default), counting those held back.
 pub struct RateLimitedLog {
@@ -26,8 +27,7 @@ impl RateLimitedLog {
 
     /// `Some(held back since the last line)` when a line may be logged now.
     pub fn admit(&self) -> Option<u64> {
-        // Each update is a counter and a time: a poisoned lock still guards valid state.
-        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut last = self.last.lock();
         let now = Instant::now();
         match &mut *last {
             Some((at, held)) if now.duration_since(*at) < self.every => {
