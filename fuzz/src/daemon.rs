@@ -2,7 +2,7 @@
 //! messages before each answer (log lines, activities, errors) and the answers of the four
 //! operations the node sends.
 //!
-//! This is the node's own code, not a copy: the files of `node/src/store/` that make up the
+//! This is the node's own code, not a copy: the files of `node/src/local/store/` that make up the
 //! client are compiled here as they are (the `#[path]` modules below). Depending on the node
 //! crate instead would instrument libp2p, redb and axum in every fuzz build, many minutes on
 //! CI's two cores, for code that never touches a daemon's bytes. These files may therefore use
@@ -22,22 +22,22 @@ use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use nixmesh_protocol::nix_wire::daemon::{MAX_MINOR, MIN_MINOR};
+use nixmesh_protocol::nix_daemon::worker_protocol::{MAX_MINOR, MIN_MINOR};
 use nixmesh_protocol::{StorePath, StorePathHash};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 // Formatted with the node crate (and rustfmt would look for its unit tests, not built here).
 #[rustfmt::skip]
 #[allow(dead_code)]
-#[path = "../../node/src/store/connection.rs"]
+#[path = "../../node/src/local/store/connection.rs"]
 mod connection;
+#[path = "../../node/src/local/store/daemon_reader.rs"]
+mod daemon_reader;
 #[allow(dead_code)]
-#[path = "../../node/src/store/error.rs"]
+#[path = "../../node/src/local/store/error.rs"]
 mod error;
-#[path = "../../node/src/store/path_info.rs"]
+#[path = "../../node/src/local/store/path_info.rs"]
 mod path_info;
-#[path = "../../node/src/store/wire.rs"]
-mod wire;
 
 use connection::Connection;
 use error::StoreError;

@@ -9,7 +9,7 @@
 use nixmesh_protocol::content_address::{self, ContentAddress};
 use nixmesh_protocol::hash::{HashAlgo, NixHash};
 use nixmesh_protocol::signature::{Signature, SigningKey, VerifyingKey};
-use nixmesh_protocol::{Sha256, StorePath, StorePathHash, nixbase32, nixconf};
+use nixmesh_protocol::{Sha256, StorePath, StorePathHash, nix_conf, nixbase32};
 
 pub fn check(data: &[u8]) {
     let Some((&which, bytes)) = data.split_first() else { return };
@@ -54,12 +54,12 @@ pub fn check(data: &[u8]) {
         }
         _ => {
             // Both list settings: the lines, applied in order to the default, give the list.
-            for setting in [nixconf::TRUSTED_PUBLIC_KEYS, nixconf::SUBSTITUTERS] {
+            for setting in [nix_conf::TRUSTED_PUBLIC_KEYS, nix_conf::SUBSTITUTERS] {
                 let mut list: Vec<String> = setting.default.iter().map(|v| v.to_string()).collect();
-                for line in nixconf::list_lines(text, &setting) {
+                for line in nix_conf::list_lines(text, &setting) {
                     line.apply(&mut list);
                 }
-                assert_eq!(list, nixconf::list_in(text, &setting));
+                assert_eq!(list, nix_conf::list_in(text, &setting));
             }
         }
     }

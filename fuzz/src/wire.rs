@@ -1,4 +1,4 @@
-//! The mesh's wire messages (`nixmesh_protocol::wire`): every frame a node reads comes from a
+//! The mesh's wire messages (`nixmesh_protocol::mesh_messages`): every frame a node reads comes from a
 //! peer, possibly hostile.
 //!
 //! The input is read as a stream of frames, once as each message type a node reads, under
@@ -7,7 +7,7 @@
 
 use std::fmt::Debug;
 
-use nixmesh_protocol::wire::{
+use nixmesh_protocol::mesh_messages::{
     AdvertMessage, AdvertRequest, FetchRequest, FetchResponse, MAX_FRAME_LEN,
     MAX_REQUEST_FRAME_LEN, WireError, decode_frame, encode_frame,
 };

@@ -12,13 +12,13 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
 use nixmesh_fuzz::TARGETS;
-use nixmesh_protocol::nar::writer;
-use nixmesh_protocol::nix_wire::daemon::{DAEMON_MAGIC, stderr};
-use nixmesh_protocol::nix_wire::{put_bytes, put_u64};
-use nixmesh_protocol::signature::SigningKey;
-use nixmesh_protocol::wire::{
+use nixmesh_protocol::mesh_messages::{
     AdvertMessage, AdvertPosition, AdvertRequest, FetchRequest, FetchResponse, encode_frame,
 };
+use nixmesh_protocol::nar::writer;
+use nixmesh_protocol::nix_daemon::worker_protocol::{DAEMON_MAGIC, stderr};
+use nixmesh_protocol::nix_daemon::{put_bytes, put_u64};
+use nixmesh_protocol::signature::SigningKey;
 use nixmesh_protocol::{Sha256, StorePathHash};
 
 fn fuzz_dir() -> PathBuf {
@@ -385,7 +385,7 @@ fn daemon_seeds() -> Vec<(String, Vec<u8>)> {
     ]
 }
 
-/// Bytes a scripted daemon sends (as in `node/src/store/connection/tests.rs`).
+/// Bytes a scripted daemon sends (as in `node/src/local/store/connection/tests.rs`).
 #[derive(Default)]
 struct Script(Vec<u8>);
 

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 use nixmesh_node::index::Index;
 // Lookups ask for the holders a request may ask, as the node's do, every peer taken as connected.
-use nixmesh_node::source::HOLDERS_ASKED;
+use nixmesh_node::substituter::mesh_source::HOLDERS_ASKED;
 use nixmesh_protocol::StorePathHash;
-use nixmesh_protocol::wire::{AdvertMessage, AdvertPosition, encode_frame};
+use nixmesh_protocol::mesh_messages::{AdvertMessage, AdvertPosition, encode_frame};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};

@@ -9,7 +9,7 @@ use libp2p::{Multiaddr, PeerId};
 use nixmesh_node::adverts::{self, AdvertLog};
 use nixmesh_node::index::Index;
 use nixmesh_node::mesh::{DialTarget, Mesh};
-use nixmesh_node::shutdown::Shutdown;
+use nixmesh_node::node::shutdown::Shutdown;
 use nixmesh_protocol::StorePathHash;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -28,7 +28,7 @@ impl TestNode {
     async fn start(state: &std::path::Path) -> TestNode {
         let shutdown = Shutdown::new();
         let (events_tx, events) = mpsc::channel(64);
-        let keypair = nixmesh_node::identity::load_or_create(state).unwrap();
+        let keypair = nixmesh_node::local::identity::load_or_create(state).unwrap();
         let listen: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().unwrap();
         let mesh = Mesh::start(keypair, &[listen], events_tx, shutdown.clone()).unwrap();
         let index = Arc::new(Index::open(&state.join("index.redb")).unwrap());

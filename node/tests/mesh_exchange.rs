@@ -15,7 +15,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use nixmesh_node::discovery;
 use nixmesh_node::mesh::{Access, DialTarget, Mesh};
-use nixmesh_node::shutdown::Shutdown;
+use nixmesh_node::node::shutdown::Shutdown;
 use support::until;
 use tokio::sync::mpsc;
 use tokio::time::Instant;

@@ -22,7 +22,7 @@ use nixmesh_node::index::Index;
 use nixmesh_node::mesh::key::MeshKey;
 use nixmesh_node::mesh::{Access, DialTarget, Mesh};
 use nixmesh_node::node::RunningNode;
-use nixmesh_node::shutdown::Shutdown;
+use nixmesh_node::node::shutdown::Shutdown;
 use nixmesh_protocol::StorePathHash;
 use nixmesh_tests::http::get_one as get;
 use nixmesh_tests::{CacheKey, Host, HostStore, narinfo_url_path, wait_until};
@@ -78,7 +78,7 @@ impl MeshNode {
     async fn start(state: &Path, access: Access) -> MeshNode {
         let shutdown = Shutdown::new();
         let (events_tx, events) = mpsc::channel(64);
-        let keypair = nixmesh_node::identity::load_or_create(state).unwrap();
+        let keypair = nixmesh_node::local::identity::load_or_create(state).unwrap();
         let listen: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().unwrap();
         let mesh = Mesh::start_with(keypair, &[listen], access, events_tx, shutdown.clone())
             .expect("the mesh starts");
@@ -211,10 +211,14 @@ async fn the_allow_list_keeps_an_unlisted_peer_out_even_with_the_key() {
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let key = MeshKey::generate();
     // The ids first: the holder's allow-list names the member.
-    let member_id =
-        nixmesh_node::identity::load_or_create(dirs[1].path()).unwrap().public().to_peer_id();
-    let unlisted_id =
-        nixmesh_node::identity::load_or_create(dirs[2].path()).unwrap().public().to_peer_id();
+    let member_id = nixmesh_node::local::identity::load_or_create(dirs[1].path())
+        .unwrap()
+        .public()
+        .to_peer_id();
+    let unlisted_id = nixmesh_node::local::identity::load_or_create(dirs[2].path())
+        .unwrap()
+        .public()
+        .to_peer_id();
     let access = Access { key: Some(key.clone()), allow_peers: HashSet::from([member_id]) };
     let holder = MeshNode::start(dirs[0].path(), access).await;
     let member = MeshNode::start(dirs[1].path(), keyed(&key)).await;

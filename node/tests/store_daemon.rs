@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use futures::StreamExt;
-use nixmesh_node::store::{CHUNK_SIZE, PathInfo, Store, StoreAddress, StoreError};
+use nixmesh_node::local::store::{CHUNK_SIZE, PathInfo, Store, StoreAddress, StoreError};
 use nixmesh_protocol::{Sha256, StorePath, StorePathHash};
 use nixmesh_tests::{CacheKey, Host, HostStore};
 use serde_json::Value;

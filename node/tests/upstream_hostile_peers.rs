@@ -15,9 +15,9 @@ use libp2p::{PeerId, identity};
 use nixmesh_node::mesh::framed::{FrameLimits, MeshStream};
 use nixmesh_node::mesh::{DialTarget, Mesh};
 use nixmesh_node::node::RunningNode;
-use nixmesh_node::shutdown::Shutdown;
+use nixmesh_node::node::shutdown::Shutdown;
+use nixmesh_protocol::mesh_messages::{FETCH_PROTOCOL, FetchRequest, FetchResponse, MAX_FRAME_LEN};
 use nixmesh_protocol::signature::SigningKey;
-use nixmesh_protocol::wire::{FETCH_PROTOCOL, FetchRequest, FetchResponse, MAX_FRAME_LEN};
 use nixmesh_protocol::{NarInfo, Sha256, StorePath, StorePathHash};
 use nixmesh_tests::nginx::Nginx;
 use nixmesh_tests::{

@@ -19,9 +19,9 @@ use support::{fill_holder, in_namespace, namespaces_and_nix_ready, narinfo_and_n
 use libp2p::{Multiaddr, PeerId, identity};
 use nixmesh_node::mesh::framed::{FrameLimits, MeshStream};
 use nixmesh_node::mesh::{DialTarget, Mesh};
-use nixmesh_node::shutdown::Shutdown;
+use nixmesh_node::node::shutdown::Shutdown;
 use nixmesh_protocol::StorePath;
-use nixmesh_protocol::wire::{FETCH_PROTOCOL, FetchRequest, MAX_FRAME_LEN};
+use nixmesh_protocol::mesh_messages::{FETCH_PROTOCOL, FetchRequest, MAX_FRAME_LEN};
 use nixmesh_tests::http::get_all;
 use nixmesh_tests::{
     CacheKey, Closure, HostStore, Lan, Node, NodeOptions, narinfo_url_path, parse_narinfo,

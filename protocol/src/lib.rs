@@ -5,14 +5,14 @@
 
 pub mod content_address;
 pub mod hash;
+pub mod mesh_messages;
 pub mod nar;
 pub mod narinfo;
-pub mod nix_wire;
+pub mod nix_conf;
+pub mod nix_daemon;
 pub mod nixbase32;
-pub mod nixconf;
 pub mod signature;
 pub mod store_path;
-pub mod wire;
 
 pub use content_address::ContentAddress;
 pub use hash::{HashAlgo, NixHash, Sha256};

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::index::Index;
 use crate::mesh::{Mesh, PeerTable};
-use crate::shutdown::Shutdown;
+use crate::node::shutdown::Shutdown;
 
 /// How often the index is looked over, at most (shorter for short expiry times).
 const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(60);

@@ -17,13 +17,13 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use nixmesh_protocol::StorePathHash;
-use nixmesh_protocol::wire::AdvertPosition;
+use nixmesh_protocol::mesh_messages::AdvertPosition;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 
 use crate::index::Index;
 use crate::mesh::{Mesh, MeshEvent};
-use crate::shutdown::Shutdown;
+use crate::node::shutdown::Shutdown;
 
 /// Starts advertising both ways, until `shutdown`: peers' subscriptions are answered from the
 /// log returned (empty, of a new epoch; the caller keeps it current, as

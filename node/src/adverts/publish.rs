@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::PeerId;
-use nixmesh_protocol::wire::{
+use nixmesh_protocol::mesh_messages::{
     ADVERTS_PROTOCOL, AdvertMessage, AdvertPosition, AdvertRequest, MAX_HASHES_PER_FRAME,
     MAX_REQUEST_FRAME_LEN,
 };
@@ -16,10 +16,10 @@ use tracing::{debug, info, info_span, warn};
 
 use super::store_watch::StoreWatch;
 use super::{AdvertLog, CatchUp};
+use crate::local::store::Store;
 use crate::mesh::framed::{FrameError, FrameLimits, MeshStream};
 use crate::mesh::{Mesh, StreamLimits, serve_streams};
-use crate::shutdown::Shutdown;
-use crate::store::Store;
+use crate::node::shutdown::Shutdown;
 
 /// How long a subscriber may take to send its request, or to take one frame.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(30);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use libp2p::PeerId;
 use nixmesh_protocol::StorePathHash;
-use nixmesh_protocol::wire::{
+use nixmesh_protocol::mesh_messages::{
     ADVERTS_PROTOCOL, AdvertMessage, AdvertPosition, AdvertRequest, MAX_FRAME_LEN,
 };
 use thiserror::Error;
@@ -17,7 +17,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::index::{Index, IndexError};
 use crate::mesh::framed::{FrameError, FrameLimits, MeshStream};
 use crate::mesh::{Mesh, MeshEvent};
-use crate::shutdown::Shutdown;
+use crate::node::shutdown::Shutdown;
 
 /// How long to wait for the subscription request to go out.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

@@ -21,11 +21,11 @@ use std::time::Duration;
 use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
-use nixmesh_protocol::wire::peers::{
+use nixmesh_protocol::mesh_messages::peers::{
     MAX_PEER_LIST_FRAME_LEN, MAX_TOLD_ADDRESSES, MAX_TOLD_BYTES, MAX_TOLD_PEERS, PEERS_PROTOCOL,
     PeerList, PeersRequest, ToldPeer,
 };
-use nixmesh_protocol::wire::{MAX_REQUEST_FRAME_LEN, WireError};
+use nixmesh_protocol::mesh_messages::{MAX_REQUEST_FRAME_LEN, WireError};
 use thiserror::Error;
 use tokio::time::Instant;
 use tracing::{debug, debug_span};
@@ -34,7 +34,7 @@ use crate::mesh::framed::{FrameError, FrameLimits, MeshStream};
 use crate::mesh::share::Origin;
 use crate::mesh::streams::OpenStreamError;
 use crate::mesh::{DialTarget, Mesh, StreamLimits, serve_streams};
-use crate::shutdown::Shutdown;
+use crate::node::shutdown::Shutdown;
 
 /// How often each connected peer is asked again (a new peer is asked at once).
 pub const ASK_EVERY: Duration = Duration::from_secs(60);

@@ -23,7 +23,7 @@ use thiserror::Error;
 use tracing::{debug, info, warn};
 
 use crate::mesh::{DialTarget, Mesh};
-use crate::shutdown::Shutdown;
+use crate::node::shutdown::Shutdown;
 use records::{ID_KEY, Records};
 
 /// The most instances remembered (to forget their peers when they leave).

@@ -30,7 +30,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::Stream;
 use libp2p::PeerId;
-use nixmesh_protocol::wire::{
+use nixmesh_protocol::mesh_messages::{
     FETCH_PROTOCOL, FetchRequest, FetchResponse, MAX_FRAME_LEN, MAX_NARINFO_LEN, WireError,
 };
 use nixmesh_protocol::{Sha256, StorePathHash};

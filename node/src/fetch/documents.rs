@@ -4,8 +4,8 @@
 
 use bytes::{Bytes, BytesMut};
 use libp2p::PeerId;
+use nixmesh_protocol::mesh_messages::{FetchRequest, FetchResponse, MAX_BUILD_LOG_LEN};
 use nixmesh_protocol::nar::listing::MAX_LISTING_LEN;
-use nixmesh_protocol::wire::{FetchRequest, FetchResponse, MAX_BUILD_LOG_LEN};
 use nixmesh_protocol::{Sha256, StorePathHash};
 
 use super::NAR_CHUNK;

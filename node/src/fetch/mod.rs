@@ -12,6 +12,7 @@ pub mod client;
 mod documents;
 pub mod policy;
 pub mod server;
+pub mod traffic;
 
 use std::time::Duration;
 

@@ -20,8 +20,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use libp2p::PeerId;
+use nixmesh_protocol::mesh_messages::{
+    FETCH_PROTOCOL, FetchRequest, FetchResponse, MAX_REQUEST_FRAME_LEN,
+};
 use nixmesh_protocol::signature::{Signature, SigningKey};
-use nixmesh_protocol::wire::{FETCH_PROTOCOL, FetchRequest, FetchResponse, MAX_REQUEST_FRAME_LEN};
 use nixmesh_protocol::{NarInfo, StorePath, StorePathHash};
 use parking_lot::Mutex;
 use thiserror::Error;
@@ -30,13 +32,13 @@ use tracing::{debug, info, info_span, warn};
 
 use super::policy::{Refusals, ServingPolicy};
 use super::{FRAME_TIMEOUT, SESSION_IDLE};
+use crate::fetch::traffic::Traffic;
+use crate::local::store::listing::ListingFailed;
+use crate::local::store::{PathInfo, Store, StoreError, dump};
 use crate::mesh::framed::{FrameError, FrameLimits, FramedStream, MeshStream};
 use crate::mesh::share::Origin;
 use crate::mesh::{Mesh, PeerTable, StreamLimits, Turn, TurnLimits, Turns, serve_streams};
-use crate::shutdown::Shutdown;
-use crate::store::listing::ListingFailed;
-use crate::store::{PathInfo, Store, StoreError, dump};
-use crate::traffic::Traffic;
+use crate::node::shutdown::Shutdown;
 
 mod documents;
 mod relay;
@@ -73,7 +75,7 @@ const TURNS: TurnLimits =
 /// NARs sent at once. Each holds a blocking thread reading the store, or a daemon connection
 /// for its whole transfer; they get three quarters of the daemon pool, so the rest stays free
 /// for path info and store rescans.
-const MAX_NAR_TRANSFERS: usize = crate::store::MAX_ACTIVE * 3 / 4;
+const MAX_NAR_TRANSFERS: usize = crate::local::store::MAX_ACTIVE * 3 / 4;
 /// NAR transfers at once, in all, per peer and per origin (so that a third is always left for
 /// other machines, one of which is downloading what Nix's 16 substitution jobs ask), and how
 /// long a NAR request may wait for a slot before the peer is told to go elsewhere.
@@ -84,7 +86,7 @@ const NAR_TRANSFERS: TurnLimits = TurnLimits {
     max_wait: Duration::from_secs(10),
 };
 
-/// How a LAN client (`crate::lan`) is named where the provider logs what it did not serve.
+/// How a LAN client (`crate::substituter::lan`) is named where the provider logs what it did not serve.
 pub(crate) const LAN_CLIENT: &str = "a LAN client";
 
 /// Why this node could not give a path of its store, to a peer or a LAN client. Peers get
@@ -126,7 +128,7 @@ pub struct Provider {
 
 impl Provider {
     /// A provider for `store`; with `real_store_dir`, NARs are made from the files there
-    /// (see [`crate::store::dump`]), and asked of the daemon only for paths not found there.
+    /// (see [`crate::local::store::dump`]), and asked of the daemon only for paths not found there.
     pub fn new(
         store: Store,
         signing_key: Option<Arc<SigningKey>>,
@@ -146,7 +148,7 @@ impl Provider {
         }
     }
 
-    /// The provider, giving peers the build logs in `log_dir` (see [`crate::store::build_log`]).
+    /// The provider, giving peers the build logs in `log_dir` (see [`crate::local::store::build_log`]).
     pub fn serving_logs(self, log_dir: PathBuf) -> Self {
         Provider { log_dir: Some(Arc::from(log_dir)), ..self }
     }

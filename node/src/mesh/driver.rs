@@ -20,7 +20,7 @@ use super::access::{RefusalLog, refused_incoming, refused_outgoing};
 use super::dial::{Command, FIRST_REDIAL_BACKOFF, Wanted};
 use super::swarm::{Behaviour, BehaviourEvent};
 use super::{Access, MeshEvent, PeerTable, host_ip, is_reachable_address};
-use crate::shutdown::Shutdown;
+use crate::node::shutdown::Shutdown;
 
 /// How often silent peers are looked for and due redials made.
 const TICK: Duration = Duration::from_millis(500);
@@ -120,7 +120,7 @@ impl SwarmDriver {
             })) => {
                 let usable = info.listen_addrs.into_iter().filter(is_reachable_address);
                 self.peers.learned_addresses(peer_id, usable);
-                let name = crate::peer_name::from_agent_version(&info.agent_version);
+                let name = crate::mesh::peer_name::from_agent_version(&info.agent_version);
                 self.peers.named(peer_id, name);
             }
             _ => {}

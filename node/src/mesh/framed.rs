@@ -1,5 +1,5 @@
 //! [`FramedStream`]: one mesh stream with its read buffer, its deadlines and its frame limit,
-//! the one way the node reads and writes [`nixmesh_protocol::wire`] frames.
+//! the one way the node reads and writes [`nixmesh_protocol::mesh_messages`] frames.
 //!
 //! The frame format lives in `protocol`; this module only does the I/O, the way mini-redis's
 //! `Connection` owns its socket: bytes are read into a buffer, and a frame is decoded from it
@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use nixmesh_protocol::wire::{self, WireError};
+use nixmesh_protocol::mesh_messages::{self, WireError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use thiserror::Error;
@@ -46,7 +46,7 @@ pub struct FrameLimits {
     pub read: Duration,
     /// How long a write (and its flush) may take.
     pub write: Duration,
-    /// The longest frame body read (at most [`wire::MAX_FRAME_LEN`]).
+    /// The longest frame body read (at most [`mesh_messages::MAX_FRAME_LEN`]).
     pub max_frame: usize,
 }
 
@@ -95,14 +95,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> FramedStream<S> {
         }
         tokio::time::timeout(read, async {
             loop {
-                if let Some((message, used)) = wire::decode_frame(&self.buffer, max_frame)? {
+                if let Some((message, used)) = mesh_messages::decode_frame(&self.buffer, max_frame)?
+                {
                     self.buffer.advance(used);
                     return Ok(message);
                 }
                 let want = match self.buffer.get(..4) {
                     Some(header) => {
                         let header = header.try_into().expect("four bytes");
-                        4 + wire::frame_len(header, max_frame)? - self.buffer.len()
+                        4 + mesh_messages::frame_len(header, max_frame)? - self.buffer.len()
                     }
                     None => READ_AHEAD,
                 };
@@ -118,7 +119,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> FramedStream<S> {
 
     /// Writes and flushes one frame.
     pub async fn write<T: Serialize>(&mut self, message: &T) -> Result<(), FrameError> {
-        let frame = wire::encode_frame(message)?;
+        let frame = mesh_messages::encode_frame(message)?;
         let write = self.limits.write;
         tokio::time::timeout(write, async {
             self.stream.write_all(&frame).await?;
@@ -196,7 +197,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> FramedStream<S> {
 mod tests {
     use super::*;
     use nixmesh_protocol::StorePathHash;
-    use nixmesh_protocol::wire::{FetchRequest, FetchResponse};
+    use nixmesh_protocol::mesh_messages::{FetchRequest, FetchResponse};
 
     fn limits(t: Duration) -> FrameLimits {
         FrameLimits { idle: t, read: t, write: t, max_frame: 1024 }
@@ -231,7 +232,7 @@ mod tests {
         let body: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
         let sending = async {
             // Frame and raw bytes in one write, as they may arrive in one read.
-            let mut all = wire::encode_frame(&header).unwrap();
+            let mut all = mesh_messages::encode_frame(&header).unwrap();
             all.extend(&body);
             a.write_bytes(&all).await.unwrap();
             a.flush().await.unwrap();

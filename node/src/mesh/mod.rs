@@ -17,6 +17,7 @@ mod driver;
 pub mod framed;
 mod handshakes;
 pub mod key;
+pub mod peer_name;
 pub mod peers;
 pub mod private;
 mod read_ahead;
@@ -32,7 +33,7 @@ use libp2p::{Multiaddr, PeerId, StreamProtocol, identity};
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 
-use crate::shutdown::Shutdown;
+use crate::node::shutdown::Shutdown;
 
 pub use access::Access;
 use access::RefusalLog;

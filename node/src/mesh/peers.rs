@@ -23,7 +23,7 @@ pub struct PeerState {
     pub connections: u32,
     pub last_seen: Option<Instant>,
     pub rtt: Option<Duration>,
-    /// The name it gives itself (see [`crate::peer_name`]), sanitised.
+    /// The name it gives itself (see [`crate::mesh::peer_name`]), sanitised.
     pub name: Option<String>,
     /// The host its latest connection came from (or went to).
     pub host: Option<IpAddr>,

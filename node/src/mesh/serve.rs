@@ -20,7 +20,7 @@ use tracing::{Instrument, Span, debug, warn};
 
 use super::Mesh;
 use super::share::{Origin, PeerShare, PeerShares, Share, Shares};
-use crate::shutdown::Shutdown;
+use crate::node::shutdown::Shutdown;
 
 /// How many streams of one protocol are served at once, how many more may wait (each for at
 /// most `max_wait`) for a turn, and how many of all those one peer, and one origin, may have.

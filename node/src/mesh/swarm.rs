@@ -105,7 +105,7 @@ fn behaviour(key: &identity::Keypair, access: &Access) -> Behaviour {
         ),
         identify: identify::Behaviour::new(
             identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
-                .with_agent_version(crate::peer_name::agent_version()),
+                .with_agent_version(crate::mesh::peer_name::agent_version()),
         ),
         stream: streams::Behaviour::default(),
     }

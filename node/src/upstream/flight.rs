@@ -38,14 +38,14 @@ use sha2::Digest;
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
+use super::Holder;
 use super::checked::checked_from;
 use super::spool::{DownloadError, FailedDownload, Spool, SpoolError};
 use super::{Found, UpstreamError, Upstreams};
 use crate::fetch::FetchClient;
 use crate::fetch::server::{RelayError, RelayedBytes, UpstreamRelay};
+use crate::fetch::traffic::Traffic;
 use crate::mesh::Mesh;
-use crate::source::Holder;
-use crate::traffic::Traffic;
 
 /// How many claimers one NAR request tries before it gives up.
 pub const MAX_CLAIMERS: usize = 6;

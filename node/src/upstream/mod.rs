@@ -19,6 +19,7 @@ mod checked;
 pub mod compression;
 mod error;
 pub mod flight;
+mod holder;
 pub mod spool;
 
 use std::collections::HashMap;
@@ -33,7 +34,7 @@ use hyper::StatusCode;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use nixmesh_protocol::nixconf::SUBSTITUTERS;
+use nixmesh_protocol::nix_conf::SUBSTITUTERS;
 use nixmesh_protocol::{NarInfo, StorePathHash};
 use nixmesh_telemetry::Counter;
 use parking_lot::Mutex;
@@ -41,10 +42,11 @@ use serde::Serialize;
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
-use crate::nix_conf::{self, NixConfError};
+use crate::local::nix_settings::{self, NixConfError};
 pub use checked::NarMismatch;
 use compression::Compression;
 pub use error::{BadNarInfo, UpstreamError};
+pub use holder::Holder;
 
 /// How long an upstream's "not here" is believed. Short: a path may be pushed to the cache
 /// at any time, and Nix remembers our 404 for its own negative TTL on top.
@@ -83,7 +85,7 @@ pub fn resolve(
     let urls = match configured {
         Some(urls) => urls.to_vec(),
         None => {
-            let listed = nix_conf::read_list(&nix_conf::default_path(), &SUBSTITUTERS)?;
+            let listed = nix_settings::read_list(&nix_settings::default_path(), &SUBSTITUTERS)?;
             listed
                 .into_iter()
                 .filter(|url| {
@@ -366,7 +368,7 @@ impl Upstreams {
             StatusCode::NOT_FOUND | StatusCode::FORBIDDEN | StatusCode::GONE => return Ok(None),
             status => return Err(UpstreamError::Status { url: url.to_owned(), status }),
         }
-        let limit = nixmesh_protocol::wire::MAX_NARINFO_LEN;
+        let limit = nixmesh_protocol::mesh_messages::MAX_NARINFO_LEN;
         let body = http_body_util::Limited::new(response.into_body(), limit);
         let bytes = body.collect().await.map_err(|e| bad(BadNarInfo::Reading(Arc::from(e))))?;
         let text =

@@ -39,7 +39,7 @@ use tracing::{debug, warn};
 
 use super::checked::NarMismatch;
 use super::{NarBytes, UpstreamError};
-use crate::shutdown::Shutdown;
+use crate::node::shutdown::Shutdown;
 
 /// How long a finished NAR stays after it was last asked for.
 pub const KEEP_FOR: Duration = Duration::from_secs(600);

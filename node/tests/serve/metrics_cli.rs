@@ -91,7 +91,7 @@ fn metrics_status_and_peers_count_a_substitution_on_both_sides() {
     assert_eq!(json["requests"]["nars_sent"], paths);
     assert_eq!(json["peers_connected"], 1);
     let text = stdout_of(&[&["status"][..], &node].concat());
-    let name = nixmesh_node::peer_name::local().expect("this machine has a hostname");
+    let name = nixmesh_node::mesh::peer_name::local().expect("this machine has a hostname");
     for line in [
         format!("name:           {name}"),
         format!("peer id:        {}", n2.peer_id()),

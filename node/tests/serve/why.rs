@@ -20,7 +20,7 @@ fn why_says_what_would_be_served_and_why_not() {
         serde_json::from_str(&stdout_of(&["why", path, "--json", "--node", &url])).unwrap()
     };
     wait_until(DEADLINE, "node 2 to index node 1's paths", || why(&signed.top)["served"] == true);
-    let name = nixmesh_node::peer_name::local().expect("this machine has a hostname");
+    let name = nixmesh_node::mesh::peer_name::local().expect("this machine has a hostname");
 
     // A signed path: served, and why.
     let report = why(&signed.top);

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use nixmesh_node::config::ServeConfig;
 use nixmesh_node::mesh::framed::{FrameLimits, MeshStream};
 use nixmesh_protocol::StorePathHash;
-use nixmesh_protocol::wire::{FetchRequest, FetchResponse};
+use nixmesh_protocol::mesh_messages::{FetchRequest, FetchResponse};
 use nixmesh_tests::http::get_all;
 use nixmesh_tests::{
     CacheKey, Closure, CommandExt, Host, HostStore, narinfo_url_path, parse_narinfo, require_lan,

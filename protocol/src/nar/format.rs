@@ -1,5 +1,5 @@
 //! The pieces of the NAR grammar that the writer and the reader share: tokens and the rules
-//! for entry names and symlink targets. (Strings are framed as [`crate::nix_wire`] says.)
+//! for entry names and symlink targets. (Strings are framed as [`crate::nix_daemon`] says.)
 //!
 //! Nix's own parser (`src/libutil/archive.cc`) checks names but caps nothing; what Nix can
 //! actually dump or restore is bounded by the operating system: a name is at most `NAME_MAX`
@@ -37,7 +37,7 @@ pub const MAX_TARGET_LEN: usize = 4095;
 /// made exceeds this. It also bounds nesting: at most 2048 directories deep.
 pub const MAX_PATH_LEN: usize = 4095;
 
-pub(crate) use crate::nix_wire::padding_len;
+pub(crate) use crate::nix_daemon::padding_len;
 
 /// Why a directory entry name is not allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -108,7 +108,7 @@ mod tests {
     #[test]
     fn the_header_is_the_magic_as_a_string() {
         let mut header = Vec::new();
-        crate::nix_wire::put_bytes(&mut header, MAGIC);
+        crate::nix_daemon::put_bytes(&mut header, MAGIC);
         assert_eq!(header, NAR_HEADER);
     }
 

@@ -663,7 +663,7 @@ mod tests {
     fn raw(strings: &[&[u8]]) -> Vec<u8> {
         let mut out = Vec::new();
         for s in [&b"nix-archive-1"[..]].iter().chain(strings) {
-            crate::nix_wire::put_bytes(&mut out, s);
+            crate::nix_daemon::put_bytes(&mut out, s);
         }
         out
     }

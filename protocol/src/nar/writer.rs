@@ -13,7 +13,7 @@ use std::ops::{Deref, DerefMut};
 use thiserror::Error;
 
 use super::format::{self, MAX_PATH_LEN, NameError, TargetError};
-use crate::nix_wire;
+use crate::nix_daemon;
 
 /// Why the writer refused to go on. After any error but the validation ones
 /// ([`InvalidName`](Self::InvalidName), [`NotSorted`](Self::NotSorted),
@@ -78,11 +78,11 @@ impl Sink<'_> {
     }
 
     fn padding(&mut self, len: u64) -> Result<(), WriteError> {
-        nix_wire::write_padding(self.out, len).map_err(WriteError::Io)
+        nix_daemon::write_padding(self.out, len).map_err(WriteError::Io)
     }
 
     fn string(&mut self, s: &[u8]) -> Result<(), WriteError> {
-        nix_wire::write_bytes(self.out, s).map_err(WriteError::Io)
+        nix_daemon::write_bytes(self.out, s).map_err(WriteError::Io)
     }
 
     fn strings(&mut self, strings: &[&[u8]]) -> Result<(), WriteError> {
@@ -182,7 +182,7 @@ impl<'a, 'w> Node<'a, 'w> {
                 s.strings(&[format::EXECUTABLE, b""])?;
             }
             s.string(format::CONTENTS)?;
-            nix_wire::write_u64(s.out, size).map_err(WriteError::Io)?;
+            nix_daemon::write_u64(s.out, size).map_err(WriteError::Io)?;
             s.contents(size, contents)?;
             s.string(format::CLOSE)?;
             s.pending_node = false;
@@ -305,7 +305,7 @@ mod tests {
 
     fn s(bytes: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        nix_wire::put_bytes(&mut out, bytes);
+        nix_daemon::put_bytes(&mut out, bytes);
         out
     }
 

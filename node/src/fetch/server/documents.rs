@@ -5,16 +5,16 @@
 
 use bytes::Bytes;
 use libp2p::PeerId;
+use nixmesh_protocol::mesh_messages::{FetchResponse, MAX_BUILD_LOG_LEN};
 use nixmesh_protocol::nar::listing::{Listing, MAX_LISTING_LEN};
-use nixmesh_protocol::wire::{FetchResponse, MAX_BUILD_LOG_LEN};
 use nixmesh_protocol::{Sha256, StorePath, StorePathHash};
 use tracing::{debug, info};
 
 use super::{LAN_CLIENT, NAR_TRANSFERS, Plan, ProvideError, Provider};
+use crate::local::store::listing::{self, ListingFailed};
+use crate::local::store::{PathInfo, build_log};
 use crate::mesh::Turn;
 use crate::mesh::share::Origin;
-use crate::store::listing::{self, ListingFailed};
-use crate::store::{PathInfo, build_log};
 
 fn failed(message: String) -> FetchResponse {
     FetchResponse::Failed { message }
@@ -59,7 +59,7 @@ impl Provider {
         Ok(Plan::Document { answer, body: Bytes::from(body) })
     }
 
-    /// The listing of this store's `hash` for a LAN client (see `crate::lan`): `None` when the
+    /// The listing of this store's `hash` for a LAN client (see `crate::substituter::lan`): `None` when the
     /// store has no such path, another build of it, or may not serve it.
     pub(crate) async fn local_listing(
         &self,

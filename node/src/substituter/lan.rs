@@ -28,7 +28,8 @@ use crate::adverts::AdvertLog;
 use crate::fetch::Provider;
 use crate::fetch::policy::NamePattern;
 use crate::fetch::server::LAN_CLIENT;
-use crate::source::{Holder, MeshSource};
+use crate::substituter::mesh_source::MeshSource;
+use crate::upstream::Holder;
 
 /// Requests one LAN client host may have in flight: Nix's own client opens 25 connections.
 pub const PER_HOST: usize = 25;

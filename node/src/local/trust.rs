@@ -7,11 +7,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use nixmesh_protocol::nixconf::TRUSTED_PUBLIC_KEYS;
+use nixmesh_protocol::nix_conf::TRUSTED_PUBLIC_KEYS;
 use nixmesh_protocol::signature::{KeyError, SigningKey, TrustedKeys, VerifyingKey};
 use thiserror::Error;
 
-use crate::nix_conf::{self, NixConfError};
+use crate::local::nix_settings::{self, NixConfError};
 
 /// A key that could not be loaded.
 #[derive(Debug, Error)]
@@ -38,7 +38,7 @@ pub fn trusted_keys(flags: &[String], nix_conf: &Path) -> Result<TrustedKeys, Tr
     if !flags.is_empty() {
         return Ok(TrustedKeys::new(flags.iter().map(parse_flag).collect::<Result<_, _>>()?));
     }
-    let keys = nix_conf::read_list(nix_conf, &TRUSTED_PUBLIC_KEYS)?;
+    let keys = nix_settings::read_list(nix_conf, &TRUSTED_PUBLIC_KEYS)?;
     let parsed = keys.iter().map(|key| {
         VerifyingKey::parse(key).map_err(|source| TrustError::BadNixConfKey {
             path: nix_conf.to_owned(),

@@ -5,6 +5,9 @@
 //! make), and the parts only a whole node has (the provider, upstreams, the substituters)
 //! are started by the functions below it.
 
+pub mod shutdown;
+pub mod socket_activation;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -23,24 +26,26 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use self::shutdown::Shutdown;
 use crate::adverts::{self, AdvertLog, forget, publish};
 use crate::config::ServeConfig;
+use crate::discovery;
 use crate::fetch::policy::{NamePattern, Refusals, ServingPolicy};
+use crate::fetch::traffic::Traffic;
 use crate::fetch::{FetchClient, Provider};
 use crate::index::{Index, IndexError};
-use crate::lan::{LanListener, LanSource};
+use crate::local::identity;
+use crate::local::store::{Store, StoreAddress, StoreError};
+use crate::local::trust::{self, TrustError};
 use crate::mesh::key::{MeshKey, MeshKeyError};
 use crate::mesh::{Access, DialTarget, Mesh, MeshError, MeshEvent};
-use crate::shutdown::Shutdown;
-use crate::source::{Holder, MeshSource};
-use crate::store::{Store, StoreAddress, StoreError};
-use crate::traffic::Traffic;
-use crate::trust::{self, TrustError};
+use crate::substituter::lan::{LanListener, LanSource};
+use crate::substituter::mesh_source::MeshSource;
+use crate::substituter::status_view::MeshView;
+use crate::upstream::Holder;
 use crate::upstream::flight::{Flights, FlightsConfig};
 use crate::upstream::spool::{Spool, SpoolError};
 use crate::upstream::{UpstreamConfigError, Upstreams};
-use crate::view::MeshView;
-use crate::{discovery, identity, socket_activation};
 use nixmesh_localhttp::health::PeerHealth;
 
 /// The file name of the index in the state dir.
@@ -234,8 +239,10 @@ struct Keys {
 
 impl Keys {
     fn load(config: &ServeConfig) -> Result<Keys, NodeError> {
-        let trusted =
-            trust::trusted_keys(&config.trusted_public_keys, &crate::nix_conf::default_path())?;
+        let trusted = trust::trusted_keys(
+            &config.trusted_public_keys,
+            &crate::local::nix_settings::default_path(),
+        )?;
         if trusted.is_empty() {
             warn!("no trusted public keys: every narinfo from peers will be refused");
         }
@@ -387,7 +394,7 @@ impl Parts {
         if config.serve_logs {
             match &real_store_dir {
                 Some(dir) => {
-                    let logs = crate::store::build_log::log_dir_beside(dir);
+                    let logs = crate::local::store::build_log::log_dir_beside(dir);
                     info!(dir = %logs.display(), "giving peers the build logs there (serve_logs)");
                     provider = provider.serving_logs(logs);
                 }
@@ -420,7 +427,7 @@ impl Parts {
             index: self.index.clone(),
             log: self.log.clone(),
             traffic: self.traffic.clone(),
-            name: crate::peer_name::local(),
+            name: crate::mesh::peer_name::local(),
             trusted_keys: self.keys.trusted.keys().iter().map(|k| k.to_string()).collect(),
             signing_key: self.keys.signing.as_ref().map(|k| k.verifying_key().to_string()),
             flights: flights.clone(),

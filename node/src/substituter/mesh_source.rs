@@ -2,14 +2,12 @@
 //! [`nixmesh_localhttp::PathSource`] with the index for "who holds it" and the fetch client
 //! ([`crate::fetch::client`]) for the rest, and the upstream caches after every peer: a path
 //! no peer holds comes from upstream by way of the mesh's single flight
-//! ([`crate::upstream::flight`]). (What the status pages show is [`crate::view`].)
+//! ([`crate::upstream::flight`]). (What the status pages show is [`crate::substituter::status_view`].)
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::TryStreamExt;
-use libp2p::PeerId;
 use nixmesh_localhttp::{NarStream, PathSource, SourceError};
 use nixmesh_protocol::{Sha256, StorePath, StorePathHash};
 use tokio::time::Instant;
@@ -17,27 +15,11 @@ use tracing::debug;
 
 use crate::fetch::FetchClient;
 use crate::fetch::client::{FetchError, FetchFailure};
+use crate::fetch::traffic::Traffic;
 use crate::index::Index;
 use crate::mesh::Mesh;
-use crate::traffic::Traffic;
+use crate::upstream::Holder;
 use crate::upstream::flight::{Flights, upstream_failure};
-
-/// Where a path may come from: a peer that advertises it, or the upstream caches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Holder {
-    Peer(PeerId),
-    /// The upstream caches, by way of the NAR's claimer in the mesh.
-    Upstream,
-}
-
-impl fmt::Display for Holder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Holder::Peer(peer) => peer.fmt(f),
-            Holder::Upstream => f.write_str("upstream"),
-        }
-    }
-}
 
 /// The mesh behind the substituter.
 pub struct MeshSource {
@@ -208,6 +190,8 @@ impl PathSource for MeshSource {
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    use libp2p::PeerId;
 
     use super::*;
     use crate::fetch::client::Violation;

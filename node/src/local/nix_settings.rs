@@ -1,12 +1,12 @@
 //! Reading the local Nix's list settings (`trusted-public-keys`, `substituters`) as Nix
 //! does: the setting's default, then `nix.conf` (following its `include`s where they stand),
-//! then `$NIX_CONFIG`. The rules of each line are [`nixmesh_protocol::nixconf`]'s; this
+//! then `$NIX_CONFIG`. The rules of each line are [`nixmesh_protocol::nix_conf`]'s; this
 //! module does the file reading.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use nixmesh_protocol::nixconf::{ListLine, ListSetting, list_lines};
+use nixmesh_protocol::nix_conf::{ListLine, ListSetting, list_lines};
 use thiserror::Error;
 
 /// How deep `include`s in nix.conf may nest before we call it a loop.
@@ -71,7 +71,7 @@ fn apply_file(
 
 #[cfg(test)]
 mod tests {
-    use nixmesh_protocol::nixconf::{SUBSTITUTERS, TRUSTED_PUBLIC_KEYS};
+    use nixmesh_protocol::nix_conf::{SUBSTITUTERS, TRUSTED_PUBLIC_KEYS};
 
     use super::*;
 

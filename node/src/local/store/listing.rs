@@ -107,7 +107,7 @@ mod tests {
     use futures::TryStreamExt;
 
     use super::*;
-    use crate::store::dump;
+    use crate::local::store::dump;
 
     #[tokio::test]
     async fn the_listing_from_disk_is_the_one_read_from_its_nar() {

@@ -15,10 +15,10 @@ use tracing::warn;
 
 use crate::adverts::AdvertLog;
 use crate::fetch::policy::Refusals;
+use crate::fetch::traffic::Traffic;
 use crate::index::Index;
 use crate::mesh::Mesh;
-use crate::source::Holder;
-use crate::traffic::Traffic;
+use crate::upstream::Holder;
 use crate::upstream::flight::Flights;
 
 /// The node as `nixmesh status` and `nixmesh peers` see it.

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use nixmesh_protocol::StorePath;
 use thiserror::Error;
 
-use nixmesh_protocol::nix_wire::daemon::MIN_MINOR;
+use nixmesh_protocol::nix_daemon::worker_protocol::MIN_MINOR;
 
 /// A failed store operation.
 #[derive(Debug, Error)]

@@ -6,9 +6,9 @@
 //! writer's sink). Reading is the caller's I/O: it reads a length, asks [`check_len`] or
 //! [`check_count`] whether to go on *before* it allocates anything, reads the body and the
 //! padding, and asks [`check_padding`]; so a hostile peer or daemon cannot make it allocate
-//! more than the limit it chose. [`daemon`] holds the worker protocol's constants and requests.
+//! more than the limit it chose. [`worker_protocol`] holds the worker protocol's constants and requests.
 
-pub mod daemon;
+pub mod worker_protocol;
 
 use std::io::{self, Write};
 

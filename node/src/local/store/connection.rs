@@ -3,10 +3,10 @@
 //! we mirror, `daemon.cc` the server).
 //!
 //! The protocol's constants, version gates, bounds and requests are
-//! [`nixmesh_protocol::nix_wire::daemon`]'s; this is the I/O: sending requests and reading
+//! [`nixmesh_protocol::nix_daemon::worker_protocol`]'s; this is the I/O: sending requests and reading
 //! the answers, each length bounded before anything is allocated.
 //!
-//! The `daemon` fuzz target (`fuzz/src/daemon.rs`) compiles this file, with `wire.rs`,
+//! The `daemon` fuzz target (`fuzz/src/daemon.rs`) compiles this file, with `daemon_reader.rs`,
 //! `error.rs` and `path_info.rs`, on its own: it may use nothing else of the node.
 
 use std::io;
@@ -14,8 +14,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use nixmesh_protocol::nar::format::NAR_HEADER;
-use nixmesh_protocol::nix_wire::NixWireError;
-use nixmesh_protocol::nix_wire::daemon::{
+use nixmesh_protocol::nix_daemon::NixWireError;
+use nixmesh_protocol::nix_daemon::worker_protocol::{
     self, DAEMON_MAGIC, MAX_FIELDS, MAX_MINOR, MAX_PATHS, MAX_REFERENCES, MAX_SHORT_LEN,
     MAX_SIGNATURES, MAX_STORE_PATH_LEN, MAX_TEXT_LEN, MIN_MINOR, Op, PROTOCOL_MAJOR, since, stderr,
 };
@@ -24,7 +24,7 @@ use nixmesh_protocol::{Sha256, StorePath, StorePathHash};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tracing::{debug, trace};
 
-use super::wire::{self, ReadError};
+use super::daemon_reader::{self, ReadError};
 use super::{PathInfo, StoreError};
 
 /// A handshaken connection to a nix-daemon, between operations.
@@ -47,7 +47,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             minor: MAX_MINOR,
             daemon_version: None,
         };
-        conn.send(&daemon::hello()).await?;
+        conn.send(&worker_protocol::hello()).await?;
 
         let magic = conn.u64().await?;
         if magic != DAEMON_MAGIC {
@@ -67,7 +67,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
         conn.minor = minor.min(MAX_MINOR);
 
-        conn.send(&daemon::client_options(conn.minor)).await?;
+        conn.send(&worker_protocol::client_options(conn.minor)).await?;
         if conn.minor >= since::DAEMON_VERSION {
             conn.daemon_version = Some(conn.string("daemon Nix version", MAX_SHORT_LEN).await?);
         }
@@ -104,7 +104,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// a store path (the names are not kept: a node lists its whole store whenever it
     /// changes, and only the hashes are advertised).
     pub async fn query_all_valid_paths(&mut self) -> Result<Vec<StorePathHash>, StoreError> {
-        self.send(&daemon::request(Op::QueryAllValidPaths, None)).await?;
+        self.send(&worker_protocol::request(Op::QueryAllValidPaths, None)).await?;
         self.process_stderr().await?;
         self.path_list("valid paths", MAX_PATHS, StorePath::hash_of).await
     }
@@ -115,7 +115,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         hash: &StorePathHash,
     ) -> Result<Option<StorePath>, StoreError> {
         let hash_part = hash.to_string();
-        self.send(&daemon::request(Op::QueryPathFromHashPart, Some(&hash_part))).await?;
+        self.send(&worker_protocol::request(Op::QueryPathFromHashPart, Some(&hash_part))).await?;
         self.process_stderr().await?;
         let path = self.optional_path("path for a hash part").await?;
         match path {
@@ -130,7 +130,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         &mut self,
         path: &StorePath,
     ) -> Result<Option<PathInfo>, StoreError> {
-        self.send(&daemon::request(Op::QueryPathInfo, Some(&path.to_string()))).await?;
+        self.send(&worker_protocol::request(Op::QueryPathInfo, Some(&path.to_string()))).await?;
         self.process_stderr().await?;
         if !self.bool("valid flag").await? {
             return Ok(None);
@@ -164,7 +164,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// must read exactly the NAR's size minus [`NAR_HEADER`] with [`Self::read_raw`] before the
     /// connection can carry another operation.
     pub async fn start_nar_from_path(&mut self, path: &StorePath) -> Result<(), StoreError> {
-        self.send(&daemon::request(Op::NarFromPath, Some(&path.to_string()))).await?;
+        self.send(&worker_protocol::request(Op::NarFromPath, Some(&path.to_string()))).await?;
         self.process_stderr().await?;
         // A daemon that fails to read the path after STDERR_LAST (Nix 2.8 does this when the
         // path vanished) sends STDERR_ERROR in place of the NAR and hangs up.
@@ -292,27 +292,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     async fn u64(&mut self) -> Result<u64, StoreError> {
-        let result = wire::read_u64(&mut self.io).await;
+        let result = daemon_reader::read_u64(&mut self.io).await;
         result.map_err(|e| self.wire_err(e))
     }
 
     async fn bool(&mut self, what: &'static str) -> Result<bool, StoreError> {
-        let result = wire::read_bool(&mut self.io, what).await;
+        let result = daemon_reader::read_bool(&mut self.io, what).await;
         result.map_err(|e| self.wire_err(e))
     }
 
     async fn count(&mut self, what: &'static str, max: usize) -> Result<usize, StoreError> {
-        let result = wire::read_count(&mut self.io, what, max).await;
+        let result = daemon_reader::read_count(&mut self.io, what, max).await;
         result.map_err(|e| self.wire_err(e))
     }
 
     async fn string(&mut self, what: &'static str, max: usize) -> Result<String, StoreError> {
-        let result = wire::read_string(&mut self.io, what, max).await;
+        let result = daemon_reader::read_string(&mut self.io, what, max).await;
         result.map_err(|e| self.wire_err(e))
     }
 
     async fn text(&mut self, what: &'static str) -> Result<String, StoreError> {
-        let result = wire::read_text(&mut self.io, what, MAX_TEXT_LEN).await;
+        let result = daemon_reader::read_text(&mut self.io, what, MAX_TEXT_LEN).await;
         result.map_err(|e| self.wire_err(e))
     }
 
@@ -322,7 +322,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         max_count: usize,
         max_len: usize,
     ) -> Result<Vec<String>, StoreError> {
-        let result = wire::read_strings(&mut self.io, what, max_count, max_len).await;
+        let result = daemon_reader::read_strings(&mut self.io, what, max_count, max_len).await;
         result.map_err(|e| self.wire_err(e))
     }
 
@@ -357,7 +357,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let mut out = Vec::with_capacity(count.min(4096));
         let mut bytes = Vec::new();
         for _ in 0..count {
-            let read = wire::read_bytes_into(&mut self.io, what, MAX_STORE_PATH_LEN, &mut bytes);
+            let read =
+                daemon_reader::read_bytes_into(&mut self.io, what, MAX_STORE_PATH_LEN, &mut bytes);
             read.await.map_err(|e| self.wire_err(e))?;
             let text = std::str::from_utf8(&bytes)
                 .map_err(|_| self.wire_err(NixWireError::NotUtf8 { what }.into()))?;

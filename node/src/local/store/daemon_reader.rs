@@ -1,5 +1,5 @@
 //! Reading Nix's wire format off the daemon's socket: the I/O half of
-//! [`nixmesh_protocol::nix_wire`], which says what the bytes mean and what is acceptable.
+//! [`nixmesh_protocol::nix_daemon`], which says what the bytes mean and what is acceptable.
 //!
 //! Every length the daemon sends is checked against a limit given by the caller before
 //! anything is allocated, so a broken or hostile daemon cannot make us allocate more than that
@@ -7,7 +7,7 @@
 
 use std::io;
 
-use nixmesh_protocol::nix_wire::{self, NixWireError};
+use nixmesh_protocol::nix_daemon::{self, NixWireError};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -32,7 +32,7 @@ pub async fn read_bool<R: AsyncRead + Unpin>(
     r: &mut R,
     what: &'static str,
 ) -> Result<bool, ReadError> {
-    Ok(nix_wire::to_bool(read_u64(r).await?, what)?)
+    Ok(nix_daemon::to_bool(read_u64(r).await?, what)?)
 }
 
 /// Reads a byte string of at most `max` bytes and checks that its padding is zero.
@@ -54,14 +54,14 @@ pub async fn read_bytes_into<R: AsyncRead + Unpin>(
     max: usize,
     bytes: &mut Vec<u8>,
 ) -> Result<(), ReadError> {
-    let len = nix_wire::check_len(read_u64(r).await?, what, max)?;
+    let len = nix_daemon::check_len(read_u64(r).await?, what, max)?;
     bytes.clear();
     bytes.resize(len, 0);
     r.read_exact(bytes).await?;
     let mut pad = [0u8; 8];
-    let pad = &mut pad[..nix_wire::padding_len(len as u64)];
+    let pad = &mut pad[..nix_daemon::padding_len(len as u64)];
     r.read_exact(pad).await?;
-    nix_wire::check_padding(pad, what)?;
+    nix_daemon::check_padding(pad, what)?;
     Ok(())
 }
 
@@ -71,7 +71,7 @@ pub async fn read_string<R: AsyncRead + Unpin>(
     what: &'static str,
     max: usize,
 ) -> Result<String, ReadError> {
-    Ok(nix_wire::to_string(read_bytes(r, what, max).await?, what)?)
+    Ok(nix_daemon::to_string(read_bytes(r, what, max).await?, what)?)
 }
 
 /// Reads a string meant for people (log lines, error messages): invalid UTF-8 is replaced
@@ -91,7 +91,7 @@ pub async fn read_count<R: AsyncRead + Unpin>(
     what: &'static str,
     max: usize,
 ) -> Result<usize, ReadError> {
-    Ok(nix_wire::check_count(read_u64(r).await?, what, max)?)
+    Ok(nix_daemon::check_count(read_u64(r).await?, what, max)?)
 }
 
 /// Reads a list of at most `max_count` strings of at most `max_len` bytes each.
@@ -117,7 +117,7 @@ mod tests {
 
     use super::*;
 
-    use nixmesh_protocol::nix_wire::{put_bytes, put_u64};
+    use nixmesh_protocol::nix_daemon::{put_bytes, put_u64};
 
     fn encoded(bytes: &[u8]) -> Vec<u8> {
         let mut buf = Vec::new();

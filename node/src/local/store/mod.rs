@@ -4,7 +4,7 @@
 //! that knows which paths are valid, and talking to it works the same for the system store and
 //! for a test's chroot store. Layers, bottom up:
 //!
-//! - `wire`: the daemon's framing (`u64`s and padded strings), with a size limit on every
+//! - `daemon_reader`: the daemon's framing (`u64`s and padded strings), with a size limit on every
 //!   length it reads;
 //! - `connection`: one handshaken connection, the stderr message loop and the operations;
 //! - `pool`: a bounded set of connections, reused only after a completed operation;
@@ -15,13 +15,13 @@
 mod address;
 pub mod build_log;
 mod connection;
+mod daemon_reader;
 pub mod dump;
 mod error;
 pub mod listing;
 mod nar;
 mod path_info;
 mod pool;
-mod wire;
 
 use std::fmt;
 use std::sync::Arc;
@@ -34,7 +34,7 @@ use tracing::{Instrument, debug, debug_span, info};
 pub use address::{DEFAULT_SOCKET, SOCKET_ENV, StoreAddress};
 pub use error::StoreError;
 pub use nar::CHUNK_SIZE;
-pub use nixmesh_protocol::nix_wire::daemon::{MAX_MINOR, MIN_MINOR};
+pub use nixmesh_protocol::nix_daemon::worker_protocol::{MAX_MINOR, MIN_MINOR};
 pub use path_info::PathInfo;
 pub use pool::{MAX_ACTIVE, MAX_IDLE};
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
-use nixmesh_protocol::nix_wire::daemon::CLIENT_MAGIC;
-use nixmesh_protocol::nix_wire::{put_bytes, put_u64};
+use nixmesh_protocol::nix_daemon::worker_protocol::CLIENT_MAGIC;
+use nixmesh_protocol::nix_daemon::{put_bytes, put_u64};
 
 use super::*;
 
