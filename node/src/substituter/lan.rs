@@ -10,8 +10,9 @@
 //! Nix trusting cache.nixos.org needs no new key for what came from there.
 //!
 //! The listener has limits of its own, apart from the localhost listener's, so that LAN
-//! clients never take the machine's own Nix's permits and NAR slots; each client host has a
-//! share of it; with a mesh key, only the networks in `lan_allow` are answered (see
+//! clients never take the machine's own Nix's permits and NAR slots, and its work waits its
+//! turn while the machine's own Nix fetches ([`nixmesh_localhttp::local_first`]); each client
+//! host has a share of it; with a mesh key, only the networks in `lan_allow` are answered (see
 //! [`nixmesh_localhttp::client_hosts`]); it serves the cache alone, no status pages.
 
 use std::sync::Arc;
@@ -33,8 +34,10 @@ use crate::upstream::Holder;
 
 /// Requests one LAN client host may have in flight: Nix's own client opens 25 connections.
 pub const PER_HOST: usize = 25;
-/// The listener's share of the work the localhost listener may do at once (its narinfo
-/// permits and NAR slots): half, so the machine's own Nix always has the other half.
+/// The size of the listener's own pool of narinfo permits and NAR slots, against the
+/// localhost listener's: half. The pools are apart, so LAN clients never take the machine's
+/// own Nix's permits; that its Nix also goes first in CPU and in the holders' time is
+/// `Role::Lan`'s wait (`nixmesh_localhttp::local_first`).
 pub const SHARE_OF_LOCAL: usize = 2;
 
 /// How long a request right after the start waits for the local store's first listing.
