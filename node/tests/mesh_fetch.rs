@@ -8,19 +8,18 @@ mod support;
 use std::time::Duration;
 use support::nix_available;
 
-use libp2p::{PeerId, identity};
+use libp2p::PeerId;
 use nixmesh_node::config::ServeConfig;
 use nixmesh_node::mesh::framed::FrameLimits;
 use nixmesh_node::mesh::{DialTarget, Mesh};
 use nixmesh_node::node::RunningNode;
 use nixmesh_node::shutdown::Shutdown;
 use nixmesh_protocol::signature::SigningKey;
-use nixmesh_protocol::wire::{FETCH_PROTOCOL, FetchRequest, FetchResponse, MAX_FRAME_LEN};
+use nixmesh_protocol::wire::{FetchRequest, FetchResponse, MAX_FRAME_LEN};
 use nixmesh_protocol::{NarInfo, Sha256, StorePath, StorePathHash};
 use nixmesh_tests::{Host, HostStore, unique_marker, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
-use tokio::sync::mpsc;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -74,16 +73,8 @@ impl Setup {
         let address = runtime.block_on(node.p2p_addresses())[0].clone();
 
         let stop_client = Shutdown::new();
-        let (events, mut events_rx) = mpsc::channel(16);
         let client = runtime.block_on(async {
-            let mesh = Mesh::start(
-                identity::Keypair::generate_ed25519(),
-                &[],
-                events,
-                stop_client.clone(),
-            )
-            .expect("a client mesh");
-            tokio::spawn(async move { while events_rx.recv().await.is_some() {} });
+            let mesh = support::client_mesh(&stop_client);
             mesh.want(DialTarget::from_multiaddr(address)).await;
             mesh
         });
@@ -121,8 +112,7 @@ impl Setup {
     }
 
     async fn open(&self) -> libp2p::Stream {
-        let protocol = Mesh::protocol(FETCH_PROTOCOL);
-        self.client.control().open_stream(self.server, protocol).await.expect("a fetch stream")
+        support::open_fetch(&self.client, self.server).await
     }
 }
 
