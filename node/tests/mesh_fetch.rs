@@ -107,12 +107,9 @@ impl Setup {
                 write: DEADLINE,
                 max_frame: MAX_FRAME_LEN,
             };
-            support::ask_once(self.open().await, limits, request).await
+            let stream = support::open_fetch(&self.client, self.server).await;
+            support::ask_once(stream, limits, request).await
         })
-    }
-
-    async fn open(&self) -> libp2p::Stream {
-        support::open_fetch(&self.client, self.server).await
     }
 }
 
@@ -248,7 +245,7 @@ fn hostile_request_frames_are_cut_off_and_the_node_goes_on() {
     ];
     for bytes in garbage {
         let answered = setup.runtime.block_on(async {
-            let mut stream = setup.open().await.compat();
+            let mut stream = support::open_fetch(&setup.client, setup.server).await.compat();
             stream.write_all(bytes).await.unwrap();
             stream.flush().await.unwrap();
             // The node closes the stream without an answer (for the frame that never ends,

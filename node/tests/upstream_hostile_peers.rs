@@ -134,11 +134,9 @@ impl Setup {
             nar_hash: narinfo.nar_hash,
             offset: 0,
         };
-        self.runtime.block_on(async { ask_once(self.open().await, LIMITS, &request).await })
-    }
-
-    async fn open(&self) -> libp2p::Stream {
-        open_fetch(&self.peer, self.node_id()).await
+        self.runtime.block_on(async {
+            ask_once(open_fetch(&self.peer, self.node_id()).await, LIMITS, &request).await
+        })
     }
 
     /// A path of the source's store holding `contents` (and a marker), whose narinfo the
@@ -321,7 +319,8 @@ fn forty_relays_dropped_at_once_cost_one_download_that_stops() {
     };
     setup.runtime.block_on(async {
         for _ in 0..40 {
-            let mut stream = MeshStream::mesh(setup.open().await, LIMITS);
+            let mut stream =
+                MeshStream::mesh(open_fetch(&setup.peer, setup.node_id()).await, LIMITS);
             stream.write(&request).await.unwrap();
             // Dropped at once: reset.
         }
