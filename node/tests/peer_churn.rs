@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use support::holder_lan::{HolderKnown, HolderLan};
 use support::{in_namespace, namespaces_and_nix_ready};
 
+use nixmesh_tests::signed_lan::lists_connected;
 use nixmesh_tests::{CommandExt, Node, NodeOptions, narinfo_url_path, parse_narinfo, poll_every};
 
 /// What a restarted node may take to serve a quiet holder's paths again (the acceptance
@@ -54,10 +55,7 @@ impl HolderLan {
 
     /// Whether host 2's node lists host 1's as connected.
     fn reconnected(&self) -> bool {
-        let peers = self.nodes[1].peers();
-        peers.as_array().is_some_and(|peers| {
-            peers.iter().any(|p| p["id"] == self.holder_id.as_str() && p["connected"] == true)
-        })
+        lists_connected(&self.nodes[1].peers(), &self.holder_id)
     }
 }
 
