@@ -11,13 +11,11 @@ mod support;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use nixmesh_node::discovery;
 use nixmesh_node::mesh::{Access, DialTarget, Mesh};
 use nixmesh_node::node::shutdown::Shutdown;
-use support::until;
-use tokio::sync::mpsc;
+use support::{dial_address, mesh_without_events, until};
 use tokio::time::Instant;
 
 /// How long nodes told of each other may take to connect (asked within a second of
@@ -34,12 +32,8 @@ struct ExchangeNode {
 impl ExchangeNode {
     fn start(keypair: libp2p::identity::Keypair, access: Access) -> ExchangeNode {
         let shutdown = Shutdown::new();
-        // Peer events are not needed here; a large channel that nobody reads would fill up.
-        let (events_tx, mut events) = mpsc::channel(64);
-        shutdown.spawn_until_stopped(async move { while events.recv().await.is_some() {} });
         let listen: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().unwrap();
-        let mesh = Mesh::start_with(keypair, &[listen], access, events_tx, shutdown.clone())
-            .expect("the mesh starts");
+        let mesh = mesh_without_events(keypair, &[listen], access, &shutdown);
         discovery::start(&mesh, false, &shutdown);
         ExchangeNode { mesh, shutdown }
     }
@@ -49,9 +43,7 @@ impl ExchangeNode {
     }
 
     async fn address(&self) -> Multiaddr {
-        let mut addresses = self.mesh.listen_addresses();
-        let address = addresses.wait_for(|a| !a.is_empty()).await.unwrap()[0].clone();
-        address.with(Protocol::P2p(self.id()))
+        dial_address(&self.mesh).await
     }
 
     fn connected_to(&self, other: &ExchangeNode) -> bool {

@@ -8,19 +8,18 @@ mod support;
 use std::time::Duration;
 use support::nix_available;
 
-use libp2p::{PeerId, identity};
+use libp2p::PeerId;
 use nixmesh_node::config::ServeConfig;
 use nixmesh_node::mesh::framed::FrameLimits;
 use nixmesh_node::mesh::{DialTarget, Mesh};
 use nixmesh_node::node::RunningNode;
 use nixmesh_node::node::shutdown::Shutdown;
-use nixmesh_protocol::mesh_messages::{FETCH_PROTOCOL, FetchRequest, FetchResponse, MAX_FRAME_LEN};
+use nixmesh_protocol::mesh_messages::{FetchRequest, FetchResponse, MAX_FRAME_LEN};
 use nixmesh_protocol::signature::SigningKey;
 use nixmesh_protocol::{NarInfo, Sha256, StorePath, StorePathHash};
 use nixmesh_tests::{Host, HostStore, unique_marker, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
-use tokio::sync::mpsc;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -74,16 +73,8 @@ impl Setup {
         let address = runtime.block_on(node.p2p_addresses())[0].clone();
 
         let stop_client = Shutdown::new();
-        let (events, mut events_rx) = mpsc::channel(16);
         let client = runtime.block_on(async {
-            let mesh = Mesh::start(
-                identity::Keypair::generate_ed25519(),
-                &[],
-                events,
-                stop_client.clone(),
-            )
-            .expect("a client mesh");
-            tokio::spawn(async move { while events_rx.recv().await.is_some() {} });
+            let mesh = support::client_mesh(&stop_client);
             mesh.want(DialTarget::from_multiaddr(address)).await;
             mesh
         });
@@ -116,13 +107,9 @@ impl Setup {
                 write: DEADLINE,
                 max_frame: MAX_FRAME_LEN,
             };
-            support::ask_once(self.open().await, limits, request).await
+            let stream = support::open_fetch(&self.client, self.server).await;
+            support::ask_once(stream, limits, request).await
         })
-    }
-
-    async fn open(&self) -> libp2p::Stream {
-        let protocol = Mesh::protocol(FETCH_PROTOCOL);
-        self.client.control().open_stream(self.server, protocol).await.expect("a fetch stream")
     }
 }
 
@@ -258,7 +245,7 @@ fn hostile_request_frames_are_cut_off_and_the_node_goes_on() {
     ];
     for bytes in garbage {
         let answered = setup.runtime.block_on(async {
-            let mut stream = setup.open().await.compat();
+            let mut stream = support::open_fetch(&setup.client, setup.server).await.compat();
             stream.write_all(bytes).await.unwrap();
             stream.flush().await.unwrap();
             // The node closes the stream without an answer (for the frame that never ends,

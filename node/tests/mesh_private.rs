@@ -10,24 +10,18 @@ mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
-use libp2p::{Multiaddr, PeerId};
-use nixmesh_node::adverts::{self, AdvertLog};
-use nixmesh_node::index::Index;
+use nixmesh_node::mesh::Access;
 use nixmesh_node::mesh::key::MeshKey;
-use nixmesh_node::mesh::{Access, DialTarget, Mesh};
 use nixmesh_node::node::RunningNode;
-use nixmesh_node::node::shutdown::Shutdown;
-use nixmesh_protocol::StorePathHash;
 use nixmesh_tests::http::get_one as get;
 use nixmesh_tests::{CacheKey, Host, HostStore, narinfo_url_path, wait_until};
-use support::{loopback_config, nix_available};
-use tokio::sync::mpsc;
+use support::{AdvertNode, hashes, loopback_config, nix_available, status, until_explained};
 use tokio::time::Instant;
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -66,70 +60,13 @@ fn capture_logs() {
     let _ = logs();
 }
 
-/// A mesh with what advertising needs: an advert log, and subscriptions into an index.
-struct MeshNode {
-    mesh: Mesh,
-    log: Arc<AdvertLog>,
-    index: Arc<Index>,
-    shutdown: Shutdown,
-}
-
-impl MeshNode {
-    async fn start(state: &Path, access: Access) -> MeshNode {
-        let shutdown = Shutdown::new();
-        let (events_tx, events) = mpsc::channel(64);
-        let keypair = nixmesh_node::local::identity::load_or_create(state).unwrap();
-        let listen: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().unwrap();
-        let mesh = Mesh::start_with(keypair, &[listen], access, events_tx, shutdown.clone())
-            .expect("the mesh starts");
-        let index = Arc::new(Index::open(&state.join("index.redb")).unwrap());
-        let log = adverts::start(&mesh, index.clone(), events, &shutdown);
-        MeshNode { mesh, log, index, shutdown }
-    }
-
-    fn id(&self) -> PeerId {
-        self.mesh.local_peer_id()
-    }
-
-    async fn address(&self) -> Multiaddr {
-        let mut addresses = self.mesh.listen_addresses();
-        let address = addresses.wait_for(|a| !a.is_empty()).await.unwrap()[0].clone();
-        address.with(Protocol::P2p(self.id()))
-    }
-
-    /// Keeps dialling `other`.
-    async fn dial(&self, other: &MeshNode) {
-        self.mesh.want(DialTarget::from_multiaddr(other.address().await)).await;
-    }
-
-    async fn stop(self) {
-        assert!(self.shutdown.stop(Duration::from_secs(10)).await, "every task ended");
-    }
-}
-
 fn keyed(key: &MeshKey) -> Access {
     Access { key: Some(key.clone()), ..Access::default() }
 }
 
-fn hashes(n: u32) -> Vec<StorePathHash> {
-    (0..n)
-        .map(|i| {
-            let mut h = [0u8; 20];
-            h[..4].copy_from_slice(&i.to_be_bytes());
-            StorePathHash(h)
-        })
-        .collect()
-}
-
-async fn until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !condition() {
-        if Instant::now() >= deadline {
-            let refusals = log_lines_with(&["refused"]).join("\n");
-            panic!("timed out waiting until {what}; the refusals logged:\n{refusals}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// What the nodes logged of the connections they refused, for a failure's message.
+fn refusals() -> String {
+    format!("; the refusals logged:\n{}", log_lines_with(&["refused"]).join("\n"))
 }
 
 /// Checks `condition` every 20 ms for `watch`: it must hold each time.
@@ -159,12 +96,12 @@ async fn nodes_without_the_mesh_key_never_connect_and_are_logged_as_refused() {
     capture_logs();
     let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let key = MeshKey::generate();
-    let holder = MeshNode::start(dirs[0].path(), keyed(&key)).await;
-    let member = MeshNode::start(dirs[1].path(), keyed(&key)).await;
-    let keyless = MeshNode::start(dirs[2].path(), Access::default()).await;
-    let other_key = MeshNode::start(dirs[3].path(), keyed(&MeshKey::generate())).await;
+    let holder = AdvertNode::start(dirs[0].path(), keyed(&key)).await;
+    let member = AdvertNode::start(dirs[1].path(), keyed(&key)).await;
+    let keyless = AdvertNode::start(dirs[2].path(), Access::default()).await;
+    let other_key = AdvertNode::start(dirs[3].path(), keyed(&MeshKey::generate())).await;
     assert!(holder.mesh.is_private() && !keyless.mesh.is_private());
-    holder.log.update(hashes(100));
+    holder.log.update(hashes(0..100));
     for node in [&member, &keyless, &other_key] {
         node.dial(&holder).await;
     }
@@ -172,21 +109,35 @@ async fn nodes_without_the_mesh_key_never_connect_and_are_logged_as_refused() {
     holder.dial(&keyless).await;
 
     let holder_id = holder.id();
-    until("the member indexes the holder's paths", || member.index.path_count(&holder_id) == 100)
-        .await;
-    let holder_address = holder.address().await;
-    until("the holder logs the keyless node refused", || {
-        refused_on(&holder_address, "pnet handshake: the peer has no mesh key")
-    })
+    until_explained(
+        "the member indexes the holder's paths",
+        DEADLINE,
+        || member.index.path_count(&holder_id) == 100,
+        refusals,
+    )
     .await;
-    until("the holder logs the other key refused", || {
-        refused_on(&holder_address, "pnet handshake: the peer has another mesh key")
-    })
+    let holder_address = holder.address().await;
+    until_explained(
+        "the holder logs the keyless node refused",
+        DEADLINE,
+        || refused_on(&holder_address, "pnet handshake: the peer has no mesh key"),
+        refusals,
+    )
+    .await;
+    until_explained(
+        "the holder logs the other key refused",
+        DEADLINE,
+        || refused_on(&holder_address, "pnet handshake: the peer has another mesh key"),
+        refusals,
+    )
     .await;
     let to_keyless = format!("refused a connection to {}", without_peer(&keyless.address().await));
-    until("the holder logs its own dial of the keyless node refused", || {
-        !log_lines_with(&[&to_keyless, "pnet handshake"]).is_empty()
-    })
+    until_explained(
+        "the holder logs its own dial of the keyless node refused",
+        DEADLINE,
+        || !log_lines_with(&[&to_keyless, "pnet handshake"]).is_empty(),
+        refusals,
+    )
     .await;
 
     // Those refused never connected, so they know nothing of the holder's paths.
@@ -194,7 +145,7 @@ async fn nodes_without_the_mesh_key_never_connect_and_are_logged_as_refused() {
         assert!(!node.mesh.peers().is_connected(&holder_id));
         assert_eq!(node.mesh.peers().connected_count(), 0);
         assert_eq!(node.index.path_count(&holder_id), 0);
-        assert!(node.index.holders(&hashes(1)[0]).unwrap().is_empty());
+        assert!(node.index.holders(&hashes(0..1)[0]).unwrap().is_empty());
     }
     assert!(!holder.mesh.peers().is_connected(&keyless.id()));
     assert!(!holder.mesh.peers().is_connected(&other_key.id()));
@@ -220,24 +171,32 @@ async fn the_allow_list_keeps_an_unlisted_peer_out_even_with_the_key() {
         .public()
         .to_peer_id();
     let access = Access { key: Some(key.clone()), allow_peers: HashSet::from([member_id]) };
-    let holder = MeshNode::start(dirs[0].path(), access).await;
-    let member = MeshNode::start(dirs[1].path(), keyed(&key)).await;
-    let unlisted = MeshNode::start(dirs[2].path(), keyed(&key)).await;
+    let holder = AdvertNode::start(dirs[0].path(), access).await;
+    let member = AdvertNode::start(dirs[1].path(), keyed(&key)).await;
+    let unlisted = AdvertNode::start(dirs[2].path(), keyed(&key)).await;
     assert_eq!(unlisted.id(), unlisted_id);
-    holder.log.update(hashes(50));
+    holder.log.update(hashes(0..50));
     member.dial(&holder).await;
     unlisted.dial(&holder).await;
     // Asked to dial the unlisted peer, the holder does not.
     holder.dial(&unlisted).await;
 
     let holder_id = holder.id();
-    until("the member indexes the holder's paths", || member.index.path_count(&holder_id) == 50)
-        .await;
+    until_explained(
+        "the member indexes the holder's paths",
+        DEADLINE,
+        || member.index.path_count(&holder_id) == 50,
+        refusals,
+    )
+    .await;
     let holder_address = holder.address().await;
     let not_allowed = format!("peer {unlisted_id} is not in the allow list");
-    until("the holder logs the unlisted peer refused", || {
-        refused_on(&holder_address, &not_allowed)
-    })
+    until_explained(
+        "the holder logs the unlisted peer refused",
+        DEADLINE,
+        || refused_on(&holder_address, &not_allowed),
+        refusals,
+    )
     .await;
     // Watched a while on top, for any advert that could slip through.
     stays("the unlisted peer knows none of the holder's paths", Duration::from_secs(1), || {
@@ -250,10 +209,6 @@ async fn the_allow_list_keeps_an_unlisted_peer_out_even_with_the_key() {
     for node in [holder, member, unlisted] {
         node.stop().await;
     }
-}
-
-fn status(address: SocketAddr) -> serde_json::Value {
-    serde_json::from_slice(&get(address, "/_nixmesh/status").1).unwrap()
 }
 
 /// The acceptance test of the issue, with whole nodes on real stores: a node without the mesh

@@ -15,14 +15,12 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use support::{fill_holder, in_namespace, namespaces_and_nix_ready};
+use support::holder_lan::{HolderKnown, HolderLan};
+use support::{in_namespace, namespaces_and_nix_ready};
 
-use nixmesh_tests::{
-    CacheKey, Closure, CommandExt, HostStore, Lan, Node, NodeOptions, narinfo_url_path,
-    parse_narinfo, poll_every, wait_until,
-};
+use nixmesh_tests::signed_lan::lists_connected;
+use nixmesh_tests::{CommandExt, Node, NodeOptions, narinfo_url_path, parse_narinfo, poll_every};
 
-const DISCOVERY_LIMIT: Duration = Duration::from_secs(60);
 /// What a restarted node may take to serve a quiet holder's paths again (the acceptance
 /// point's bound).
 const REJOIN_LIMIT: Duration = Duration::from_secs(10);
@@ -40,44 +38,11 @@ const FLOOD_PER_ADDRESS: usize = 12;
 /// The flood's bound in time, whatever the test does meanwhile.
 const FLOOD_LIMIT: Duration = Duration::from_secs(60);
 
-/// A LAN whose host 1 holds `probes` (signed) and a file of 1 MiB, and whose host 2's node
-/// knows host 1's as a static peer (so that it dials it as soon as it starts) and offers
-/// its paths.
-struct HolderLan {
-    nodes: Vec<Node>,
-    stores: Vec<HostStore>,
-    probes: Closure,
-    big_path: String,
-    options: NodeOptions,
-    /// Host 1's node's peer id (asked once: a frozen node answers nothing).
-    holder_id: String,
-    lan: Lan,
-}
+/// The holder's file: 1 MiB.
+const BIG_BYTES: u32 = 1 << 20;
 
+/// What these tests do with a holder LAN whose host 2's node knows host 1's as a static peer.
 impl HolderLan {
-    fn new(hosts: usize, paths: usize) -> HolderLan {
-        let lan = Lan::new(hosts);
-        let stores: Vec<HostStore> = lan.hosts()[..2].iter().map(HostStore::start).collect();
-        let key = CacheKey::generate(lan.dir(), "churn-1");
-        let (probes, big_path) = fill_holder(&stores[0], &key, paths, "big-churn", 1 << 20);
-        let mut options = NodeOptions {
-            trusted_keys: vec![key.public.clone()],
-            log_filter: "info".to_owned(),
-            ..Default::default()
-        };
-        let holder = Node::start(stores[0].host(), &stores[0], &options);
-        let holder_id = holder.peer_id();
-        options.peers =
-            vec![format!("/ip4/{}/tcp/7374/p2p/{}", lan.hosts()[0].address(), holder_id)];
-        let other = Node::start(stores[1].host(), &stores[1], &options);
-        let nodes = vec![holder, other];
-        wait_until(DISCOVERY_LIMIT, "host 2's node to offer host 1's paths", || {
-            let wanted = [probes.top.clone(), big_path.clone()];
-            nodes[1].narinfo_statuses(&wanted).iter().all(|&s| s == 200)
-        });
-        HolderLan { nodes, stores, probes, big_path, options, holder_id, lan }
-    }
-
     /// Starts host 2's node again as the same node (its identity), with what is left of
     /// its state.
     fn restart_other(&mut self) {
@@ -90,10 +55,7 @@ impl HolderLan {
 
     /// Whether host 2's node lists host 1's as connected.
     fn reconnected(&self) -> bool {
-        let peers = self.nodes[1].peers();
-        peers.as_array().is_some_and(|peers| {
-            peers.iter().any(|p| p["id"] == self.holder_id.as_str() && p["connected"] == true)
-        })
+        lists_connected(&self.nodes[1].peers(), &self.holder_id)
     }
 }
 
@@ -102,7 +64,7 @@ fn a_node_killed_twice_and_restarted_with_an_empty_index_serves_a_quiet_holder_i
     if !namespaces_and_nix_ready() {
         return;
     }
-    let mut lan = HolderLan::new(2, 20);
+    let mut lan = HolderLan::new(2, 20, BIG_BYTES, HolderKnown::AsStaticPeer);
     let paths: Vec<String> = lan.probes.paths.clone();
     // The holder's store does not change from here on: nothing it writes would show a
     // subscriber's slot to be dead.
@@ -161,7 +123,7 @@ fn a_restarted_peer_reconnects_within_5_s_through_a_handshake_flood_from_64_addr
         return;
     }
     // Host 1 holds, host 2's node restarts, host 3 floods from 64 addresses.
-    let mut lan = HolderLan::new(3, 5);
+    let mut lan = HolderLan::new(3, 5, BIG_BYTES, HolderKnown::AsStaticPeer);
     let flooder = lan.lan.hosts()[2].clone();
     let mut addresses = vec![flooder.address()];
     for n in 1..FLOOD_ADDRESSES {
@@ -233,7 +195,7 @@ fn a_nar_request_on_a_frozen_holder_is_answered_within_1_s_of_its_disconnection(
     if !namespaces_and_nix_ready() {
         return;
     }
-    let lan = HolderLan::new(2, 1);
+    let lan = HolderLan::new(2, 1, BIG_BYTES, HolderKnown::AsStaticPeer);
     let (status, body) = lan.nodes[1].http_get(&narinfo_url_path(&lan.big_path));
     assert_eq!(status, 200, "the narinfo of the holder's file");
     let narinfo = parse_narinfo(&body);

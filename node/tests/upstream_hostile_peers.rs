@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use libp2p::{PeerId, identity};
+use libp2p::PeerId;
 use nixmesh_node::mesh::framed::{FrameLimits, MeshStream};
 use nixmesh_node::mesh::{DialTarget, Mesh};
 use nixmesh_node::node::RunningNode;
@@ -24,9 +24,8 @@ use nixmesh_tests::{
     CacheKey, Host, HostStore, free_loopback_port, require_tool, unique_marker, wait_until,
 };
 use sha2::Digest;
-use support::{ask_once, loopback_config, nix_available};
+use support::{ask_once, client_mesh, loopback_config, nix_available, open_fetch};
 use tokio::runtime::Runtime;
-use tokio::sync::mpsc;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 const LIMITS: FrameLimits =
@@ -82,12 +81,8 @@ impl Setup {
         let answers = Answers::default();
         let stop_peer = Shutdown::new();
         let peer = runtime.block_on(async {
-            let (events, mut events_rx) = mpsc::channel(16);
             // An identity of the peer's own; the paths are chosen so that it claims them.
-            let mesh =
-                Mesh::start(identity::Keypair::generate_ed25519(), &[], events, stop_peer.clone())
-                    .expect("the peer's mesh");
-            tokio::spawn(async move { while events_rx.recv().await.is_some() {} });
+            let mesh = client_mesh(&stop_peer);
             serve_answers(&mesh, answers.clone());
             mesh.want(DialTarget::from_multiaddr(address)).await;
             mesh
@@ -139,12 +134,9 @@ impl Setup {
             nar_hash: narinfo.nar_hash,
             offset: 0,
         };
-        self.runtime.block_on(async { ask_once(self.open().await, LIMITS, &request).await })
-    }
-
-    async fn open(&self) -> libp2p::Stream {
-        let protocol = Mesh::protocol(FETCH_PROTOCOL);
-        self.peer.control().open_stream(self.node_id(), protocol).await.expect("a fetch stream")
+        self.runtime.block_on(async {
+            ask_once(open_fetch(&self.peer, self.node_id()).await, LIMITS, &request).await
+        })
     }
 
     /// A path of the source's store holding `contents` (and a marker), whose narinfo the
@@ -327,7 +319,8 @@ fn forty_relays_dropped_at_once_cost_one_download_that_stops() {
     };
     setup.runtime.block_on(async {
         for _ in 0..40 {
-            let mut stream = MeshStream::mesh(setup.open().await, LIMITS);
+            let mut stream =
+                MeshStream::mesh(open_fetch(&setup.peer, setup.node_id()).await, LIMITS);
             stream.write(&request).await.unwrap();
             // Dropped at once: reset.
         }

@@ -14,26 +14,23 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use support::{fill_holder, in_namespace, namespaces_and_nix_ready, narinfo_and_nar, timed_get};
+use support::holder_lan::{HolderKnown, HolderLan};
+use support::{client_mesh, in_namespace, namespaces_and_nix_ready, narinfo_and_nar, timed_get};
 
-use libp2p::{Multiaddr, PeerId, identity};
+use libp2p::{Multiaddr, PeerId};
 use nixmesh_node::mesh::framed::{FrameLimits, MeshStream};
 use nixmesh_node::mesh::{DialTarget, Mesh};
 use nixmesh_node::node::shutdown::Shutdown;
 use nixmesh_protocol::StorePath;
 use nixmesh_protocol::mesh_messages::{FETCH_PROTOCOL, FetchRequest, MAX_FRAME_LEN};
 use nixmesh_tests::http::get_all;
-use nixmesh_tests::{
-    CacheKey, Closure, HostStore, Lan, Node, NodeOptions, narinfo_url_path, parse_narinfo,
-    poll_every, wait_until,
-};
+use nixmesh_tests::{narinfo_url_path, parse_narinfo, poll_every, wait_until};
 
 /// What a normal request must start within.
 const STARTS_WITHIN: Duration = Duration::from_secs(1);
 /// The documented time after which a frozen holder's paths are misses (5 s of unanswered
 /// pings, checked every half second), and the polling on top.
 const FROZEN_LIMIT: Duration = Duration::from_secs(7);
-const DISCOVERY_LIMIT: Duration = Duration::from_secs(60);
 /// The identities the greedy machine shows, and the streams each tries to open (more than a
 /// holder gives one peer).
 const IDENTITIES: usize = 4;
@@ -43,35 +40,8 @@ const CLIENTS: usize = 400;
 /// The substituter's address on every host of a LAN.
 const HTTP: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7373);
 
-/// A LAN whose host 1 holds `probes` (signed) and a file of 8 MiB, every node trusting the
-/// key, host 2's node offering them.
-struct HolderLan {
-    nodes: Vec<Node>,
-    _stores: Vec<HostStore>,
-    probes: Closure,
-    big_path: String,
-    lan: Lan,
-}
-
-impl HolderLan {
-    fn new(hosts: usize, nodes: usize, paths: usize) -> HolderLan {
-        let lan = Lan::new(hosts);
-        let stores: Vec<HostStore> = lan.hosts()[..nodes].iter().map(HostStore::start).collect();
-        let key = CacheKey::generate(lan.dir(), "wedge-1");
-        let (probes, big_path) = fill_holder(&stores[0], &key, paths, "big-wedge", 8 << 20);
-        let options = NodeOptions {
-            trusted_keys: vec![key.public.clone()],
-            log_filter: "info".to_owned(),
-            ..Default::default()
-        };
-        let nodes: Vec<Node> = stores.iter().map(|s| Node::start(s.host(), s, &options)).collect();
-        wait_until(DISCOVERY_LIMIT, "host 2's node to offer host 1's paths", || {
-            let wanted = [probes.top.clone(), big_path.clone()];
-            nodes[1].narinfo_statuses(&wanted).iter().all(|&s| s == 200)
-        });
-        HolderLan { nodes, _stores: stores, probes, big_path, lan }
-    }
-}
+/// The holder's file: 8 MiB.
+const BIG_BYTES: u32 = 8 << 20;
 
 /// Opens as many fetch streams to `holder` as it gives, asking for `request` on each and
 /// reading nothing; returns the streams (to keep them open) and how many opened.
@@ -103,7 +73,8 @@ fn a_machine_holding_every_stream_under_several_identities_starves_no_other_node
         return;
     }
     // Host 1 holds, host 2 is the other node, host 3 the greedy machine.
-    let HolderLan { nodes, probes, big_path, lan, .. } = HolderLan::new(3, 2, 200);
+    let HolderLan { nodes, probes, big_path, lan, .. } =
+        HolderLan::new(3, 200, BIG_BYTES, HolderKnown::ByDiscovery);
     let holder_id: PeerId = nodes[0].peer_id().parse().unwrap();
     let holder_address: Multiaddr =
         format!("/ip4/{}/tcp/7374/p2p/{holder_id}", lan.hosts()[0].address()).parse().unwrap();
@@ -125,10 +96,7 @@ fn a_machine_holding_every_stream_under_several_identities_starves_no_other_node
             let mut streams = Vec::new();
             let mut meshes = Vec::new();
             for _ in 0..IDENTITIES {
-                let (events, mut events_rx) = tokio::sync::mpsc::channel(16);
-                tokio::spawn(async move { while events_rx.recv().await.is_some() {} });
-                let keypair = identity::Keypair::generate_ed25519();
-                let mesh = Mesh::start(keypair, &[], events, shutdown.clone()).unwrap();
+                let mesh = client_mesh(&shutdown);
                 mesh.want(DialTarget::from_multiaddr(address.clone())).await;
                 let connected = async {
                     while !mesh.peers().is_connected(&holder_id) {
@@ -178,11 +146,7 @@ fn a_machine_holding_every_stream_under_several_identities_starves_no_other_node
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async move {
             let shutdown = Shutdown::new();
-            let (events, mut events_rx) = tokio::sync::mpsc::channel(16);
-            tokio::spawn(async move { while events_rx.recv().await.is_some() {} });
-            let mesh =
-                Mesh::start(identity::Keypair::generate_ed25519(), &[], events, shutdown.clone())
-                    .unwrap();
+            let mesh = client_mesh(&shutdown);
             let started = Instant::now();
             mesh.want(DialTarget::from_multiaddr(holder_address)).await;
             while !mesh.peers().is_connected(&holder_id)
@@ -215,7 +179,8 @@ fn a_frozen_holders_paths_are_misses_in_time_and_misses_stay_immediate_under_400
     if !namespaces_and_nix_ready() {
         return;
     }
-    let HolderLan { nodes, probes, lan, .. } = HolderLan::new(2, 2, CLIENTS);
+    let HolderLan { nodes, probes, lan, .. } =
+        HolderLan::new(2, CLIENTS, BIG_BYTES, HolderKnown::ByDiscovery);
     let paths: Vec<String> = probes.paths.iter().filter(|p| **p != probes.top).cloned().collect();
     let stop = Arc::new(AtomicBool::new(false));
     let frozen_at: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();

@@ -76,6 +76,15 @@ pub fn require_tool(tool: &str) -> bool {
     found || unavailable(&format!("`{tool}` is not installed"))
 }
 
+/// Whether Nix's tools run here (`nix-daemon`, `nix-build`, `nix-instantiate`, `nix-store`,
+/// `nix`): what a test with a chroot store and the real Nix as its client needs; see the
+/// module docs for what happens when they do not.
+pub fn require_nix() -> bool {
+    ["nix-daemon", "nix-build", "nix-instantiate", "nix-store", "nix"]
+        .iter()
+        .all(|t| require_tool(t))
+}
+
 /// Whether `path` exists: `what` (say, "nixpkgs' lib") is needed from there; see the module
 /// docs for what happens when it is not.
 pub fn require_path(path: &std::path::Path, what: &str) -> bool {

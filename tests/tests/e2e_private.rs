@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use nixmesh_tests::signed_lan::lists_connected;
 use nixmesh_tests::{
     CacheKey, HostStore, Lan, Node, NodeOptions, mesh_key, narinfo_url_path, require_lan,
     wait_until,
@@ -47,11 +48,7 @@ fn keyed_hosts_find_each_other_by_mdns_and_a_keyless_host_finds_nothing() {
 
     let holder_id = holder.peer_id();
     wait_until(DISCOVERY_LIMIT, "the keyed member to find the holder and serve its path", || {
-        let peers = member.peers();
-        let found = peers.as_array().is_some_and(|all| {
-            all.iter().any(|p| p["id"] == holder_id.as_str() && p["connected"] == true)
-        });
-        found && member.http_get(&narinfo).0 == 200
+        lists_connected(&member.peers(), &holder_id) && member.http_get(&narinfo).0 == 200
     });
 
     // The keyless host, on the same bridge, hears of no peer at all: the keyed hosts announce

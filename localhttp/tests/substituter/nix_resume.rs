@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use nixmesh_protocol::NarInfo;
 use nixmesh_protocol::signature::SigningKey;
-use nixmesh_tests::{Host, HostStore, require_tool, unique_marker};
+use nixmesh_tests::{Host, HostStore, require_nix, unique_marker};
 
 use crate::support::*;
 
@@ -16,7 +16,7 @@ const LAST_CHUNK: usize = 1000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nix_resumes_a_cut_nar_download_from_the_next_holder() {
-    if !["nix-daemon", "nix-store", "nix"].iter().all(|t| require_tool(t)) {
+    if !require_nix() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -5,6 +5,7 @@ use crate::pair::DEADLINE;
 use crate::support::{loopback_config as config, nix_available};
 use nixmesh_node::node::RunningNode;
 use nixmesh_tests::http::get_one as get;
+use nixmesh_tests::signed_lan::lists_connected;
 use nixmesh_tests::{
     CacheKey, Closure, Host, HostStore, narinfo_url_path, test_closure_expr, unique_marker,
     wait_until,
@@ -68,14 +69,7 @@ fn nix_copy_substitutes_a_closure_through_two_nodes() {
     assert_eq!(status, 200);
     let peers: serde_json::Value = serde_json::from_slice(&peers).unwrap();
     let n1_id = n1.peer_id().to_string();
-    assert!(
-        peers
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|p| p["id"] == n1_id.as_str() && p["connected"] == true),
-        "{peers}"
-    );
+    assert!(lists_connected(&peers, &n1_id), "{peers}");
 
     runtime.block_on(n2.stop()).unwrap();
     runtime.block_on(n1.stop()).unwrap();

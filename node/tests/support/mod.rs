@@ -1,31 +1,40 @@
 //! What the node's tests share, each defined here once: a node's settings on loopback, the
-//! tools they need, a thread in a host's network namespace, one fetch request on a stream of
-//! its own, the node's status and its binary's output, and store path hashes made up for the
-//! index. Each test binary uses a part of it. What the end-to-end harness already has (hosts,
+//! tools they need, a thread in a host's network namespace, a bare mesh client and one fetch
+//! request on a stream of its own, a mesh that advertises into an index, a LAN whose host 1
+//! holds signed paths, the node's status and
+//! its binary's output, waiting in a tokio test, and store path hashes made up for the index. Each test binary uses a part of it. What the end-to-end harness already has (hosts,
 //! stores, HTTP clients, waiting) is in `nixmesh_tests`, and is used from there.
 #![allow(dead_code)]
+
+pub mod holder_lan;
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Command, Output};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId, identity};
+use nixmesh_node::adverts::{self, AdvertLog};
 use nixmesh_node::config::ServeConfig;
+use nixmesh_node::index::Index;
 use nixmesh_node::mesh::framed::{FrameLimits, MeshStream};
+use nixmesh_node::mesh::{Access, DialTarget, Mesh};
+use nixmesh_node::node::shutdown::Shutdown;
 use nixmesh_protocol::StorePathHash;
-use nixmesh_protocol::mesh_messages::{FetchRequest, FetchResponse};
+use nixmesh_protocol::mesh_messages::{FETCH_PROTOCOL, FetchRequest, FetchResponse};
 use nixmesh_tests::http::get_all;
 use nixmesh_tests::{
     CacheKey, Closure, CommandExt, Host, HostStore, narinfo_url_path, parse_narinfo, require_lan,
-    require_tool, unique_marker,
+    unique_marker,
 };
 
-/// Whether Nix's tools run here (see `nixmesh_tests::require_tool` for what happens when not).
+/// Whether Nix's tools run here (`nixmesh_tests::require_nix`: see there for what happens when
+/// not).
 pub fn nix_available() -> bool {
-    ["nix-daemon", "nix-build", "nix-instantiate", "nix-store", "nix"]
-        .iter()
-        .all(|t| require_tool(t))
+    nixmesh_tests::require_nix()
 }
 
 /// A node on loopback over `store` (its NARs read from the store's files, its changes
@@ -35,7 +44,7 @@ pub fn loopback_config(
     state: &Path,
     store: &HostStore,
     trusted: &str,
-    peers: Vec<libp2p::Multiaddr>,
+    peers: Vec<Multiaddr>,
 ) -> ServeConfig {
     ServeConfig {
         store: store.daemon_url(),
@@ -155,11 +164,107 @@ pub fn fill_holder(
 }
 
 /// Waits, in a tokio test, until `condition` holds; fails naming `what` after `limit`.
-pub async fn until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+pub async fn until(what: &str, limit: Duration, condition: impl FnMut() -> bool) {
+    until_explained(what, limit, condition, String::new).await;
+}
+
+/// [`until`], its failure message followed by what `explain` says then (say, the log lines
+/// that tell why).
+pub async fn until_explained(
+    what: &str,
+    limit: Duration,
+    mut condition: impl FnMut() -> bool,
+    explain: impl FnOnce() -> String,
+) {
     let deadline = tokio::time::Instant::now() + limit;
     while !condition() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out waiting until {what}{}", explain());
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A mesh whose peer events nobody needs: they are drained (a channel nobody reads would fill
+/// up and hold the mesh), until `shutdown` is signalled. Call within a tokio runtime.
+pub fn mesh_without_events(
+    keypair: identity::Keypair,
+    listen: &[Multiaddr],
+    access: Access,
+    shutdown: &Shutdown,
+) -> Mesh {
+    let (events_tx, mut events) = tokio::sync::mpsc::channel(64);
+    shutdown.spawn_until_stopped(async move { while events.recv().await.is_some() {} });
+    Mesh::start_with(keypair, listen, access, events_tx, shutdown.clone()).expect("the mesh starts")
+}
+
+/// A bare libp2p client of a node: the node's own `Mesh` under a new identity, listening
+/// nowhere, its events drained ([`mesh_without_events`]). Call within a tokio runtime.
+pub fn client_mesh(shutdown: &Shutdown) -> Mesh {
+    let keypair = identity::Keypair::generate_ed25519();
+    mesh_without_events(keypair, &[], Access::default(), shutdown)
+}
+
+/// A new fetch stream from `mesh` to `peer` (connected already).
+pub async fn open_fetch(mesh: &Mesh, peer: PeerId) -> libp2p::Stream {
+    let protocol = Mesh::protocol(FETCH_PROTOCOL);
+    mesh.control().open_stream(peer, protocol).await.expect("a fetch stream")
+}
+
+/// `mesh`'s first listen address, once it has one, with its `/p2p/<id>`: what another mesh
+/// dials.
+pub async fn dial_address(mesh: &Mesh) -> Multiaddr {
+    let mut addresses = mesh.listen_addresses();
+    let address = addresses.wait_for(|a| !a.is_empty()).await.unwrap()[0].clone();
+    address.with(Protocol::P2p(mesh.local_peer_id()))
+}
+
+/// A mesh on loopback with what advertising needs and no more, wired by the node's own
+/// `adverts::start`: an advert log, and subscriptions into an index in its state dir.
+pub struct AdvertNode {
+    pub mesh: Mesh,
+    pub log: Arc<AdvertLog>,
+    pub index: Arc<Index>,
+    shutdown: Shutdown,
+}
+
+impl AdvertNode {
+    /// Starts on `state` (its identity and index, kept from an earlier start), open to the
+    /// peers `access` lets in.
+    pub async fn start(state: &Path, access: Access) -> AdvertNode {
+        let shutdown = Shutdown::new();
+        let (events_tx, events) = tokio::sync::mpsc::channel(64);
+        let keypair = nixmesh_node::local::identity::load_or_create(state).unwrap();
+        let listen: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().unwrap();
+        let mesh = Mesh::start_with(keypair, &[listen], access, events_tx, shutdown.clone())
+            .expect("the mesh starts");
+        let index = Arc::new(Index::open(&state.join("index.redb")).unwrap());
+        let log = adverts::start(&mesh, index.clone(), events, &shutdown);
+        AdvertNode { mesh, log, index, shutdown }
+    }
+
+    pub fn id(&self) -> PeerId {
+        self.mesh.local_peer_id()
+    }
+
+    pub async fn address(&self) -> Multiaddr {
+        dial_address(&self.mesh).await
+    }
+
+    /// Keeps dialling `other`.
+    pub async fn dial(&self, other: &AdvertNode) {
+        self.mesh.want(DialTarget::from_multiaddr(other.address().await)).await;
+    }
+
+    pub fn holders(&self, hash: &StorePathHash) -> Vec<PeerId> {
+        self.index.holders(hash).unwrap()
+    }
+
+    /// Stops the node and checks that its index is closed, so the state dir can be reused.
+    pub async fn stop(self) {
+        assert!(self.shutdown.stop(Duration::from_secs(10)).await, "every task ended");
+        let AdvertNode { index, .. } = self;
+        assert_eq!(Arc::strong_count(&index), 1, "nothing else holds the index");
     }
 }
 
