@@ -29,7 +29,9 @@ use thiserror::Error;
 
 use crate::content_address::{ContentAddress, ContentAddressError};
 use crate::excerpt;
-use crate::signature::{Signature, SigningKey, TrustedKeys, VerifyingKey};
+use crate::hash::HashError;
+use crate::signature::{KeyError, Signature, SigningKey, TrustedKeys, VerifyingKey};
+use crate::store_path::StorePathError;
 use crate::{Sha256, StorePath};
 
 /// The largest narinfo [`NarInfo::parse`] reads. Real ones are a few kB; the largest in
@@ -47,13 +49,39 @@ const UNKNOWN_DERIVER: &str = "unknown-deriver";
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum NarInfoError {
     #[error("narinfo line {line}: {reason}")]
-    Line { line: usize, reason: String },
+    Line { line: usize, reason: LineError },
     #[error("narinfo has no {0} field")]
     Missing(&'static str),
     #[error("narinfo is {len} bytes, more than the {MAX_NARINFO_LEN} bytes accepted")]
     TooLarge { len: usize },
     #[error("narinfo lists more than {MAX_REFERENCES} references")]
     TooManyReferences,
+}
+
+/// What is wrong with one line of a narinfo: the kinds a reader of the error can tell apart,
+/// each quoting at most an excerpt of what was read.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum LineError {
+    #[error("empty line")]
+    Empty,
+    #[error("{0:?} is not of the form `Key: value`")]
+    NotKeyValue(String),
+    #[error("empty key before ': '")]
+    EmptyKey,
+    #[error("{0} given twice")]
+    Twice(&'static str),
+    #[error("NarSize is 0")]
+    NarSizeZero,
+    #[error("invalid store path {text:?}: {error}")]
+    StorePath { text: String, error: StorePathError },
+    #[error("{field}: {error}")]
+    Hash { field: &'static str, error: HashError },
+    #[error("{field} {text:?} is not a number of bytes")]
+    Size { field: &'static str, text: String },
+    #[error("more than {MAX_REFERENCES} references")]
+    TooManyReferences,
+    #[error("Sig {text:?}: {error}")]
+    Signature { text: String, error: KeyError },
 }
 
 /// One narinfo. Fields in the order Nix writes them; unknown `Key: value` lines are kept in
@@ -254,7 +282,7 @@ struct Fields {
 
 impl Fields {
     /// Takes one line (without its `\n`); the error is the reason, for a line-numbered error.
-    fn line(&mut self, line: &str) -> Result<(), String> {
+    fn line(&mut self, line: &str) -> Result<(), LineError> {
         // Split where Nix does, at the first ':' (Nix then skips one more character): a line
         // that we read as an unknown key but Nix as a known one would let a peer slip a field
         // past the signature.
@@ -262,17 +290,17 @@ impl Fields {
             line.split_once(':').and_then(|(k, v)| Some((k, v.strip_prefix(' ')?)))
         else {
             return Err(if line.is_empty() {
-                "empty line".to_owned()
+                LineError::Empty
             } else {
-                format!("{:?} is not of the form `Key: value`", excerpt(line))
+                LineError::NotKeyValue(excerpt(line))
             });
         };
         if key.is_empty() {
-            return Err("empty key before ': '".to_owned());
+            return Err(LineError::EmptyKey);
         }
         if let Some(&field) = SINGLE_VALUED.iter().find(|&&f| f == key) {
             if self.seen.contains(&field) {
-                return Err(format!("{field} given twice"));
+                return Err(LineError::Twice(field));
             }
             self.seen.push(field);
         }
@@ -284,7 +312,7 @@ impl Fields {
             "FileSize" => self.file_size = Some(size("FileSize", value)?),
             "NarHash" => self.nar_hash = Some(hash("NarHash", value)?),
             "NarSize" => match size("NarSize", value)? {
-                0 => return Err("NarSize is 0".to_owned()),
+                0 => return Err(LineError::NarSizeZero),
                 n => self.nar_size = Some(n),
             },
             "References" => self.references = Some(references(value)?),
@@ -296,7 +324,8 @@ impl Fields {
             }
             "System" => self.system = Some(value.to_owned()),
             "Sig" => self.signatures.push(
-                Signature::parse(value).map_err(|e| format!("Sig {:?}: {e}", excerpt(value)))?,
+                Signature::parse(value)
+                    .map_err(|error| LineError::Signature { text: excerpt(value), error })?,
             ),
             "CA" => self.ca = Some(Some(value.to_owned()).filter(|ca| !ca.is_empty())),
             _ => self.extra.push((key.to_owned(), value.to_owned())),
@@ -305,32 +334,32 @@ impl Fields {
     }
 }
 
-fn store_path<E: fmt::Display>(
+fn store_path(
     text: &str,
-    parse: impl Fn(&str) -> Result<StorePath, E>,
-) -> Result<StorePath, String> {
-    parse(text).map_err(|e| format!("invalid store path {:?}: {e}", excerpt(text)))
+    parse: impl Fn(&str) -> Result<StorePath, StorePathError>,
+) -> Result<StorePath, LineError> {
+    parse(text).map_err(|error| LineError::StorePath { text: excerpt(text), error })
 }
 
-fn hash(field: &str, text: &str) -> Result<Sha256, String> {
-    Sha256::parse(text).map_err(|e| format!("{field}: {e}"))
+fn hash(field: &'static str, text: &str) -> Result<Sha256, LineError> {
+    Sha256::parse(text).map_err(|error| LineError::Hash { field, error })
 }
 
 /// A decimal size: digits only (no sign, no spaces), fitting in 64 bits.
-fn size(field: &str, text: &str) -> Result<u64, String> {
+fn size(field: &'static str, text: &str) -> Result<u64, LineError> {
     let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
     match text.parse::<u64>() {
         Ok(n) if digits => Ok(n),
-        _ => Err(format!("{field} {:?} is not a number of bytes", excerpt(text))),
+        _ => Err(LineError::Size { field, text: excerpt(text) }),
     }
 }
 
 /// Space-separated base names; empty tokens (doubled spaces) are skipped, as Nix does.
-fn references(text: &str) -> Result<Vec<StorePath>, String> {
+fn references(text: &str) -> Result<Vec<StorePath>, LineError> {
     let mut refs = Vec::new();
     for base in text.split(' ').filter(|t| !t.is_empty()) {
         if refs.len() == MAX_REFERENCES {
-            return Err(format!("more than {MAX_REFERENCES} references"));
+            return Err(LineError::TooManyReferences);
         }
         refs.push(store_path(base, StorePath::from_base_name)?);
     }
@@ -453,7 +482,7 @@ mod tests {
 
     fn line_error(text: &str) -> (usize, String) {
         match NarInfo::parse(text) {
-            Err(NarInfoError::Line { line, reason }) => (line, reason),
+            Err(NarInfoError::Line { line, reason }) => (line, reason.to_string()),
             other => panic!("expected a line error, got {other:?}"),
         }
     }
@@ -509,7 +538,7 @@ mod tests {
         let huge = format!("{NIX}X: {}\n", "a".repeat(MAX_NARINFO_LEN));
         assert!(matches!(NarInfo::parse(&huge), Err(NarInfoError::TooLarge { .. })));
         let many = vec!["0gl7ca9rk25fmq8ldp98v29f3b2admz6-a"; MAX_REFERENCES + 1].join(" ");
-        assert!(references(&many).unwrap_err().contains("more than"));
+        assert!(references(&many).unwrap_err().to_string().contains("more than"));
     }
 
     fn arb_store_path() -> impl Strategy<Value = StorePath> {
