@@ -113,6 +113,19 @@ in
             default = true;
             description = "Find peers on the local link with mDNS (UDP 5353).";
           };
+          prefetch = mkOption {
+            type = types.bool;
+            default = true;
+            description = ''
+              Fetch the NARs of small paths of a closure Nix has walked ahead of its requests
+              for them, verified as any NAR, so most are answered from memory.
+            '';
+          };
+          prefetch_memory = mkOption {
+            type = types.ints.unsigned;
+            default = 64 * 1024 * 1024;
+            description = "The most memory, in bytes, the NARs fetched ahead of Nix take, per substituter.";
+          };
           serve_logs = mkOption {
             type = types.bool;
             default = false;

@@ -38,6 +38,11 @@ pub struct Config {
     pub nar_verified_whole_up_to: u64,
     /// How many verified narinfos are remembered for the NAR requests that follow them.
     pub narinfo_cache_capacity: usize,
+    /// Whether the NARs of small paths in a closure Nix has walked are fetched (and verified)
+    /// ahead of Nix's requests for them (see `prefetch`).
+    pub prefetch: bool,
+    /// The bytes of NARs the prefetch holds (and reserves for transfers under way), at most.
+    pub prefetch_memory: u64,
     /// Narinfo requests asking peers at once (misses, remembered narinfos and the status
     /// pages never wait for one); more wait their turn, within the narinfo deadline.
     pub max_concurrent_requests: usize,
@@ -81,6 +86,8 @@ impl Default for Config {
             nar_min_rate: 64 << 10,
             nar_rate_window: Duration::from_secs(10),
             narinfo_cache_capacity: 10_000,
+            prefetch: true,
+            prefetch_memory: 64 << 20,
             max_concurrent_requests: 256,
             max_concurrent_nars: 256,
             request_timeout: Duration::from_secs(10),
@@ -108,6 +115,8 @@ impl fmt::Debug for Config {
             .field("nar_min_rate", &self.nar_min_rate)
             .field("nar_rate_window", &self.nar_rate_window)
             .field("narinfo_cache_capacity", &self.narinfo_cache_capacity)
+            .field("prefetch", &self.prefetch)
+            .field("prefetch_memory", &self.prefetch_memory)
             .field("max_concurrent_requests", &self.max_concurrent_requests)
             .field("max_concurrent_nars", &self.max_concurrent_nars)
             .field("request_timeout", &self.request_timeout)

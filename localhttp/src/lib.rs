@@ -15,7 +15,7 @@
 //! with its limits; `http1` serves each connection with hyper, bounding a request's head in
 //! time and size; `connection` bounds each client connection in time and their number; `trim`
 //! gives memory back after bursts of them; `nar_slots` bounds the NAR downloads and what a
-//! stalled one holds; `client_hosts` gates a listener open to the LAN; `local_first` holds the LAN
+//! stalled one holds; `prefetch` fetches the NARs of a walked closure ahead of Nix, verified; `client_hosts` gates a listener open to the LAN; `local_first` holds the LAN
 //! listener's work back while the machine's own Nix fetches.
 
 mod build_log;
@@ -34,6 +34,7 @@ mod nar;
 pub mod nar_range;
 pub mod nar_slots;
 pub mod node_view;
+pub mod prefetch;
 mod routes;
 pub mod server;
 pub mod source;

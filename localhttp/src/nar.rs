@@ -3,6 +3,7 @@
 //! to be held, so a miss never waits for one) until its body ends; or one byte range of it
 //! ([`crate::nar_range`]). `HEAD` answers from the verified narinfo, with no transfer.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use axum::Extension;
@@ -11,6 +12,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use thiserror::Error;
 use tracing::debug;
 
@@ -58,6 +60,12 @@ pub async fn nar<S: PathSource>(
         Ask::Part(part) if nar_range::servable(&part, nar_size) => Some(part),
         Ask::Part(_) | Ask::Whole => None,
     };
+    let host = client.as_ref().map(|Extension(ConnectInfo(c))| c.remote().ip());
+    let prefetched = sub.prefetch.take(&file).await;
+    sub.prefetch.nar_asked(host, &verified);
+    if let Some(bytes) = prefetched {
+        return from_memory(bytes, part, nar_size);
+    }
     let slot = sub.nar_slots.acquire(client.map(|Extension(ConnectInfo(c))| c)).await;
     let Some(nar) =
         open(&sub, expected, sub.health.order(preferred_first(holders, &verified.peer))).await
@@ -79,6 +87,22 @@ pub async fn nar<S: PathSource>(
     };
     let body = Holding { body, _held: slot };
     (status, headers, Body::new(body)).into_response()
+}
+
+/// A prefetched NAR (verified whole, see [`crate::prefetch`]), or `part` of it: no holder
+/// asked and no NAR slot taken.
+fn from_memory(bytes: Bytes, part: Option<Range<u64>>, nar_size: u64) -> Response {
+    let mut headers = nar_headers(nar_size);
+    match part {
+        Some(part) => {
+            headers.insert(CONTENT_RANGE, nar_range::content_range(&part, nar_size));
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(part.end - part.start));
+            // `servable` checked the part against `nar_size`, the length of `bytes`.
+            let body = bytes.slice(part.start as usize..part.end as usize);
+            (StatusCode::PARTIAL_CONTENT, headers, body).into_response()
+        }
+        None => (StatusCode::OK, headers, bytes).into_response(),
+    }
 }
 
 /// `HEAD`: the headers `GET` of the whole NAR would have, from the verified narinfo alone:

@@ -92,6 +92,11 @@ impl NarSlots {
         })
     }
 
+    /// Downloads holding a slot now.
+    pub fn in_use(&self) -> usize {
+        self.max - self.permits.available_permits()
+    }
+
     /// A slot for a download to `client`: a free one, or one taken from a stalled download
     /// (see the module docs); else waits its turn.
     pub async fn acquire(self: &Arc<Self>, client: Option<ClientConnection>) -> NarSlot {

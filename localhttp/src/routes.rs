@@ -3,13 +3,15 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::Extension;
+use axum::extract::{ConnectInfo, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tracing::debug;
 
+use crate::connection::ClientConnection;
 use crate::metrics::{Metrics, result};
 use crate::node_view::NodeView;
 use crate::source::PathSource;
@@ -28,7 +30,11 @@ pub async fn cache_info<S: PathSource>(State(sub): State<Arc<Substituter<S>>>) -
 /// A narinfo miss is answered from the source's local state alone, before any network wait,
 /// except while a peer that holds the path is expected back (see
 /// [`PathSource::holders_reconnecting`]).
-pub async fn narinfo<S: PathSource>(State(sub): State<Arc<Substituter<S>>>, uri: Uri) -> Response {
+pub async fn narinfo<S: PathSource>(
+    State(sub): State<Arc<Substituter<S>>>,
+    uri: Uri,
+    client: Option<Extension<ConnectInfo<ClientConnection>>>,
+) -> Response {
     let hash = match Target::parse(uri.path()) {
         Ok(Target::NarInfo(hash)) => hash,
         // `/<hash>.ls` shares the route's shape.
@@ -42,6 +48,8 @@ pub async fn narinfo<S: PathSource>(State(sub): State<Arc<Substituter<S>>>, uri:
     }
     match sub.narinfo(hash, &holders).await {
         Some(verified) => {
+            let host = client.map(|Extension(ConnectInfo(c))| c.remote().ip());
+            sub.prefetch.narinfo_asked(host, &verified);
             let text = verified.for_nix.clone();
             ([(CONTENT_TYPE, HeaderValue::from_static("text/x-nix-narinfo"))], text).into_response()
         }

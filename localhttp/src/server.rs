@@ -74,6 +74,8 @@ pub fn router<S: PathSource>(
     let (request_timeout, status_pages) = (config.request_timeout, config.status_pages);
     let (local_first, role) = (config.local_first.clone(), config.role);
     let substituter = Arc::new(Substituter::new(source, health, config));
+    let prefix = if role == Role::Lan { "lan_" } else { "" };
+    substituter.prefetch.metrics().register(&metrics, prefix);
     let pages = Router::new()
         .route("/_nixmesh/peers", get(routes::peers))
         .route("/_nixmesh/status", get(routes::status))

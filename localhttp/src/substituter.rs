@@ -22,6 +22,7 @@ use crate::health::PeerHealth;
 use crate::holders::{Miss, first_of};
 use crate::listing::ListingCache;
 use crate::nar_slots::NarSlots;
+use crate::prefetch::{Limits, Prefetch};
 use crate::source::{PathSource, SourceError};
 use crate::target::NarFile;
 
@@ -38,6 +39,8 @@ pub struct Substituter<S: PathSource> {
     asking: Arc<Semaphore>,
     /// NAR downloads under way (`max_concurrent_nars`).
     pub nar_slots: Arc<NarSlots>,
+    /// NARs fetched ahead of Nix's requests (see [`crate::prefetch`]).
+    pub prefetch: Prefetch<S>,
     /// Narinfos that found no permit in time, logged once a second at most.
     no_turn: RateLimitedLog,
 }
@@ -86,7 +89,25 @@ impl<S: PathSource> Substituter<S> {
         let asking = Arc::new(Semaphore::new(config.max_concurrent_requests));
         let nar_slots = NarSlots::new(config.max_concurrent_nars, config.nar_client_stall_timeout);
         let no_turn = RateLimitedLog::default();
-        Substituter { source, config, cache, listings, health, asking, nar_slots, no_turn }
+        let prefetch = Prefetch::new(
+            source.clone(),
+            health.clone(),
+            Limits::with_memory(config.prefetch_memory),
+            config.prefetch,
+            config.nar_idle_timeout,
+            nar_slots.clone(),
+        );
+        Substituter {
+            source,
+            config,
+            cache,
+            listings,
+            health,
+            asking,
+            nar_slots,
+            prefetch,
+            no_turn,
+        }
     }
 
     /// The connected holders of `hash`, in the order to ask them: the source's (best first),

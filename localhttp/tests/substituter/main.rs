@@ -7,6 +7,7 @@ mod local_first;
 mod nar;
 mod narinfo;
 mod nix_resume;
+mod prefetch;
 mod ranges;
 mod routes;
 mod support;

@@ -127,6 +127,12 @@ struct FlagValues {
     /// every host, which a private mesh refuses.
     #[arg(long = "lan-allow", value_name = "CIDR")]
     lan_allow: Vec<super::Cidr>,
+    /// Do not fetch NARs ahead of Nix's requests (the key `prefetch = false`).
+    #[arg(long = "no-prefetch", action = ArgAction::SetFalse)]
+    prefetch: bool,
+    /// The most memory, in bytes, NARs fetched ahead of Nix take, per substituter.
+    #[arg(long, value_name = "BYTES", default_value_t = defaults().prefetch_memory)]
+    prefetch_memory: u64,
 }
 
 /// The flags as given: their values, and which of them were on the command line.
@@ -262,6 +268,8 @@ mod tests {
             "--spool-max-bytes=1000",
             "--lan-listen=0.0.0.0:7375",
             "--lan-allow=192.0.2.0/24",
+            "--no-prefetch",
+            "--prefetch-memory=1000",
         ];
         let settings = given(&every);
         let default_keys = match serde_json::to_value(ServeConfig::default()).unwrap() {

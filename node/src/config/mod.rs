@@ -113,6 +113,12 @@ pub struct ServeConfig {
     /// others get `403`. Empty: every host, which a node with a mesh key refuses (the mesh's
     /// paths would go to hosts the mesh keeps out).
     pub lan_allow: Vec<Cidr>,
+    /// Fetch the NARs of small paths (up to 1 MiB) of a closure Nix has walked ahead of its
+    /// requests for them, verified as any NAR, so most are answered from memory.
+    pub prefetch: bool,
+    /// The most memory, in bytes, the prefetched NARs take (and reserve for transfers under
+    /// way), for each substituter (the localhost one and `lan_listen`'s).
+    pub prefetch_memory: u64,
 }
 
 /// How the node writes its logs.
@@ -204,6 +210,8 @@ impl Default for ServeConfig {
             spool_max_bytes: 4 << 30,
             lan_listen: None,
             lan_allow: Vec::new(),
+            prefetch: true,
+            prefetch_memory: 64 << 20,
         }
     }
 }

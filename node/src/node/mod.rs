@@ -438,6 +438,8 @@ impl Parts {
         let http_config = nixmesh_localhttp::Config {
             trusted_keys: self.keys.trusted,
             priority: config.priority,
+            prefetch: config.prefetch,
+            prefetch_memory: config.prefetch_memory,
             ..Default::default()
         };
         let client_stall = http_config.client_stall_timeout;

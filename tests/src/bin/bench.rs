@@ -141,19 +141,24 @@ fn run(s: &Settings) -> Vec<Row> {
     };
     let n1 = Node::start(h1, &s1, &quiet(vec![]));
     let n1_addr = format!("/ip4/{}/tcp/7374/p2p/{}", h1.address(), n1.peer_id());
-    let n2 = Node::start(h2, &s2, &quiet(vec![n1_addr]));
+    let n2 = Node::start(h2, &s2, &quiet(vec![n1_addr.clone()]));
     let expected_paths = s1.path_count() as u64;
     wait_until(Duration::from_secs(60), "host 2's node to index host 1's paths", || {
         n2.status()["indexed_paths"] == expected_paths
     });
     let nodes = [n1.pid().unwrap(), n2.pid().unwrap()];
     let mesh = "http://127.0.0.1:7373".to_owned();
-    let bench = Bench { s, h2, s2: &s2, nodes, nginx: &nginx, proxy: &proxy };
+    let n2_plain = start_without_prefetch(h2, &s2, &key.public, &n1_addr);
+    wait_until(Duration::from_secs(60), "host 2's second node to index host 1's paths", || {
+        status_at(h2, PLAIN_URL)["indexed_paths"] == expected_paths
+    });
+    let plain = (PLAIN_URL, [n1.pid().unwrap(), n2_plain.pid().unwrap()]);
+    let bench = Bench { s, h2, s2: &s2, nodes, plain, nginx: &nginx, proxy: &proxy };
 
     let mut rows = Vec::new();
     if wanted("small") {
         eprintln!("--- case 1: nix copy of {} small paths", s.paths + 1);
-        rows.push(bench.timed(
+        rows.extend(bench.timed(
             &format!("nix copy, {} small paths", s.paths + 1),
             "≥ 0.8",
             |url| {
@@ -168,12 +173,13 @@ fn run(s: &Settings) -> Vec<Row> {
         // The copies before filled host 2's store: its node lists the store and advertises
         // the new paths, and host 1's indexes them, for a second or two after. The burst
         // starts once that is done, from the state nginx starts from too.
+        // Host 1's node indexes them twice: from host 2's two nodes, over the same store.
         let settled = s2.path_count() as u64;
         wait_until(Duration::from_secs(60), "the nodes to settle after the copies", || {
-            n2.status()["local_paths"] == settled && n1.status()["indexed_paths"] == settled
+            n2.status()["local_paths"] == settled && n1.status()["indexed_paths"] == 2 * settled
         });
         rows.extend(bench.concurrency(&closure.paths, &mesh));
-        rows.push(bench.timed(
+        rows.extend(bench.timed(
             &format!("nix-store -r, {} small paths", s.paths + 1),
             "≥ 0.8",
             |url| {
@@ -204,7 +210,7 @@ fn run(s: &Settings) -> Vec<Row> {
         eprintln!("--- case 3: a {} MiB NAR", s.big_mib);
         rows.push(bench.big_nar(&big, &mesh));
         rows.push(transport_alone(s.big_mib));
-        rows.push(bench.timed(
+        rows.extend(bench.timed(
             &format!("nix copy, one {} MiB path", s.big_mib),
             "≥ 0.8",
             |url| {
@@ -322,7 +328,8 @@ fn run(s: &Settings) -> Vec<Row> {
     // The nodes' logs outlive the LAN, for a look at what happened.
     let logs = workspace_dir().join("target/bench-logs");
     let _ = std::fs::create_dir_all(&logs);
-    for (name, node) in [("host1.log", &n1), ("host2.log", &n2)] {
+    let logs_of = [("host1.log", &n1), ("host2.log", &n2), ("host2-no-prefetch.log", &n2_plain)];
+    for (name, node) in logs_of {
         let _ = std::fs::copy(node.log_path(), logs.join(name));
     }
     rows
@@ -338,6 +345,9 @@ struct Bench<'a> {
     h2: &'a Host,
     s2: &'a HostStore,
     nodes: [u32; 2],
+    /// Host 2's node without prefetch ([`start_without_prefetch`]): its URL, and the pids of
+    /// host 1's node and it.
+    plain: (&'a str, [u32; 2]),
     nginx: &'a Nginx,
     proxy: &'a Nginx,
 }
@@ -349,28 +359,48 @@ impl Bench<'_> {
         forget(self.s2, paths);
     }
 
-    /// Runs `work(url)` `reps` times against each side, alternating; the median times.
-    fn timed(&self, case: &str, target: &str, work: impl Fn(&str), mesh: &str) -> Row {
-        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-        let (mut cpu_ours, mut cpu_theirs) = (0.0, 0.0);
+    /// Runs `work(url)` `reps` times against each side, alternating: host 2's node, its node
+    /// without prefetch, nginx. The median times, with the client's own CPU (the Nix
+    /// process's user + sys) beside each; a row for each node against nginx. Every run must
+    /// leave Nix's narinfo cache where [`forget`] removes it, so each starts as a new user's
+    /// would.
+    fn timed(&self, case: &str, target: &str, work: impl Fn(&str), mesh: &str) -> Vec<Row> {
+        let sides = [
+            (mesh, self.nodes.to_vec()),
+            (self.plain.0, self.plain.1.to_vec()),
+            (self.nginx.url(), self.nginx.pids()),
+        ];
+        let mut runs = [Runs::default(), Runs::default(), Runs::default()];
         for _ in 0..self.s.reps {
-            let (t, cpu) = measure(&self.nodes, || work(mesh));
-            ours.push(t);
-            cpu_ours += cpu;
-            let (t, cpu) = measure(&self.nginx.pids(), || work(self.nginx.url()));
-            theirs.push(t);
-            cpu_theirs += cpu;
+            for ((url, pids), runs) in sides.iter().zip(&mut runs) {
+                let (client0, used0) = (client_cpu_seconds(), prefetched(self.h2, url));
+                let (t, cpu) = measure(pids, || work(url));
+                runs.record(t, cpu, client_cpu_seconds() - client0);
+                runs.prefetched += prefetched(self.h2, url) - used0;
+                let cache = self.h2.dir().join("cache/nix/binary-cache-v6.sqlite");
+                assert!(cache.exists(), "Nix kept no narinfo cache at {}", cache.display());
+            }
         }
-        let (m, b) = (median(&mut ours), median(&mut theirs));
+        let [mut ours, mut plain, mut theirs] = runs;
+        let b = theirs.median_wall();
+        let baseline = format!("{b:.2} s (nix {:.2} s CPU)", theirs.median_client());
         let reps = self.s.reps as f64;
-        Row {
-            case: case.to_owned(),
-            nixmesh: format!("{m:.2} s"),
-            baseline: format!("{b:.2} s"),
-            ratio: b / m,
-            cpu: format!("{:.2} / {:.2}", cpu_ours / reps, cpu_theirs / reps),
-            target: target.to_owned(),
-        }
+        let row = |case: String, side: &mut Runs| {
+            let m = side.median_wall();
+            Row {
+                case,
+                nixmesh: format!(
+                    "{m:.2} s (nix {:.2} s CPU; {:.0} NARs from prefetch)",
+                    side.median_client(),
+                    side.prefetched as f64 / reps
+                ),
+                baseline: baseline.clone(),
+                ratio: b / m,
+                cpu: format!("{:.2} / {:.2}", side.server_cpu / reps, theirs.server_cpu / reps),
+                target: target.to_owned(),
+            }
+        };
+        vec![row(case.to_owned(), &mut ours), row(format!("{case}, --no-prefetch"), &mut plain)]
     }
 
     /// 25 narinfo connections, then 16 NAR connections, as Nix substitutes; latencies and
@@ -521,6 +551,54 @@ impl Bench<'_> {
     }
 }
 
+/// Where host 2's node without prefetch answers Nix.
+const PLAIN_URL: &str = "http://127.0.0.1:7375";
+
+/// Host 2's second node, as the first but with `--no-prefetch`, on ports of its own
+/// ([`PLAIN_URL`] for Nix, 7376 for the mesh), peered with host 1's: the copies' A/B.
+fn start_without_prefetch(h2: &Host, s2: &HostStore, key: &str, n1_addr: &str) -> Node {
+    let dir = h2.dir().join("node-no-prefetch");
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).expect("creating the second node's directory");
+    let log = dir.join("nixmesh.log");
+    let log_file = std::fs::File::create(&log).expect("creating the second node's log");
+    let mut cmd = h2.command(nixmesh_tests::node::nixmesh_bin());
+    cmd.args(["serve", "--store", &s2.daemon_url(), "--http-listen", "127.0.0.1:7375"])
+        .args(["--p2p-listen", "/ip4/0.0.0.0/tcp/7376", "--real-store-dir"])
+        .arg(s2.real_store_dir())
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--trusted-public-key", key, "--peer", n1_addr])
+        .args(["--no-mdns", "--no-upstream", "--no-prefetch"])
+        .env("RUST_LOG", node_log_filter())
+        .stdin(std::process::Stdio::null())
+        .stdout(log_file.try_clone().expect("duplicating a file handle"))
+        .stderr(log_file);
+    let child = cmd.spawn().expect("starting the second nixmesh serve");
+    // `adopt` waits on the first node's port; the caller waits on this one's index.
+    Node::adopt(h2, child, log, state)
+}
+
+/// `/_nixmesh/status` of the node at `base` on `host`, or `null` while it does not answer.
+fn status_at(host: &Host, base: &str) -> serde_json::Value {
+    let (code, body) = nixmesh_tests::node::get_from(host, &format!("{base}/_nixmesh/status"));
+    if code != 200 {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null)
+}
+
+/// How many NARs the node at `base` on `host` served from its prefetch so far (0 for a
+/// server that has no such count, as nginx).
+fn prefetched(host: &Host, base: &str) -> u64 {
+    let (_, body) = nixmesh_tests::node::get_from(host, &format!("{base}/metrics"));
+    let line = "nixmesh_prefetch_nars_total{result=\"used\"} ";
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Deletes `paths` from `store` and forgets its host's Nix narinfo cache, so the next copy
 /// into it starts from nothing.
 fn forget(store: &HostStore, paths: &[String]) {
@@ -641,6 +719,48 @@ fn measure(pids: &[u32], work: impl FnOnce()) -> (f64, f64) {
     let start = Instant::now();
     work();
     (start.elapsed().as_secs_f64(), cpu_seconds(pids) - cpu0)
+}
+
+/// One side's runs of a timed case.
+#[derive(Default)]
+struct Runs {
+    wall: Vec<f64>,
+    /// The client's CPU seconds, run by run.
+    client: Vec<f64>,
+    /// The server side's CPU seconds, all runs together.
+    server_cpu: f64,
+    /// NARs served from the node's prefetch, all runs together.
+    prefetched: u64,
+}
+
+impl Runs {
+    fn record(&mut self, wall: f64, server_cpu: f64, client_cpu: f64) {
+        self.wall.push(wall);
+        self.server_cpu += server_cpu;
+        self.client.push(client_cpu);
+    }
+
+    fn median_wall(&mut self) -> f64 {
+        median(&mut self.wall)
+    }
+
+    fn median_client(&mut self) -> f64 {
+        median(&mut self.client)
+    }
+}
+
+/// User + system CPU seconds of this process's children that have been waited for: around
+/// one `nix` command run to its end, that command's own (`ip netns exec` executes it in its
+/// place). The nix-daemon's work for it is not counted: the daemon reaps its children itself.
+fn client_cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the struct it is given, nothing else.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 fn median(values: &mut [f64]) -> f64 {
