@@ -2,7 +2,8 @@
 //! three, asked for the way Nix asks (25 narinfo connections, then 16 NAR downloads at once),
 //! round after round against a freshly started node so that every answer comes from the
 //! mesh. Not one false miss, not one wrong byte; then the nix-daemon realises the closure
-//! with the node as its only substituter, as `nixos-rebuild` would.
+//! with the node as its only substituter, as `nixos-rebuild` would, most of its NARs answered
+//! from the node's prefetch (on, as by default, throughout).
 
 mod support;
 
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use nixmesh_node::node::RunningNode;
 use nixmesh_protocol::{NarInfo, Sha256};
-use nixmesh_tests::http::{Fetched, get_all};
+use nixmesh_tests::http::{Fetched, get_all, get_one};
 use nixmesh_tests::{CacheKey, Host, HostStore, narinfo_url_path, parse_narinfo, wait_until};
 use support::{loopback_config as config, nix_available, status};
 
@@ -72,6 +73,15 @@ fn one_round(node: &RunningNode, paths: &[String], round: &str) {
             nar.path
         );
     }
+}
+
+/// NARs `node` served from its prefetch so far (`nixmesh_prefetch_nars_total{result="used"}`).
+fn prefetched(node: &RunningNode) -> u64 {
+    let (status, body) = get_one(node.http_address(), "/metrics");
+    assert_eq!(status, 200, "/metrics");
+    let line = "nixmesh_prefetch_nars_total{result=\"used\"} ";
+    let text = String::from_utf8_lossy(&body);
+    text.lines().find_map(|l| l.strip_prefix(line)?.trim().parse().ok()).unwrap_or(0)
 }
 
 #[test]
@@ -139,6 +149,7 @@ fn the_real_clients_concurrency_gets_no_false_miss_from_one_or_three_holders() {
     // The nix-daemon substitutes the whole closure itself, through the node alone.
     let client = last_client.take().unwrap();
     let url = format!("http://{}", client.http_address());
+    let used_before = prefetched(&client);
     let realised = client_store.realise_from(&url, &[&key.public], &closure.top);
     assert!(
         realised.status.success(),
@@ -149,6 +160,9 @@ fn the_real_clients_concurrency_gets_no_false_miss_from_one_or_three_holders() {
         assert!(client_store.is_valid(path), "{path} did not arrive");
         assert_eq!(client_store.dump(path), holder_stores[0].dump(path), "{path} differs");
     }
+    // Nix substitutes one NAR at a time (max-jobs 1): the prefetch has it before it asks.
+    let used = prefetched(&client) - used_before;
+    assert!(used > PATHS as u64 / 2, "only {used} of {} NARs came from the prefetch", PATHS + 1);
     runtime.block_on(client.stop()).unwrap();
     for holder in holders {
         runtime.block_on(holder.stop()).unwrap();

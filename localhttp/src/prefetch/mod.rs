@@ -142,8 +142,13 @@ struct Held {
 struct Walk<P> {
     paths: HashMap<StorePathHash, Arc<Verified<P>>>,
     seen: Instant,
-    /// Nix's order over `paths`, made again after the walk grows.
-    order: Option<(Vec<StorePathHash>, HashMap<StorePathHash, usize>)>,
+    /// Nix's orders over `paths` (`nix copy`'s, then the substitution goals'), made again
+    /// after the walk grows.
+    orders: Option<[Order; 2]>,
+    /// Which of `orders` Nix's requests follow (the last that foretold one).
+    follows: usize,
+    /// The NAR Nix asked last.
+    last: Option<StorePathHash>,
     /// NARs the client asked for itself.
     asked: HashSet<StorePathHash>,
     /// How far into the order Nix's requests have gone: the paths before are passed.
@@ -152,7 +157,15 @@ struct Walk<P> {
 
 impl<P> Walk<P> {
     fn new(now: Instant) -> Self {
-        Walk { paths: HashMap::new(), seen: now, order: None, asked: HashSet::new(), passed: 0 }
+        Walk {
+            paths: HashMap::new(),
+            seen: now,
+            orders: None,
+            follows: 0,
+            last: None,
+            asked: HashSet::new(),
+            passed: 0,
+        }
     }
 }
 
@@ -220,10 +233,15 @@ impl<S: PathSource> Prefetch<S> {
         }
         walk.seen = now;
         let hash = verified.narinfo.store_path.hash();
+        // Its narinfo asked again: a new copy of it (into another store, or after a delete)
+        // will ask its NAR again, so it is ahead of Nix once more.
+        if walk.asked.remove(&hash) {
+            walk.passed = 0;
+        }
         if walk.paths.len() < limits.walk_paths
             && walk.paths.insert(hash, verified.clone()).is_none()
         {
-            walk.order = None;
+            walk.orders = None;
             walk.passed = 0;
         }
     }
@@ -284,13 +302,27 @@ impl<S: PathSource> Prefetch<S> {
         let limits = &self.inner.limits;
         let walk = state.walks.get_mut(&client)?;
         walk.seen = now;
+        let orders = walk.orders.get_or_insert_with(|| orders_of(&walk.paths));
+        let foretold = |k: usize| {
+            walk.last.is_some_and(|last| orders[k].next_after(&last, &walk.asked) == Some(hash))
+        };
+        let foretold = [foretold(0), foretold(1)];
+        if !foretold[walk.follows] && foretold[1 - walk.follows] {
+            walk.follows = 1 - walk.follows;
+            walk.passed = 0;
+        }
         walk.asked.insert(hash);
-        let (order, at) = walk.order.get_or_insert_with(|| nix_order_of(&walk.paths));
+        walk.last = Some(hash);
+        let Order { list: order, at } = &orders[walk.follows];
         let position = *at.get(&hash)?;
+        // Held NARs Nix went past are dropped only while it follows the order: what it skips
+        // then, it will not ask.
         let mut passed = Vec::new();
-        for behind in order.get(walk.passed..position).unwrap_or_default() {
-            if !walk.asked.contains(behind) {
-                passed.push(*behind);
+        if foretold[walk.follows] {
+            for behind in order.get(walk.passed..position).unwrap_or_default() {
+                if !walk.asked.contains(behind) {
+                    passed.push(*behind);
+                }
             }
         }
         walk.passed = walk.passed.max(position);
@@ -392,10 +424,32 @@ async fn sweeper<S: PathSource>(inner: std::sync::Weak<Inner<S>>) {
     }
 }
 
-/// Nix's order over a walk, and each path's place in it.
-fn nix_order_of<P>(
-    paths: &HashMap<StorePathHash, Arc<Verified<P>>>,
-) -> (Vec<StorePathHash>, HashMap<StorePathHash, usize>) {
+/// One of Nix's orders over a walk, and each path's place in it.
+struct Order {
+    list: Vec<StorePathHash>,
+    at: HashMap<StorePathHash, usize>,
+}
+
+impl Order {
+    fn new(list: Vec<StorePathHash>) -> Self {
+        let at = list.iter().enumerate().map(|(i, h)| (*h, i)).collect();
+        Order { list, at }
+    }
+
+    /// The first path after `last` not yet `asked`, looking at most 64 ahead.
+    fn next_after(
+        &self,
+        last: &StorePathHash,
+        asked: &HashSet<StorePathHash>,
+    ) -> Option<StorePathHash> {
+        let from = self.at.get(last)? + 1;
+        let ahead = self.list.get(from..)?.iter().take(64);
+        ahead.copied().find(|h| !asked.contains(h))
+    }
+}
+
+/// `nix copy`'s order and the substitution goals' over a walk.
+fn orders_of<P>(paths: &HashMap<StorePathHash, Arc<Verified<P>>>) -> [Order; 2] {
     let nodes = paths
         .iter()
         .map(|(hash, v)| {
@@ -403,9 +457,7 @@ fn nix_order_of<P>(
             (*hash, order::Node { base_name: v.narinfo.store_path.base_name(), references })
         })
         .collect();
-    let list = order::nix_order(&nodes);
-    let at = list.iter().enumerate().map(|(i, h)| (*h, i)).collect();
-    (list, at)
+    [Order::new(order::nix_order(&nodes)), Order::new(order::goal_order(&nodes))]
 }
 
 #[cfg(test)]

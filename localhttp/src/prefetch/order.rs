@@ -5,8 +5,8 @@
 //! `topoSort` (topo-sort.hh) visits the paths of a `std::set<StorePath>` (by base name, so by
 //! hash part) depth first, each path's references (in the walk) before it, and lists each path
 //! after its references; reversed twice, that is the depth-first post-order itself. Substitution
-//! goals (`nix-store -r`) also fetch references before referrers. So: post-order over the
-//! walk, roots and references both taken in base-name order.
+//! goals (`nix-store -r`) also fetch references before referrers, but in another order
+//! ([`goal_order`]): the prefetch keeps both and follows the one Nix's requests match.
 
 use std::collections::HashMap;
 
@@ -51,6 +51,56 @@ pub fn nix_order(walk: &HashMap<StorePathHash, Node>) -> Vec<StorePathHash> {
                 }
             }
         }
+    }
+    order
+}
+
+/// The paths of `walk` in the order Nix 2.8's substitution goals (`nix-store -r`, the daemon
+/// substituting for a build) fetch them with one job: a path once its references in the walk
+/// are done, the ready one with the least goal key first. A goal's key is its store path's
+/// name, then the whole path (substitution-goal.hh `key()`: `"a$" + name + "$" + path`), and
+/// the worker wakes its goals in key order (`GoalSet`, worker.cc).
+pub fn goal_order(walk: &HashMap<StorePathHash, Node>) -> Vec<StorePathHash> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let key = |hash: &StorePathHash| {
+        let base = &walk[hash].base_name;
+        let name = base.get(33..).unwrap_or(base);
+        (name.to_owned(), base.clone())
+    };
+    // For each path, how many of its references in the walk are not done; and who refers
+    // to it.
+    let mut waiting: HashMap<StorePathHash, usize> = HashMap::with_capacity(walk.len());
+    let mut referrers: HashMap<StorePathHash, Vec<StorePathHash>> = HashMap::new();
+    for (hash, node) in walk {
+        let mut refs: Vec<&StorePathHash> =
+            node.references.iter().filter(|r| *r != hash && walk.contains_key(r)).collect();
+        refs.sort();
+        refs.dedup();
+        waiting.insert(*hash, refs.len());
+        for r in refs {
+            referrers.entry(*r).or_default().push(*hash);
+        }
+    }
+    let mut ready: BinaryHeap<Reverse<((String, String), StorePathHash)>> =
+        waiting.iter().filter(|(_, n)| **n == 0).map(|(h, _)| Reverse((key(h), *h))).collect();
+    let mut order = Vec::with_capacity(walk.len());
+    while let Some(Reverse((_, hash))) = ready.pop() {
+        order.push(hash);
+        for referrer in referrers.get(&hash).into_iter().flatten() {
+            let left = waiting.get_mut(referrer).expect("every referrer is in the walk");
+            *left -= 1;
+            if *left == 0 {
+                ready.push(Reverse((key(referrer), *referrer)));
+            }
+        }
+    }
+    // A cycle (which a valid store cannot have) leaves its paths out; they go last.
+    if order.len() < walk.len() {
+        let mut left: Vec<StorePathHash> =
+            waiting.iter().filter(|(_, n)| **n > 0).map(|(h, _)| *h).collect();
+        left.sort_by_key(|h| key(h));
+        order.extend(left);
     }
     order
 }
@@ -103,6 +153,20 @@ mod tests {
         ]);
         let names: Vec<&str> = nix_order(&w).iter().map(|h| w[h].base_name.as_str()).collect();
         assert_eq!(names, ["0-alone", "a-lib", "b-dep", "c-app", "9-top"]);
+    }
+
+    #[test]
+    fn substitution_goals_take_ready_paths_by_name() {
+        // Names sort apart from hashes: "0…-zlib" is last by name, first by base name.
+        let w = walk(&[
+            (1, "00000000000000000000000000000009-top", &[2, 3, 4]),
+            (2, "00000000000000000000000000000001-zlib", &[]),
+            (3, "00000000000000000000000000000002-app", &[5]),
+            (4, "00000000000000000000000000000003-bash", &[]),
+            (5, "00000000000000000000000000000004-lib", &[]),
+        ]);
+        let names: Vec<&str> = goal_order(&w).iter().map(|h| &w[h].base_name[33..]).collect();
+        assert_eq!(names, ["bash", "lib", "app", "zlib", "top"]);
     }
 
     #[test]

@@ -158,3 +158,25 @@ async fn nothing_is_fetched_for_a_nar_outside_any_walk_or_with_prefetch_off() {
     let_run().await;
     assert_eq!((off.entries(), off.bytes()), (0, 0));
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_substitution_goals_order_is_followed_too() {
+    let prefetch = prefetch();
+    let client = Some(IpAddr::from([127, 0, 0, 1]));
+    let leaves: Vec<_> = (1..300).map(|n| verified(n, Vec::new())).collect();
+    let top = verified(0, leaves.iter().map(|v| v.narinfo.store_path.clone()).collect());
+    for v in leaves.iter().chain([&top]) {
+        prefetch.narinfo_asked(client, v);
+    }
+    // `nix-store -r`: the leaves by name ("p-1", "p-10", "p-100", ...), then the top.
+    let mut order: Vec<&Arc<Verified<String>>> = leaves.iter().collect();
+    order.sort_by_key(|v| v.narinfo.store_path.name().to_owned());
+    order.push(&top);
+    let mut hits = 0;
+    for v in order {
+        hits += usize::from(prefetch.take(&file_of(v)).await.is_some());
+        prefetch.nar_asked(client, v);
+        let_run().await;
+    }
+    assert!(hits >= 290, "{hits} of 300 NARs from the prefetch");
+}
