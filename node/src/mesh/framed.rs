@@ -130,6 +130,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> FramedStream<S> {
         Ok(())
     }
 
+    /// Writes one frame and the raw bytes that follow it in one write, and flushes: one
+    /// yamux frame and one cipher frame for a small NAR and its answer, where a write of
+    /// each would make two of both. For bodies small enough to copy (the caller's bound).
+    pub async fn write_with<T: Serialize>(
+        &mut self,
+        message: &T,
+        body: &[u8],
+    ) -> Result<(), FrameError> {
+        let mut frame = mesh_messages::encode_frame(message)?;
+        frame.extend_from_slice(body);
+        let write = self.limits.write;
+        tokio::time::timeout(write, async {
+            self.stream.write_all(&frame).await?;
+            self.stream.flush().await
+        })
+        .await
+        .map_err(|_| FrameError::TimedOut(write))??;
+        Ok(())
+    }
+
     /// Writes raw bytes, unflushed (see [`FramedStream::flush`]).
     pub async fn write_bytes(&mut self, bytes: &[u8]) -> Result<(), FrameError> {
         let write = self.limits.write;
@@ -250,6 +270,64 @@ mod tests {
             assert_eq!(b.read::<FetchResponse>().await.unwrap(), FetchResponse::NotFound);
         };
         tokio::join!(sending, receiving);
+    }
+
+    /// A writer that counts the writes and flushes it is given.
+    #[derive(Default)]
+    struct Counting {
+        written: Vec<u8>,
+        writes: usize,
+        flushes: usize,
+    }
+
+    impl tokio::io::AsyncRead for Counting {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Counting {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            bytes: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.writes += 1;
+            self.written.extend_from_slice(bytes);
+            std::task::Poll::Ready(Ok(bytes.len()))
+        }
+
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            self.flushes += 1;
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_frame_with_its_body_is_one_write_and_one_flush() {
+        let mut stream = FramedStream::new(Counting::default(), limits(Duration::from_secs(5)));
+        let answer = FetchResponse::Nar { nar_size: 3000, offset: 0 };
+        let body = vec![9u8; 3000];
+        stream.write_with(&answer, &body).await.unwrap();
+        let Counting { written, writes, flushes } = stream.stream;
+        assert_eq!((writes, flushes), (1, 1));
+        let mut expected = mesh_messages::encode_frame(&answer).unwrap();
+        expected.extend(&body);
+        assert_eq!(written, expected);
     }
 
     #[tokio::test]

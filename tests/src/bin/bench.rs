@@ -13,6 +13,8 @@
 //! `--only small|big|narinfo|propagation|idle|lan|index` runs one group of cases. The nodes log
 //! at `warn` (`NIXMESH_BENCH_LOG` sets another filter) to `target/bench-logs/`.
 //!
+//! The narinfo rows' client is wrk (`tests/src/bench/wrk.rs`), for nginx and the node alike.
+//!
 //! Case 8, the machine's own Nix while a LAN client asks its node's LAN listener flat out,
 //! runs on three hosts of its own (`lan`, in `tests/src/bench/lan.rs`; needs wrk too).
 //!
@@ -38,6 +40,8 @@ use nixmesh_tests::{
 // where cargo would take each file for a binary.
 #[path = "../bench/lan.rs"]
 mod lan;
+#[path = "../bench/wrk.rs"]
+mod wrk;
 
 const NGINX_PORT: u16 = 8080;
 /// Host 2's nginx, proxying to host 1's: two hops, as through two nodes.
@@ -109,7 +113,7 @@ fn run(s: &Settings) -> Vec<Row> {
     }
     let wanted = |group: &str| s.only.as_deref().is_none_or(|o| o == group);
     assert!(nixmesh_tests::require_root() && nixmesh_tests::require_tool("nginx"));
-    assert!(!wanted("lan") || nixmesh_tests::require_tool("wrk"));
+    assert!(!(wanted("lan") || wanted("narinfo")) || nixmesh_tests::require_tool("wrk"));
     // SAFETY: set before any thread of ours starts.
     unsafe { std::env::set_var("NIXMESH_BIN", build_nixmesh(true)) };
     // Its three hosts are gone before the other cases' two are made.
@@ -194,14 +198,14 @@ fn run(s: &Settings) -> Vec<Row> {
             &mesh,
         ));
 
-        let first = [narinfo_url_path(&closure.paths[0])];
+        let first = [narinfo_url_path(one_small_path(&closure.paths))];
         let ours = bench.load(&mesh, 1, &first).bodies_urls;
         let theirs = bench.load(bench.nginx.url(), 1, &first).bodies_urls;
         rows.push(bench.hammered(
             "one small NAR, again and again, 1 conn",
             [&ours[0], &theirs[0]],
             200,
-            1,
+            Client::Load(1),
             &mesh,
             "p99 < 5 ms",
         ));
@@ -229,7 +233,7 @@ fn run(s: &Settings) -> Vec<Row> {
                 &format!("narinfo miss, {connections} conns"),
                 [miss, miss],
                 404,
-                connections,
+                Client::Wrk(connections),
                 &mesh,
                 "≥ 1",
             ));
@@ -239,7 +243,7 @@ fn run(s: &Settings) -> Vec<Row> {
             "narinfo hit (repeated), 100 conns",
             [&hit, &hit],
             200,
-            100,
+            Client::Wrk(100),
             &mesh,
             "≥ 0.8",
         ));
@@ -335,9 +339,27 @@ fn run(s: &Settings) -> Vec<Row> {
     rows
 }
 
+/// The closure's first small file, `nixmesh-small-0` (1 KiB and its marker's line): the same
+/// NAR size in every run. The first path in the closure's order would be whichever file
+/// (1 to 40 KiB) or the top (about 60 KiB) the run's marker hashes first, and a small NAR's
+/// cost per request grows with its size (hashed, sealed, opened and copied on each hop).
+fn one_small_path(paths: &[String]) -> &str {
+    paths.iter().find(|p| p.ends_with("-nixmesh-small-0")).expect("the closure's first file")
+}
+
 /// The nodes' log filter: `warn`, or `NIXMESH_BENCH_LOG`.
 fn node_log_filter() -> String {
     std::env::var("NIXMESH_BENCH_LOG").unwrap_or_else(|_| "warn".to_owned())
+}
+
+/// Which client asks in a [`Bench::hammered`] row, over how many connections: wrk for the
+/// rows whose figure is a request rate (a client of a thread a connection would spend the
+/// CPU the servers need), the bench's own `load hammer` for one connection (its latencies
+/// are each request's).
+#[derive(Clone, Copy)]
+enum Client {
+    Wrk(usize),
+    Load(usize),
 }
 
 struct Bench<'a> {
@@ -498,7 +520,7 @@ impl Bench<'_> {
         case: &str,
         paths: [&str; 2],
         expect: u16,
-        conns: usize,
+        client: Client,
         mesh: &str,
         target: &str,
     ) -> Row {
@@ -512,13 +534,19 @@ impl Bench<'_> {
         {
             let path = paths[side];
             let cpu0 = cpu_seconds(&pids);
-            let printed = self
-                .h2
-                .command(std::env::current_exe().expect("our own path"))
-                .args(["load", "hammer", &base, path, &expect.to_string()])
-                .args([conns.to_string(), self.s.hammer_secs.to_string()])
-                .stdout_within(Duration::from_secs(self.s.hammer_secs + 120));
-            let v: serde_json::Value = serde_json::from_slice(&printed).expect("load printed JSON");
+            let secs = self.s.hammer_secs;
+            let v = match client {
+                Client::Wrk(conns) => wrk::hammer(self.h2, &base, path, expect, conns, secs),
+                Client::Load(conns) => {
+                    let printed = self
+                        .h2
+                        .command(std::env::current_exe().expect("our own path"))
+                        .args(["load", "hammer", &base, path, &expect.to_string()])
+                        .args([conns.to_string(), secs.to_string()])
+                        .stdout_within(Duration::from_secs(secs + 120));
+                    serde_json::from_slice(&printed).expect("load printed JSON")
+                }
+            };
             out.push((v, cpu_seconds(&pids) - cpu0));
         }
         let rate = |v: &serde_json::Value| {

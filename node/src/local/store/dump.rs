@@ -5,7 +5,8 @@
 //!
 //! The tree is walked on a blocking thread and written with the protocol's NAR writer into
 //! chunks handed over a small channel, so a NAR is never held whole in memory and a reader
-//! that stops reading stops the walk. Nothing here is trusted further than the daemon's own
+//! that stops reading stops the walk; a NAR of a few KiB is made whole on the caller's
+//! thread instead (`dump_small`), bounded by the size the caller expects. Nothing here is trusted further than the daemon's own
 //! NAR would be: the asker checks every byte against the signed NarHash, and the provider
 //! sends exactly the NarSize the daemon reported.
 
@@ -43,6 +44,39 @@ pub fn dump(path: PathBuf) -> impl Stream<Item = Result<Bytes, StoreError>> + Se
         }
     });
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).map_err_into(path)
+}
+
+/// The NAR of the file system object at `path`, whole, made on the calling thread: for NARs
+/// of a few KiB from the page cache, where the walk costs less than handing it to a blocking
+/// thread and the chunks back. `Dump` error if it would be longer than `limit` bytes (its
+/// files changed since `limit` was learned), without reading further.
+pub fn dump_small(path: &Path, limit: u64) -> Result<Bytes, StoreError> {
+    let mut out = Bounded { nar: Vec::with_capacity(limit as usize), limit: limit as usize };
+    writer::open(&mut out)
+        .map_err(io::Error::from)
+        .and_then(|root| dump_node(path, root))
+        .map_err(|cause| StoreError::Dump { path: path.to_owned(), cause })?;
+    Ok(out.nar.into())
+}
+
+/// A `Write` into memory that refuses to grow past `limit` bytes.
+struct Bounded {
+    nar: Vec<u8>,
+    limit: usize,
+}
+
+impl Write for Bounded {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        if self.nar.len() + bytes.len() > self.limit {
+            return Err(io::Error::other(format!("the NAR is over {} bytes", self.limit)));
+        }
+        self.nar.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Writes the object at `path` (not following a symlink there) into `node`.
@@ -154,6 +188,24 @@ mod tests {
             .unwrap();
         parser.finish().unwrap();
         assert_eq!(seen, ["a file true 5", "b/deep/file file false 200000", "c -> b/deep"]);
+    }
+
+    #[tokio::test]
+    async fn a_small_nar_made_whole_is_the_streamed_one_and_keeps_to_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        fs::create_dir_all(root.join("d")).unwrap();
+        fs::write(root.join("d/f"), b"small file").unwrap();
+        symlink("d/f", root.join("l")).unwrap();
+        let streamed: Vec<Bytes> = dump(root.clone()).try_collect().await.unwrap();
+        let streamed = streamed.concat();
+        let len = streamed.len() as u64;
+        assert_eq!(dump_small(&root, len).unwrap(), streamed);
+        let over = dump_small(&root, len - 1);
+        assert!(
+            matches!(over, Err(StoreError::Dump { ref path, .. }) if path == &root),
+            "{over:?}"
+        );
     }
 
     #[tokio::test]
