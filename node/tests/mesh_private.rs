@@ -170,7 +170,11 @@ async fn the_allow_list_keeps_an_unlisted_peer_out_even_with_the_key() {
         .unwrap()
         .public()
         .to_peer_id();
-    let access = Access { key: Some(key.clone()), allow_peers: HashSet::from([member_id]) };
+    let access = Access {
+        key: Some(key.clone()),
+        allow_peers: HashSet::from([member_id]),
+        ..Access::default()
+    };
     let holder = AdvertNode::start(dirs[0].path(), access).await;
     let member = AdvertNode::start(dirs[1].path(), keyed(&key)).await;
     let unlisted = AdvertNode::start(dirs[2].path(), keyed(&key)).await;
