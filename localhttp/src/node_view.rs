@@ -51,6 +51,10 @@ pub struct PeerSummary {
     /// NAR bytes served to it since this node started.
     #[serde(default)]
     pub bytes_served: u64,
+    /// Its latest connection's security and cipher suite, e.g. `tls/TLS13_AES_128_GCM_SHA256`
+    /// or `noise/ChaChaPoly`; `None` before it first connected.
+    #[serde(default)]
+    pub security: Option<String>,
 }
 
 /// The node as `nixmesh status` prints it.

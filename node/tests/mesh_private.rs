@@ -1,7 +1,8 @@
 //! A private mesh in one process on loopback (static peers, no mDNS): nodes with the mesh key
 //! share their paths; a node without it, or with another key, never connects, learns nothing
 //! and gets nothing, and the keyed node logs that it refused it. The allow-list keeps an
-//! unlisted peer out even when it holds the key.
+//! unlisted peer out even when it holds the key. A keyed node speaking only noise joins keyed
+//! nodes that offer TLS first.
 //!
 //! The nodes' logs are captured in this process (one subscriber for the test binary), so a
 //! test looks for the lines of its own nodes by their addresses and peer ids.
@@ -18,6 +19,7 @@ use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
 use nixmesh_node::mesh::Access;
 use nixmesh_node::mesh::key::MeshKey;
+use nixmesh_node::mesh::security::SecurityProtocol;
 use nixmesh_node::node::RunningNode;
 use nixmesh_tests::http::get_one as get;
 use nixmesh_tests::{CacheKey, Host, HostStore, narinfo_url_path, wait_until};
@@ -170,7 +172,11 @@ async fn the_allow_list_keeps_an_unlisted_peer_out_even_with_the_key() {
         .unwrap()
         .public()
         .to_peer_id();
-    let access = Access { key: Some(key.clone()), allow_peers: HashSet::from([member_id]) };
+    let access = Access {
+        key: Some(key.clone()),
+        allow_peers: HashSet::from([member_id]),
+        ..Access::default()
+    };
     let holder = AdvertNode::start(dirs[0].path(), access).await;
     let member = AdvertNode::start(dirs[1].path(), keyed(&key)).await;
     let unlisted = AdvertNode::start(dirs[2].path(), keyed(&key)).await;
@@ -207,6 +213,43 @@ async fn the_allow_list_keeps_an_unlisted_peer_out_even_with_the_key() {
     assert!(holder.mesh.peers().is_connected(&member_id));
 
     for node in [holder, member, unlisted] {
+        node.stop().await;
+    }
+}
+
+/// A node from before TLS (`mesh_security = ["noise"]`) with the key joins a private mesh of
+/// nodes offering TLS first: pnet and the key check run below either security protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_noise_only_private_node_joins_a_tls_private_mesh() {
+    capture_logs();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let key = MeshKey::generate();
+    let holder = AdvertNode::start(dirs[0].path(), keyed(&key)).await;
+    let member = AdvertNode::start(dirs[1].path(), keyed(&key)).await;
+    let noise_only = Access { security: vec![SecurityProtocol::Noise], ..keyed(&key) };
+    let old = AdvertNode::start(dirs[2].path(), noise_only).await;
+    holder.log.update(hashes(0..20));
+    member.dial(&holder).await;
+    old.dial(&holder).await;
+
+    let holder_id = holder.id();
+    for (name, node) in [("the TLS member", &member), ("the noise-only node", &old)] {
+        until_explained(
+            &format!("{name} indexes the holder's paths"),
+            DEADLINE,
+            || node.index.path_count(&holder_id) == 20,
+            refusals,
+        )
+        .await;
+    }
+    let security_of = |peer| {
+        let snapshot = holder.mesh.peers().snapshot();
+        snapshot.into_iter().find(|(p, _)| *p == peer).and_then(|(_, s)| s.security)
+    };
+    assert_eq!(security_of(old.id()).as_deref(), Some("noise/ChaChaPoly"));
+    assert!(security_of(member.id()).is_some_and(|s| s.starts_with("tls/")));
+
+    for node in [holder, member, old] {
         node.stop().await;
     }
 }

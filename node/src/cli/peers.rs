@@ -46,7 +46,27 @@ pub fn render(mut peers: Vec<PeerSummary>) -> String {
         let name = p.name.clone().unwrap_or_else(|| short_id(&p.id));
         out.push_str(&format!("{name} demoted: {}\n", p.demoted.as_deref().unwrap_or_default()));
     }
+    out.push_str(&security_lines(&peers));
     out
+}
+
+/// Under the table, the connected peers whose connections do not run on TLS (nodes from before
+/// TLS run noise): one line a protocol and cipher, the peers on it named. Each peer's security
+/// is in `--json`; the table stays as it was for peers on TLS, whatever their cipher.
+fn security_lines(peers: &[PeerSummary]) -> String {
+    let mut by_security: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for p in peers.iter().filter(|p| p.connected) {
+        if let Some(security) = &p.security
+            && !security.starts_with("tls/")
+        {
+            let name = p.name.clone().unwrap_or_else(|| short_id(&p.id));
+            by_security.entry(security).or_default().push(name);
+        }
+    }
+    by_security
+        .into_iter()
+        .map(|(security, names)| format!("security {security}: {}\n", names.join(", ")))
+        .collect()
 }
 
 #[cfg(test)]
@@ -95,5 +115,27 @@ mod tests {
             ["?", "offline", "3", "-", "0 B", "0 B", "7200 s ago", "…zzzz9999"]
         );
         assert_eq!(render(Vec::new()), "no peers known yet\n");
+    }
+
+    #[test]
+    fn connected_peers_not_on_tls_are_named_under_the_table() {
+        let peer = |name: &str, connected, security: &str| PeerSummary {
+            id: format!("12D3KooW{name}"),
+            name: Some(name.into()),
+            connected,
+            security: Some(security.into()),
+            ..PeerSummary::default()
+        };
+        let text = render(vec![
+            peer("desk", true, "tls/TLS13_AES_128_GCM_SHA256"),
+            peer("old", true, "noise/ChaChaPoly"),
+            peer("laptop", true, "tls/TLS13_CHACHA20_POLY1305_SHA256"),
+            peer("arm", true, "noise/ChaChaPoly"),
+            peer("gone", false, "noise/ChaChaPoly"),
+        ]);
+        let tail: Vec<&str> = text.lines().skip(6).collect();
+        assert_eq!(tail, ["security noise/ChaChaPoly: arm, old"]);
+        let all_tls = render(vec![peer("desk", true, "tls/TLS13_AES_256_GCM_SHA384")]);
+        assert_eq!(all_tls.lines().count(), 2, "{all_tls}");
     }
 }

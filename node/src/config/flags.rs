@@ -14,7 +14,10 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::file::ConfigPath;
-use super::{ConfigError, DEFAULT_CONFIG_PATH, EffectiveConfig, LogFormat, ServeConfig};
+
+use super::{
+    ConfigError, DEFAULT_CONFIG_PATH, EffectiveConfig, LogFormat, SecurityProtocol, ServeConfig,
+};
 
 /// For clap's `default_value_t`, read when the command's help is built.
 fn defaults() -> ServeConfig {
@@ -72,6 +75,15 @@ struct FlagValues {
     #[arg(long = "allow-peer", value_name = "PEER_ID")]
     #[serde(serialize_with = "super::peer_ids::serialize")]
     allow_peers: Vec<libp2p::PeerId>,
+    /// The mesh's security protocols, most preferred first (comma-separated); keep noise for
+    /// nodes from before TLS.
+    #[arg(
+        long,
+        value_name = "PROTOCOLS",
+        value_delimiter = ',',
+        default_values_t = defaults().mesh_security
+    )]
+    mesh_security: Vec<SecurityProtocol>,
     /// Seconds between rescans of the local store where its database cannot be watched.
     #[arg(
         long,
@@ -254,6 +266,7 @@ mod tests {
             "--no-mdns",
             "--mesh-key-file=/m",
             "--allow-peer=12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA",
+            "--mesh-security=noise,tls",
             "--rescan-interval=1",
             "--priority=1",
             "--real-store-dir=/r",
@@ -286,6 +299,7 @@ mod tests {
             config.allow_peers[0].to_string(),
             "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
         );
+        assert_eq!(config.mesh_security, [SecurityProtocol::Noise, SecurityProtocol::Tls]);
     }
 
     #[test]

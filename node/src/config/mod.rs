@@ -24,6 +24,8 @@ pub use nixmesh_localhttp::client_hosts::Cidr;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub use crate::mesh::security::SecurityProtocol;
+
 pub use effective::EffectiveConfig;
 pub use flags::ServeFlags;
 
@@ -73,6 +75,10 @@ pub struct ServeConfig {
     /// When not empty, the only peers (by peer id) the node connects with and serves.
     #[serde(with = "peer_ids")]
     pub allow_peers: Vec<PeerId>,
+    /// The security protocols the mesh offers, most preferred first: `tls` (TLS 1.3, AES-GCM
+    /// on a CPU with AES instructions) and `noise`. `["noise"]` is a node from before TLS;
+    /// keep `noise` in the list while such nodes are in the mesh.
+    pub mesh_security: Vec<SecurityProtocol>,
     /// How often the local store is rescanned for new and removed paths where its database
     /// cannot be watched (see `real_store_dir`); a watched store is rescanned on each change.
     #[serde(with = "secs")]
@@ -166,6 +172,9 @@ impl ServeConfig {
         if self.upstreams.iter().flatten().any(not_http) {
             return Err(("upstreams", "each must be an http:// or https:// URL"));
         }
+        if self.mesh_security.is_empty() {
+            return Err(("mesh_security", "must name at least one of tls, noise"));
+        }
         if self.index_max_paths == 0 {
             return Err(("index_max_paths", "must be at least 1"));
         }
@@ -199,6 +208,7 @@ impl Default for ServeConfig {
             serve_logs: false,
             mesh_key_file: None,
             allow_peers: Vec::new(),
+            mesh_security: crate::mesh::security::default_order(),
             rescan_interval: Duration::from_secs(2),
             priority: 10,
             real_store_dir: None,

@@ -17,19 +17,30 @@ use tokio::time::Instant;
 
 use super::key::MeshKey;
 use super::private;
+use super::security::{self, SecurityProtocol};
 
 /// The least time between two lines about refusals from one host.
 const LOG_EVERY: Duration = Duration::from_secs(60);
 /// The most hosts whose refusals are counted at once.
 const MAX_HOSTS: usize = 1024;
 
-/// Who may connect: the mesh key peers must hold, and the peers allowed (any, when empty).
-#[derive(Debug, Clone, Default)]
+/// Who may connect, and how: the mesh key peers must hold, the peers allowed (any, when
+/// empty), and the security protocols offered.
+#[derive(Debug, Clone)]
 pub struct Access {
     /// With a key, a connection that fails pnet's handshake under it is refused.
     pub key: Option<MeshKey>,
     /// When not empty, connections with any other peer are closed at once.
     pub allow_peers: HashSet<PeerId>,
+    /// The security protocols offered, most preferred first (`mesh_security`); not empty.
+    pub security: Vec<SecurityProtocol>,
+}
+
+impl Default for Access {
+    /// Open to any peer, TLS offered first and noise kept.
+    fn default() -> Self {
+        Access { key: None, allow_peers: HashSet::new(), security: security::default_order() }
+    }
 }
 
 impl Access {
@@ -179,7 +190,7 @@ mod tests {
     fn an_empty_allow_list_allows_everyone() {
         let (a, b) = (PeerId::random(), PeerId::random());
         assert!(Access::default().allows(&a));
-        let only_a = Access { key: None, allow_peers: HashSet::from([a]) };
+        let only_a = Access { allow_peers: HashSet::from([a]), ..Access::default() };
         assert!(only_a.allows(&a));
         assert!(!only_a.allows(&b));
     }

@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::access::{RefusalLog, refused_incoming, refused_outgoing};
 use super::dial::{Command, FIRST_REDIAL_BACKOFF, Wanted};
+use super::security::Negotiated;
 use super::swarm::{Behaviour, BehaviourEvent};
 use super::{Access, MeshEvent, PeerTable, host_ip, is_reachable_address};
 use crate::node::shutdown::Shutdown;
@@ -44,6 +45,8 @@ pub(super) struct SwarmDriver {
     pub(super) anonymous: Vec<Wanted>,
     pub(super) access: Arc<Access>,
     pub(super) refusals: RefusalLog,
+    /// What each connection's security handshake negotiated, taken when it is established.
+    pub(super) negotiated: Arc<Negotiated>,
 }
 
 impl SwarmDriver {
@@ -134,6 +137,10 @@ impl SwarmDriver {
         if let Some(host) = host_ip(&remote) {
             self.peers.at_host(peer, host);
         }
+        let security = self.negotiated.take(&peer);
+        if let Some(security) = &security {
+            self.peers.secured(peer, security.to_string());
+        }
         // A static peer given by address alone is now known by its id: keep it
         // connected the same way as any other.
         if endpoint.is_dialer()
@@ -150,7 +157,8 @@ impl SwarmDriver {
         // source port is not (identify tells us where it listens).
         let reachable = endpoint.is_dialer().then(|| remote.clone());
         if self.peers.connected(peer, reachable) {
-            info!(%peer, %remote, "peer connected");
+            let security = security.map(|s| s.to_string()).unwrap_or_default();
+            info!(%peer, %remote, %security, "peer connected");
             let _ = self.events.send(MeshEvent::Connected(peer)).await;
         }
     }

@@ -1,4 +1,4 @@
-//! The mesh: a libp2p swarm (TCP, noise, yamux) and the node's view of its peers.
+//! The mesh: a libp2p swarm (TCP, TLS or noise, yamux) and the node's view of its peers.
 //!
 //! One task owns the [`Swarm`](libp2p::Swarm): it dials, tracks connections and pings, and reports peers
 //! coming and going on [`MeshEvent`]s. Everything else talks to peers through
@@ -9,7 +9,8 @@
 //! [`driver`] (events, the peer table, silence), which dials the wanted peers ([`dial`]).
 //!
 //! A private mesh ([`Access`]) runs on pnet with the mesh key ([`private`]); with an allow-list
-//! of peer ids, connections with any other peer are denied as soon as noise names the peer.
+//! of peer ids, connections with any other peer are denied as soon as the security handshake
+//! (TLS or noise, [`security`]) names the peer.
 
 mod access;
 mod dial;
@@ -21,10 +22,12 @@ pub mod peer_name;
 pub mod peers;
 pub mod private;
 mod read_ahead;
+pub mod security;
 mod serve;
 pub mod share;
 pub mod streams;
 mod swarm;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -109,7 +112,7 @@ impl Mesh {
         events: mpsc::Sender<MeshEvent>,
         shutdown: Shutdown,
     ) -> Result<Mesh, MeshError> {
-        let swarm = swarm::build(keypair, listen, &access)?;
+        let (swarm, negotiated) = swarm::build(keypair, listen, &access)?;
         let local_peer_id = *swarm.local_peer_id();
         let control = swarm.behaviour().stream.new_control();
         let peers = Arc::new(PeerTable::default());
@@ -125,6 +128,7 @@ impl Mesh {
             anonymous: Vec::new(),
             access: access.clone(),
             refusals: RefusalLog::default(),
+            negotiated,
         };
         shutdown.spawn(driver.run(command_rx, shutdown.clone()));
         Ok(Mesh { local_peer_id, control, peers, commands, listen_addresses, access })

@@ -27,6 +27,8 @@ pub struct PeerState {
     pub name: Option<String>,
     /// The host its latest connection came from (or went to).
     pub host: Option<IpAddr>,
+    /// Its latest connection's security and cipher, e.g. `tls/TLS13_AES_128_GCM_SHA256`.
+    pub security: Option<String>,
     /// Cancelled when the peer is gone: its last connection closed, or the node began to
     /// close them (see [`PeerTable::until_gone`]); a new one for each time it connects.
     presence: Option<CancellationToken>,
@@ -61,6 +63,11 @@ impl PeerTable {
             }
             state.connections == 1
         })
+    }
+
+    /// Records the security `peer`'s latest connection runs on.
+    pub fn secured(&self, peer: PeerId, security: String) {
+        self.with(|peers| peers.entry(peer).or_default().security = Some(security));
     }
 
     /// Whether `peer` has been connected at some time since the node started.

@@ -1,9 +1,9 @@
-//! The private mesh on the wire: libp2p's pnet over TCP, before noise, with a key check.
+//! The private mesh on the wire: libp2p's pnet over TCP, before TLS or noise, with a key check.
 //!
 //! pnet exchanges 24-byte nonces and from then on encrypts every byte both ways with XSalsa20
 //! under the mesh key. It never checks that the peer used the same key: a peer with another
-//! key (or none) would fail only later, in the negotiation of noise, with an error that says
-//! nothing about keys, or hang there until the connection time-out. So right after the
+//! key (or none) would fail only later, in the negotiation of TLS or noise, with an error that
+//! says nothing about keys, or hang there until the connection time-out. So right after the
 //! nonces each side sends a fixed check through the encrypted stream and reads the other's:
 //! equal means the same key. A peer with no key at all is told apart at once: what it sends
 //! first is multistream-select's header in the clear, read by pnet as its nonce.
@@ -23,11 +23,12 @@ use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::upgrade::Version;
 use libp2p::core::{Transport, transport::Boxed};
 use libp2p::pnet::{PnetConfig, PnetOutput, PreSharedKey};
-use libp2p::{PeerId, identity, noise, tcp, yamux};
+use libp2p::{PeerId, tcp, yamux};
 use parking_lot::Mutex;
 use thiserror::Error;
 
 use super::read_ahead::ReadAhead;
+use super::security::Security;
 
 /// How long the nonces and the key check may take.
 pub const HANDSHAKE_LIMIT: Duration = Duration::from_secs(5);
@@ -60,21 +61,22 @@ enum PrivateTcpError {
     Refused(#[source] Refusal),
 }
 
-/// TCP, pnet with the key check, noise, yamux: what the swarm runs on in a private mesh.
+/// TCP, pnet with the key check, `security` (TLS or noise), yamux: what the swarm runs on in
+/// a private mesh. The key check comes first, so a peer without the key is refused before
+/// either security protocol is negotiated.
 pub fn transport(
-    keypair: &identity::Keypair,
+    security: Security,
     key: PreSharedKey,
     tcp_config: tcp::Config,
-) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
-    let noise = noise::Config::new(keypair)?;
-    Ok(tcp::tokio::Transport::new(tcp_config)
+) -> Boxed<(PeerId, StreamMuxerBox)> {
+    tcp::tokio::Transport::new(tcp_config)
         .and_then(move |socket, _| handshake(key, ReadAhead::new(socket), HANDSHAKE_LIMIT))
         .map_err(|e| e.either(PrivateTcpError::Tcp, PrivateTcpError::Refused))
         .upgrade(Version::V1Lazy)
-        .authenticate(noise)
+        .authenticate(security)
         .multiplex(yamux::Config::default())
         .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
-        .boxed())
+        .boxed()
 }
 
 /// The refusal behind a connection error of the swarm, if it is one.

@@ -2,10 +2,11 @@
 //!
 //! libp2p's noise reads its frames through a codec that asks the socket for 8 KiB at a time,
 //! so a NAR arriving at wire speed costs a `recvmsg` every 8 KiB (131,072 system calls a
-//! GiB), and pnet reads in whatever size noise asks. [`ReadAhead`] sits right on the TCP
-//! socket: when its buffer is empty it reads up to [`READ_AHEAD`] bytes at once and hands
-//! them out from memory, so the same GiB takes a few thousand reads. A read at least as large
-//! as the buffer bypasses it. Writes pass straight through.
+//! GiB), rustls reads at most 4 KiB at a time under TLS, and pnet reads in whatever size the
+//! protocol above it asks. [`ReadAhead`] sits right on the TCP socket: when its buffer is
+//! empty it reads up to [`READ_AHEAD`] bytes at once and hands them out from memory, so the
+//! same GiB takes a few thousand reads. A read at least as large as the buffer bypasses it.
+//! Writes pass straight through.
 //!
 //! The buffer starts at [`READ_MIN`] and doubles, up to [`READ_AHEAD`], each time one read
 //! fills it; a read that fills less than an eighth of a grown buffer shrinks it back. A busy

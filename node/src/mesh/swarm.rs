@@ -2,6 +2,7 @@
 //! handshakes coming in, and the behaviours every connection runs (the allow-list, connection
 //! limits, ping, identify, the node's streams), listening on the addresses asked for.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::allow_block_list::{self, AllowedPeers};
@@ -10,11 +11,10 @@ use libp2p::core::upgrade::Version;
 use libp2p::core::{Transport, transport::Boxed};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::{
-    Multiaddr, PeerId, Swarm, connection_limits, identify, identity, noise, ping, tcp, yamux,
-};
+use libp2p::{Multiaddr, PeerId, Swarm, connection_limits, identify, identity, ping, tcp, yamux};
 use tracing::info;
 
+use super::security::{Negotiated, Security};
 use super::{Access, MeshError, handshakes, private, read_ahead, streams};
 
 /// Identify's protocol name; it tells peers our listen addresses.
@@ -26,9 +26,9 @@ const PING_INTERVAL: Duration = Duration::from_secs(1);
 /// per host and in all by the transport ([`handshakes`]), so that neither one host nor many
 /// addresses opening connections they never finish can lock real peers out.
 const MAX_CONNECTIONS: u32 = 2048;
-/// How long a connection may take from its TCP connect to a working yamux session (pnet,
-/// noise); on a LAN it takes milliseconds. A half-open connection holds its pending place at
-/// most this long. Longer than the pnet exchange's own limit, so that a peer without the
+/// How long a connection may take from its TCP connect to a working yamux session (pnet, TLS
+/// or noise); on a LAN it takes milliseconds. A half-open connection holds its pending place
+/// at most this long. Longer than the pnet exchange's own limit, so that a peer without the
 /// mesh key is refused (and logged) as such, not as a time-out.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(8);
 const _: () = assert!(HANDSHAKE_TIMEOUT.as_secs() > private::HANDSHAKE_LIMIT.as_secs());
@@ -48,22 +48,23 @@ pub(super) struct Behaviour {
 
 /// The swarm of `keypair`'s identity, open only to the peers `access` lets in, listening on
 /// `listen` (each address's listener comes up in the swarm's own time; an address that cannot
-/// be listened on at all is an error here).
+/// be listened on at all is an error here), and where its connections' security is left.
 pub(super) fn build(
     keypair: identity::Keypair,
     listen: &[Multiaddr],
     access: &Access,
-) -> Result<Swarm<Behaviour>, MeshError> {
+) -> Result<(Swarm<Behaviour>, Arc<Negotiated>), MeshError> {
     let transport_err = |e: &dyn std::fmt::Display| MeshError::Transport(e.to_string());
     let tcp_config = tcp::Config::default().nodelay(true);
+    let security = Security::new(&keypair, &access.security).map_err(|e| transport_err(&e))?;
+    let negotiated = security.negotiated();
     let transport = match &access.key {
         Some(key) => {
             info!(fingerprint = key.fingerprint(), "private mesh: only peers with this key");
-            private::transport(&keypair, key.pre_shared_key(), tcp_config)
+            private::transport(security, key.pre_shared_key(), tcp_config)
         }
-        None => open_transport(&keypair, tcp_config),
-    }
-    .map_err(|e| transport_err(&e))?;
+        None => open_transport(security, tcp_config),
+    };
     let transport = handshakes::Gated::new(transport);
     let swarm_config =
         |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(60));
@@ -81,7 +82,7 @@ pub(super) fn build(
             .listen_on(address.clone())
             .map_err(|e| MeshError::Listen { address: address.clone(), reason: e.to_string() })?;
     }
-    Ok(swarm)
+    Ok((swarm, negotiated))
 }
 
 /// The behaviours of `key`'s swarm under `access`, with the mesh's limits.
@@ -111,19 +112,19 @@ fn behaviour(key: &identity::Keypair, access: &Access) -> Behaviour {
     }
 }
 
-/// TCP (read through [`read_ahead::ReadAhead`]), noise, yamux: what the swarm runs on in an
-/// open mesh. The same as libp2p's own TCP stack but for the large reads (15 % faster and
-/// 14 % less CPU on one stream; `cargo bench -p nixmesh-node --bench transport`).
+/// TCP (read through [`read_ahead::ReadAhead`]), `security` (TLS or noise, see
+/// [`super::security`]), yamux: what the swarm runs on in an open mesh. The same as libp2p's
+/// own TCP stack but for the large reads (15 % faster and 14 % less CPU on one stream under
+/// noise; `cargo bench -p nixmesh-node --bench transport`).
 pub fn open_transport(
-    keypair: &identity::Keypair,
+    security: Security,
     tcp_config: tcp::Config,
-) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
-    let noise = noise::Config::new(keypair)?;
-    Ok(tcp::tokio::Transport::new(tcp_config)
+) -> Boxed<(PeerId, StreamMuxerBox)> {
+    tcp::tokio::Transport::new(tcp_config)
         .map(|socket, _| read_ahead::ReadAhead::new(socket))
         .upgrade(Version::V1Lazy)
-        .authenticate(noise)
+        .authenticate(security)
         .multiplex(yamux::Config::default())
         .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
-        .boxed())
+        .boxed()
 }

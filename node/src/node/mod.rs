@@ -127,6 +127,7 @@ impl RunningNode {
         let access = Access {
             key: config.mesh_key_file.as_deref().map(MeshKey::load).transpose()?,
             allow_peers: config.allow_peers.iter().copied().collect(),
+            security: config.mesh_security.clone(),
         };
         // The port listens before anything slow (the daemon's handshake, building the index
         // table from its file: seconds at 1,000 peers): Nix's requests wait in the backlog

@@ -100,6 +100,7 @@ impl MeshView {
             }
             summary.rtt = state.rtt;
             summary.name = state.name;
+            summary.security = state.security;
         }
         for (id, summary) in &mut summaries {
             let traffic = self.traffic.of(id);
