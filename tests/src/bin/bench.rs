@@ -10,7 +10,9 @@
 //! cargo run --release -p nixmesh-tests --bin nixmesh-bench -- [--quick] [--no-write]
 //! ```
 //!
-//! `--only small|big|narinfo|propagation|idle|lan|index` runs one group of cases. The nodes log
+//! `--only small|onenar|big|narinfo|propagation|idle|lan|index` runs one group of cases
+//! (`onenar`: only the row of one small NAR asked again and again, with the node binary
+//! `NIXMESH_BENCH_NODE` names if set, for an A/B against an older commit's). The nodes log
 //! at `warn` (`NIXMESH_BENCH_LOG` sets another filter) to `target/bench-logs/`.
 //!
 //! The narinfo rows' client is wrk (`tests/src/bench/wrk.rs`), for nginx and the node alike.
@@ -73,7 +75,8 @@ fn main() {
     if args.first().map(String::as_str) == Some("load") {
         return load(&args[1..]);
     }
-    const GROUPS: [&str; 7] = ["small", "big", "narinfo", "propagation", "idle", "lan", "index"];
+    const GROUPS: [&str; 8] =
+        ["small", "onenar", "big", "narinfo", "propagation", "idle", "lan", "index"];
     let mut words = args.iter().map(String::as_str);
     while let Some(word) = words.next() {
         match word {
@@ -112,10 +115,15 @@ fn run(s: &Settings) -> Vec<Row> {
         return index_rows;
     }
     let wanted = |group: &str| s.only.as_deref().is_none_or(|o| o == group);
+    let only = |group: &str| s.only.as_deref() == Some(group);
     assert!(nixmesh_tests::require_root() && nixmesh_tests::require_tool("nginx"));
     assert!(!(wanted("lan") || wanted("narinfo")) || nixmesh_tests::require_tool("wrk"));
     // SAFETY: set before any thread of ours starts.
-    unsafe { std::env::set_var("NIXMESH_BIN", build_nixmesh(true)) };
+    // `NIXMESH_BENCH_NODE` names a node binary built elsewhere (an older commit's, for an
+    // A/B of `--only onenar`); otherwise this checkout's, built in release.
+    let node =
+        std::env::var_os("NIXMESH_BENCH_NODE").map_or_else(|| build_nixmesh(true), Into::into);
+    unsafe { std::env::set_var("NIXMESH_BIN", node) };
     // Its three hosts are gone before the other cases' two are made.
     let mut lan_rows = if wanted("lan") { lan::own_nix_under_lan_load(s) } else { Vec::new() };
     if s.only.as_deref() == Some("lan") {
@@ -152,11 +160,17 @@ fn run(s: &Settings) -> Vec<Row> {
     });
     let nodes = [n1.pid().unwrap(), n2.pid().unwrap()];
     let mesh = "http://127.0.0.1:7373".to_owned();
-    let n2_plain = start_without_prefetch(h2, &s2, &key.public, &n1_addr);
-    wait_until(Duration::from_secs(60), "host 2's second node to index host 1's paths", || {
-        status_at(h2, PLAIN_URL)["indexed_paths"] == expected_paths
+    // `--only onenar` starts no node without prefetch: it compares node binaries, and an
+    // older one (`NIXMESH_BENCH_NODE`) has no `--no-prefetch`.
+    let n2_plain = (!only("onenar")).then(|| {
+        let node = start_without_prefetch(h2, &s2, &key.public, &n1_addr);
+        wait_until(Duration::from_secs(60), "host 2's second node to index host 1's paths", || {
+            status_at(h2, PLAIN_URL)["indexed_paths"] == expected_paths
+        });
+        node
     });
-    let plain = (PLAIN_URL, [n1.pid().unwrap(), n2_plain.pid().unwrap()]);
+    let plain_pid = n2_plain.as_ref().map_or(nodes[1], |n| n.pid().unwrap());
+    let plain = (PLAIN_URL, [n1.pid().unwrap(), plain_pid]);
     let bench = Bench { s, h2, s2: &s2, nodes, plain, nginx: &nginx, proxy: &proxy };
 
     let mut rows = Vec::new();
@@ -197,7 +211,8 @@ fn run(s: &Settings) -> Vec<Row> {
             },
             &mesh,
         ));
-
+    }
+    if wanted("small") || only("onenar") {
         let first = [narinfo_url_path(one_small_path(&closure.paths))];
         let ours = bench.load(&mesh, 1, &first).bodies_urls;
         let theirs = bench.load(bench.nginx.url(), 1, &first).bodies_urls;
@@ -332,8 +347,9 @@ fn run(s: &Settings) -> Vec<Row> {
     // The nodes' logs outlive the LAN, for a look at what happened.
     let logs = workspace_dir().join("target/bench-logs");
     let _ = std::fs::create_dir_all(&logs);
-    let logs_of = [("host1.log", &n1), ("host2.log", &n2), ("host2-no-prefetch.log", &n2_plain)];
-    for (name, node) in logs_of {
+    let logs_of = [("host1.log", Some(&n1)), ("host2.log", Some(&n2))];
+    for (name, node) in logs_of.into_iter().chain([("host2-no-prefetch.log", n2_plain.as_ref())]) {
+        let Some(node) = node else { continue };
         let _ = std::fs::copy(node.log_path(), logs.join(name));
     }
     rows
