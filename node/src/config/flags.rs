@@ -127,6 +127,10 @@ struct FlagValues {
     /// every host, which a private mesh refuses.
     #[arg(long = "lan-allow", value_name = "CIDR")]
     lan_allow: Vec<super::Cidr>,
+    /// NARs between nodes: `auto` compresses them with zstd where the link is slower than
+    /// compressing; `off` never.
+    #[arg(long, value_name = "MODE", default_value_t = defaults().mesh_compression)]
+    mesh_compression: super::MeshCompression,
 }
 
 /// The flags as given: their values, and which of them were on the command line.
@@ -262,6 +266,7 @@ mod tests {
             "--spool-max-bytes=1000",
             "--lan-listen=0.0.0.0:7375",
             "--lan-allow=192.0.2.0/24",
+            "--mesh-compression=off",
         ];
         let settings = given(&every);
         let default_keys = match serde_json::to_value(ServeConfig::default()).unwrap() {
@@ -272,6 +277,7 @@ mod tests {
         let config: ServeConfig = serde_json::from_value(Value::Object(settings)).unwrap();
         assert_eq!(config.priority, 1);
         assert_eq!(config.index_max_paths, 1000);
+        assert_eq!(config.mesh_compression, super::super::MeshCompression::Off);
         assert_eq!(config.sign_key_file, Some(PathBuf::from("/k")));
         assert_eq!(config.mesh_key_file, Some(PathBuf::from("/m")));
         assert_eq!(

@@ -24,6 +24,7 @@ pub use nixmesh_localhttp::client_hosts::Cidr;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub use crate::fetch::link::MeshCompression;
 pub use effective::EffectiveConfig;
 pub use flags::ServeFlags;
 
@@ -113,6 +114,10 @@ pub struct ServeConfig {
     /// others get `403`. Empty: every host, which a node with a mesh key refuses (the mesh's
     /// paths would go to hosts the mesh keeps out).
     pub lan_allow: Vec<Cidr>,
+    /// NARs between nodes: `auto` asks a peer for zstd blocks where the link to it is slower
+    /// than compressing, and gives them to peers that ask while this node's CPU has room;
+    /// `off` neither asks nor gives (see docs/wire-protocol.md).
+    pub mesh_compression: MeshCompression,
 }
 
 /// How the node writes its logs.
@@ -204,6 +209,7 @@ impl Default for ServeConfig {
             spool_max_bytes: 4 << 30,
             lan_listen: None,
             lan_allow: Vec::new(),
+            mesh_compression: MeshCompression::Auto,
         }
     }
 }
