@@ -553,3 +553,192 @@ fn decode_blocks(wire: &[u8], len: u64) -> Vec<u8> {
     assert!(rest.is_empty());
     nar
 }
+
+/// A holder of `a_corrupted_compressed_stream_fails_over`, in the test: advertises the paths
+/// of `narinfos` and answers their narinfos with the texts there; answers a NAR request with
+/// `nars`' bytes, raw from the offset asked (`hostile` false), or (`hostile`) as zstd blocks
+/// with a byte of the second flipped. Records each NAR request's path and offset.
+struct FakeHolder {
+    narinfos: std::collections::HashMap<StorePathHash, String>,
+    nars: std::collections::HashMap<StorePathHash, Vec<u8>>,
+    hostile: bool,
+    asked: std::sync::Mutex<Vec<(StorePathHash, u64)>>,
+}
+
+impl FakeHolder {
+    /// Serves `mesh`'s adverts and fetch streams.
+    fn serve(self: std::sync::Arc<Self>, mesh: &Mesh) {
+        use nixmesh_protocol::mesh_messages::{ADVERTS_PROTOCOL, AdvertMessage, AdvertPosition};
+        let mut adverts = mesh.control().accept(Mesh::protocol(ADVERTS_PROTOCOL)).unwrap();
+        let hashes: Vec<StorePathHash> = self.narinfos.keys().copied().collect();
+        tokio::spawn(async move {
+            while let Some((_, stream)) = adverts.next().await {
+                let hashes = hashes.clone();
+                tokio::spawn(async move {
+                    let mut stream = MeshStream::mesh(stream, LIMITS);
+                    let _: nixmesh_protocol::mesh_messages::AdvertRequest = stream.read().await?;
+                    let position = AdvertPosition { epoch: 7, generation: 1 };
+                    let snapshot = AdvertMessage::Snapshot { position, hashes, last: true };
+                    stream.write(&snapshot).await?;
+                    Ok::<_, nixmesh_node::mesh::framed::FrameError>(stream.ended().await)
+                });
+            }
+        });
+        let versions = [Mesh::protocol(FETCH_PROTOCOL_V3), Mesh::protocol(FETCH_PROTOCOL)];
+        let mut fetches = mesh.control().accept_versions(&versions).unwrap();
+        tokio::spawn(async move {
+            while let Some((_, stream, _)) = fetches.next().await {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    let mut stream = MeshStream::mesh(stream, LIMITS);
+                    while let Ok(request) = stream.read::<FetchRequest>().await {
+                        if this.answer(request, &mut stream).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+    }
+
+    async fn answer(
+        &self,
+        request: FetchRequest,
+        stream: &mut MeshStream,
+    ) -> Result<(), nixmesh_node::mesh::framed::FrameError> {
+        let (hash, offset) = match request {
+            FetchRequest::NarInfo { hash } => {
+                let answer = match self.narinfos.get(&hash) {
+                    Some(text) => FetchResponse::NarInfo { text: text.clone() },
+                    None => FetchResponse::NotFound,
+                };
+                return stream.write(&answer).await;
+            }
+            FetchRequest::Nar { hash, offset, .. }
+            | FetchRequest::NarCoded { hash, offset, .. } => (hash, offset),
+            other => panic!("a fake holder was asked {other:?}"),
+        };
+        self.asked.lock().unwrap().push((hash, offset));
+        let nar = &self.nars[&hash];
+        let nar_size = nar.len() as u64;
+        if self.hostile {
+            assert_eq!(offset, 0);
+            stream.write(&FetchResponse::NarBlocks { nar_size, offset }).await?;
+            stream.write_bytes(&blocks_of(nar, Some(40))).await?;
+        } else {
+            stream.write(&FetchResponse::Nar { nar_size, offset }).await?;
+            stream.write_bytes(&nar[offset as usize..]).await?;
+        }
+        stream.flush().await
+    }
+
+    /// Starts `self` on a listening mesh; its address to dial.
+    fn start(self: &std::sync::Arc<Self>, runtime: &Runtime, stop: &Shutdown) -> libp2p::Multiaddr {
+        let keypair = libp2p::identity::Keypair::generate_ed25519();
+        let listen = ["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        runtime.block_on(async {
+            let mesh = support::mesh_without_events(keypair, &listen, Default::default(), stop);
+            self.clone().serve(&mesh);
+            let address = support::dial_address(&mesh).await;
+            std::mem::forget(mesh);
+            address
+        })
+    }
+}
+
+/// The narinfo texts a node on `store` gives of `paths` (signed, as the store holds them).
+fn narinfo_texts(
+    runtime: &Runtime,
+    config: ServeConfig,
+    paths: &[&str],
+) -> std::collections::HashMap<StorePathHash, String> {
+    let stop = Shutdown::new();
+    let node = runtime.block_on(RunningNode::start(config)).unwrap();
+    let texts = runtime.block_on(async {
+        let client = support::client_mesh(&stop);
+        client.want(DialTarget::from_multiaddr(node.p2p_addresses().await[0].clone())).await;
+        let id = node.peer_id();
+        support::until("a client to reach the node", DEADLINE, || client.peers().is_connected(&id))
+            .await;
+        let mut texts = std::collections::HashMap::new();
+        for path in paths {
+            let hash = StorePath::parse(path).unwrap().hash();
+            let stream = support::open_fetch(&client, id).await;
+            match support::ask_once(stream, LIMITS, &FetchRequest::NarInfo { hash }).await {
+                (FetchResponse::NarInfo { text }, _) => texts.insert(hash, text),
+                other => panic!("{other:?}"),
+            };
+        }
+        texts
+    });
+    runtime.block_on(node.stop()).unwrap();
+    texts
+}
+
+#[test]
+fn a_corrupted_compressed_stream_fails_over() {
+    if !nix_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = nixmesh_tests::CacheKey::generate(dir.path(), "coded-1");
+    let store = HostStore::start(&Host::local_in(dir.path(), "holders"));
+    let file = |name: &str| {
+        let mut contents = compressible_nar();
+        contents.extend_from_slice(format!("{name} {}", unique_marker()).as_bytes());
+        let path = store.add_file(name, &contents);
+        store.sign_closure(&key.secret_file, &path);
+        path
+    };
+    // The path the test is about, and one the good holder gets a fault on first.
+    let (path, other) = (file("coded"), file("faulted"));
+    let (dump, other_dump) = (store.dump(&path), store.dump(&other));
+    let (hash, other_hash) =
+        (StorePath::parse(&path).unwrap().hash(), StorePath::parse(&other).unwrap().hash());
+    let (runtime, stop, _) = client_and_runtime();
+    let config = support::loopback_config(&dir.path().join("node"), &store, &key.public, vec![]);
+    let texts = narinfo_texts(&runtime, config, &[&path, &other]);
+
+    // Two holders the test plays: the hostile one of `path`, and one of both that sends
+    // `path` right and `other` wrong, so that it is demoted and asked after the hostile one.
+    let hostile = std::sync::Arc::new(FakeHolder {
+        narinfos: [(hash, texts[&hash].clone())].into(),
+        nars: [(hash, dump.clone())].into(),
+        hostile: true,
+        asked: Default::default(),
+    });
+    let mut garbage = other_dump.clone();
+    garbage[1000] ^= 1;
+    let good = std::sync::Arc::new(FakeHolder {
+        narinfos: texts.clone(),
+        nars: [(hash, dump.clone()), (other_hash, garbage)].into(),
+        hostile: false,
+        asked: Default::default(),
+    });
+    let peers = vec![hostile.start(&runtime, &stop), good.start(&runtime, &stop)];
+    let asker_store = HostStore::start(&Host::local_in(dir.path(), "asker"));
+    let asker_config =
+        support::loopback_config(&dir.path().join("asker"), &asker_store, &key.public, peers);
+    let asker = runtime.block_on(RunningNode::start(asker_config)).unwrap();
+    let http = asker.http_address();
+    wait_until(DEADLINE, "the asker to index both holders", || {
+        support::status(http)["indexed_paths"] == 3
+    });
+    let nar_of = |hash: StorePathHash| {
+        let (status, _, narinfo) = support::timed_get(http, &format!("/{hash}.narinfo"));
+        assert_eq!(status, 200);
+        let url = format!("/{}", nixmesh_tests::parse_narinfo(&narinfo).url);
+        support::timed_get(http, &url)
+    };
+    let (_, _, body) = nar_of(other_hash);
+    assert!(body != other_dump, "a wrong NAR is never served whole");
+    let (status, _, body) = nar_of(hash);
+    assert_eq!(status, 200);
+    assert_eq!(body.len(), dump.len(), "the whole NAR");
+    assert!(body == dump, "every byte the path's");
+    assert_eq!(*hostile.asked.lock().unwrap(), [(hash, 0)], "the hostile holder first");
+    let resumed = good.asked.lock().unwrap().iter().any(|&(h, at)| h == hash && at > 0);
+    assert!(resumed, "the good holder from the offset reached: {:?}", good.asked.lock().unwrap());
+    runtime.block_on(asker.stop()).unwrap();
+    drop(stop);
+}
