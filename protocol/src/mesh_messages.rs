@@ -97,7 +97,11 @@ pub enum FetchRequest {
     /// with [`FetchResponse::BuildLog`] by a node that serves its logs and has this one,
     /// else `NotFound`.
     BuildLog { drv: String },
-    // fetch/3 only, from here on: a fetch/2 holder cannot decode these.
+    // fetch/3 only, from here on: a fetch/2 holder cannot decode these. A fetch/3 holder
+    // closes a stream on a request it cannot decode, as fetch/2's does, so a request added
+    // after these (a closure of narinfos, say) comes with its own protocol name, fetch/4,
+    // offered before fetch/3: `FetchVersion` and the lists the asker offers and the holder
+    // accepts take one more entry.
     /// As [`FetchRequest::Nar`]; with `zstd` the asker accepts the bytes as blocks
     /// ([`FetchResponse::NarBlocks`]). The holder may answer with a raw `Nar` all the same.
     NarCoded { hash: StorePathHash, nar_hash: Sha256, offset: u64, zstd: bool },
