@@ -430,7 +430,7 @@ fn compression_falls_back_with_a_fetch2_holder() {
             })
         });
     wait_until(DEADLINE, "the client to connect", || client.peers().is_connected(&holder));
-    let fetch = FetchClient::new(client.clone());
+    let fetch = FetchClient::compressing(client.clone(), MeshCompression::Always);
     let (hash, nar_hash) = (StorePathHash([1; 20]), Sha256([2; 32]));
     for offset in [0, 300_001] {
         let body = runtime.block_on(fetch.nar(holder, hash, nar_hash, offset)).unwrap().unwrap();
@@ -464,7 +464,7 @@ fn a_corrupted_zstd_block_is_an_error_before_any_of_its_bytes() {
         })
     });
     wait_until(DEADLINE, "the client to connect", || client.peers().is_connected(&holder));
-    let fetch = FetchClient::new(client.clone());
+    let fetch = FetchClient::compressing(client.clone(), MeshCompression::Always);
     let (hash, nar_hash) = (StorePathHash([1; 20]), Sha256([2; 32]));
     let body = runtime.block_on(fetch.nar(holder, hash, nar_hash, 0)).unwrap().unwrap();
     let (bytes, error) = read_body(&runtime, body);
@@ -505,7 +505,7 @@ fn a_fetch3_holder_sends_zstd_blocks_when_asked_and_a_fetch2_stream_stays_raw() 
     let coded = FetchRequest::NarCoded { hash, nar_hash, offset: 0, zstd: true };
     assert!(matches!(setup.ask(&coded).0, FetchResponse::Failed { .. }));
     // The node's own asker.
-    let fetch = FetchClient::new(setup.client.clone());
+    let fetch = FetchClient::compressing(setup.client.clone(), MeshCompression::Always);
     let body = setup.runtime.block_on(fetch.nar(setup.server, hash, nar_hash, 0));
     let (bytes, error) = read_body(&setup.runtime, body.unwrap().unwrap());
     assert!(error.is_none() && bytes == dump, "{error:?}");
@@ -531,7 +531,7 @@ fn compression_falls_back_with_a_holder_that_declines() {
     });
     assert_eq!(response, FetchResponse::Nar { nar_size: dump.len() as u64, offset: 0 });
     assert!(bytes == dump);
-    let fetch = FetchClient::new(setup.client.clone());
+    let fetch = FetchClient::compressing(setup.client.clone(), MeshCompression::Always);
     let body = setup.runtime.block_on(fetch.nar(setup.server, hash, nar_hash, 0));
     let (bytes, error) = read_body(&setup.runtime, body.unwrap().unwrap());
     assert!(error.is_none() && bytes == dump, "{error:?}");
@@ -717,8 +717,10 @@ fn a_corrupted_compressed_stream_fails_over() {
     });
     let peers = vec![hostile.start(&runtime, &stop), good.start(&runtime, &stop)];
     let asker_store = HostStore::start(&Host::local_in(dir.path(), "asker"));
-    let asker_config =
+    let mut asker_config =
         support::loopback_config(&dir.path().join("asker"), &asker_store, &key.public, peers);
+    // The fake holders' link is loopback: asked for zstd all the same.
+    asker_config.mesh_compression = MeshCompression::Always;
     let asker = runtime.block_on(RunningNode::start(asker_config)).unwrap();
     let http = asker.http_address();
     wait_until(DEADLINE, "the asker to index both holders", || {

@@ -1,15 +1,15 @@
 //! zstd on the mesh's NAR streams (issue 21), on a LAN of network namespaces with the real
 //! `nix copy` as the client: host 1's node holds a path of shared-library bytes, host 2's
 //! node fetches it for its own Nix. Over a link shaped to 100 Mbit/s the NAR crosses it as
-//! zstd blocks, well under its size; over an unshaped link, once the asker has measured it
-//! (on the first NAR), the next goes raw. Either way the copy is byte for byte the holder's
+//! zstd blocks after its first MiB, which measured the link, well under its size; over an
+//! unshaped link, once the asker has measured it (on the first NAR), the next goes raw. Either way the copy is byte for byte the holder's
 //! (Nix checks the NarHash; the test compares the NARs too).
 //!
-//! What the first NAR over the unshaped link does is the holder's measure, and depends on
-//! the build: with a release binary the link keeps up with zstd and the holder sends all but
-//! the first dozen blocks raw; with the tests' debug binary, whose noise cipher and hashing
-//! run unoptimized on shared cores, the link is truly the slower and it compresses. The test
-//! prints it and asserts what holds for both: the asker does not ask again.
+//! What the first NAR over the unshaped link does depends on the build: with a release
+//! binary the link keeps up with zstd and it stays raw; with the tests' debug binary, whose
+//! noise cipher and hashing run unoptimized on shared cores, its reader may find it slow
+//! enough to switch. The test prints it and asserts what holds for both: once the link is
+//! measured whole, the next NAR is not asked for as zstd.
 
 use std::time::{Duration, Instant};
 
@@ -113,8 +113,10 @@ fn compression_on_a_100mbit_link() {
         "{nar_size} NAR bytes over {SLOW_LINK_MBIT} Mbit/s in {took:?}: {zstd_wire} zstd wire \
          bytes for {zstd_nar} NAR bytes, {raw} raw"
     );
-    assert_eq!(zstd_nar, nar_size, "the whole NAR came as zstd blocks");
-    assert!(zstd_wire * 10 < nar_size * 6, "{zstd_wire} wire bytes for {nar_size}");
+    // The first MiB raw, which measured the link; the rest as zstd blocks.
+    assert!(zstd_nar + (2 << 20) >= nar_size, "{zstd_nar} of {nar_size} NAR bytes as zstd");
+    let wire = raw + zstd_wire;
+    assert!(wire * 10 < nar_size * 6, "{wire} wire bytes for {nar_size}");
     let _ = &setup.lan;
 }
 

@@ -128,7 +128,7 @@ struct FlagValues {
     #[arg(long = "lan-allow", value_name = "CIDR")]
     lan_allow: Vec<super::Cidr>,
     /// NARs between nodes: `auto` compresses them with zstd where the link is slower than
-    /// compressing; `off` never.
+    /// compressing; `always` asks for it of every peer; `off` never.
     #[arg(long, value_name = "MODE", default_value_t = defaults().mesh_compression)]
     mesh_compression: super::MeshCompression,
 }

@@ -116,7 +116,8 @@ pub struct ServeConfig {
     pub lan_allow: Vec<Cidr>,
     /// NARs between nodes: `auto` asks a peer for zstd blocks where the link to it is slower
     /// than compressing, and gives them to peers that ask while this node's CPU has room;
-    /// `off` neither asks nor gives (see docs/wire-protocol.md).
+    /// `always` asks every peer that speaks it; `off` neither asks nor gives (see
+    /// docs/wire-protocol.md).
     pub mesh_compression: MeshCompression,
 }
 

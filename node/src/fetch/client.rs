@@ -219,7 +219,7 @@ impl FetchClient {
     /// A client asking for zstd as `compression` says, and measuring its zstd speed.
     pub fn compressing(mesh: Mesh, compression: MeshCompression) -> Self {
         let links = Arc::new(LinkStats::default());
-        if compression == MeshCompression::Auto {
+        if compression != MeshCompression::Off {
             links.calibrate();
         }
         let sessions = Sessions {
@@ -294,7 +294,21 @@ impl FetchClient {
         nar_hash: Sha256,
         offset: u64,
     ) -> Result<Option<NarBody>, FetchError> {
-        self.nar_answer(peer, FetchRequest::Nar { hash, nar_hash, offset }, "NAR").await
+        let request = FetchRequest::Nar { hash, nar_hash, offset };
+        let zstd = self.wants_zstd(peer, &request);
+        self.nar_answer(peer, request, "NAR", zstd).await
+    }
+
+    /// [`FetchClient::nar`] asked for as zstd blocks: where a raw transfer found the link
+    /// slow, the rest of it (see [`body`]).
+    pub(super) async fn nar_coded(
+        &self,
+        peer: PeerId,
+        hash: StorePathHash,
+        nar_hash: Sha256,
+        offset: u64,
+    ) -> Result<Option<NarBody>, FetchError> {
+        self.nar_answer(peer, FetchRequest::Nar { hash, nar_hash, offset }, "NAR", true).await
     }
 
     /// The NAR with `nar_hash` of `hash` from an upstream cache by way of `peer`, its
@@ -308,17 +322,28 @@ impl FetchClient {
         offset: u64,
     ) -> Result<Option<NarBody>, FetchError> {
         let request = FetchRequest::UpstreamNar { hash, nar_hash, offset };
-        self.nar_answer(peer, request, "NAR from upstream").await
+        self.nar_answer(peer, request, "NAR from upstream", false).await
     }
 
-    /// Asks `request` (a NAR request from `offset`) and reads the NAR that answers it.
+    /// Asks `request` (a NAR request from `offset`), as zstd blocks with `zstd` where the
+    /// stream's version allows, and reads the NAR that answers it.
     async fn nar_answer(
         &self,
         peer: PeerId,
         request: FetchRequest,
         operation: &'static str,
+        zstd: bool,
     ) -> Result<Option<NarBody>, FetchError> {
         let failed = |failure: FetchFailure| FetchError { peer, operation, failure };
+        // A raw NAR from the peer's store may turn to zstd blocks halfway (see `body`).
+        let switch = match request {
+            FetchRequest::Nar { hash, nar_hash, offset }
+                if self.sessions.compression == MeshCompression::Auto =>
+            {
+                Some(body::Switch { client: self.clone(), hash, nar_hash, offset })
+            }
+            _ => None,
+        };
         let offset = match request {
             FetchRequest::Nar { offset, .. } | FetchRequest::UpstreamNar { offset, .. } => offset,
             FetchRequest::NarInfo { .. }
@@ -327,12 +352,16 @@ impl FetchClient {
             | FetchRequest::BuildLog { .. }
             | FetchRequest::NarCoded { .. } => unreachable!("a NAR request"),
         };
-        let (session, response) = self.exchange(peer, request, operation).await?;
+        let (session, response) = self.exchange_as(peer, request, operation, zstd).await?;
         match response {
             FetchResponse::Nar { nar_size, offset: sent_from }
                 if sent_from == offset && offset <= nar_size =>
             {
-                Ok(Some(body::raw(session, nar_size - offset)))
+                // Once only: not where zstd was asked for and declined, nor on fetch/2.
+                let switch = switch
+                    .filter(|_| !session.asked_zstd)
+                    .filter(|_| session.version == FetchVersion::V3);
+                Ok(Some(body::raw(session, nar_size - offset, switch)))
             }
             FetchResponse::NarBlocks { nar_size, offset: sent_from }
                 if session.asked_zstd && sent_from == offset && offset <= nar_size =>
@@ -374,8 +403,20 @@ impl FetchClient {
         request: FetchRequest,
         operation: &'static str,
     ) -> Result<(Session, FetchResponse), FetchError> {
+        let zstd = self.wants_zstd(peer, &request);
+        self.exchange_as(peer, request, operation, zstd).await
+    }
+
+    /// [`FetchClient::exchange`], a NAR asked for as zstd blocks with `zstd` (on fetch/3).
+    async fn exchange_as(
+        &self,
+        peer: PeerId,
+        request: FetchRequest,
+        operation: &'static str,
+        zstd: bool,
+    ) -> Result<(Session, FetchResponse), FetchError> {
         let gone = self.mesh.peers().until_gone(&peer);
-        let asking = self.exchange_with(peer, request, operation, gone.clone());
+        let asking = self.exchange_with(peer, request, operation, gone.clone(), zstd);
         unless_gone(gone.as_ref(), asking)
             .await
             .unwrap_or_else(|| Err(disconnected(peer, operation)))
@@ -387,11 +428,11 @@ impl FetchClient {
         request: FetchRequest,
         operation: &'static str,
         gone: Option<CancellationToken>,
+        zstd: bool,
     ) -> Result<(Session, FetchResponse), FetchError> {
         let share = self.sessions.in_use.acquire(peer).await;
         let mut share = Some(share);
         let mut new_streams = 0;
-        let zstd = self.wants_zstd(peer, &request);
         loop {
             let idle = self.take_idle(peer);
             let reused = idle.is_some();
@@ -436,8 +477,11 @@ impl FetchClient {
     /// Whether to ask `peer` for `request` (a NAR from its store) as zstd blocks.
     fn wants_zstd(&self, peer: PeerId, request: &FetchRequest) -> bool {
         matches!(request, FetchRequest::Nar { .. })
-            && self.sessions.compression == MeshCompression::Auto
-            && self.sessions.links.wants_zstd(&peer)
+            && match self.sessions.compression {
+                MeshCompression::Auto => self.sessions.links.wants_zstd(&peer),
+                MeshCompression::Always => true,
+                MeshCompression::Off => false,
+            }
     }
 
     fn take_idle(&self, peer: PeerId) -> Option<(MeshStream, FetchVersion)> {

@@ -6,11 +6,16 @@
 //! wire rate and the share of the transfer its reader spent waiting for bytes (a reader
 //! that waits is not CPU-bound), each as a moving average. Against that it puts this node's
 //! own zstd speed, measured once at start on its own binary (machine code, about as
-//! compressible as a closure's libraries): it asks for zstd while the reader waits most of
+//! compressible as a closure's libraries): it asks for zstd while the reader waits over half
 //! the time and the link carries less than a third of what zstd compresses per second (at
 //! the threefold ratio of such bytes, compressing then keeps ahead of the link). A peer not
-//! yet measured is asked for zstd: the holder keeps a fast link raw by its own measure
-//! (`server::coded`), and the transfer measures the link for the next one.
+//! yet measured is asked for raw NARs; a raw transfer whose first [`MEASURED_FROM`] bytes say
+//! the link is slow asks for the rest as zstd blocks, from the offset reached
+//! ([`LinkStats::slow_so_far`]), so that even the first NAR from a peer gains.
+//!
+//! The holder cannot tell a slow link from a fast one itself: its writes go into socket and
+//! stream buffers of megabytes, which a slow link takes seconds to fill, so a write returning
+//! at once says nothing about the link. It follows the asker's measure, but for its CPU.
 //!
 //! The holder answers raw when its process used more than [`BUSY_SHARE`] of the machine's
 //! cores over the last second ([`ProcessCpu`]): its other askers come first.
@@ -32,6 +37,9 @@ pub enum MeshCompression {
     /// Asked for where the link is the bottleneck, and given where asked and the CPU allows.
     #[default]
     Auto,
+    /// Asked for of every fetch/3 peer, whatever the link (a link known to be slow: a VPN);
+    /// given as with `auto`.
+    Always,
     /// Never asked for, never given: every NAR travels raw.
     Off,
 }
@@ -40,6 +48,7 @@ impl std::fmt::Display for MeshCompression {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             MeshCompression::Auto => "auto",
+            MeshCompression::Always => "always",
             MeshCompression::Off => "off",
         })
     }
@@ -47,9 +56,10 @@ impl std::fmt::Display for MeshCompression {
 
 /// Transfers shorter than this say more about latency than about the link.
 pub const MEASURED_FROM: u64 = 1 << 20;
-/// The share of a transfer the reader must spend waiting for the link to count as the
-/// bottleneck.
-const WAITING_SHARE: f64 = 0.8;
+/// The share of a transfer the reader must spend waiting for the link for the link to count
+/// as the bottleneck: at a half, the reader could take twice what the link brings, and
+/// zstd's threefold bytes would not just make it wait on its own CPU instead.
+const WAITING_SHARE: f64 = 0.5;
 /// The ratio zstd gets on a typical closure's bytes, and so how much slower than zstd the
 /// link must be.
 const TYPICAL_RATIO: f64 = 3.0;
@@ -132,11 +142,28 @@ impl LinkStats {
         });
     }
 
-    /// Whether to ask `peer` for zstd; see the module docs.
+    /// Whether to ask `peer` for zstd: once a transfer measured its link slow; see the
+    /// module docs.
     pub fn wants_zstd(&self, peer: &PeerId) -> bool {
-        let Some(link) = self.of(peer) else { return true };
+        self.of(peer).is_some_and(|link| self.slow(link.rate, link.waiting))
+    }
+
+    /// Whether the raw transfer `clock` measured, at least [`MEASURED_FROM`] bytes into it,
+    /// says the link is slow enough for zstd to pay for the rest.
+    pub fn slow_so_far(&self, clock: &TransferClock) -> bool {
+        let Some(started) = clock.started.filter(|_| clock.nar >= MEASURED_FROM) else {
+            return false;
+        };
+        let took = started.elapsed().as_secs_f64().max(1e-6);
+        let waiting = clock.waited.as_secs_f64() / took;
+        self.slow(clock.wire as f64 / took, waiting)
+    }
+
+    /// Whether a link of `rate` wire bytes a second, whose reader waited `waiting` of the
+    /// time, is the bottleneck zstd relieves.
+    fn slow(&self, rate: f64, waiting: f64) -> bool {
         let speed = self.speed.lock().unwrap_or(ASSUMED_SPEED);
-        link.waiting > WAITING_SHARE && link.rate < speed / TYPICAL_RATIO
+        waiting > WAITING_SHARE && rate < speed / TYPICAL_RATIO
     }
 
     /// NAR transfers' bytes received so far: on the wire raw, on the wire as zstd blocks,
@@ -247,11 +274,11 @@ mod tests {
         let stats = LinkStats::default();
         *stats.speed.lock() = Some(150e6);
         let (slow, fast, busy_reader) = (PeerId::random(), PeerId::random(), PeerId::random());
-        assert!(stats.wants_zstd(&slow), "unmeasured: asked, the holder decides");
+        assert!(!stats.wants_zstd(&slow), "unmeasured: raw, measured as it goes");
         let second = Duration::from_secs(1);
         stats.ended(slow, &clock(12_000_000, 12_000_000, second, second * 95 / 100, false));
         stats.ended(fast, &clock(400_000_000, 400_000_000, second, second * 95 / 100, true));
-        stats.ended(busy_reader, &clock(12_000_000, 12_000_000, second, second / 10, false));
+        stats.ended(busy_reader, &clock(12_000_000, 12_000_000, second, second * 3 / 10, false));
         assert!(stats.wants_zstd(&slow));
         assert!(!stats.wants_zstd(&fast));
         assert!(!stats.wants_zstd(&busy_reader));

@@ -3,21 +3,16 @@
 //!
 //! Blocks of [`NAR_BLOCK_MAX`] NAR bytes are compressed on blocking threads, two ahead of the
 //! one being written, so compressing overlaps sending. A block zstd does not shrink by a
-//! tenth goes raw ([`encode_block`]). Whether compressing still pays is measured as the
-//! transfer goes: once [`MEASURED_BLOCKS`] blocks past the first [`UNMEASURED_BLOCKS`] (which
-//! the stream's window takes without waiting) have been sent, if the writer waited longer for
-//! the compressor than for the link, the link is the faster of the two and the rest goes raw:
-//! compressing never slows a fast link by more than those first blocks.
+//! tenth goes raw ([`encode_block`]). Whether to compress at all is the asker's measure of
+//! the link and the holder's of its CPU (`crate::fetch::link`): the holder's own writes say
+//! nothing of the link until megabytes of buffers are full.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use nixmesh_protocol::mesh_messages::NAR_BLOCK_MAX;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::task::JoinHandle;
-use tracing::debug;
 
 use super::NarBytes;
 use crate::fetch::zstd_blocks::{END, encode_block};
@@ -30,16 +25,6 @@ pub(super) const WORTH_CODING: u64 = 64 * 1024;
 const LEVEL: i32 = 3;
 /// Blocks compressed ahead of the one being written.
 const AHEAD: usize = 2;
-/// The first blocks, which fill the stream's send window without waiting on the link.
-const UNMEASURED_BLOCKS: u32 = 4;
-/// Blocks measured before deciding whether compressing keeps up with the link.
-const MEASURED_BLOCKS: u32 = 8;
-
-/// A block being made: compressed on a blocking thread, or raw at once.
-enum Making {
-    Compressing(JoinHandle<Vec<u8>>),
-    Raw(Vec<u8>),
-}
 
 /// Writes the NAR's bytes from `offset` on as blocks and then the end: exactly
 /// `nar_size - offset` NAR bytes, or an error that ends the session (as `send_nar`).
@@ -55,69 +40,23 @@ where
     let mut blocks =
         RawBlocks { nar: nar.fuse(), to_skip: offset, made: 0, nar_size, pending: Bytes::new() };
     let mut making = VecDeque::with_capacity(AHEAD + 1);
-    let mut rule = CodingRule::default();
     let mut exhausted = false;
     loop {
         while making.len() <= AHEAD && !exhausted {
             match blocks.next().await? {
-                Some(block) if rule.compressing => {
+                Some(block) => {
                     let encode = move || encode_block(&block, Some(LEVEL));
-                    making.push_back(Making::Compressing(tokio::task::spawn_blocking(encode)));
+                    making.push_back(tokio::task::spawn_blocking(encode));
                 }
-                Some(block) => making.push_back(Making::Raw(encode_block(&block, None))),
                 None => exhausted = true,
             }
         }
         let Some(next) = making.pop_front() else { break };
-        let waiting = Instant::now();
-        let wire = match next {
-            Making::Compressing(work) => work.await.map_err(std::io::Error::other)?,
-            Making::Raw(wire) => wire,
-        };
-        let for_compressor = waiting.elapsed();
-        let writing = Instant::now();
+        let wire = next.await.map_err(std::io::Error::other)?;
         stream.write_bytes(&wire).await?;
-        rule.sent(for_compressor, writing.elapsed());
     }
     stream.write_bytes(&END).await?;
     stream.flush().await
-}
-
-/// Whether compressing keeps ahead of the link, as measured so far; see the module docs.
-struct CodingRule {
-    compressing: bool,
-    blocks: u32,
-    for_compressor: Duration,
-    for_link: Duration,
-}
-
-impl Default for CodingRule {
-    fn default() -> Self {
-        CodingRule {
-            compressing: true,
-            blocks: 0,
-            for_compressor: Duration::ZERO,
-            for_link: Duration::ZERO,
-        }
-    }
-}
-
-impl CodingRule {
-    /// A block was written after waiting `for_compressor` for it and `for_link` to write it.
-    fn sent(&mut self, for_compressor: Duration, for_link: Duration) {
-        self.blocks += 1;
-        if !self.compressing || self.blocks <= UNMEASURED_BLOCKS {
-            return;
-        }
-        self.for_compressor += for_compressor;
-        self.for_link += for_link;
-        if self.blocks == UNMEASURED_BLOCKS + MEASURED_BLOCKS && self.for_compressor > self.for_link
-        {
-            debug!(compressor = ?self.for_compressor, link = ?self.for_link,
-                "the link keeps up with zstd: the rest of the NAR goes raw");
-            self.compressing = false;
-        }
-    }
 }
 
 /// The NAR from its start, cut into blocks of [`NAR_BLOCK_MAX`] from `to_skip` on, its size
