@@ -299,18 +299,6 @@ impl FetchClient {
         self.nar_answer(peer, request, "NAR", zstd).await
     }
 
-    /// [`FetchClient::nar`] asked for as zstd blocks: where a raw transfer found the link
-    /// slow, the rest of it (see [`body`]).
-    pub(super) async fn nar_coded(
-        &self,
-        peer: PeerId,
-        hash: StorePathHash,
-        nar_hash: Sha256,
-        offset: u64,
-    ) -> Result<Option<NarBody>, FetchError> {
-        self.nar_answer(peer, FetchRequest::Nar { hash, nar_hash, offset }, "NAR", true).await
-    }
-
     /// The NAR with `nar_hash` of `hash` from an upstream cache by way of `peer`, its
     /// claimer (see [`crate::upstream::flight`]), from byte `offset` on; `None` when `peer`
     /// has no upstream with it.
@@ -335,15 +323,6 @@ impl FetchClient {
         zstd: bool,
     ) -> Result<Option<NarBody>, FetchError> {
         let failed = |failure: FetchFailure| FetchError { peer, operation, failure };
-        // A raw NAR from the peer's store may turn to zstd blocks halfway (see `body`).
-        let switch = match request {
-            FetchRequest::Nar { hash, nar_hash, offset }
-                if self.sessions.compression == MeshCompression::Auto =>
-            {
-                Some(body::Switch { client: self.clone(), hash, nar_hash, offset })
-            }
-            _ => None,
-        };
         let offset = match request {
             FetchRequest::Nar { offset, .. } | FetchRequest::UpstreamNar { offset, .. } => offset,
             FetchRequest::NarInfo { .. }
@@ -357,11 +336,7 @@ impl FetchClient {
             FetchResponse::Nar { nar_size, offset: sent_from }
                 if sent_from == offset && offset <= nar_size =>
             {
-                // Once only: not where zstd was asked for and declined, nor on fetch/2.
-                let switch = switch
-                    .filter(|_| !session.asked_zstd)
-                    .filter(|_| session.version == FetchVersion::V3);
-                Ok(Some(body::raw(session, nar_size - offset, switch)))
+                Ok(Some(body::raw(session, nar_size - offset)))
             }
             FetchResponse::NarBlocks { nar_size, offset: sent_from }
                 if session.asked_zstd && sent_from == offset && offset <= nar_size =>

@@ -9,9 +9,11 @@
 //! compressible as a closure's libraries): it asks for zstd while the reader waits over half
 //! the time and the link carries less than a third of what zstd compresses per second (at
 //! the threefold ratio of such bytes, compressing then keeps ahead of the link). A peer not
-//! yet measured is asked for raw NARs; a raw transfer whose first [`MEASURED_FROM`] bytes say
-//! the link is slow asks for the rest as zstd blocks, from the offset reached
-//! ([`LinkStats::slow_so_far`]), so that even the first NAR from a peer gains.
+//! yet measured is asked for raw NARs, which measure it. (Switching a raw transfer to zstd
+//! halfway, once its first MiB found the link slow, let stalled HTTP clients take whole NARs
+//! into socket buffers instead of being cut off: `wedge_clients` caught it. Not done.)
+//! Nor is zstd asked for while this node is busy: its readers then wait for a core, not the
+//! link.
 //!
 //! The holder cannot tell a slow link from a fast one itself: its writes go into socket and
 //! stream buffers of megabytes, which a slow link takes seconds to fill, so a write returning
@@ -112,6 +114,9 @@ pub struct LinkStats {
     peers: Mutex<HashMap<PeerId, Link>>,
     /// Bytes per second this node compresses at level 3, once measured.
     speed: Mutex<Option<f64>>,
+    /// This node's load: a reader on a busy node waits for its turn on a core, not for the
+    /// link, and zstd would only add work.
+    cpu: ProcessCpu,
     raw_wire: Counter,
     zstd_wire: Counter,
     zstd_nar: Counter,
@@ -148,22 +153,11 @@ impl LinkStats {
         self.of(peer).is_some_and(|link| self.slow(link.rate, link.waiting))
     }
 
-    /// Whether the raw transfer `clock` measured, at least [`MEASURED_FROM`] bytes into it,
-    /// says the link is slow enough for zstd to pay for the rest.
-    pub fn slow_so_far(&self, clock: &TransferClock) -> bool {
-        let Some(started) = clock.started.filter(|_| clock.nar >= MEASURED_FROM) else {
-            return false;
-        };
-        let took = started.elapsed().as_secs_f64().max(1e-6);
-        let waiting = clock.waited.as_secs_f64() / took;
-        self.slow(clock.wire as f64 / took, waiting)
-    }
-
     /// Whether a link of `rate` wire bytes a second, whose reader waited `waiting` of the
     /// time, is the bottleneck zstd relieves.
     fn slow(&self, rate: f64, waiting: f64) -> bool {
         let speed = self.speed.lock().unwrap_or(ASSUMED_SPEED);
-        waiting > WAITING_SHARE && rate < speed / TYPICAL_RATIO
+        waiting > WAITING_SHARE && rate < speed / TYPICAL_RATIO && !self.cpu.busy()
     }
 
     /// NAR transfers' bytes received so far: on the wire raw, on the wire as zstd blocks,

@@ -1,12 +1,6 @@
 //! A NAR's bytes as they come from the holder, raw or as zstd blocks, handed on as a stream
 //! of chunks; the session goes back for reuse as soon as the answer is read whole, and the
 //! transfer is measured for [`super::LinkStats`].
-//!
-//! A raw NAR from a peer's store on a fetch/3 stream may switch to zstd blocks halfway: once
-//! [`super::super::link::MEASURED_FROM`] bytes say the link is slow, the rest is asked for
-//! anew, as blocks from the offset reached, and the consumer reads on without a seam. The
-//! stream it came on is dropped (the holder's write fails and its session ends): one stream
-//! for one NAR, only once, and only where it pays.
 
 use std::time::Instant;
 
@@ -16,11 +10,8 @@ use nixmesh_protocol::mesh_messages::NAR_BLOCK_WIRE_MAX;
 use super::super::NAR_CHUNK;
 use super::super::link::TransferClock;
 use super::super::zstd_blocks::BlockDecoder;
-use super::{
-    FetchClient, FetchError, FetchFailure, NarBody, Session, Violation, disconnected, unless_gone,
-};
+use super::{FetchError, FetchFailure, NarBody, Session, Violation, disconnected, unless_gone};
 use crate::mesh::framed::FrameError;
-use nixmesh_protocol::{Sha256, StorePathHash};
 
 /// A transfer under way: its session (until read whole) and its measure.
 struct Transfer {
@@ -72,13 +63,6 @@ impl Transfer {
         }
     }
 
-    /// Whether the link, as measured so far, is slow enough to ask for the rest (`left`
-    /// bytes, at least a block's worth) as zstd blocks.
-    fn slows(&self, left: u64) -> bool {
-        let Some(session) = &self.session else { return false };
-        left >= super::super::link::MEASURED_FROM && session.sessions.links.slow_so_far(&self.clock)
-    }
-
     /// The transfer failed: the session is dropped (its stream closed), the bytes counted.
     fn fail(&mut self) {
         if let Some(session) = self.session.take() {
@@ -87,56 +71,27 @@ impl Transfer {
     }
 }
 
-/// What a raw transfer needs to ask for the rest of its NAR as zstd blocks.
-pub(in crate::fetch) struct Switch {
-    pub(in crate::fetch) client: FetchClient,
-    pub(in crate::fetch) hash: StorePathHash,
-    pub(in crate::fetch) nar_hash: Sha256,
-    /// Where the transfer began in the NAR.
-    pub(in crate::fetch) offset: u64,
-}
-
-/// A raw transfer: reading, or handed over to the zstd blocks of the rest. One per transfer,
-/// moved from one read to the next: its size is no matter.
-#[allow(clippy::large_enum_variant)]
-enum Raw {
-    Reading { transfer: Transfer, left: u64, switch: Option<Switch> },
-    Switched(NarBody),
-}
-
-/// The `len` NAR bytes that follow a `Nar` answer; with `switch`, the rest as zstd blocks
-/// once the link proves slow (see the module docs).
-pub(super) fn raw(session: Session, len: u64, switch: Option<Switch>) -> NarBody {
+/// The `len` NAR bytes that follow a `Nar` answer.
+pub(super) fn raw(session: Session, len: u64) -> NarBody {
     let peer = session.peer;
-    let state = Raw::Reading { transfer: Transfer::new(session), left: len, switch };
-    let chunks = futures::stream::unfold(state, move |state| async move {
-        let (mut transfer, left, mut switch) = match state {
-            Raw::Switched(mut rest) => {
-                use futures::StreamExt;
-                let next = rest.next().await?;
-                return Some((next, Raw::Switched(rest)));
-            }
-            Raw::Reading { transfer, left, switch } => (transfer, left, switch),
-        };
+    let state = (Transfer::new(session), len);
+    let chunks = futures::stream::unfold(state, move |(mut transfer, left)| async move {
         transfer.session.as_ref()?;
         let failed = |failure: FetchFailure| FetchError { peer, operation: "NAR", failure };
         if left == 0 {
             transfer.finish();
             return None;
         }
-        if let Some(to) = switch.take_if(|_| transfer.slows(left)) {
-            return switch_to_blocks(transfer, to, len - left).await;
-        }
         let want = left.min(NAR_CHUNK as u64) as usize;
         let Some(read) = transfer.read(want).await else {
             transfer.fail();
-            return Some((Err(disconnected(peer, "NAR")), Raw::Reading { transfer, left, switch }));
+            return Some((Err(disconnected(peer, "NAR")), (transfer, left)));
         };
-        let (item, left) = match read {
+        match read {
             Ok(chunk) if chunk.is_empty() => {
                 transfer.fail();
                 let early = Violation::EndedEarly { got: len - left, expected: len };
-                (Err(failed(early.into())), left)
+                Some((Err(failed(early.into())), (transfer, left)))
             }
             Ok(chunk) => {
                 let left = left - chunk.len() as u64;
@@ -144,43 +99,15 @@ pub(super) fn raw(session: Session, len: u64, switch: Option<Switch>) -> NarBody
                 if left == 0 {
                     transfer.finish();
                 }
-                (Ok(chunk), left)
+                Some((Ok(chunk), (transfer, left)))
             }
             Err(e) => {
                 transfer.fail();
-                (Err(failed(e.into())), left)
+                Some((Err(failed(e.into())), (transfer, left)))
             }
-        };
-        Some((item, Raw::Reading { transfer, left, switch }))
+        }
     });
     Box::pin(chunks)
-}
-
-/// Drops `transfer`'s stream `done` bytes in, counts it, and asks for the rest as blocks; the
-/// first chunk of the rest, or why it could not be had (the substituter fails over from the
-/// offset reached, as for any holder that stopped).
-async fn switch_to_blocks(
-    mut transfer: Transfer,
-    to: Switch,
-    done: u64,
-) -> Option<(Result<bytes::Bytes, FetchError>, Raw)> {
-    use futures::StreamExt;
-    let peer = transfer.session.as_ref().map(|s| s.peer)?;
-    transfer.fail();
-    let offset = to.offset + done;
-    tracing::debug!(%peer, offset, "the link is slow: the rest of the NAR as zstd blocks");
-    let rest = to.client.nar_coded(peer, to.hash, to.nar_hash, offset).await;
-    let mut rest = match rest {
-        Ok(Some(rest)) => rest,
-        Ok(None) => {
-            let failure = FetchFailure::Declined { message: "the rest was not found".to_owned() };
-            let error = FetchError { peer, operation: "NAR", failure };
-            return Some((Err(error), Raw::Switched(Box::pin(futures::stream::empty()))));
-        }
-        Err(e) => return Some((Err(e), Raw::Switched(Box::pin(futures::stream::empty())))),
-    };
-    let first = rest.next().await?;
-    Some((first, Raw::Switched(rest)))
 }
 
 /// The `len` NAR bytes that follow a `NarBlocks` answer, each block checked whole before any
