@@ -180,6 +180,14 @@ fn wire_seeds() -> Vec<(String, Vec<u8>)> {
             ]),
         ),
         (
+            "fetch-coded".into(),
+            frames(&[
+                &fetch(FetchRequest::NarCoded { hash, nar_hash, offset: 0, zstd: true }),
+                &answer(FetchResponse::NarBlocks { nar_size: 728, offset: 0 }),
+                &fetch(FetchRequest::NarCoded { hash, nar_hash, offset: 100, zstd: false }),
+            ]),
+        ),
+        (
             "adverts".into(),
             frames(&[
                 &subscribe(AdvertRequest::Subscribe { resume: None }),

@@ -1,20 +1,26 @@
 //! A node's fetch protocol as a peer meets it: a bare libp2p client (the node's own `Mesh`,
 //! listening nowhere) asks a running node, on loopback with a real chroot store behind it, for
 //! narinfos, NARs, listings and build logs, honest requests and hostile ones, and checks each
-//! answer against what Nix says of the same store.
+//! answer against what Nix says of the same store. The compression tests also meet the node's
+//! asker (`FetchClient`) with bare holders that speak only fetch/2, or corrupt a zstd block.
 
 mod support;
 
 use std::time::Duration;
 use support::nix_available;
 
+use futures::StreamExt;
 use libp2p::PeerId;
-use nixmesh_node::config::ServeConfig;
-use nixmesh_node::mesh::framed::FrameLimits;
+use nixmesh_node::config::{MeshCompression, ServeConfig};
+use nixmesh_node::fetch::client::{FetchError, FetchFailure, NarBody};
+use nixmesh_node::fetch::{FetchClient, zstd_blocks};
+use nixmesh_node::mesh::framed::{FrameLimits, MeshStream};
 use nixmesh_node::mesh::{DialTarget, Mesh};
 use nixmesh_node::node::RunningNode;
 use nixmesh_node::node::shutdown::Shutdown;
-use nixmesh_protocol::mesh_messages::{FetchRequest, FetchResponse, MAX_FRAME_LEN};
+use nixmesh_protocol::mesh_messages::{
+    FETCH_PROTOCOL, FETCH_PROTOCOL_V3, FetchRequest, FetchResponse, MAX_FRAME_LEN, NAR_BLOCK_MAX,
+};
 use nixmesh_protocol::signature::SigningKey;
 use nixmesh_protocol::{NarInfo, Sha256, StorePath, StorePathHash};
 use nixmesh_tests::{Host, HostStore, unique_marker, wait_until};
@@ -316,4 +322,425 @@ fn listings_are_served_for_the_nar_hash_held_and_logs_only_with_serve_logs() {
     assert_eq!(setup.ask(&missing).0, FetchResponse::NotFound);
     let no_drv = FetchRequest::BuildLog { drv: "../../../etc/passwd".to_owned() };
     assert!(matches!(setup.ask(&no_drv).0, FetchResponse::Failed { .. }));
+}
+
+/// Bytes zstd shrinks several times over, as a NAR of machine code would be: 1 MiB and a bit.
+fn compressible_nar() -> Vec<u8> {
+    (0..(1u32 << 20) + 777).map(|i| ((i / 5) % 31 + (i % 7)) as u8).collect()
+}
+
+/// A bare peer listening on loopback that answers fetch streams of `protocols` with
+/// `answer`, which writes the whole answer to each request; the client `asker` connects to it.
+/// Returns the peer's id.
+fn fake_holder<F>(
+    runtime: &Runtime,
+    stop: &Shutdown,
+    asker: &Mesh,
+    protocols: &[&'static str],
+    answer: F,
+) -> PeerId
+where
+    F: Fn(FetchRequest, &mut MeshStream) -> futures::future::BoxFuture<'_, ()>
+        + Send
+        + Sync
+        + 'static,
+{
+    let answer = std::sync::Arc::new(answer);
+    runtime.block_on(async {
+        let keypair = libp2p::identity::Keypair::generate_ed25519();
+        let listen = ["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        let holder = support::mesh_without_events(keypair, &listen, Default::default(), stop);
+        let versions: Vec<_> = protocols.iter().map(|p| Mesh::protocol(p)).collect();
+        let mut incoming = holder.control().accept_versions(&versions).unwrap();
+        tokio::spawn(async move {
+            while let Some((_, stream, _)) = incoming.next().await {
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut stream = MeshStream::mesh(stream, LIMITS);
+                    while let Ok(request) = stream.read::<FetchRequest>().await {
+                        answer(request, &mut stream).await;
+                    }
+                });
+            }
+        });
+        let address = support::dial_address(&holder).await;
+        asker.want(DialTarget::from_multiaddr(address)).await;
+        let id = holder.local_peer_id();
+        std::mem::forget(holder);
+        id
+    })
+}
+
+const LIMITS: FrameLimits =
+    FrameLimits { idle: DEADLINE, read: DEADLINE, write: DEADLINE, max_frame: MAX_FRAME_LEN };
+
+/// `nar` in blocks as a fetch/3 holder sends them, the byte at `flip` (if any) of the
+/// second block flipped.
+fn blocks_of(nar: &[u8], flip: Option<usize>) -> Vec<u8> {
+    let mut wire = Vec::new();
+    for (n, block) in nar.chunks(NAR_BLOCK_MAX).enumerate() {
+        let mut block = zstd_blocks::encode_block(block, Some(3));
+        assert!(zstd_blocks::is_zstd(&block), "the bytes compress");
+        if let Some(at) = flip.filter(|_| n == 1) {
+            block[5 + at] ^= 0x20;
+        }
+        wire.extend(block);
+    }
+    wire.extend(zstd_blocks::END);
+    wire
+}
+
+/// Reads `body` to its end or first error: the bytes before it, and the error.
+fn read_body(runtime: &Runtime, mut body: NarBody) -> (Vec<u8>, Option<FetchError>) {
+    runtime.block_on(async {
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(chunk) => bytes.extend_from_slice(&chunk),
+                Err(e) => return (bytes, Some(e)),
+            }
+        }
+        (bytes, None)
+    })
+}
+
+fn client_and_runtime() -> (Runtime, Shutdown, Mesh) {
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let stop = Shutdown::new();
+    let client = runtime.block_on(async { support::client_mesh(&stop) });
+    (runtime, stop, client)
+}
+
+#[test]
+fn compression_falls_back_with_a_fetch2_holder() {
+    let (runtime, stop, client) = client_and_runtime();
+    let nar = std::sync::Arc::new(compressible_nar());
+    let served = nar.clone();
+    let holder =
+        fake_holder(&runtime, &stop, &client, &[FETCH_PROTOCOL], move |request, stream| {
+            let nar = served.clone();
+            Box::pin(async move {
+                // What a fetch/2 node reads: anything else would not decode there.
+                let FetchRequest::Nar { offset, .. } = request else { panic!("{request:?}") };
+                let nar_size = nar.len() as u64;
+                stream.write(&FetchResponse::Nar { nar_size, offset }).await.unwrap();
+                stream.write_bytes(&nar[offset as usize..]).await.unwrap();
+                stream.flush().await.unwrap();
+            })
+        });
+    wait_until(DEADLINE, "the client to connect", || client.peers().is_connected(&holder));
+    let fetch = FetchClient::compressing(client.clone(), MeshCompression::Always);
+    let (hash, nar_hash) = (StorePathHash([1; 20]), Sha256([2; 32]));
+    for offset in [0, 300_001] {
+        let body = runtime.block_on(fetch.nar(holder, hash, nar_hash, offset)).unwrap().unwrap();
+        let (bytes, error) = read_body(&runtime, body);
+        assert!(error.is_none(), "{error:?}");
+        assert!(bytes == nar[offset as usize..], "the NAR from {offset}");
+    }
+    let (raw, zstd, _) = fetch.links().wire_bytes();
+    assert_eq!(zstd, 0);
+    assert!(raw >= nar.len() as u64, "{raw}");
+    drop(stop);
+}
+
+#[test]
+fn a_corrupted_zstd_block_is_an_error_before_any_of_its_bytes() {
+    let (runtime, stop, client) = client_and_runtime();
+    let nar = std::sync::Arc::new(compressible_nar());
+    let served = nar.clone();
+    let versions = [FETCH_PROTOCOL_V3, FETCH_PROTOCOL];
+    let holder = fake_holder(&runtime, &stop, &client, &versions, move |request, stream| {
+        let nar = served.clone();
+        Box::pin(async move {
+            let FetchRequest::NarCoded { offset: 0, zstd: true, .. } = request else {
+                panic!("{request:?}")
+            };
+            let nar_size = nar.len() as u64;
+            stream.write(&FetchResponse::NarBlocks { nar_size, offset: 0 }).await.unwrap();
+            // A byte inside the second block's compressed data.
+            stream.write_bytes(&blocks_of(&nar, Some(40))).await.unwrap();
+            stream.flush().await.unwrap();
+        })
+    });
+    wait_until(DEADLINE, "the client to connect", || client.peers().is_connected(&holder));
+    let fetch = FetchClient::compressing(client.clone(), MeshCompression::Always);
+    let (hash, nar_hash) = (StorePathHash([1; 20]), Sha256([2; 32]));
+    let body = runtime.block_on(fetch.nar(holder, hash, nar_hash, 0)).unwrap().unwrap();
+    let (bytes, error) = read_body(&runtime, body);
+    let error = error.expect("the corrupted block is an error");
+    assert!(matches!(error.failure, FetchFailure::Protocol(_)), "{error}");
+    assert!(error.to_string().contains("zstd block"), "{error}");
+    assert_eq!(bytes.len(), NAR_BLOCK_MAX, "the first block's bytes, none of the second's");
+    assert!(bytes == nar[..NAR_BLOCK_MAX], "only right bytes came before the error");
+    drop(stop);
+}
+
+#[test]
+fn a_fetch3_holder_sends_zstd_blocks_when_asked_and_a_fetch2_stream_stays_raw() {
+    if !nix_available() {
+        return;
+    }
+    let setup = Setup::new();
+    let dump = setup.store.dump(&setup.path);
+    let (nar_hash, nar_size) = (Sha256::digest(&dump), dump.len() as u64);
+    let hash = setup.hash();
+    // A bare fetch/3 stream.
+    for offset in [0, 100_003] {
+        let (response, wire) = setup.runtime.block_on(async {
+            let offered = vec![Mesh::protocol(FETCH_PROTOCOL_V3), Mesh::protocol(FETCH_PROTOCOL)];
+            let control = setup.client.control();
+            let (stream, agreed) = control.open_stream_of(setup.server, offered).await.unwrap();
+            assert_eq!(agreed.as_ref(), FETCH_PROTOCOL_V3);
+            let request = FetchRequest::NarCoded { hash, nar_hash, offset, zstd: true };
+            support::ask_once(stream, LIMITS, &request).await
+        });
+        assert_eq!(response, FetchResponse::NarBlocks { nar_size, offset });
+        let decoded = decode_blocks(&wire, nar_size - offset);
+        assert!(decoded == dump[offset as usize..], "the blocks from {offset} decode to the NAR");
+        // The file's counting bytes compress by a third.
+        assert!(wire.len() < dump.len() * 4 / 5, "{} wire bytes for {nar_size}", wire.len());
+    }
+    // fetch/2 does not have it.
+    let coded = FetchRequest::NarCoded { hash, nar_hash, offset: 0, zstd: true };
+    assert!(matches!(setup.ask(&coded).0, FetchResponse::Failed { .. }));
+    // The node's own asker.
+    let fetch = FetchClient::compressing(setup.client.clone(), MeshCompression::Always);
+    let body = setup.runtime.block_on(fetch.nar(setup.server, hash, nar_hash, 0));
+    let (bytes, error) = read_body(&setup.runtime, body.unwrap().unwrap());
+    assert!(error.is_none() && bytes == dump, "{error:?}");
+    let (_, zstd_wire, zstd_nar) = fetch.links().wire_bytes();
+    assert_eq!(zstd_nar, nar_size);
+    assert!(zstd_wire < nar_size * 4 / 5, "{zstd_wire} wire bytes for {nar_size}");
+}
+
+#[test]
+fn compression_falls_back_with_a_holder_that_declines() {
+    if !nix_available() {
+        return;
+    }
+    let setup = Setup::with(|_, config| config.mesh_compression = MeshCompression::Off);
+    let dump = setup.store.dump(&setup.path);
+    let (hash, nar_hash) = (setup.hash(), Sha256::digest(&dump));
+    let coded = FetchRequest::NarCoded { hash, nar_hash, offset: 0, zstd: true };
+    let (response, bytes) = setup.runtime.block_on(async {
+        let offered = vec![Mesh::protocol(FETCH_PROTOCOL_V3)];
+        let (stream, _) =
+            setup.client.control().open_stream_of(setup.server, offered).await.unwrap();
+        support::ask_once(stream, LIMITS, &coded).await
+    });
+    assert_eq!(response, FetchResponse::Nar { nar_size: dump.len() as u64, offset: 0 });
+    assert!(bytes == dump);
+    let fetch = FetchClient::compressing(setup.client.clone(), MeshCompression::Always);
+    let body = setup.runtime.block_on(fetch.nar(setup.server, hash, nar_hash, 0));
+    let (bytes, error) = read_body(&setup.runtime, body.unwrap().unwrap());
+    assert!(error.is_none() && bytes == dump, "{error:?}");
+    assert_eq!(fetch.links().wire_bytes().1, 0, "no zstd from a holder with it off");
+}
+
+/// The NAR bytes of `wire` (blocks and their end), for an answer of `len` bytes.
+fn decode_blocks(wire: &[u8], len: u64) -> Vec<u8> {
+    let mut decoder = zstd_blocks::BlockDecoder::new(len);
+    let (mut nar, mut rest) = (Vec::new(), wire);
+    loop {
+        let header = rest[..4].try_into().unwrap();
+        rest = &rest[4..];
+        let Some(block_len) = decoder.header(header).unwrap() else { break };
+        let block = bytes::Bytes::copy_from_slice(&rest[..block_len]);
+        nar.extend_from_slice(&decoder.decode(block).unwrap());
+        rest = &rest[block_len..];
+    }
+    assert!(rest.is_empty());
+    nar
+}
+
+/// A holder of `a_corrupted_compressed_stream_fails_over`, in the test: advertises the paths
+/// of `narinfos` and answers their narinfos with the texts there; answers a NAR request with
+/// `nars`' bytes, raw from the offset asked (`hostile` false), or (`hostile`) as zstd blocks
+/// with a byte of the second flipped. Records each NAR request's path and offset.
+struct FakeHolder {
+    narinfos: std::collections::HashMap<StorePathHash, String>,
+    nars: std::collections::HashMap<StorePathHash, Vec<u8>>,
+    hostile: bool,
+    asked: std::sync::Mutex<Vec<(StorePathHash, u64)>>,
+}
+
+impl FakeHolder {
+    /// Serves `mesh`'s adverts and fetch streams.
+    fn serve(self: std::sync::Arc<Self>, mesh: &Mesh) {
+        use nixmesh_protocol::mesh_messages::{ADVERTS_PROTOCOL, AdvertMessage, AdvertPosition};
+        let mut adverts = mesh.control().accept(Mesh::protocol(ADVERTS_PROTOCOL)).unwrap();
+        let hashes: Vec<StorePathHash> = self.narinfos.keys().copied().collect();
+        tokio::spawn(async move {
+            while let Some((_, stream)) = adverts.next().await {
+                let hashes = hashes.clone();
+                tokio::spawn(async move {
+                    let mut stream = MeshStream::mesh(stream, LIMITS);
+                    let _: nixmesh_protocol::mesh_messages::AdvertRequest = stream.read().await?;
+                    let position = AdvertPosition { epoch: 7, generation: 1 };
+                    let snapshot = AdvertMessage::Snapshot { position, hashes, last: true };
+                    stream.write(&snapshot).await?;
+                    Ok::<_, nixmesh_node::mesh::framed::FrameError>(stream.ended().await)
+                });
+            }
+        });
+        let versions = [Mesh::protocol(FETCH_PROTOCOL_V3), Mesh::protocol(FETCH_PROTOCOL)];
+        let mut fetches = mesh.control().accept_versions(&versions).unwrap();
+        tokio::spawn(async move {
+            while let Some((_, stream, _)) = fetches.next().await {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    let mut stream = MeshStream::mesh(stream, LIMITS);
+                    while let Ok(request) = stream.read::<FetchRequest>().await {
+                        if this.answer(request, &mut stream).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+    }
+
+    async fn answer(
+        &self,
+        request: FetchRequest,
+        stream: &mut MeshStream,
+    ) -> Result<(), nixmesh_node::mesh::framed::FrameError> {
+        let (hash, offset) = match request {
+            FetchRequest::NarInfo { hash } => {
+                let answer = match self.narinfos.get(&hash) {
+                    Some(text) => FetchResponse::NarInfo { text: text.clone() },
+                    None => FetchResponse::NotFound,
+                };
+                return stream.write(&answer).await;
+            }
+            FetchRequest::Nar { hash, offset, .. }
+            | FetchRequest::NarCoded { hash, offset, .. } => (hash, offset),
+            other => panic!("a fake holder was asked {other:?}"),
+        };
+        self.asked.lock().unwrap().push((hash, offset));
+        let nar = &self.nars[&hash];
+        let nar_size = nar.len() as u64;
+        if self.hostile {
+            assert_eq!(offset, 0);
+            stream.write(&FetchResponse::NarBlocks { nar_size, offset }).await?;
+            stream.write_bytes(&blocks_of(nar, Some(40))).await?;
+        } else {
+            stream.write(&FetchResponse::Nar { nar_size, offset }).await?;
+            stream.write_bytes(&nar[offset as usize..]).await?;
+        }
+        stream.flush().await
+    }
+
+    /// Starts `self` on a listening mesh; its address to dial.
+    fn start(self: &std::sync::Arc<Self>, runtime: &Runtime, stop: &Shutdown) -> libp2p::Multiaddr {
+        let keypair = libp2p::identity::Keypair::generate_ed25519();
+        let listen = ["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        runtime.block_on(async {
+            let mesh = support::mesh_without_events(keypair, &listen, Default::default(), stop);
+            self.clone().serve(&mesh);
+            let address = support::dial_address(&mesh).await;
+            std::mem::forget(mesh);
+            address
+        })
+    }
+}
+
+/// The narinfo texts a node on `store` gives of `paths` (signed, as the store holds them).
+fn narinfo_texts(
+    runtime: &Runtime,
+    config: ServeConfig,
+    paths: &[&str],
+) -> std::collections::HashMap<StorePathHash, String> {
+    let stop = Shutdown::new();
+    let node = runtime.block_on(RunningNode::start(config)).unwrap();
+    let texts = runtime.block_on(async {
+        let client = support::client_mesh(&stop);
+        client.want(DialTarget::from_multiaddr(node.p2p_addresses().await[0].clone())).await;
+        let id = node.peer_id();
+        support::until("a client to reach the node", DEADLINE, || client.peers().is_connected(&id))
+            .await;
+        let mut texts = std::collections::HashMap::new();
+        for path in paths {
+            let hash = StorePath::parse(path).unwrap().hash();
+            let stream = support::open_fetch(&client, id).await;
+            match support::ask_once(stream, LIMITS, &FetchRequest::NarInfo { hash }).await {
+                (FetchResponse::NarInfo { text }, _) => texts.insert(hash, text),
+                other => panic!("{other:?}"),
+            };
+        }
+        texts
+    });
+    runtime.block_on(node.stop()).unwrap();
+    texts
+}
+
+#[test]
+fn a_corrupted_compressed_stream_fails_over() {
+    if !nix_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = nixmesh_tests::CacheKey::generate(dir.path(), "coded-1");
+    let store = HostStore::start(&Host::local_in(dir.path(), "holders"));
+    let file = |name: &str| {
+        let mut contents = compressible_nar();
+        contents.extend_from_slice(format!("{name} {}", unique_marker()).as_bytes());
+        let path = store.add_file(name, &contents);
+        store.sign_closure(&key.secret_file, &path);
+        path
+    };
+    // The path the test is about, and one the good holder gets a fault on first.
+    let (path, other) = (file("coded"), file("faulted"));
+    let (dump, other_dump) = (store.dump(&path), store.dump(&other));
+    let (hash, other_hash) =
+        (StorePath::parse(&path).unwrap().hash(), StorePath::parse(&other).unwrap().hash());
+    let (runtime, stop, _) = client_and_runtime();
+    let config = support::loopback_config(&dir.path().join("node"), &store, &key.public, vec![]);
+    let texts = narinfo_texts(&runtime, config, &[&path, &other]);
+
+    // Two holders the test plays: the hostile one of `path`, and one of both that sends
+    // `path` right and `other` wrong, so that it is demoted and asked after the hostile one.
+    let hostile = std::sync::Arc::new(FakeHolder {
+        narinfos: [(hash, texts[&hash].clone())].into(),
+        nars: [(hash, dump.clone())].into(),
+        hostile: true,
+        asked: Default::default(),
+    });
+    let mut garbage = other_dump.clone();
+    garbage[1000] ^= 1;
+    let good = std::sync::Arc::new(FakeHolder {
+        narinfos: texts.clone(),
+        nars: [(hash, dump.clone()), (other_hash, garbage)].into(),
+        hostile: false,
+        asked: Default::default(),
+    });
+    let peers = vec![hostile.start(&runtime, &stop), good.start(&runtime, &stop)];
+    let asker_store = HostStore::start(&Host::local_in(dir.path(), "asker"));
+    let mut asker_config =
+        support::loopback_config(&dir.path().join("asker"), &asker_store, &key.public, peers);
+    // The fake holders' link is loopback: asked for zstd all the same.
+    asker_config.mesh_compression = MeshCompression::Always;
+    let asker = runtime.block_on(RunningNode::start(asker_config)).unwrap();
+    let http = asker.http_address();
+    wait_until(DEADLINE, "the asker to index both holders", || {
+        support::status(http)["indexed_paths"] == 3
+    });
+    let nar_of = |hash: StorePathHash| {
+        let (status, _, narinfo) = support::timed_get(http, &format!("/{hash}.narinfo"));
+        assert_eq!(status, 200);
+        let url = format!("/{}", nixmesh_tests::parse_narinfo(&narinfo).url);
+        support::timed_get(http, &url)
+    };
+    let (_, _, body) = nar_of(other_hash);
+    assert!(body != other_dump, "a wrong NAR is never served whole");
+    let (status, _, body) = nar_of(hash);
+    assert_eq!(status, 200);
+    assert_eq!(body.len(), dump.len(), "the whole NAR");
+    assert!(body == dump, "every byte the path's");
+    assert_eq!(*hostile.asked.lock().unwrap(), [(hash, 0)], "the hostile holder first");
+    let resumed = good.asked.lock().unwrap().iter().any(|&(h, at)| h == hash && at > 0);
+    assert!(resumed, "the good holder from the offset reached: {:?}", good.asked.lock().unwrap());
+    runtime.block_on(asker.stop()).unwrap();
+    drop(stop);
 }

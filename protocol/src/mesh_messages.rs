@@ -9,6 +9,10 @@
 //!   for to the end; after [`FetchResponse::Listing`] and [`FetchResponse::BuildLog`], the
 //!   `len` bytes they announce. Then the asker may send its next request on the stream, or
 //!   close it.
+//! - [`FETCH_PROTOCOL_V3`]: the same session, and the requests appended after fetch/2's
+//!   ([`FetchRequest::NarCoded`], answered with [`FetchResponse::NarBlocks`] or a raw
+//!   `Nar`). An asker offers `[fetch/3, fetch/2]` and sends the new requests only on a
+//!   stream where fetch/3 was agreed: a fetch/2 node cannot decode them.
 //! - [`ADVERTS_PROTOCOL`]: a long-lived stream. The subscriber sends one [`AdvertRequest`];
 //!   the holder answers with a snapshot of the store paths it holds (in chunks), then a
 //!   [`AdvertMessage::Delta`] each time its store changes, for as long as the stream lives.
@@ -29,6 +33,9 @@ pub mod peers;
 
 /// Fetching narinfos and NARs, version 2 (a session of requests per stream).
 pub const FETCH_PROTOCOL: &str = "/nixmesh/fetch/2";
+/// Fetching, version 3: fetch/2's session and messages, plus the variants after
+/// [`FetchRequest::BuildLog`] and [`FetchResponse::BuildLog`], sent only on fetch/3 streams.
+pub const FETCH_PROTOCOL_V3: &str = "/nixmesh/fetch/3";
 /// Advertising held store paths, version 1.
 pub const ADVERTS_PROTOCOL: &str = "/nixmesh/adverts/1";
 
@@ -90,6 +97,14 @@ pub enum FetchRequest {
     /// with [`FetchResponse::BuildLog`] by a node that serves its logs and has this one,
     /// else `NotFound`.
     BuildLog { drv: String },
+    // fetch/3 only, from here on: a fetch/2 holder cannot decode these. A fetch/3 holder
+    // closes a stream on a request it cannot decode, as fetch/2's does, so a request added
+    // after these (a closure of narinfos, say) comes with its own protocol name, fetch/4,
+    // offered before fetch/3: `FetchVersion` and the lists the asker offers and the holder
+    // accepts take one more entry.
+    /// As [`FetchRequest::Nar`]; with `zstd` the asker accepts the bytes as blocks
+    /// ([`FetchResponse::NarBlocks`]). The holder may answer with a raw `Nar` all the same.
+    NarCoded { hash: StorePathHash, nar_hash: Sha256, offset: u64, zstd: bool },
 }
 
 /// The answer to one request on a fetch stream.
@@ -110,7 +125,22 @@ pub enum FetchResponse {
     Listing { len: u64 },
     /// `len` bytes of the build log asked for follow (at most [`MAX_BUILD_LOG_LEN`]).
     BuildLog { len: u64 },
+    // fetch/3 only, from here on.
+    /// Bytes `offset..nar_size` of the NAR follow as blocks (see [`NAR_BLOCK_MAX`]): each a
+    /// 4-byte big-endian length of what follows, a kind byte ([`BLOCK_RAW`] or
+    /// [`BLOCK_ZSTD`]) and the block's bytes; a length of 0 ends them. Then the next request.
+    NarBlocks { nar_size: u64, offset: u64 },
 }
+
+/// The most NAR bytes one block of a [`FetchResponse::NarBlocks`] answer carries, decoded.
+pub const NAR_BLOCK_MAX: usize = 256 * 1024;
+/// The most bytes a block takes on the wire after its length: its kind byte and a zstd
+/// frame of [`NAR_BLOCK_MAX`] bytes that did not shrink (zstd's bound, with room to spare).
+pub const NAR_BLOCK_WIRE_MAX: usize = 1 + NAR_BLOCK_MAX + NAR_BLOCK_MAX / 128 + 1024;
+/// A block's kind: its bytes are the NAR's, as they are.
+pub const BLOCK_RAW: u8 = 0;
+/// A block's kind: its bytes are one zstd frame stating its content size, with a checksum.
+pub const BLOCK_ZSTD: u8 = 1;
 
 /// Where a subscriber's copy of a holder's advertisement stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -263,6 +293,37 @@ mod tests {
         assert_eq!(body(encode_frame(&FetchResponse::Listing { len: 1 }).unwrap()), [4, 1]);
         let log = FetchRequest::BuildLog { drv: String::new() };
         assert_eq!(body(encode_frame(&log).unwrap()), [5, 0]);
+        // fetch/2's own, as fetch/2 nodes read them.
+        let nar = FetchRequest::Nar { hash: hash(0), nar_hash: Sha256([0; 32]), offset: 1 };
+        let mut expected = vec![1];
+        expected.extend([0; 20]);
+        expected.extend([0; 32]);
+        expected.push(1);
+        assert_eq!(body(encode_frame(&nar).unwrap()), expected);
+        let answer = FetchResponse::Nar { nar_size: 2, offset: 1 };
+        assert_eq!(body(encode_frame(&answer).unwrap()), [1, 2, 1]);
+    }
+
+    #[test]
+    fn fetch3_variants_come_after_fetch2s() {
+        let body = |frame: Vec<u8>| frame[4..].to_vec();
+        let coded = FetchRequest::NarCoded {
+            hash: hash(0),
+            nar_hash: Sha256([0; 32]),
+            offset: 0,
+            zstd: true,
+        };
+        let coded = body(encode_frame(&coded).unwrap());
+        assert_eq!((coded[0], coded.len()), (6, 1 + 20 + 32 + 1 + 1));
+        let blocks = FetchResponse::NarBlocks { nar_size: 3, offset: 1 };
+        assert_eq!(body(encode_frame(&blocks).unwrap()), [6, 3, 1]);
+        let largest = FetchRequest::NarCoded {
+            hash: hash(1),
+            nar_hash: Sha256([0xff; 32]),
+            offset: u64::MAX,
+            zstd: true,
+        };
+        assert!(encode_frame(&largest).unwrap().len() <= 4 + MAX_REQUEST_FRAME_LEN);
     }
 
     #[test]

@@ -18,10 +18,12 @@
 //!   of another machine's bound in), as the installer's tests run the node;
 //! - [`signed_lan`]: a store and a node on each host, and a closure signed on host 1 that
 //!   host 2's node offers: what the LAN tests start from;
-//! - [`http`]: many GETs at once over kept-alive connections, as Nix's client sends them.
+//! - [`http`]: many GETs at once over kept-alive connections, as Nix's client sends them;
+//! - [`library_bytes`]: bytes as compressible as a closure's, from the machine's libraries.
 
 pub mod command;
 pub mod http;
+pub mod library_bytes;
 pub mod mountns;
 pub mod multicast;
 pub mod netns;

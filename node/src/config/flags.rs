@@ -145,6 +145,10 @@ struct FlagValues {
     /// The most memory, in bytes, NARs fetched ahead of Nix take, per substituter.
     #[arg(long, value_name = "BYTES", default_value_t = defaults().prefetch_memory)]
     prefetch_memory: u64,
+    /// NARs between nodes: `auto` compresses them with zstd where the link is slower than
+    /// compressing; `always` asks for it of every peer; `off` never.
+    #[arg(long, value_name = "MODE", default_value_t = defaults().mesh_compression)]
+    mesh_compression: super::MeshCompression,
 }
 
 /// The flags as given: their values, and which of them were on the command line.
@@ -283,6 +287,7 @@ mod tests {
             "--lan-allow=192.0.2.0/24",
             "--no-prefetch",
             "--prefetch-memory=1000",
+            "--mesh-compression=off",
         ];
         let settings = given(&every);
         let default_keys = match serde_json::to_value(ServeConfig::default()).unwrap() {
@@ -293,6 +298,7 @@ mod tests {
         let config: ServeConfig = serde_json::from_value(Value::Object(settings)).unwrap();
         assert_eq!(config.priority, 1);
         assert_eq!(config.index_max_paths, 1000);
+        assert_eq!(config.mesh_compression, super::super::MeshCompression::Off);
         assert_eq!(config.sign_key_file, Some(PathBuf::from("/k")));
         assert_eq!(config.mesh_key_file, Some(PathBuf::from("/m")));
         assert_eq!(

@@ -26,6 +26,7 @@ use thiserror::Error;
 
 pub use crate::mesh::security::SecurityProtocol;
 
+pub use crate::fetch::link::MeshCompression;
 pub use effective::EffectiveConfig;
 pub use flags::ServeFlags;
 
@@ -125,6 +126,11 @@ pub struct ServeConfig {
     /// The most memory, in bytes, the prefetched NARs take (and reserve for transfers under
     /// way), for each substituter (the localhost one and `lan_listen`'s).
     pub prefetch_memory: u64,
+    /// NARs between nodes: `auto` asks a peer for zstd blocks where the link to it is slower
+    /// than compressing, and gives them to peers that ask while this node's CPU has room;
+    /// `always` asks every peer that speaks it; `off` neither asks nor gives (see
+    /// docs/wire-protocol.md).
+    pub mesh_compression: MeshCompression,
 }
 
 /// How the node writes its logs.
@@ -222,6 +228,7 @@ impl Default for ServeConfig {
             lan_allow: Vec::new(),
             prefetch: true,
             prefetch_memory: 64 << 20,
+            mesh_compression: MeshCompression::Auto,
         }
     }
 }

@@ -18,6 +18,11 @@
 //! waiting out its time-out on a stream nothing will wake: the caller moves on to the next
 //! holder as soon as the mesh knows.
 //!
+//! Streams are opened offering fetch/3 before fetch/2 and keep the version agreed: a NAR is
+//! asked for zstd-compressed (`NarCoded`) only on a fetch/3 stream, and only when this node's
+//! measure of the peer's link says it pays ([`super::link`]); a fetch/2 peer gets fetch/2's
+//! `Nar`, and its raw answer, as before.
+//!
 //! Failures keep their kind ([`FetchFailure`]) up to where a decision is made on them: the
 //! substituter's source turns a time-out into `SourceError::TimedOut`, and the rest into
 //! text only there.
@@ -31,7 +36,8 @@ use bytes::Bytes;
 use futures::Stream;
 use libp2p::PeerId;
 use nixmesh_protocol::mesh_messages::{
-    FETCH_PROTOCOL, FetchRequest, FetchResponse, MAX_FRAME_LEN, MAX_NARINFO_LEN, WireError,
+    FETCH_PROTOCOL, FETCH_PROTOCOL_V3, FetchRequest, FetchResponse, MAX_FRAME_LEN, MAX_NARINFO_LEN,
+    WireError,
 };
 use nixmesh_protocol::{Sha256, StorePathHash};
 use parking_lot::Mutex;
@@ -40,11 +46,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::{FRAME_TIMEOUT, NAR_CHUNK, REUSE_WITHIN};
+use super::link::{LinkStats, MeshCompression};
+use super::zstd_blocks::BlockError;
+use super::{FRAME_TIMEOUT, FetchVersion, REUSE_WITHIN};
 use crate::mesh::Mesh;
 use crate::mesh::framed::{FrameError, FrameLimits, MeshStream};
 use crate::mesh::share::{PeerShare, PeerShares};
 use crate::mesh::streams::OpenStreamError;
+
+mod body;
 
 /// Streams to one peer in use at once (the holder allows more sessions than this per peer).
 pub const STREAMS_PER_PEER: usize = 48;
@@ -115,6 +125,10 @@ pub enum Violation {
     /// The stream ended before the bytes its answer announced.
     #[error("the stream ended after {got} of {expected} bytes")]
     EndedEarly { got: u64, expected: u64 },
+    /// A block of a `NarBlocks` answer that does not check (a corrupted zstd frame, one
+    /// too large, or blocks that do not add up to the bytes announced).
+    #[error("{0}")]
+    Block(BlockError),
 }
 
 impl From<FrameError> for FetchFailure {
@@ -133,6 +147,7 @@ pub(super) fn answer_kind(response: &FetchResponse) -> &'static str {
     match response {
         FetchResponse::NarInfo { .. } => "a narinfo",
         FetchResponse::Nar { .. } => "a NAR",
+        FetchResponse::NarBlocks { .. } => "a NAR in blocks",
         FetchResponse::Listing { .. } => "a listing",
         FetchResponse::BuildLog { .. } => "a build log",
         FetchResponse::NotFound => "not found",
@@ -158,15 +173,24 @@ pub struct FetchClient {
     sessions: Arc<Sessions>,
 }
 
-/// Idle streams per peer, youngest last, and the shares of streams in use.
+/// A stream between exchanges: its version, and since when it is idle.
+type IdleStream = (MeshStream, FetchVersion, Instant);
+
+/// Idle streams per peer (each with its version), youngest last, the shares of streams in
+/// use, and what says whether to ask for zstd.
 struct Sessions {
-    idle: Mutex<HashMap<PeerId, Vec<(MeshStream, Instant)>>>,
+    idle: Mutex<HashMap<PeerId, Vec<IdleStream>>>,
     in_use: Arc<PeerShares>,
+    links: Arc<LinkStats>,
+    compression: MeshCompression,
 }
 
 /// A stream in use for one exchange; back to the idle list with [`Session::finished`].
 pub(super) struct Session {
     pub(super) stream: MeshStream,
+    version: FetchVersion,
+    /// Whether the request asked for zstd blocks.
+    asked_zstd: bool,
     peer: PeerId,
     sessions: Arc<Sessions>,
     /// Cancelled when the peer is gone (see [`crate::mesh::PeerTable::until_gone`]).
@@ -179,20 +203,37 @@ impl Session {
     pub(super) fn finished(self) {
         let mut idle = self.sessions.idle.lock();
         let list = idle.entry(self.peer).or_default();
-        list.retain(|(_, since)| since.elapsed() < REUSE_WITHIN);
+        list.retain(|(_, _, since)| since.elapsed() < REUSE_WITHIN);
         if list.len() < IDLE_PER_PEER {
-            list.push((self.stream, Instant::now()));
+            list.push((self.stream, self.version, Instant::now()));
         }
     }
 }
 
 impl FetchClient {
+    /// A client asking for zstd where the link calls for it (`MeshCompression::Auto`).
     pub fn new(mesh: Mesh) -> Self {
+        Self::compressing(mesh, MeshCompression::Auto)
+    }
+
+    /// A client asking for zstd as `compression` says, and measuring its zstd speed.
+    pub fn compressing(mesh: Mesh, compression: MeshCompression) -> Self {
+        let links = Arc::new(LinkStats::default());
+        if compression != MeshCompression::Off {
+            links.calibrate();
+        }
         let sessions = Sessions {
             idle: Mutex::new(HashMap::new()),
             in_use: PeerShares::new(STREAMS_PER_PEER),
+            links,
+            compression,
         };
         FetchClient { mesh, sessions: Arc::new(sessions) }
+    }
+
+    /// Each peer's link as measured, and the NAR wire bytes by coding.
+    pub fn links(&self) -> &Arc<LinkStats> {
+        &self.sessions.links
     }
 
     /// `peer`'s narinfo text for `hash`, or `None` when it says it has none.
@@ -233,6 +274,7 @@ impl FetchClient {
             FetchResponse::NotFound => Ok(None),
             FetchResponse::Failed { message } => Err(failed(FetchFailure::Declined { message })),
             other @ (FetchResponse::Nar { .. }
+            | FetchResponse::NarBlocks { .. }
             | FetchResponse::Listing { .. }
             | FetchResponse::BuildLog { .. }) => {
                 let got = answer_kind(&other);
@@ -252,7 +294,9 @@ impl FetchClient {
         nar_hash: Sha256,
         offset: u64,
     ) -> Result<Option<NarBody>, FetchError> {
-        self.nar_answer(peer, FetchRequest::Nar { hash, nar_hash, offset }, "NAR").await
+        let request = FetchRequest::Nar { hash, nar_hash, offset };
+        let zstd = self.wants_zstd(peer, &request);
+        self.nar_answer(peer, request, "NAR", zstd).await
     }
 
     /// The NAR with `nar_hash` of `hash` from an upstream cache by way of `peer`, its
@@ -266,15 +310,17 @@ impl FetchClient {
         offset: u64,
     ) -> Result<Option<NarBody>, FetchError> {
         let request = FetchRequest::UpstreamNar { hash, nar_hash, offset };
-        self.nar_answer(peer, request, "NAR from upstream").await
+        self.nar_answer(peer, request, "NAR from upstream", false).await
     }
 
-    /// Asks `request` (a NAR request from `offset`) and reads the NAR that answers it.
+    /// Asks `request` (a NAR request from `offset`), as zstd blocks with `zstd` where the
+    /// stream's version allows, and reads the NAR that answers it.
     async fn nar_answer(
         &self,
         peer: PeerId,
         request: FetchRequest,
         operation: &'static str,
+        zstd: bool,
     ) -> Result<Option<NarBody>, FetchError> {
         let failed = |failure: FetchFailure| FetchError { peer, operation, failure };
         let offset = match request {
@@ -282,16 +328,25 @@ impl FetchClient {
             FetchRequest::NarInfo { .. }
             | FetchRequest::UpstreamNarInfo { .. }
             | FetchRequest::Listing { .. }
-            | FetchRequest::BuildLog { .. } => unreachable!("a NAR request"),
+            | FetchRequest::BuildLog { .. }
+            | FetchRequest::NarCoded { .. } => unreachable!("a NAR request"),
         };
-        let (session, response) = self.exchange(peer, request, operation).await?;
+        let (session, response) = self.exchange_as(peer, request, operation, zstd).await?;
         match response {
             FetchResponse::Nar { nar_size, offset: sent_from }
                 if sent_from == offset && offset <= nar_size =>
             {
-                Ok(Some(nar_body(session, nar_size - offset)))
+                Ok(Some(body::raw(session, nar_size - offset)))
             }
-            FetchResponse::Nar { nar_size, offset: sent_from } => {
+            FetchResponse::NarBlocks { nar_size, offset: sent_from }
+                if session.asked_zstd && sent_from == offset && offset <= nar_size =>
+            {
+                Ok(Some(body::blocks(session, nar_size - offset)))
+            }
+            FetchResponse::Nar { nar_size, offset: sent_from }
+            | FetchResponse::NarBlocks { nar_size, offset: sent_from }
+                if sent_from != offset || offset > nar_size =>
+            {
                 let asked = offset;
                 Err(failed(Violation::OtherOffset { asked, sent_from, nar_size }.into()))
             }
@@ -305,7 +360,9 @@ impl FetchClient {
             }
             other @ (FetchResponse::NarInfo { .. }
             | FetchResponse::Listing { .. }
-            | FetchResponse::BuildLog { .. }) => {
+            | FetchResponse::BuildLog { .. }
+            | FetchResponse::Nar { .. }
+            | FetchResponse::NarBlocks { .. }) => {
                 let got = answer_kind(&other);
                 Err(failed(Violation::OtherAnswer { asked: "NAR", got }.into()))
             }
@@ -321,8 +378,20 @@ impl FetchClient {
         request: FetchRequest,
         operation: &'static str,
     ) -> Result<(Session, FetchResponse), FetchError> {
+        let zstd = self.wants_zstd(peer, &request);
+        self.exchange_as(peer, request, operation, zstd).await
+    }
+
+    /// [`FetchClient::exchange`], a NAR asked for as zstd blocks with `zstd` (on fetch/3).
+    async fn exchange_as(
+        &self,
+        peer: PeerId,
+        request: FetchRequest,
+        operation: &'static str,
+        zstd: bool,
+    ) -> Result<(Session, FetchResponse), FetchError> {
         let gone = self.mesh.peers().until_gone(&peer);
-        let asking = self.exchange_with(peer, request, operation, gone.clone());
+        let asking = self.exchange_with(peer, request, operation, gone.clone(), zstd);
         unless_gone(gone.as_ref(), asking)
             .await
             .unwrap_or_else(|| Err(disconnected(peer, operation)))
@@ -334,6 +403,7 @@ impl FetchClient {
         request: FetchRequest,
         operation: &'static str,
         gone: Option<CancellationToken>,
+        zstd: bool,
     ) -> Result<(Session, FetchResponse), FetchError> {
         let share = self.sessions.in_use.acquire(peer).await;
         let mut share = Some(share);
@@ -342,21 +412,27 @@ impl FetchClient {
             let idle = self.take_idle(peer);
             let reused = idle.is_some();
             let attempt = async {
-                let mut stream = match idle {
-                    Some(stream) => stream,
+                let (mut stream, version) = match idle {
+                    Some(idle) => idle,
                     None => {
                         new_streams += 1;
                         self.open(peer).await?
                     }
                 };
-                let response = ask(&mut stream, &request).await?;
-                Ok::<_, FrameError>((stream, response))
+                let coded = zstd && version == FetchVersion::V3;
+                let response = match coded.then(|| coded_request(&request)).flatten() {
+                    Some(coded) => ask(&mut stream, &coded).await?,
+                    None => ask(&mut stream, &request).await?,
+                };
+                Ok::<_, FrameError>((stream, version, coded, response))
             };
             match attempt.await {
-                Ok((stream, response)) => {
+                Ok((stream, version, asked_zstd, response)) => {
                     let _share = share.take().expect("held until the answer");
                     let sessions = self.sessions.clone();
-                    return Ok((Session { stream, peer, sessions, gone, _share }, response));
+                    let session =
+                        Session { stream, version, asked_zstd, peer, sessions, gone, _share };
+                    return Ok((session, response));
                 }
                 Err(e) if unanswered(&e) && reused => {
                     // Its other idle streams are as old or older: likely closed too.
@@ -373,13 +449,23 @@ impl FetchClient {
         }
     }
 
-    fn take_idle(&self, peer: PeerId) -> Option<MeshStream> {
+    /// Whether to ask `peer` for `request` (a NAR from its store) as zstd blocks.
+    fn wants_zstd(&self, peer: PeerId, request: &FetchRequest) -> bool {
+        matches!(request, FetchRequest::Nar { .. })
+            && match self.sessions.compression {
+                MeshCompression::Auto => self.sessions.links.wants_zstd(&peer),
+                MeshCompression::Always => true,
+                MeshCompression::Off => false,
+            }
+    }
+
+    fn take_idle(&self, peer: PeerId) -> Option<(MeshStream, FetchVersion)> {
         let mut idle = self.sessions.idle.lock();
         let list = idle.get_mut(&peer)?;
         let stream = loop {
-            let (stream, since) = list.pop()?;
+            let (stream, version, since) = list.pop()?;
             if since.elapsed() < REUSE_WITHIN {
-                break Some(stream);
+                break Some((stream, version));
             }
         };
         if list.is_empty() {
@@ -388,12 +474,16 @@ impl FetchClient {
         stream
     }
 
-    async fn open(&self, peer: PeerId) -> Result<MeshStream, FrameError> {
-        let protocol = Mesh::protocol(FETCH_PROTOCOL);
+    /// A new stream to `peer`, of fetch/3 if it speaks it, else fetch/2.
+    async fn open(&self, peer: PeerId) -> Result<(MeshStream, FetchVersion), FrameError> {
+        let offered = vec![Mesh::protocol(FETCH_PROTOCOL_V3), Mesh::protocol(FETCH_PROTOCOL)];
         let control = self.mesh.control();
-        let opening = control.open_stream(peer, protocol);
+        let opening = control.open_stream_of(peer, offered);
         match tokio::time::timeout(FRAME_TIMEOUT, opening).await {
-            Ok(Ok(stream)) => Ok(MeshStream::mesh(stream, LIMITS)),
+            Ok(Ok((stream, agreed))) => {
+                let version = FetchVersion::of(agreed.as_ref()).unwrap_or(FetchVersion::V2);
+                Ok((MeshStream::mesh(stream, LIMITS), version))
+            }
             Ok(Err(OpenStreamError::Io(e))) => {
                 Err(FrameError::Io(std::io::Error::new(e.kind(), format!("opening a stream: {e}"))))
             }
@@ -433,39 +523,12 @@ async fn ask(stream: &mut MeshStream, request: &FetchRequest) -> Result<FetchRes
     stream.read().await
 }
 
-/// The `len` NAR bytes that follow a `Nar` answer, as a stream of chunks; the session goes
-/// back for reuse as soon as the last byte is read.
-fn nar_body(session: Session, len: u64) -> NarBody {
-    let peer = session.peer;
-    let state = (Some(session), len);
-    let chunks = futures::stream::unfold(state, move |(session, left)| async move {
-        let mut session = session?;
-        let failed = |failure: FetchFailure| FetchError { peer, operation: "NAR", failure };
-        if left == 0 {
-            session.finished();
-            return None;
+/// `request` (a NAR request) asking for zstd blocks, if it is one that may.
+fn coded_request(request: &FetchRequest) -> Option<FetchRequest> {
+    match *request {
+        FetchRequest::Nar { hash, nar_hash, offset } => {
+            Some(FetchRequest::NarCoded { hash, nar_hash, offset, zstd: true })
         }
-        let want = left.min(NAR_CHUNK as u64) as usize;
-        let gone = session.gone.clone();
-        let Some(read) = unless_gone(gone.as_ref(), session.stream.read_bytes(want)).await else {
-            return Some((Err(disconnected(peer, "NAR")), (None, left)));
-        };
-        match read {
-            Ok(chunk) if chunk.is_empty() => {
-                let (got, expected) = (len - left, len);
-                let early = Violation::EndedEarly { got, expected };
-                Some((Err(failed(early.into())), (None, left)))
-            }
-            Ok(chunk) => {
-                let left = left - chunk.len() as u64;
-                if left == 0 {
-                    session.finished();
-                    return Some((Ok(chunk), (None, 0)));
-                }
-                Some((Ok(chunk), (Some(session), left)))
-            }
-            Err(e) => Some((Err(failed(e.into())), (None, left))),
-        }
-    });
-    Box::pin(chunks)
+        _ => None,
+    }
 }

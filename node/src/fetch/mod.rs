@@ -10,9 +10,11 @@
 
 pub mod client;
 mod documents;
+pub mod link;
 pub mod policy;
 pub mod server;
 pub mod traffic;
+pub mod zstd_blocks;
 
 use std::time::Duration;
 
@@ -27,3 +29,24 @@ const SESSION_IDLE: Duration = Duration::from_secs(60);
 const REUSE_WITHIN: Duration = Duration::from_secs(20);
 /// NAR bytes travel in chunks of this size.
 const NAR_CHUNK: usize = 64 * 1024;
+
+/// The version of the fetch conversation agreed on a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchVersion {
+    /// `/nixmesh/fetch/2`: NARs raw only.
+    V2,
+    /// `/nixmesh/fetch/3`: also NARs as zstd blocks (`NarCoded`, `NarBlocks`).
+    V3,
+}
+
+impl FetchVersion {
+    /// The version whose protocol name is `protocol`.
+    pub fn of(protocol: &str) -> Option<Self> {
+        use nixmesh_protocol::mesh_messages::{FETCH_PROTOCOL, FETCH_PROTOCOL_V3};
+        match protocol {
+            FETCH_PROTOCOL => Some(FetchVersion::V2),
+            FETCH_PROTOCOL_V3 => Some(FetchVersion::V3),
+            _ => None,
+        }
+    }
+}

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use futures::Stream;
 use libp2p::PeerId;
 use nixmesh_protocol::mesh_messages::{
-    FETCH_PROTOCOL, FetchRequest, FetchResponse, MAX_REQUEST_FRAME_LEN,
+    FETCH_PROTOCOL, FETCH_PROTOCOL_V3, FetchRequest, FetchResponse, MAX_REQUEST_FRAME_LEN,
 };
 use nixmesh_protocol::signature::{Signature, SigningKey};
 use nixmesh_protocol::{NarInfo, StorePath, StorePathHash};
@@ -30,17 +30,20 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info, info_span, warn};
 
+use super::link::{MeshCompression, ProcessCpu};
 use super::policy::{Refusals, ServingPolicy};
-use super::{FRAME_TIMEOUT, SESSION_IDLE};
+use super::{FRAME_TIMEOUT, FetchVersion, SESSION_IDLE};
 use crate::fetch::traffic::Traffic;
 use crate::local::store::listing::ListingFailed;
 use crate::local::store::{PathInfo, Store, StoreError, dump};
 use crate::mesh::framed::{FrameError, FrameLimits, FramedStream, MeshStream};
 use crate::mesh::share::Origin;
-use crate::mesh::{Mesh, PeerTable, StreamLimits, Turn, TurnLimits, Turns, serve_streams};
+use crate::mesh::{Mesh, PeerTable, StreamLimits, Turn, TurnLimits, Turns, serve_stream_versions};
 use crate::node::shutdown::Shutdown;
 
+mod coded;
 mod documents;
+mod nar_plan;
 mod relay;
 mod send;
 
@@ -129,6 +132,10 @@ pub struct Provider {
     flights: Option<Arc<dyn UpstreamRelay>>,
     /// Where the store's build logs are, when they are served to peers (`serve_logs`).
     log_dir: Option<Arc<Path>>,
+    /// Whether NARs asked for as zstd blocks are sent so (`mesh_compression`).
+    compression: MeshCompression,
+    /// How busy this process is: a busy holder sends NARs raw.
+    cpu: Arc<ProcessCpu>,
 }
 
 impl Provider {
@@ -149,8 +156,15 @@ impl Provider {
             refusals: Arc::default(),
             flights: None,
             log_dir: None,
+            compression: MeshCompression::Auto,
+            cpu: Arc::default(),
             signing_key,
         }
+    }
+
+    /// The provider, sending NARs as zstd blocks to the peers that ask, or never (`Off`).
+    pub fn compressing(self, compression: MeshCompression) -> Self {
+        Provider { compression, ..self }
     }
 
     /// The provider, giving peers the build logs in `log_dir` (see [`crate::local::store::build_log`]).
@@ -304,11 +318,13 @@ impl Provider {
         let span = |peer| info_span!("fetch-from", %peer);
         let turns = Arc::new(Turns::new("a request", TURNS));
         let peers = mesh.peers().clone();
-        serve_streams(&mesh, FETCH_PROTOCOL, SESSIONS, shutdown, span, |peer, stream| {
+        let versions = [FETCH_PROTOCOL_V3, FETCH_PROTOCOL];
+        serve_stream_versions(&mesh, &versions, SESSIONS, shutdown, span, |peer, stream, agreed| {
             let (provider, turns, peers) = (self.clone(), turns.clone(), peers.clone());
+            let version = FetchVersion::of(agreed.as_ref()).unwrap_or(FetchVersion::V2);
             async move {
                 let stream = MeshStream::mesh(stream, LIMITS);
-                match provider.session(peer, &peers, stream, &turns).await {
+                match provider.session(peer, version, &peers, stream, &turns).await {
                     Ok(()) | Err(FrameError::Closed) => {}
                     Err(e) => debug!("fetch session ended: {e}"),
                 }
@@ -317,11 +333,12 @@ impl Provider {
         .await
     }
 
-    /// Answers one request after another on `stream` until the peer closes it, leaves it
-    /// idle for [`SESSION_IDLE`], or a write fails.
+    /// Answers one request after another on `stream` (of fetch `version`) until the peer
+    /// closes it, leaves it idle for [`SESSION_IDLE`], or a write fails.
     async fn session<S>(
         &self,
         peer: PeerId,
+        version: FetchVersion,
         peers: &PeerTable,
         mut stream: FramedStream<S>,
         turns: &Turns,
@@ -332,6 +349,12 @@ impl Provider {
         loop {
             let request: FetchRequest = stream.read().await?;
             stream.set_idle(SESSION_IDLE);
+            if version == FetchVersion::V2 && matches!(request, FetchRequest::NarCoded { .. }) {
+                // What a fetch/2 node would not even decode.
+                let message = "not a fetch/2 request".to_owned();
+                stream.write(&FetchResponse::Failed { message }).await?;
+                continue;
+            }
             let origin = peers.origin(&peer);
             let Some(turn) = turns.take(peer, origin).await else {
                 let message = format!("busy: no turn within {:?}", TURNS.max_wait);
@@ -342,8 +365,14 @@ impl Provider {
             match self.plan(peer, origin, &request, turn).await {
                 Err(answer) => stream.write(&answer).await?,
                 Ok(Plan::NarInfo(text)) => stream.write(&FetchResponse::NarInfo { text }).await?,
-                Ok(Plan::Nar { nar, nar_size, offset, slot }) => {
+                Ok(Plan::Nar { nar, nar_size, offset, slot, zstd: false }) => {
                     send::nar(&mut stream, nar, nar_size, offset).await?;
+                    self.traffic.served(peer, nar_size - offset);
+                    drop(slot);
+                }
+                Ok(Plan::Nar { nar, nar_size, offset, slot, zstd: true }) => {
+                    stream.write(&FetchResponse::NarBlocks { nar_size, offset }).await?;
+                    coded::send_blocks(&mut stream, nar, nar_size, offset).await?;
                     self.traffic.served(peer, nar_size - offset);
                     drop(slot);
                 }
@@ -381,27 +410,12 @@ impl Provider {
                 Ok(Plan::NarInfo(narinfo.ok_or(FetchResponse::NotFound)?.to_string()))
             }
             FetchRequest::Nar { hash, nar_hash, offset } => {
-                // Nix asks for a NAR right after its narinfo: the path info from then saves two
-                // daemon round trips. The NarHash asked for is checked against it all the same,
-                // and a path deleted since makes its NAR fail, never a wrong one.
-                let info = self.servable_info(peer, hash).await?;
-                if info.nar_hash != nar_hash {
-                    // Another build of the path than the one asked for: as good as not held.
-                    debug!(path = %info.path, "asked for another NAR hash than ours");
-                    return Err(FetchResponse::NotFound);
-                }
-                if offset > info.nar_size {
-                    let size = info.nar_size;
-                    return Err(failed(format!("offset {offset} is past the NAR's end ({size})")));
-                }
-                drop(turn);
-                let Some(slot) = self.nar_transfers.take(peer, origin).await else {
-                    let wait = NAR_TRANSFERS.max_wait;
-                    return Err(failed(format!("busy: no NAR slot within {wait:?}")));
-                };
-                let nar = self.nar(&info).await.map_err(|e| failed(e.to_string()))?;
-                debug!(path = %info.path, offset, size = info.nar_size, "sending NAR");
-                Ok(Plan::Nar { nar, nar_size: info.nar_size, offset, slot: Box::new(slot) })
+                let asked = nar_plan::NarAsked { hash, nar_hash, offset, zstd: false };
+                self.plan_nar(peer, origin, asked, turn).await
+            }
+            FetchRequest::NarCoded { hash, nar_hash, offset, zstd } => {
+                let asked = nar_plan::NarAsked { hash, nar_hash, offset, zstd };
+                self.plan_nar(peer, origin, asked, turn).await
             }
             FetchRequest::UpstreamNarInfo { hash } => {
                 // Not `NotFound`: the asker remembers a claimer's "not here" as the mesh's
@@ -492,6 +506,8 @@ enum Plan {
         nar_size: u64,
         offset: u64,
         slot: Box<Turn>,
+        /// As zstd blocks (`NarBlocks`), else raw.
+        zstd: bool,
     },
     /// A NAR from upstream, from the offset asked for on, as this node downloads it, and the
     /// transfer slot held while it is sent.

@@ -43,7 +43,7 @@ use access::RefusalLog;
 use dial::Command;
 use driver::SwarmDriver;
 pub use peers::{PeerState, PeerTable};
-pub use serve::{StreamLimits, Turn, TurnLimits, Turns, serve_streams};
+pub use serve::{StreamLimits, Turn, TurnLimits, Turns, serve_stream_versions, serve_streams};
 pub use swarm::open_transport;
 
 /// The mesh could not start.

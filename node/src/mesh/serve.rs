@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use libp2p::{PeerId, Stream};
+use libp2p::{PeerId, Stream, StreamProtocol};
 use nixmesh_telemetry::RateLimitedLog;
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -90,7 +90,26 @@ pub async fn serve_streams<H, F>(
     H: Fn(PeerId, Stream) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
-    let mut incoming = match mesh.control().accept(Mesh::protocol(protocol)) {
+    let handle = |peer, stream, _| handle(peer, stream);
+    serve_stream_versions(mesh, &[protocol], limits, shutdown, span, handle).await
+}
+
+/// As [`serve_streams`], for the streams of every version in `protocols` (one conversation's),
+/// within one set of `limits`; `handle` is told the version agreed.
+pub async fn serve_stream_versions<H, F>(
+    mesh: &Mesh,
+    protocols: &[&'static str],
+    limits: StreamLimits,
+    shutdown: Shutdown,
+    span: impl Fn(PeerId) -> Span,
+    handle: H,
+) where
+    H: Fn(PeerId, Stream, StreamProtocol) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let protocol = protocols.first().copied().unwrap_or_default();
+    let versions: Vec<_> = protocols.iter().map(|p| Mesh::protocol(p)).collect();
+    let mut incoming = match mesh.control().accept_versions(&versions) {
         Ok(incoming) => incoming,
         Err(e) => return warn!(protocol, "cannot accept streams: {e}"),
     };
@@ -105,7 +124,7 @@ pub async fn serve_streams<H, F>(
         }
     };
     loop {
-        let (peer, stream) = tokio::select! {
+        let (peer, stream, version) = tokio::select! {
             () = shutdown.signalled() => return,
             next = incoming.next() => match next {
                 Some(next) => next,
@@ -127,7 +146,7 @@ pub async fn serve_streams<H, F>(
             continue;
         };
         let running = running.clone();
-        let work = handle(peer, stream);
+        let work = handle(peer, stream, version);
         shutdown.spawn_until_stopped(
             async move {
                 let Ok(Ok(turn)) =

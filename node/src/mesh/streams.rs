@@ -62,26 +62,45 @@ pub enum OpenStreamError {
 #[error("{0}'s streams are already accepted elsewhere")]
 pub struct AlreadyAccepted(StreamProtocol);
 
+/// An inbound stream: the peer it came from, and the protocol agreed on it.
+type Inbound = (PeerId, Stream, StreamProtocol);
+
 /// The inbound streams of one protocol, with the peer each came from.
-pub struct Incoming(mpsc::Receiver<(PeerId, Stream)>);
+pub struct Incoming(mpsc::Receiver<Inbound>);
 
 impl futures::Stream for Incoming {
     type Item = (PeerId, Stream);
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|next| next.map(|(peer, stream, _)| (peer, stream)))
+    }
+}
+
+/// The inbound streams of several versions of a protocol, each with its peer and the
+/// version agreed.
+pub struct IncomingVersions(mpsc::Receiver<Inbound>);
+
+impl futures::Stream for IncomingVersions {
+    type Item = Inbound;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.0.poll_recv(cx)
     }
 }
 
-/// A stream asked for, and where its outcome goes.
+/// What an opening hands back: the stream and the protocol agreed on it.
+type Opened = Result<(Stream, StreamProtocol), OpenStreamError>;
+
+/// A stream asked for, with the protocols offered (preferred first), and where its outcome
+/// goes.
 struct Opening {
-    protocol: StreamProtocol,
-    answer: oneshot::Sender<Result<Stream, OpenStreamError>>,
+    protocols: Vec<StreamProtocol>,
+    answer: oneshot::Sender<Opened>,
 }
 
 #[derive(Default)]
 struct Shared {
-    accepting: HashMap<StreamProtocol, mpsc::Sender<(PeerId, Stream)>>,
+    accepting: HashMap<StreamProtocol, mpsc::Sender<Inbound>>,
     /// Each connection's queue of streams to open, oldest connection first.
     connections: HashMap<PeerId, Vec<(ConnectionId, mpsc::UnboundedSender<Opening>)>>,
     overflow: RateLimitedLog,
@@ -96,7 +115,7 @@ impl Shared {
 
     fn deliver(&mut self, peer: PeerId, stream: Stream, protocol: StreamProtocol) {
         let Some(queue) = self.accepting.get(&protocol) else { return };
-        match queue.try_send((peer, stream)) {
+        match queue.try_send((peer, stream, protocol.clone())) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if let Some(held_back) = self.overflow.admit() {
@@ -139,23 +158,52 @@ impl Control {
         peer: PeerId,
         protocol: StreamProtocol,
     ) -> Result<Stream, OpenStreamError> {
+        Ok(self.open_stream_of(peer, vec![protocol]).await?.0)
+    }
+
+    /// Opens a stream to `peer` of the first of `protocols` (preferred first) it speaks, over
+    /// a connection it has now; says which was agreed. `Unsupported` names the last offered.
+    pub async fn open_stream_of(
+        &self,
+        peer: PeerId,
+        protocols: Vec<StreamProtocol>,
+    ) -> Result<(Stream, StreamProtocol), OpenStreamError> {
         let not_connected = || io::Error::new(io::ErrorKind::NotConnected, "not connected");
         let connection = lock(&self.shared).connection(&peer).ok_or_else(not_connected)?;
         let (answer, outcome) = oneshot::channel();
-        connection.send(Opening { protocol, answer }).map_err(|_| not_connected())?;
+        connection.send(Opening { protocols, answer }).map_err(|_| not_connected())?;
         let closed = || io::Error::new(io::ErrorKind::ConnectionReset, "the connection closed");
         outcome.await.map_err(|_| closed())?
     }
 
     /// The inbound streams of `protocol` from now on.
     pub fn accept(&self, protocol: StreamProtocol) -> Result<Incoming, AlreadyAccepted> {
+        Ok(Incoming(self.accept_queue(&[protocol])?))
+    }
+
+    /// The inbound streams of each of `protocols` (versions of one conversation) from now
+    /// on, in one queue, each with the version agreed.
+    pub fn accept_versions(
+        &self,
+        protocols: &[StreamProtocol],
+    ) -> Result<IncomingVersions, AlreadyAccepted> {
+        Ok(IncomingVersions(self.accept_queue(protocols)?))
+    }
+
+    fn accept_queue(
+        &self,
+        protocols: &[StreamProtocol],
+    ) -> Result<mpsc::Receiver<Inbound>, AlreadyAccepted> {
         let mut shared = lock(&self.shared);
-        if shared.accepted().contains(&protocol) {
-            return Err(AlreadyAccepted(protocol));
+        let accepted = shared.accepted();
+        if let Some(taken) = protocols.iter().find(|p| accepted.contains(p)) {
+            return Err(AlreadyAccepted(taken.clone()));
         }
         let (queue, incoming) = mpsc::channel(ACCEPT_QUEUE);
-        shared.accepting.insert(protocol, queue);
-        Ok(Incoming(incoming))
+        for protocol in protocols {
+            shared.accepting.insert(protocol.clone(), queue.clone());
+        }
+        Ok(incoming)
     }
 }
 
@@ -266,7 +314,9 @@ impl OutboundUpgrade<Stream> for Protocols {
     }
 }
 
-type Answer = (StreamProtocol, oneshot::Sender<Result<Stream, OpenStreamError>>);
+/// The protocols offered on an outbound stream (the last named when none is agreed), and
+/// where the outcome goes.
+type Answer = (StreamProtocol, oneshot::Sender<Opened>);
 
 impl ConnectionHandler for Handler {
     type FromBehaviour = Infallible;
@@ -284,14 +334,22 @@ impl ConnectionHandler for Handler {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<ConnectionHandlerEvent<Protocols, Answer, Infallible>> {
-        match self.openings.poll_recv(cx) {
-            Poll::Ready(Some(Opening { protocol, answer })) => {
-                let upgrade = Protocols(vec![protocol.clone()]);
-                Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest {
-                    protocol: SubstreamProtocol::new(upgrade, (protocol, answer)),
-                })
+        // Bounded by the openings queued: each is taken once.
+        loop {
+            match self.openings.poll_recv(cx) {
+                Poll::Ready(Some(Opening { protocols, answer })) => {
+                    let Some(last) = protocols.last().cloned() else {
+                        let none = io::Error::new(io::ErrorKind::InvalidInput, "none offered");
+                        let _ = answer.send(Err(OpenStreamError::Io(none)));
+                        continue;
+                    };
+                    let upgrade = Protocols(protocols);
+                    return Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest {
+                        protocol: SubstreamProtocol::new(upgrade, (last, answer)),
+                    });
+                }
+                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
             }
-            Poll::Ready(None) | Poll::Pending => Poll::Pending,
         }
     }
 
@@ -306,10 +364,10 @@ impl ConnectionHandler for Handler {
                 ..
             }) => lock(&self.shared).deliver(self.peer, stream, protocol),
             ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
-                protocol: (stream, _),
+                protocol: (stream, protocol),
                 info: (_, answer),
             }) => {
-                let _ = answer.send(Ok(stream));
+                let _ = answer.send(Ok((stream, protocol)));
             }
             ConnectionEvent::DialUpgradeError(DialUpgradeError {
                 info: (protocol, answer),

@@ -150,7 +150,7 @@ impl RunningNode {
         publish::start_rescans(&store, &log, dir.as_deref(), config.rescan_interval, &shutdown);
         forget::start(index.clone(), &mesh, config.forget_peers_after, &shutdown);
         let parts = Parts {
-            fetch: FetchClient::new(mesh.clone()),
+            fetch: FetchClient::compressing(mesh.clone(), config.mesh_compression),
             mesh,
             index,
             log,
@@ -388,7 +388,8 @@ impl Parts {
         let real_store_dir = config.real_store_dir();
         let mut provider = Provider::new(store, self.keys.signing.clone(), real_store_dir.clone())
             .counting(self.traffic.clone())
-            .serving(policy, refusals.clone());
+            .serving(policy, refusals.clone())
+            .compressing(config.mesh_compression);
         if let Some(flights) = flights {
             provider = provider.relaying(flights.clone());
         }
@@ -421,6 +422,7 @@ impl Parts {
     ) -> (CancellationToken, HttpTask, Option<HttpTask>) {
         let metrics = Arc::new(nixmesh_localhttp::Metrics::new());
         self.traffic.register(metrics.registry());
+        self.fetch.links().register(metrics.registry());
         let view = Arc::new(MeshView {
             health: self.health.clone(),
             refusals: served.refusals,

@@ -10,15 +10,17 @@
 //! cargo run --release -p nixmesh-tests --bin nixmesh-bench -- [--quick] [--no-write]
 //! ```
 //!
-//! `--only small|onenar|big|narinfo|propagation|idle|lan|index` runs one group of cases
-//! (`onenar`: only the row of one small NAR asked again and again, with the node binary
+//! `--only small|onenar|big|narinfo|propagation|idle|lan|index|slowlink` runs one group of
+//! cases (`onenar`: only the row of one small NAR asked again and again, with the node binary
 //! `NIXMESH_BENCH_NODE` names if set, for an A/B against an older commit's). The nodes log
 //! at `warn` (`NIXMESH_BENCH_LOG` sets another filter) to `target/bench-logs/`.
 //!
 //! The narinfo rows' client is wrk (`tests/src/bench/wrk.rs`), for nginx and the node alike.
 //!
 //! Case 8, the machine's own Nix while a LAN client asks its node's LAN listener flat out,
-//! runs on three hosts of its own (`lan`, in `tests/src/bench/lan.rs`; needs wrk too).
+//! runs on three hosts of its own (`lan`, in `tests/src/bench/lan.rs`; needs wrk too). Case 9,
+//! shared-library bytes over a 100 Mbit/s link with and without zstd on the mesh, on two
+//! (`slowlink`, in `tests/src/bench/slowlink.rs`; needs tc).
 //!
 //! Case 6, the index at 1,000 peers, runs in its own processes without hosts or Nix (the
 //! index bench of `nixmesh-node`, once per shape) and compares with the first layout's
@@ -42,6 +44,8 @@ use nixmesh_tests::{
 // where cargo would take each file for a binary.
 #[path = "../bench/lan.rs"]
 mod lan;
+#[path = "../bench/slowlink.rs"]
+mod slowlink;
 #[path = "../bench/wrk.rs"]
 mod wrk;
 
@@ -75,8 +79,8 @@ fn main() {
     if args.first().map(String::as_str) == Some("load") {
         return load(&args[1..]);
     }
-    const GROUPS: [&str; 8] =
-        ["small", "onenar", "big", "narinfo", "propagation", "idle", "lan", "index"];
+    const GROUPS: [&str; 9] =
+        ["small", "onenar", "big", "narinfo", "propagation", "idle", "lan", "index", "slowlink"];
     let mut words = args.iter().map(String::as_str);
     while let Some(word) = words.next() {
         match word {
@@ -126,7 +130,10 @@ fn run(s: &Settings) -> Vec<Row> {
     unsafe { std::env::set_var("NIXMESH_BIN", node) };
     // Its three hosts are gone before the other cases' two are made.
     let mut lan_rows = if wanted("lan") { lan::own_nix_under_lan_load(s) } else { Vec::new() };
-    if s.only.as_deref() == Some("lan") {
+    if wanted("slowlink") {
+        lan_rows.extend(slowlink::slow_link(s));
+    }
+    if matches!(s.only.as_deref(), Some("lan" | "slowlink")) {
         return lan_rows;
     }
     let lan = Lan::new(2);
