@@ -119,15 +119,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> FramedStream<S> {
 
     /// Writes and flushes one frame.
     pub async fn write<T: Serialize>(&mut self, message: &T) -> Result<(), FrameError> {
-        let frame = mesh_messages::encode_frame(message)?;
-        let write = self.limits.write;
-        tokio::time::timeout(write, async {
-            self.stream.write_all(&frame).await?;
-            self.stream.flush().await
-        })
-        .await
-        .map_err(|_| FrameError::TimedOut(write))??;
-        Ok(())
+        self.write_with(message, &[]).await
     }
 
     /// Writes one frame and the raw bytes that follow it in one write, and flushes: one
