@@ -18,7 +18,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tracing::{debug, warn};
 
-use crate::routes::{malformed, miss};
+use crate::answer::{malformed, miss};
 use crate::source::PathSource;
 use crate::substituter::Substituter;
 use crate::target::{RequestPathError, Target};

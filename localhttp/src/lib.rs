@@ -18,6 +18,7 @@
 //! stalled one holds; `prefetch` fetches the NARs of a walked closure ahead of Nix, verified; `client_hosts` gates a listener open to the LAN; `local_first` holds the LAN
 //! listener's work back while the machine's own Nix fetches.
 
+mod answer;
 mod build_log;
 mod cache;
 pub mod client_hosts;

@@ -16,13 +16,13 @@ use bytes::Bytes;
 use thiserror::Error;
 use tracing::debug;
 
+use crate::answer::{Outcome, malformed, miss};
 use crate::cache::Verified;
 use crate::connection::ClientConnection;
 use crate::held_body::Holding;
 use crate::holders::{Miss, first_of};
 use crate::metrics::result;
 use crate::nar_range::{self, Ask, PartOf};
-use crate::routes::{Outcome, malformed, miss};
 use crate::source::{PathSource, SourceError};
 use crate::substituter::Substituter;
 use crate::target::{NarFile, RequestPathError, Target};

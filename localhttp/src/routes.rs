@@ -6,11 +6,10 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::extract::{ConnectInfo, State};
 use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderValue, StatusCode, Uri};
+use axum::http::{HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
-use tracing::debug;
 
+use crate::answer::{Outcome, json, malformed, miss};
 use crate::connection::ClientConnection;
 use crate::metrics::{Metrics, result};
 use crate::node_view::NodeView;
@@ -62,11 +61,6 @@ pub async fn narinfo<S: PathSource>(
     }
 }
 
-/// The `result` a response counts under in the metrics, when its status alone does not say
-/// (see `server::counted`).
-#[derive(Debug, Clone, Copy)]
-pub struct Outcome(pub &'static str);
-
 /// What the status pages read.
 pub type Pages = (Arc<dyn NodeView>, Arc<Metrics>);
 
@@ -87,26 +81,4 @@ pub async fn metrics(State((view, metrics)): State<Pages>) -> Response {
 
 pub async fn not_found() -> Response {
     miss("no such file")
-}
-
-/// `404` with the reason as text; Nix reads any 404 as "this cache does not have it".
-pub fn miss(reason: &str) -> Response {
-    debug!(reason, "not found");
-    (StatusCode::NOT_FOUND, format!("{reason}\n")).into_response()
-}
-
-/// `400` for a path of the right kind in the wrong shape.
-pub fn malformed(e: RequestPathError) -> Response {
-    debug!("malformed request: {e}");
-    (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
-}
-
-pub fn json(value: &impl Serialize) -> Response {
-    match serde_json::to_vec(value) {
-        Ok(body) => {
-            ([(CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
-        }
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode JSON: {e}\n"))
-            .into_response(),
-    }
 }

@@ -42,6 +42,7 @@ use http_body::{Frame, SizeHint};
 use tokio::net::TcpListener;
 use tracing::{Instrument, debug, field, info_span, warn};
 
+use crate::answer::{self, Outcome};
 use crate::config::Config;
 use crate::connection::{ClientConnection, StallLimitedListener, connections_for_open_file_limit};
 use crate::health::PeerHealth;
@@ -49,7 +50,6 @@ use crate::held_body::Holding;
 use crate::local_first::{LocalFirst, Role, Yielding};
 use crate::metrics::{Metrics, kind, result, stage};
 use crate::node_view::NodeView;
-use crate::routes::Outcome;
 use crate::source::PathSource;
 use crate::substituter::Substituter;
 use crate::target::{RequestPathError, Target};
@@ -355,7 +355,7 @@ async fn within(
         }
         Err(_) => {
             warn!(?limit, "request not answered in time: a miss");
-            let mut response = routes::miss("not found in time");
+            let mut response = answer::miss("not found in time");
             response.extensions_mut().insert(Outcome(result::MISS));
             response
         }

@@ -20,7 +20,7 @@ use crate::cache::{NarInfoCache, Verified};
 use crate::config::Config;
 use crate::health::PeerHealth;
 use crate::holders::{Miss, first_of};
-use crate::listing::ListingCache;
+use crate::listing::cache::ListingCache;
 use crate::nar_slots::NarSlots;
 use crate::prefetch::{Limits, Prefetch};
 use crate::source::{PathSource, SourceError};

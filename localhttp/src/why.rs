@@ -23,10 +23,10 @@ use serde::{Deserialize, Serialize};
 use tokio::time::timeout;
 use tracing::warn;
 
+use crate::answer::{Outcome, json, malformed};
 use crate::connection::ClientConnection;
 use crate::metrics::result;
 use crate::node_view::{NodeView, PeerSummary};
-use crate::routes::{Outcome, json, malformed};
 use crate::source::PathSource;
 use crate::substituter::{Accepted, Rejection, Substituter, accept};
 use crate::target::RequestPathError;
