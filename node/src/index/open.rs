@@ -19,7 +19,6 @@ use redb::{Database, ReadableTable, Table, WriteTransaction};
 use super::bound::{DEFAULT_MAX_PATHS, REPORT_EVERY};
 use super::error::{IndexError, StorageContext};
 use super::fingerprint::FingerprintKey;
-use super::recover::Health;
 use super::schema::{
     BASES, CHANGES, META, META_KEY, META_NEXT_PEER, META_SCHEMA, PEERS, PeerRecord, RecordTuple,
     SCHEMA_VERSION, stored_set_of,
@@ -61,7 +60,7 @@ impl Index {
         peers.by_id.shrink_to_fit();
         Ok(Index {
             db: RwLock::new(Some(db)),
-            health: Mutex::new(Health::default()),
+            health: Mutex::default(),
             path: path.to_path_buf(),
             writer: Mutex::new(()),
             key,
