@@ -84,7 +84,11 @@ async fn whole<S: PathSource>(
     let stream = inner.source.fetch_nar(peer, expected.store_hash, expected.nar_hash, 0).await?;
     let stream = stream.ok_or(Failed::NotHeld)?;
     // No failover: a failure drops the entry, and Nix's own request tries every holder.
-    let others = Others { remaining: Vec::new(), reopen: None, health: Some(inner.health.clone()) };
+    // Nor a health fault: Nix's own request for the same NAR comes next and records the
+    // holder's fault itself, once, as without prefetch. Counted here too, one damaged copy
+    // would be two faults, and its holder skipped instead of asked last (a holder's first
+    // fault may be a one-off; `PeerHealth` skips it only at the second).
+    let others = Others { remaining: Vec::new(), reopen: None, health: None };
     let size = expected.nar_size;
     let mut nar = VerifiedNar::new(expected, peer.clone(), stream, others, inner.idle_timeout)
         .verify_whole_up_to(size);
